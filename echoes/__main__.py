@@ -1,0 +1,7 @@
+"""``python -m echoes``: the same as the ``echoes`` console script."""
+
+import sys
+
+from echoes.cli import main
+
+sys.exit(main())

@@ -1,0 +1,241 @@
+"""The ``echoes`` command: argument parsing and one small function per command.
+
+``--config PATH`` is accepted before or after the command name.  Problems an
+admin can fix (bad config, unknown study, server not running) print one line
+on stderr and exit non-zero; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+from echoes import __version__, index, logs, spool
+from echoes import config as config_module
+
+#: LSB exit codes for ``status``.
+STATUS_RUNNING = 0
+STATUS_NOT_RUNNING = 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH",
+                        help="configuration file (default: $ECHOES_CONFIG or etc/echoes.ini)")
+    parser = argparse.ArgumentParser(
+        prog="echoes", parents=[common],
+        description="DICOM image archive and Modality Worklist server")
+    parser.add_argument("--version", action="version", version=f"echoes {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    start = commands.add_parser("start", parents=[common], help="run every process")
+    start.add_argument("--daemon", action="store_true", help="detach and write pid_file")
+    commands.add_parser("stop", parents=[common], help="stop the running server")
+    commands.add_parser("status", parents=[common], help="exit 0 if running, 3 if not")
+    studies = commands.add_parser("studies", parents=[common], help="list archived studies")
+    studies.add_argument("--json", action="store_true", help="print a JSON list")
+    check = commands.add_parser("check", parents=[common], help="health check for cron")
+    check.add_argument("--json", action="store_true")
+
+    worker = commands.add_parser("_worker", parents=[common])  # internal: supervisor's children
+    worker.add_argument("role")
+    worker.add_argument("--listen-fd", type=int, default=-1)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> config_module.Config:
+    return config_module.load(getattr(args, "config", None))
+
+
+def _read_pid(config: config_module.Config) -> int | None:
+    try:
+        pid = int(config.pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return pid
+
+
+def cmd_start(args: argparse.Namespace, config: config_module.Config) -> int:
+    """Run the supervisor in the foreground (or detached with --daemon)."""
+    from echoes import supervisor
+
+    running = _read_pid(config)
+    if running:
+        print(f"echoes: already running (pid {running})", file=sys.stderr)
+        return 1
+    if args.daemon:
+        _daemonize()
+    config.pid_file.parent.mkdir(parents=True, exist_ok=True)
+    spool.atomic_write_bytes(config.pid_file, f"{os.getpid()}\n".encode(), durable=False)
+    logs.setup(config, "supervisor", to_stderr=not args.daemon)
+    try:
+        return supervisor.run(config)
+    finally:
+        if _read_pid(config) == os.getpid():
+            config.pid_file.unlink(missing_ok=True)
+
+
+def _daemonize() -> None:
+    """Classic double fork: no controlling terminal, stdio to /dev/null."""
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+
+
+def cmd_stop(args: argparse.Namespace, config: config_module.Config) -> int:
+    """SIGTERM the supervisor and wait for it to go."""
+    pid = _read_pid(config)
+    if pid is None:
+        print("echoes: not running")
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            print(f"echoes: stopped (pid {pid})")
+            return 0
+        time.sleep(0.1)
+    print(f"echoes: pid {pid} still running after 90 s", file=sys.stderr)
+    return 1
+
+
+def cmd_status(args: argparse.Namespace, config: config_module.Config) -> int:
+    """LSB status: 0 running, 3 not running."""
+    pid = _read_pid(config)
+    if pid is None:
+        print("echoes: not running")
+        return STATUS_NOT_RUNNING
+    print(f"echoes: running (supervisor pid {pid})")
+    for child_pid, title in _children(pid):
+        print(f"  {title:<20} pid {child_pid}")
+    return STATUS_RUNNING
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    import psutil
+
+    try:
+        children = psutil.Process(pid).children()
+    except psutil.Error:
+        return []
+    result = []
+    for child in children:
+        try:
+            result.append((child.pid, " ".join(child.cmdline())))
+        except psutil.Error:
+            continue
+    return result
+
+
+STUDY_COLUMNS = ("StudyDate", "PatientID", "PatientName", "ModalitiesInStudy",
+                 "NumberOfSeries", "NumberOfInstances", "StudyInstanceUID")
+
+
+def cmd_studies(args: argparse.Namespace, config: config_module.Config) -> int:
+    """Archived studies from the index catalog."""
+    studies = index.read_studies(config.index_path)
+    if args.json:
+        json.dump(studies, sys.stdout, indent=1, ensure_ascii=False)
+        print()
+        return 0
+    print("  ".join(STUDY_COLUMNS))
+    for study in studies:
+        row = []
+        for column in STUDY_COLUMNS:
+            value = study.get(column, "")
+            row.append("\\".join(value) if isinstance(value, list) else str(value))
+        print("  ".join(row))
+    print(f"{len(studies)} studies, {sum(s['NumberOfInstances'] for s in studies)} instances")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, config: config_module.Config) -> int:
+    """Health for cron: 0 when healthy, else one line per problem."""
+    problems: list[str] = []
+    if _read_pid(config) is None:
+        problems.append("echoes is not running")
+    layout = spool.SpoolLayout(config.spool_dir)
+    if config.spool_dir.exists():
+        free = spool.free_megabytes(config.spool_dir)
+        if free < config.min_free_mb:
+            problems.append(f"spool disk: {free:.0f} MB free, below min_free_mb {config.min_free_mb}")
+    rejected = sorted(os.listdir(layout.rejected)) if layout.rejected.exists() else []
+    if rejected:
+        problems.append(f"{len(rejected)} spooled files rejected (see {layout.rejected})")
+    if args.json:
+        print(json.dumps({"ok": not problems, "problems": problems}))
+    elif problems:
+        print("\n".join(problems))
+    else:
+        print("echoes OK")
+    return 2 if problems else 0
+
+
+def cmd_worker(args: argparse.Namespace, config: config_module.Config) -> int:
+    """Entry point of a supervised child (not for people)."""
+    from echoes import supervisor
+
+    supervisor.set_title(args.role)
+    logs.setup(config, args.role)
+    if args.role == "store":
+        from echoes import store
+
+        return store.run(config, args.listen_fd)
+    if args.role == "ingester":
+        from echoes import ingester
+
+        return ingester.run(config)
+    print(f"echoes: unknown worker role {args.role!r}", file=sys.stderr)
+    return 2
+
+
+COMMANDS = {
+    "start": cmd_start,
+    "stop": cmd_stop,
+    "status": cmd_status,
+    "studies": cmd_studies,
+    "check": cmd_check,
+    "_worker": cmd_worker,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, load the config, run the command."""
+    args = _parser().parse_args(argv)
+    try:
+        config = _load(args)
+    except config_module.ConfigError as exc:
+        print(f"echoes: config: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[args.command](args, config)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except OSError as exc:
+        if isinstance(exc, PermissionError | FileNotFoundError) and exc.filename:
+            print(f"echoes: {exc.strerror}: {exc.filename}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

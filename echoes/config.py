@@ -1,0 +1,271 @@
+"""Configuration: the INI file of SPEC.md, parsed and validated in one place.
+
+Every key is declared once in ``KEYS`` (name, parser, default), so the parser,
+the defaults and the error messages cannot drift apart.  A bad file raises
+:class:`ConfigError` whose message is one line naming the key and the
+problem; the CLI prints it and exits non-zero, never a traceback.
+
+Relative paths resolve against the installation's home: the folder that holds
+``etc/`` (for ``/srv/echoes/etc/echoes.ini`` that is ``/srv/echoes``).
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: The checkout or installation folder that holds ``etc/echoes.ini``.
+PACKAGE_HOME = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the admin: ``key: problem``."""
+
+
+def _parse_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise ValueError(f"must be a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _parse_float(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"must be a number, got {text!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+_BOOLEANS = {"yes": True, "true": True, "on": True, "1": True,
+             "no": False, "false": False, "off": False, "0": False}
+
+
+def parse_bool(text: str) -> bool:
+    """Read yes/no, true/false, on/off or 1/0, as configparser users expect."""
+    try:
+        return _BOOLEANS[text.strip().lower()]
+    except KeyError:
+        raise ValueError(f"must be yes or no, got {text!r}") from None
+
+
+def parse_ae_title(text: str) -> str:
+    """An AE title per PS3.5: 1-16 characters, no backslash or control codes."""
+    title = text.strip()
+    if not title:
+        raise ValueError("must not be empty")
+    if len(title) > 16:
+        raise ValueError(f"must be at most 16 characters, got {len(title)}")
+    if "\\" in title or any(ord(c) < 32 or ord(c) > 126 for c in title):
+        raise ValueError(f"must be printable ASCII without backslash, got {title!r}")
+    return title
+
+
+def _parse_host(text: str) -> str:
+    host = text.strip()
+    if not host:
+        raise ValueError("must not be empty")
+    return host
+
+
+def _parse_bind(text: str) -> str:
+    host = text.strip()
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"must be an IP address such as 0.0.0.0, got {text!r}") from None
+    return host
+
+
+def _parse_text(text: str) -> str:
+    value = text.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _parse_log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in _LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}, got {text!r}")
+    return level
+
+
+_port = _parse_int(1, 65535)
+
+#: key -> (parser, default as written in the file, is a path).  ``None`` as a
+#: default marks a required key.
+KEYS: dict[str, tuple[Callable[[str], Any], str | None, bool]] = {
+    "ae_title": (parse_ae_title, "ECHOES", False),
+    "bind": (_parse_bind, "0.0.0.0", False),
+    "store_port": (_port, "4000", False),
+    "mwl_port": (_port, "4001", False),
+    "store_workers": (_parse_int(1, 64), "2", False),
+    "spool_dir": (_parse_text, "spool", True),
+    "archive_dir": (_parse_text, "var/archive", True),
+    "index_path": (_parse_text, "var/index.json", True),
+    "worklist_dir": (_parse_text, "var/worklist", True),
+    "log_file": (_parse_text, "var/log/echoes.log", True),
+    "pid_file": (_parse_text, "var/run/echoes.pid", True),
+    "log_level": (_parse_log_level, "INFO", False),
+    "min_free_mb": (_parse_int(0, 10**9), "500", False),
+    "retry_interval": (_parse_int(1, 86400), "30", False),
+    "max_attempts": (_parse_int(1, 100000), "20", False),
+    "acse_timeout": (_parse_float(1, 3600), "30", False),
+    "dimse_timeout": (_parse_float(1, 3600), "60", False),
+    "network_timeout": (_parse_float(1, 3600), "60", False),
+    "max_associations": (_parse_int(1, 1000), "32", False),
+}
+
+AE_KEYS: dict[str, tuple[Callable[[str], Any], str | None]] = {
+    "host": (_parse_host, None),
+    "port": (_port, None),
+    "forward": (parse_bool, "no"),
+}
+
+
+@dataclass(frozen=True)
+class RemoteAE:
+    """One ``[ae:TITLE]`` section: where a destination lives."""
+
+    title: str
+    host: str
+    port: int
+    forward: bool
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated configuration; paths are absolute."""
+
+    path: Path
+    home: Path
+    ae_title: str
+    bind: str
+    store_port: int
+    mwl_port: int
+    store_workers: int
+    spool_dir: Path
+    archive_dir: Path
+    index_path: Path
+    worklist_dir: Path
+    log_file: Path
+    pid_file: Path
+    log_level: str
+    min_free_mb: int
+    retry_interval: int
+    max_attempts: int
+    acse_timeout: float
+    dimse_timeout: float
+    network_timeout: float
+    max_associations: int
+    remote_aes: dict[str, RemoteAE] = field(default_factory=dict)
+
+    @property
+    def directories(self) -> list[Path]:
+        """Every folder echoes writes into, for ``echoes start`` to create."""
+        return [
+            self.spool_dir,
+            self.archive_dir,
+            self.index_path.parent,
+            self.worklist_dir,
+            self.log_file.parent,
+            self.pid_file.parent,
+        ]
+
+
+def default_config_path() -> Path:
+    """``$ECHOES_CONFIG``, else ``etc/echoes.ini`` under the installation."""
+    env = os.environ.get("ECHOES_CONFIG")
+    if env:
+        return Path(env)
+    return PACKAGE_HOME / "etc" / "echoes.ini"
+
+
+def home_for(config_path: Path) -> Path:
+    """The folder relative paths resolve against: the one holding ``etc/``."""
+    folder = config_path.resolve().parent
+    return folder.parent if folder.name == "etc" else folder
+
+
+def load(path: Path | str | None = None) -> Config:
+    """Read and validate the INI file at ``path``; raise ConfigError."""
+    config_path = Path(path) if path is not None else default_config_path()
+    if not config_path.is_file():
+        raise ConfigError(f"{config_path}: configuration file not found")
+    parser = configparser.ConfigParser(
+        interpolation=None, inline_comment_prefixes=(";", "#"), strict=True
+    )
+    try:
+        parser.read(config_path, encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        one_line = " ".join(str(exc).split())
+        raise ConfigError(f"{config_path}: cannot parse: {one_line}") from None
+    return from_parser(parser, config_path)
+
+
+def _read_section(section: configparser.SectionProxy, keys: dict, prefix: str) -> dict:
+    unknown = sorted(set(section.keys()) - set(keys))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key")
+    values = {}
+    for name, spec in keys.items():
+        parse, default = spec[0], spec[1]
+        raw = section.get(name, default)
+        if raw is None:
+            raise ConfigError(f"{prefix}{name}: missing (required)")
+        try:
+            values[name] = parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{prefix}{name}: {exc}") from None
+    return values
+
+
+def from_parser(parser: configparser.ConfigParser, config_path: Path) -> Config:
+    """Validate a parsed INI; split from :func:`load` so tests need no file."""
+    for name in parser.sections():
+        if name != "echoes" and not name.startswith("ae:"):
+            raise ConfigError(f"[{name}]: unknown section (expected [echoes] or [ae:TITLE])")
+    if not parser.has_section("echoes"):
+        parser.add_section("echoes")
+    values = _read_section(parser["echoes"], KEYS, "")
+    home = home_for(config_path)
+    for name, (_parse, _default, is_path) in KEYS.items():
+        if is_path:
+            values[name] = (home / values[name]).resolve()
+
+    remote_aes: dict[str, RemoteAE] = {}
+    for name in parser.sections():
+        if not name.startswith("ae:"):
+            continue
+        try:
+            title = parse_ae_title(name[3:])
+        except ValueError as exc:
+            raise ConfigError(f"[{name}]: AE title {exc}") from None
+        if title in remote_aes:
+            raise ConfigError(f"[{name}]: AE title defined twice")
+        ae_values = _read_section(parser[name], AE_KEYS, f"[{name}] ")
+        remote_aes[title] = RemoteAE(title=title, **ae_values)
+
+    if values["store_port"] == values["mwl_port"]:
+        raise ConfigError("mwl_port: must differ from store_port")
+    return Config(path=config_path.resolve(), home=home, remote_aes=remote_aes, **values)

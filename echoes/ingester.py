@@ -1,0 +1,197 @@
+"""Ingester: moves spooled objects into the archive tree and indexes them.
+
+It is the only writer of the index.  The incoming folder is the truth: watchdog
+only wakes the loop, which then lists ``spool/incoming`` itself, so a missed
+or coalesced event costs nothing and whatever a crash left there is ingested
+at start-up like any new arrival.
+
+One batch, in the order that makes every crash point safe::
+
+    read headers -> index.apply() (fsynced)  -> move files into archive_dir
+                 -> fsync the folders        -> (later: outbound jobs)
+
+A crash before the move leaves the file in the spool and the index already
+pointing at its archive path; the next run ingests it again, which is
+idempotent (same path, same document id).  A file that cannot be parsed goes
+to ``spool/rejected/`` with a log line and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.multival import MultiValue
+from watchdog.events import FileSystemEventHandler
+from watchdog.observers import Observer
+
+from echoes import archive, spool
+from echoes.config import Config
+from echoes.index import ArchiveIndex, InstanceRecord
+
+log = logging.getLogger("echoes.ingester")
+
+#: Objects per batch at most: bounds the time between index writes.
+BATCH_MAX = 500
+
+#: Sweep the spool at least this often even without a watchdog event.
+SWEEP_SECONDS = 5.0
+
+#: Header keywords copied into the index (the record's DICOM fields).
+HEADER_KEYWORDS = tuple(
+    name for name in InstanceRecord.__dataclass_fields__
+    if name[0].isupper() and name != "TransferSyntaxUID"
+)
+_HEADER_TAGS = ["SpecificCharacterSet", *HEADER_KEYWORDS]
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def received_time(spool_name: str) -> str:
+    """ISO time of arrival, from the spool name ``<time_ns>-<pid>-<seq>.dcm``."""
+    try:
+        nanoseconds = int(spool_name.split("-", 1)[0])
+    except ValueError:
+        return datetime.now(UTC).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(nanoseconds / 1e9, UTC).isoformat(
+        timespec="milliseconds"
+    )
+
+
+def read_record(path: Path) -> InstanceRecord:
+    """The index record of a spooled file, from its header only."""
+    dataset = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    values = {keyword: _text(dataset.get(keyword)) for keyword in HEADER_KEYWORDS}
+    relative = archive.relative_path(
+        values["StudyInstanceUID"], values["SeriesInstanceUID"], values["SOPInstanceUID"]
+    )
+    meta = dataset.file_meta
+    return InstanceRecord(
+        **values,
+        TransferSyntaxUID=_text(meta.get("TransferSyntaxUID")),
+        path=str(relative),
+        size=path.stat().st_size,
+        received=received_time(path.name),
+        calling_ae=_text(meta.get("SourceApplicationEntityTitle")).strip(),
+    )
+
+
+class Ingester:
+    """Turns spooled files into archived, indexed objects, a batch at a time."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.layout = spool.SpoolLayout(config.spool_dir)
+        self.layout.create()
+        self.archive_root = config.archive_dir
+        self.archive_root.mkdir(parents=True, exist_ok=True)
+        self.index = ArchiveIndex(config.index_path)
+
+    def reject(self, path: Path, reason: str) -> None:
+        """Park an unreadable spooled file where an admin can look at it."""
+        target = self.layout.rejected / path.name
+        try:
+            os.replace(path, target)
+            spool.fsync_dir(self.layout.rejected)
+        except FileNotFoundError:
+            return
+        log.error("rejected %s: %s (kept as %s)", path.name, reason, target)
+
+    def ingest_batch(self, paths: list[Path]) -> int:
+        """Archive and index ``paths`` (oldest first); return how many were archived."""
+        latest: dict[str, tuple[InstanceRecord, Path]] = {}
+        superseded: list[Path] = []
+        for path in paths:
+            try:
+                record = read_record(path)
+            except FileNotFoundError:
+                continue
+            except Exception as exc:  # any parse failure: park it, go on
+                self.reject(path, f"{type(exc).__name__}: {exc}")
+                continue
+            earlier = latest.get(record.SOPInstanceUID)
+            if earlier is not None:
+                superseded.append(earlier[1])
+            latest[record.SOPInstanceUID] = (record, path)
+        if not latest:
+            return 0
+
+        records = [record for record, _path in latest.values()]
+        replaced = self.index.apply(records)
+
+        dirty: set[Path] = set()
+        for record, source in latest.values():
+            dirty |= archive.move_into_archive(source, self.archive_root / record.path)
+        for old in replaced:
+            old_file = self.archive_root / old["path"]
+            old_file.unlink(missing_ok=True)
+            dirty.add(old_file.parent)
+        for path in superseded:
+            path.unlink(missing_ok=True)
+        for folder in dirty:
+            if folder.exists():
+                spool.fsync_dir(folder)
+        log.debug("ingested %d objects", len(records))
+        return len(records)
+
+    def drain(self, stop: threading.Event | None = None) -> int:
+        """Ingest everything now in the spool; return the count."""
+        total = 0
+        while stop is None or not stop.is_set():
+            pending = spool.pending_incoming(self.layout)[:BATCH_MAX]
+            if not pending:
+                break
+            total += self.ingest_batch(pending)
+        return total
+
+
+class _Wake(FileSystemEventHandler):
+    def __init__(self, wake: threading.Event) -> None:
+        self.wake = wake
+
+    def on_any_event(self, event) -> None:
+        self.wake.set()
+
+
+def run(config: Config) -> int:
+    """The ingester process: drain, then wait for more, until SIGTERM."""
+    ingester = Ingester(config)
+    stop = threading.Event()
+    wake = threading.Event()
+
+    def request_stop(*_args) -> None:
+        stop.set()
+        wake.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    observer = Observer()
+    observer.schedule(_Wake(wake), str(ingester.layout.incoming), recursive=False)
+    observer.start()
+    log.info("ingester watching %s", ingester.layout.incoming)
+    try:
+        while not stop.is_set():
+            wake.clear()
+            try:
+                ingester.drain(stop)
+            except OSError as exc:
+                log.error("ingest paused: %s; retrying in %.0f s", exc, SWEEP_SECONDS)
+                stop.wait(SWEEP_SECONDS)
+            wake.wait(SWEEP_SECONDS)
+        # Whatever was acknowledged before the stop is archived before exit.
+        ingester.drain()
+    finally:
+        observer.stop()
+        ingester.index.close()
+    return 0

@@ -1,0 +1,39 @@
+"""Logging for every echoes process: one format, one file, level from config.
+
+The file handler is a WatchedFileHandler, so logrotate can move the file
+away and each process follows to the new one.  pynetdicom is held at WARNING:
+at INFO and below it logs request identifiers, which are patient data.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+
+from echoes.config import Config
+
+FORMAT = "%(asctime)s %(levelname)s [%(processName)s %(process)d] %(name)s: %(message)s"
+
+
+def setup(config: Config | None, role: str, to_stderr: bool = True) -> None:
+    """Configure the root logger for the process playing ``role``."""
+    import multiprocessing
+
+    multiprocessing.current_process().name = role
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    formatter = logging.Formatter(FORMAT)
+    if config is not None:
+        config.log_file.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.handlers.WatchedFileHandler(config.log_file, encoding="utf-8")
+        file_handler.setFormatter(formatter)
+        root.addHandler(file_handler)
+    if to_stderr:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(formatter)
+        root.addHandler(stream)
+    root.setLevel(config.log_level if config is not None else "INFO")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("watchdog").setLevel(logging.WARNING)

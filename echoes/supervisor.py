@@ -1,0 +1,184 @@
+"""Supervisor: starts, watches and restarts every echoes process.
+
+The one place that handles process signals for the whole server.  It binds
+the store port once and passes the listening socket to each store worker
+(so the port never closes while a worker restarts), then runs each role of
+``ROLES`` as a child ``python -m echoes _worker ROLE``.  A child that exits is
+started again at once (after a short back-off when it keeps dying) and the
+event is logged.  SIGTERM or SIGINT stops the store workers first (no new
+objects), then the ingester (which drains the spool), then the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from echoes import spool
+from echoes.config import Config
+
+log = logging.getLogger("echoes.supervisor")
+
+#: role -> how many processes of it the config asks for.  Stop order is the
+#: order here: receivers first, so the ingester can drain what they took.
+ROLES: dict[str, object] = {
+    "store": lambda config: config.store_workers,
+    "ingester": lambda config: 1,
+    # "mwl" and "sender" join here in their own issues.
+}
+
+#: A child that lived shorter than this is restarted after a back-off.
+HEALTHY_SECONDS = 5.0
+MAX_BACKOFF = 1.5
+POLL_SECONDS = 0.1
+STOP_GRACE_SECONDS = 30.0
+
+
+def set_title(role: str) -> None:
+    """Name this process ``echoes: ROLE`` for ps and top."""
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(f"echoes: {role}")
+    except ImportError:  # pragma: no cover - a declared dependency
+        pass
+
+
+@dataclass
+class Child:
+    """One supervised process slot."""
+
+    role: str
+    slot: int
+    process: subprocess.Popen | None = None
+    started: float = 0.0
+    failures: int = 0
+    not_before: float = 0.0
+    argv: list[str] = field(default_factory=list)
+
+
+def bind_store_socket(config: Config) -> socket.socket:
+    """The store port, bound once for all workers."""
+    family = socket.AF_INET6 if ":" in config.bind else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((config.bind, config.store_port))
+    listener.listen(128)
+    listener.set_inheritable(True)
+    return listener
+
+
+class Supervisor:
+    """Runs the children of ``ROLES`` until told to stop."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.children: list[Child] = []
+        self.stopping = False
+        self.store_socket: socket.socket | None = None
+
+    def _argv(self, role: str) -> list[str]:
+        argv = [sys.executable, "-m", "echoes", "--config", str(self.config.path),
+                "_worker", role]
+        if role == "store":
+            assert self.store_socket is not None
+            argv += ["--listen-fd", str(self.store_socket.fileno())]
+        return argv
+
+    def _spawn(self, child: Child) -> None:
+        pass_fds = (self.store_socket.fileno(),) if child.role == "store" else ()
+        child.process = subprocess.Popen(self._argv(child.role), pass_fds=pass_fds)
+        child.started = time.monotonic()
+        log.info("started %s[%d] pid %d", child.role, child.slot, child.process.pid)
+
+    def start(self) -> None:
+        """Create folders, bind ports, start every child."""
+        for folder in self.config.directories:
+            folder.mkdir(parents=True, exist_ok=True)
+        spool.SpoolLayout(self.config.spool_dir).create()
+        self.store_socket = bind_store_socket(self.config)
+        for role, count in ROLES.items():
+            for slot in range(count(self.config)):
+                child = Child(role, slot)
+                self.children.append(child)
+                self._spawn(child)
+
+    def watch_once(self) -> None:
+        """Restart any child that has exited (called every POLL_SECONDS)."""
+        now = time.monotonic()
+        for child in self.children:
+            process = child.process
+            if process is not None and process.poll() is None:
+                continue
+            if process is not None:
+                lived = now - child.started
+                child.failures = 0 if lived >= HEALTHY_SECONDS else child.failures + 1
+                delay = min(MAX_BACKOFF, 0.1 * 2**child.failures) if child.failures else 0.0
+                child.not_before = now + delay
+                log.error("%s[%d] pid %d exited with %s after %.1f s; restarting in %.1f s",
+                          child.role, child.slot, process.pid,
+                          _describe_exit(process.returncode), lived, delay)
+                child.process = None
+            if now >= child.not_before:
+                self._spawn(child)
+
+    def stop(self) -> None:
+        """Stop children role by role, in ROLES order, bounded."""
+        self.stopping = True
+        for role in ROLES:
+            group = [c.process for c in self.children if c.role == role and c.process]
+            for process in group:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE_SECONDS
+            for process in group:
+                try:
+                    process.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    log.error("%s pid %d did not stop in %.0f s; killing",
+                              role, process.pid, STOP_GRACE_SECONDS)
+                    process.kill()
+                    process.wait()
+        if self.store_socket is not None:
+            self.store_socket.close()
+        log.info("stopped")
+
+    def forward_signal(self, signum: int) -> None:
+        """Pass a signal (SIGHUP) on to every running child."""
+        for child in self.children:
+            if child.process and child.process.poll() is None:
+                child.process.send_signal(signum)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"signal {signal.Signals(-code).name}"
+    return f"code {code}"
+
+
+def run(config: Config) -> int:
+    """``echoes start`` in the foreground: supervise until SIGTERM/SIGINT."""
+    set_title("supervisor")
+    supervisor = Supervisor(config)
+    received: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda num, _frame: received.append(num))
+    supervisor.start()
+    log.info("echoes %s: store port %d, pid %d", config.ae_title, config.store_port, os.getpid())
+    while True:
+        while received:
+            signum = received.pop(0)
+            if signum == signal.SIGHUP:
+                supervisor.forward_signal(signum)
+            else:
+                log.info("received %s, stopping", signal.Signals(signum).name)
+                supervisor.stop()
+                return 0
+        supervisor.watch_once()
+        time.sleep(POLL_SECONDS)

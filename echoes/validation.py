@@ -1,0 +1,195 @@
+"""Checks on received data that must hold before an object is acknowledged.
+
+Pure functions over bytes and file objects, no sockets: UID syntax (a UID
+becomes a path component in the archive, so it is checked strictly for
+characters and length), and a structural walk of a Part 10 file that proves
+every element, sequence and fragment it declares is really there, so a
+truncated data set is refused instead of archived.  The walk seeks over
+values, so a 1 GB object costs a handful of reads, not 1 GB of memory.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from typing import BinaryIO
+
+#: PS3.5 9.1: digits and dots, no empty component, at most 64 characters.
+#: Components with a leading zero are tolerated (some modalities write them)
+#: because they are still safe as file names.
+_UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*\Z")
+UID_MAX_LENGTH = 64
+
+#: Nesting deeper than this is hostile, not clinical.
+MAX_DEPTH = 32
+
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ UC UN UR UT SV UV".split())
+_ITEM = 0xFFFEE000
+_ITEM_END = 0xFFFEE00D
+_SEQUENCE_END = 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_EXPLICIT_BE = "1.2.840.10008.1.2.2"
+_DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
+
+
+class MalformedDataset(ValueError):
+    """The bytes are not a complete, well-formed data set."""
+
+
+def uid_problem(value: object) -> str | None:
+    """Why ``value`` is not a usable UID, or None when it is one."""
+    if value is None or value == "":
+        return "missing"
+    text = str(value)
+    if len(text) > UID_MAX_LENGTH:
+        return f"longer than {UID_MAX_LENGTH} characters"
+    if not _UID_PATTERN.match(text):
+        return "not a valid UID (only digits and dots allowed)"
+    return None
+
+
+class _Walker:
+    """Walks encoded elements over a seekable file, checking declared lengths."""
+
+    def __init__(self, fp: BinaryIO, end: int, implicit: bool, little: bool) -> None:
+        self.fp = fp
+        self.end = end
+        self.implicit = implicit
+        self.endian = "<" if little else ">"
+
+    def _read(self, size: int) -> bytes:
+        data = self.fp.read(size)
+        if len(data) != size:
+            raise MalformedDataset(f"truncated at byte {self.fp.tell()}")
+        return data
+
+    def _skip(self, length: int) -> None:
+        target = self.fp.tell() + length
+        if target > self.end:
+            raise MalformedDataset(
+                f"element at byte {self.fp.tell()} declares {length} bytes, "
+                f"only {self.end - self.fp.tell()} remain"
+            )
+        self.fp.seek(target)
+
+    def _tag(self) -> int:
+        group, element = struct.unpack(self.endian + "HH", self._read(4))
+        return group << 16 | element
+
+    def _header(self, implicit: bool) -> tuple[int, bytes | None, int]:
+        tag = self._tag()
+        if tag >> 16 == 0xFFFE:  # item and delimiters have no VR
+            return tag, None, struct.unpack(self.endian + "L", self._read(4))[0]
+        if implicit:
+            return tag, None, struct.unpack(self.endian + "L", self._read(4))[0]
+        vr = self._read(2)
+        if vr in _LONG_VRS:
+            self._read(2)
+            return tag, vr, struct.unpack(self.endian + "L", self._read(4))[0]
+        if not (vr.isalpha() and vr.isupper()):
+            raise MalformedDataset(f"bad VR {vr!r} at byte {self.fp.tell() - 2}")
+        return tag, vr, struct.unpack(self.endian + "H", self._read(2))[0]
+
+    def walk_dataset(self, depth: int, implicit: bool, until_item_end: bool) -> None:
+        """Walk elements to the end of the file, or to an item delimiter."""
+        if depth > MAX_DEPTH:
+            raise MalformedDataset(f"sequences nested deeper than {MAX_DEPTH}")
+        while True:
+            if not until_item_end and self.fp.tell() == self.end:
+                return
+            tag, vr, length = self._header(implicit)
+            if tag == _ITEM_END:
+                if until_item_end:
+                    return
+                raise MalformedDataset("item delimiter outside an item")
+            if tag in (_ITEM, _SEQUENCE_END):
+                raise MalformedDataset(f"unexpected delimiter {tag:08X}")
+            if length != _UNDEFINED:
+                self._skip(length)
+                continue
+            # Undefined length: a sequence, encapsulated pixel data, or UN
+            # holding an implicit VR sequence (PS3.5 6.2.2).
+            if vr is not None and vr not in (b"SQ", b"UN", b"OB", b"OW"):
+                raise MalformedDataset(f"undefined length on VR {vr.decode()}")
+            nested_implicit = True if vr == b"UN" else implicit
+            self.walk_items(depth + 1, nested_implicit)
+
+    def walk_items(self, depth: int, implicit: bool) -> None:
+        """Walk items up to and including the sequence delimiter."""
+        while True:
+            tag, _vr, length = self._header(implicit)
+            if tag == _SEQUENCE_END:
+                return
+            if tag != _ITEM:
+                raise MalformedDataset(f"expected an item, found tag {tag:08X}")
+            if length == _UNDEFINED:
+                self.walk_dataset(depth + 1, implicit, until_item_end=True)
+            else:
+                self._skip(length)
+
+
+def _read_meta(fp: BinaryIO, end: int) -> tuple[dict[int, bytes], int]:
+    """Read the File Meta group; return its values by tag and the data set offset."""
+    fp.seek(0)
+    preamble = fp.read(132)
+    if len(preamble) != 132 or preamble[128:] != b"DICM":
+        raise MalformedDataset("no DICM prefix")
+    walker = _Walker(fp, end, implicit=False, little=True)
+    values: dict[int, bytes] = {}
+    while fp.tell() < end:
+        start = fp.tell()
+        group = struct.unpack("<H", walker._read(2))[0]
+        fp.seek(start)
+        if group != 0x0002:
+            break
+        tag, _vr, length = walker._header(implicit=False)
+        if length == _UNDEFINED:
+            raise MalformedDataset("undefined length in file meta")
+        if length > end - fp.tell():
+            raise MalformedDataset("file meta element runs past the end")
+        values[tag] = fp.read(length)
+    return values, fp.tell()
+
+
+def check_part10(fp: BinaryIO, size: int) -> str:
+    """Check a whole Part 10 file structurally; return its transfer syntax UID.
+
+    Raises MalformedDataset when a declared length runs past the end, an
+    undefined-length sequence never closes, or the data set stops mid-element.
+    """
+    meta, offset = _read_meta(fp, size)
+    raw_syntax = meta.get(0x00020010)
+    if not raw_syntax:
+        raise MalformedDataset("file meta has no transfer syntax")
+    syntax = raw_syntax.rstrip(b"\x00 ").decode("ascii", "replace")
+    if offset >= size:
+        raise MalformedDataset("empty data set")
+    if syntax in _DEFLATED:
+        _check_deflated(fp, offset)
+        return syntax
+    walker = _Walker(
+        fp, size, implicit=syntax == _IMPLICIT_LE, little=syntax != _EXPLICIT_BE
+    )
+    fp.seek(offset)
+    walker.walk_dataset(depth=0, implicit=walker.implicit, until_item_end=False)
+    return syntax
+
+
+def _check_deflated(fp: BinaryIO, offset: int) -> None:
+    """A deflated data set is whole when its raw deflate stream ends."""
+    fp.seek(offset)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        while (data := fp.read(1 << 16)) and not inflater.eof:
+            while data and not inflater.eof:
+                inflater.decompress(data, 1 << 20)  # bounded output: no zip bomb
+                data = inflater.unconsumed_tail
+        while not inflater.eof and inflater.decompress(b"", 1 << 20):
+            pass
+    except zlib.error as exc:
+        raise MalformedDataset(f"deflate stream broken: {exc}") from None
+    if not inflater.eof:
+        raise MalformedDataset("deflate stream truncated")
