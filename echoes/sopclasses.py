@@ -13,7 +13,8 @@ from functools import cache
 from importlib import resources
 
 from pydicom import uid as pydicom_uid
-from pynetdicom.sop_class import _STORAGE_CLASSES
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import _STORAGE_CLASSES, register_uid, uid_to_service_class
 
 VERIFICATION = "1.2.840.10008.1.1"
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
@@ -54,6 +55,28 @@ def _read_table(name: str) -> tuple[tuple[str, str], ...]:
             label, uid = line.split("\t")
             rows.append((label.strip(), uid.strip()))
     return tuple(rows)
+
+
+@cache
+def conformance_store_labels() -> dict[str, str]:
+    """UID -> the statement's name for it."""
+    return {uid: label for label, uid in _read_table("store_scp_sop_classes.tsv")}
+
+
+def register_retired_storage_classes() -> list[str]:
+    """Teach pynetdicom the statement's retired and draft storage classes.
+
+    pynetdicom drops a C-STORE for a SOP class it does not map to the
+    Storage service (Stored Print, the draft SR and waveform classes...).
+    """
+    registered = []
+    for uid in conformance_store_classes():
+        if uid_to_service_class(uid) is not StorageServiceClass:
+            label = conformance_store_labels()[uid]
+            keyword = "".join(c for c in label if c.isalnum()) or f"Storage{len(registered)}"
+            register_uid(uid, f"Echoes{keyword}", StorageServiceClass)
+            registered.append(uid)
+    return registered
 
 
 @cache

@@ -316,6 +316,7 @@ class SharedSocketServer(ThreadedAssociationServer):
 
 def build_ae(config: Config) -> AE:
     """The store AE: Verification plus every storage class and syntax we accept."""
+    sopclasses.register_retired_storage_classes()
     ae = AE(ae_title=config.ae_title)
     ae.maximum_pdu_size = RECEIVE_MAX_PDU
     ae.maximum_associations = config.max_associations

@@ -1,0 +1,184 @@
+"""Fixtures: a real echoes server in a temporary home, DICOM files made with pydicom."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+
+from echoes import config as config_module
+from echoes import index
+
+TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+#: dcmtk leaves Nagle on unless told: every object would wait for a delayed ACK.
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_dataset(sop_class: str = "1.2.840.10008.5.1.4.1.1.7", study: str | None = None,
+                 series: str | None = None, rows: int = 4, patient_id: str = "P1",
+                 modality: str = "OT", syntax: str = ExplicitVRLittleEndian) -> Dataset:
+    """A small valid image of ``sop_class``, ready for pynetdicom to send in ``syntax``."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = study or generate_uid()
+    ds.SeriesInstanceUID = series or generate_uid()
+    ds.PatientName = "TEST^PATIENT"
+    ds.PatientID = patient_id
+    ds.StudyDate = "20261129"
+    ds.Modality = modality
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = rows
+    ds.Columns = rows
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = b"\x01\x00" * rows * rows
+    return ds
+
+
+def write_part10(ds: Dataset, path: Path, syntax: str = ExplicitVRLittleEndian) -> Path:
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@dataclass
+class Server:
+    """A running ``echoes start`` and where it keeps things."""
+
+    home: Path
+    config: config_module.Config
+    process: subprocess.Popen
+
+    @property
+    def port(self) -> int:
+        return self.config.store_port
+
+    def studies(self) -> list[dict]:
+        return index.read_studies(self.config.index_path)
+
+    def indexed_sops(self) -> list[str]:
+        sops = []
+        for study in self.studies():
+            detail = index.read_study(self.config.index_path, study["StudyInstanceUID"])
+            sops.extend(i["SOPInstanceUID"] for i in detail["instances"])
+        return sops
+
+    def archived_sops(self) -> list[str]:
+        return [p.stem for p in self.config.archive_dir.rglob("*.dcm")]
+
+    def wait_ingested(self, count: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.indexed_sops()) >= count and not list(
+                    (self.config.spool_dir / "incoming").glob("*.dcm")):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"expected {count} indexed, have {len(self.indexed_sops())}")
+
+    def children(self, role: str) -> list[int]:
+        import psutil
+
+        found = []
+        for child in psutil.Process(self.process.pid).children():
+            try:
+                if child.cmdline() and child.cmdline()[0].strip() == f"echoes: {role}":
+                    found.append(child.pid)
+            except psutil.Error:
+                continue
+        return found
+
+    def files_outside(self) -> list[Path]:
+        """Files anywhere in the home that are not archive, spool, index or log."""
+        allowed = [self.config.archive_dir, self.config.spool_dir, self.config.index_path.parent,
+                   self.config.log_file.parent, self.config.pid_file.parent, self.home / "etc"]
+        return [p for p in self.home.rglob("*") if p.is_file()
+                and not any(a in p.parents for a in allowed)]
+
+
+def write_config(home: Path, **extra: object) -> Path:
+    (home / "etc").mkdir(parents=True, exist_ok=True)
+    values = {"store_port": free_port(), "mwl_port": free_port(), "min_free_mb": 10,
+              "bind": "127.0.0.1", **extra}
+    path = home / "etc" / "echoes.ini"
+    path.write_text("[echoes]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()))
+    return path
+
+
+def echo_ok(port: int) -> bool:
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", port)
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return bool(status) and status.Status == 0
+
+
+def start_server(home: Path, **extra: object) -> Server:
+    config_path = write_config(home, **extra)
+    config = config_module.load(config_path)
+    log = open(home.with_name(home.name + ".out"), "wb")
+    process = subprocess.Popen([sys.executable, "-m", "echoes", "--config", str(config_path),
+                                "start"], stdout=log, stderr=subprocess.STDOUT)
+    server = Server(home, config, process)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError((home.with_name(home.name + ".out")).read_text())
+        if len(server.children("store")) == config.store_workers and echo_ok(config.store_port):
+            return server
+        time.sleep(0.2)
+    raise AssertionError("server did not come up: " + (home.with_name(home.name + ".out")).read_text())
+
+
+def stop_server(server: Server) -> None:
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(40)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    running = start_server(tmp_path / "home")
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="session")
+def dcmtk() -> None:
+    if not shutil.which("storescu"):
+        pytest.fail("dcmtk is not installed: run bin/test, which installs it")
