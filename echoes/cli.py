@@ -175,7 +175,8 @@ def cmd_check(args: argparse.Namespace, config: config_module.Config) -> int:
     if config.spool_dir.exists():
         free = spool.free_megabytes(config.spool_dir)
         if free < config.min_free_mb:
-            problems.append(f"spool disk: {free:.0f} MB free, below min_free_mb {config.min_free_mb}")
+            problems.append(
+                f"spool disk: {free:.0f} MB free, below min_free_mb {config.min_free_mb}")
     rejected = sorted(os.listdir(layout.rejected)) if layout.rejected.exists() else []
     if rejected:
         problems.append(f"{len(rejected)} spooled files rejected (see {layout.rejected})")

@@ -229,7 +229,7 @@ class ArchiveIndex:
             if present:
                 instances.remove(doc_ids=present)
             instances.insert_multiple(
-                Document(asdict(r), doc_id=i) for r, i in zip(study_records, ids)
+                Document(asdict(r), doc_id=i) for r, i in zip(study_records, ids, strict=True)
             )
             for record in study_records:
                 self._locations[record.SOPInstanceUID] = study_uid

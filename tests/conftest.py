@@ -158,7 +158,8 @@ def start_server(home: Path, **extra: object) -> Server:
         if len(server.children("store")) == config.store_workers and echo_ok(config.store_port):
             return server
         time.sleep(0.2)
-    raise AssertionError("server did not come up: " + (home.with_name(home.name + ".out")).read_text())
+    output = home.with_name(home.name + ".out").read_text()
+    raise AssertionError("server did not come up: " + output)
 
 
 def stop_server(server: Server) -> None:

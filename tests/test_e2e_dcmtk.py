@@ -45,7 +45,9 @@ def test_storescu_uncompressed(server, dcmtk, flag):
     server.wait_ingested(len(expected))
     assert expected <= set(server.indexed_sops())
     assert expected <= set(server.archived_sops())
-    listed = subprocess.run([sys.executable, "-m", "echoes", "--config", str(server.config.path), "studies", "--json"],
+    command = [sys.executable, "-m", "echoes", "--config", str(server.config.path), "studies",
+               "--json"]
+    listed = subprocess.run(command,
                             capture_output=True, text=True, check=True, timeout=30)
     assert all(s in listed.stdout for s in {pydicom.dcmread(TEST_FILES / n).StudyInstanceUID
                                             for n in UNCOMPRESSED_FILES})

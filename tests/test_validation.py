@@ -49,7 +49,8 @@ def test_bundled_compressed_and_nested_files(name):
 def test_never_closing_sequence_is_caught(tmp_path):
     data = write_part10(make_dataset(), tmp_path / "x.dcm").read_bytes()
     # an undefined-length SQ that never ends, appended at the end
-    hostile = data + b"\x09\x00\x10\x10SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    never_closed = b"\x09\x00\x10\x10SQ\x00\x00\xff\xff\xff\xff"
+    hostile = data + never_closed + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
     with pytest.raises(MalformedDataset):
         _check(hostile)
 
