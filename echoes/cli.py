@@ -138,7 +138,7 @@ def _children(pid: int) -> list[tuple[int, str]]:
     result = []
     for child in children:
         try:
-            result.append((child.pid, " ".join(child.cmdline())))
+            result.append((child.pid, " ".join(" ".join(child.cmdline()).split())))
         except psutil.Error:
             continue
     return result
