@@ -70,3 +70,21 @@ def test_reader_of_missing_index():
     from pathlib import Path
 
     assert index.read_studies(Path("/nonexistent/index.json")) == []
+
+
+def test_catalog_rebuilt_from_shards_after_a_crash(tmp_path):
+    path = tmp_path / "index.json"
+    db = ArchiveIndex(path)
+    db.flush_catalog()
+    db._catalog_flushed = float("inf")  # as if killed before the next catalog write
+    from echoes import index as index_module
+
+    saved = index_module.CATALOG_FLUSH_SECONDS
+    index_module.CATALOG_FLUSH_SECONDS = float("inf")
+    try:
+        db.apply([record("1.1"), record("1.2", study="7.7", series="7.7.1")])
+    finally:
+        index_module.CATALOG_FLUSH_SECONDS = saved
+    assert index.read_studies(path) == []  # catalog not yet written; shards are
+    ArchiveIndex(path).close()  # the restarted ingester
+    assert {s["StudyInstanceUID"] for s in index.read_studies(path)} == {"1.2.3", "7.7"}
