@@ -1,0 +1,61 @@
+"""Ingester on real files: archive layout, idempotence, rejected files, crash leftovers."""
+
+from conftest import make_dataset, write_config, write_part10
+
+from echoes import config as config_module
+from echoes import index, spool
+from echoes.ingester import Ingester
+
+
+def make_ingester(tmp_path):
+    config = config_module.load(write_config(tmp_path / "home"))
+    return Ingester(config), config
+
+
+def spool_file(layout, ds, tmp_path):
+    path = write_part10(ds, tmp_path / "x.dcm")
+    return spool.commit_incoming(path, layout)
+
+
+def test_archives_indexes_and_replaces(tmp_path):
+    ingester, config = make_ingester(tmp_path)
+    ds = make_dataset(patient_id="A")
+    spool_file(ingester.layout, ds, tmp_path)
+    ds.PatientID = "B"
+    spool_file(ingester.layout, ds, tmp_path)
+    assert ingester.drain() == 1  # the later copy wins within one batch
+    target = (config.archive_dir / ds.StudyInstanceUID / ds.SeriesInstanceUID
+              / f"{ds.SOPInstanceUID}.dcm")
+    assert target.exists()
+    assert not spool.pending_incoming(ingester.layout)
+    assert index.read_studies(config.index_path)[0]["PatientID"] == "B"
+    spool_file(ingester.layout, ds, tmp_path)  # sent again later: still one record
+    ingester.drain()
+    assert index.read_studies(config.index_path)[0]["NumberOfInstances"] == 1
+
+
+def test_unparseable_file_goes_to_rejected_and_ingest_goes_on(tmp_path):
+    ingester, config = make_ingester(tmp_path)
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"\x00" * 50)
+    spool.commit_incoming(junk, ingester.layout)
+    good = make_dataset()
+    spool_file(ingester.layout, good, tmp_path)
+    assert ingester.drain() == 1
+    assert len(list(ingester.layout.rejected.iterdir())) == 1
+    assert index.read_studies(config.index_path)[0]["StudyInstanceUID"] == good.StudyInstanceUID
+
+
+def test_study_moved_removes_old_file(tmp_path):
+    ingester, config = make_ingester(tmp_path)
+    ds = make_dataset()
+    spool_file(ingester.layout, ds, tmp_path)
+    ingester.drain()
+    old_study = ds.StudyInstanceUID
+    ds.StudyInstanceUID = "1.2.3.999"
+    spool_file(ingester.layout, ds, tmp_path)
+    ingester.drain()
+    files = list(config.archive_dir.rglob("*.dcm"))
+    assert len(files) == 1 and files[0].parts[-3] == "1.2.3.999"
+    assert [s["StudyInstanceUID"] for s in index.read_studies(config.index_path)] == ["1.2.3.999"]
+    assert old_study not in str(files[0])
