@@ -181,6 +181,7 @@ class ArchiveIndex:
         """Load SOP locations and make the catalog agree with the shards."""
         studies = self.catalog.table(STUDIES)
         present = set()
+        summaries: dict[int, dict | None] = {}
         for entry in os.scandir(shard_dir(self.index_path)):
             if entry.name.startswith(".") or not entry.name.endswith(".json"):
                 continue
@@ -190,8 +191,8 @@ class ArchiveIndex:
             for instance in instances:
                 self._locations[instance["SOPInstanceUID"]] = study_uid
             if instances:
-                summary, _series = summarize_study(instances)
-                studies.upsert(Document(summary, doc_id=doc_id(study_uid)))
+                summaries[doc_id(study_uid)] = summarize_study(instances)[0]
+        self._update_catalog(summaries)
         orphans = [doc.doc_id for doc in studies.all() if doc.doc_id not in present]
         if orphans:
             studies.remove(doc_ids=orphans)
@@ -259,31 +260,43 @@ class ArchiveIndex:
             for record in study_records:
                 self._locations[record.SOPInstanceUID] = study_uid
 
-        studies = self.catalog.table(STUDIES)
+        summaries = {}
         for study_uid in set(by_study) | set(moved_away):
-            self._write_study(studies, study_uid)
+            summaries[doc_id(study_uid)] = self._write_study(study_uid)
+        self._update_catalog(summaries)
         if time.monotonic() - self._catalog_flushed >= CATALOG_FLUSH_SECONDS:
             self.flush_catalog()
         return replaced
 
-    def _write_study(self, studies, study_uid: str) -> None:
+    def _update_catalog(self, summaries: dict[int, dict | None]) -> None:
+        """Replace catalog documents in two table passes (None removes a study).
+
+        One TinyDB write walks the whole table, so the batch's studies are
+        written together, never one upsert per study.
+        """
+        studies = self.catalog.table(STUDIES)
+        present = [i for i in summaries if studies.contains(doc_id=i)]
+        if present:
+            studies.remove(doc_ids=present)
+        studies.insert_multiple(
+            Document(summary, doc_id=i) for i, summary in summaries.items() if summary
+        )
+
+    def _write_study(self, study_uid: str) -> dict | None:
         """Derive a study's series and summary from its instances; flush its shard."""
         shard = self._shard(study_uid)
         instances = shard.table(INSTANCES).all()
-        study_id = doc_id(study_uid)
         if not instances:
-            if studies.contains(doc_id=study_id):
-                studies.remove(doc_ids=[study_id])
             self._drop_shard(study_uid)
-            return
+            return None
         summary, series_docs = summarize_study(instances)
         series_table = shard.table(SERIES)
         series_table.truncate()
         series_table.insert_multiple(
             Document(s, doc_id=doc_id(s["SeriesInstanceUID"])) for s in series_docs
         )
-        studies.upsert(Document(summary, doc_id=study_id))
         shard.storage.flush()
+        return summary
 
     def _drop_shard(self, study_uid: str) -> None:
         self._shards.pop(study_uid, None)  # dropped unflushed: nothing left to keep
