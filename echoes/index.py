@@ -341,15 +341,3 @@ def read_study(index_path: Path, study_uid: str) -> dict | None:
         "series": [dict(s) for s in shard.table(SERIES).all()],
         "instances": [dict(i) for i in shard.table(INSTANCES).all()],
     }
-
-
-def count_instances(index_path: Path) -> int:
-    """Instances in the archive, from the catalog alone."""
-    return sum(s["NumberOfInstances"] for s in read_studies(index_path))
-
-
-def stale_temp_files(index_path: Path) -> list[str]:
-    """Leftover temporary files of interrupted writes (for ``echoes check``)."""
-    folder = shard_dir(index_path)
-    names = [e.name for e in os.scandir(folder)] if folder.exists() else []
-    return [n for n in names if n.startswith(".") and n.endswith(".tmp")]
