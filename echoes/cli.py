@@ -199,6 +199,10 @@ def cmd_worker(args: argparse.Namespace, config: config_module.Config) -> int:
         from echoes import store
 
         return store.run(config, args.listen_fd)
+    if args.role == "mwl":
+        from echoes import mwl
+
+        return mwl.run(config, args.listen_fd)
     if args.role == "ingester":
         from echoes import ingester
 

@@ -177,6 +177,7 @@ def run(config: Config) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # forwarded reloads: nothing to reload
     observer = Observer()
     observer.schedule(_Wake(wake), str(ingester.layout.incoming), recursive=False)
     observer.start()
@@ -194,5 +195,6 @@ def run(config: Config) -> int:
         ingester.drain()
     finally:
         observer.stop()
+        observer.join(5)
         ingester.index.close()
     return 0

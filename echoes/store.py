@@ -27,9 +27,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import signal
-import socket
-import socketserver
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,9 +38,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import create_file_meta
-from pynetdicom.transport import ThreadedAssociationServer
 
-from echoes import __version__, sopclasses, spool
+from echoes import __version__, listener, sopclasses, spool
 from echoes.config import Config
 from echoes.validation import MalformedDataset, check_part10, uid_problem
 
@@ -287,33 +283,6 @@ class StoreService:
             self.registry.sweep()
 
 
-class SharedSocketServer(ThreadedAssociationServer):
-    """An association server on a listening socket inherited from the supervisor."""
-
-    listen_fd: int = -1
-
-    def server_bind(self) -> None:
-        self.socket.close()
-        self.socket = socket.socket(fileno=os.dup(self.listen_fd))
-        # Several workers accept on this socket: whoever loses the race must
-        # not block in accept(), so the listener is non-blocking.
-        self.socket.setblocking(False)
-        self.server_address = self.socket.getsockname()
-
-    def server_activate(self) -> None:
-        """The supervisor already called listen()."""
-
-    def get_request(self):  # type: ignore[override]
-        client, address = self.socket.accept()
-        client.setblocking(True)
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return client, address
-
-    def server_close(self) -> None:
-        # Never shutdown() the shared listener: that would stop every worker.
-        self.socket.close()
-
-
 def build_ae(config: Config) -> AE:
     """The store AE: Verification plus every storage class and syntax we accept."""
     sopclasses.register_retired_storage_classes()
@@ -347,26 +316,7 @@ def run(config: Config, listen_fd: int) -> int:
         (evt.EVT_RELEASED, service.handle_closed),
         (evt.EVT_ABORTED, service.handle_closed),
     ]
-    SharedSocketServer.listen_fd = listen_fd
-    server = ae.make_server(
-        ("", 0), evt_handlers=handlers, server_class=SharedSocketServer
-    )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    thread = threading.Thread(target=server.serve_forever, name="accept", daemon=True)
-    thread.start()
-    log.info("store worker %d serving on %s:%d", os.getpid(), *server.server_address[:2])
-    while not stop.wait(30):
-        registry.sweep()
-    # Stop accepting (pynetdicom's own shutdown() expects start_server()).
-    socketserver.BaseServer.shutdown(server)
-    server.server_close()
-    deadline = time.monotonic() + config.dimse_timeout
-    while server.active_associations and time.monotonic() < deadline:
-        time.sleep(0.05)
-    left = len(server.active_associations)
-    if left:
-        log.warning("store worker %d: %d associations still open at exit", os.getpid(), left)
+    listener.serve(ae, handlers, listen_fd, config.dimse_timeout,
+                   tick=registry.sweep, tick_seconds=30.0)
     registry.sweep()
     return 0

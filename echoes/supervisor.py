@@ -29,9 +29,13 @@ log = logging.getLogger("echoes.supervisor")
 #: order here: receivers first, so the ingester can drain what they took.
 ROLES: dict[str, object] = {
     "store": lambda config: config.store_workers,
+    "mwl": lambda config: 1,
     "ingester": lambda config: 1,
-    # "mwl" and "sender" join here in their own issues.
+    # "sender" joins here in its own issue.
 }
+
+#: role -> the config key of the port the supervisor binds and passes to it.
+LISTENING_ROLES: dict[str, str] = {"store": "store_port", "mwl": "mwl_port"}
 
 #: A child that lived shorter than this is restarted after a back-off.
 HEALTHY_SECONDS = 5.0
@@ -63,12 +67,12 @@ class Child:
     argv: list[str] = field(default_factory=list)
 
 
-def bind_store_socket(config: Config) -> socket.socket:
-    """The store port, bound once for all workers."""
+def bind_socket(config: Config, port: int) -> socket.socket:
+    """A listening port, bound once for all the workers of a role."""
     family = socket.AF_INET6 if ":" in config.bind else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((config.bind, config.store_port))
+    listener.bind((config.bind, port))
     listener.listen(128)
     listener.set_inheritable(True)
     return listener
@@ -81,18 +85,17 @@ class Supervisor:
         self.config = config
         self.children: list[Child] = []
         self.stopping = False
-        self.store_socket: socket.socket | None = None
+        self.sockets: dict[str, socket.socket] = {}
 
     def _argv(self, role: str) -> list[str]:
         argv = [sys.executable, "-m", "echoes", "--config", str(self.config.path),
                 "_worker", role]
-        if role == "store":
-            assert self.store_socket is not None
-            argv += ["--listen-fd", str(self.store_socket.fileno())]
+        if role in self.sockets:
+            argv += ["--listen-fd", str(self.sockets[role].fileno())]
         return argv
 
     def _spawn(self, child: Child) -> None:
-        pass_fds = (self.store_socket.fileno(),) if child.role == "store" else ()
+        pass_fds = (self.sockets[child.role].fileno(),) if child.role in self.sockets else ()
         child.process = subprocess.Popen(self._argv(child.role), pass_fds=pass_fds)
         child.started = time.monotonic()
         log.info("started %s[%d] pid %d", child.role, child.slot, child.process.pid)
@@ -102,7 +105,8 @@ class Supervisor:
         for folder in self.config.directories:
             folder.mkdir(parents=True, exist_ok=True)
         spool.SpoolLayout(self.config.spool_dir).create()
-        self.store_socket = bind_store_socket(self.config)
+        for role, port_key in LISTENING_ROLES.items():
+            self.sockets[role] = bind_socket(self.config, getattr(self.config, port_key))
         for role, count in ROLES.items():
             for slot in range(count(self.config)):
                 child = Child(role, slot)
@@ -145,8 +149,8 @@ class Supervisor:
                               role, process.pid, STOP_GRACE_SECONDS)
                     process.kill()
                     process.wait()
-        if self.store_socket is not None:
-            self.store_socket.close()
+        for listening in self.sockets.values():
+            listening.close()
         log.info("stopped")
 
     def forward_signal(self, signum: int) -> None:
@@ -170,7 +174,8 @@ def run(config: Config) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda num, _frame: received.append(num))
     supervisor.start()
-    log.info("echoes %s: store port %d, pid %d", config.ae_title, config.store_port, os.getpid())
+    log.info("echoes %s: store port %d, worklist port %d, pid %d",
+             config.ae_title, config.store_port, config.mwl_port, os.getpid())
     while True:
         while received:
             signum = received.pop(0)

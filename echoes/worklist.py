@@ -1,0 +1,468 @@
+"""The worklist directory: JSON files read into an in-memory, always-current index.
+
+A RIS drops one ``*.json`` file per scheduled procedure step.  Each file is
+parsed once -- when it appears or changes -- into a *tree* (see
+``mwl_match``), validated attribute by attribute against the DICOM data
+dictionary, and kept in memory, so a C-FIND never touches the disk.  Both
+JSON forms of SPEC.md are read: the DICOM JSON model (``"00100010": {"vr":
+"PN", "Value": [...]}``) and the keyword form (``"PatientName": "DOE^JANE"``).
+
+Freshness: watchdog (inotify) reports files renamed in, changed or removed
+and ``WorklistDirectory.refresh`` re-reads just that file.  Because inotify
+sees nothing on NFS or SMB mounts, a poll thread also compares the folder's
+own mtime every second (a rename in or out changes it) and rescans all
+signatures (mtime, size) every minute.  A file that cannot be used is kept
+out of the index, logged once per version, and reported by ``invalid``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import config as pydicom_config
+from pydicom import datadict, valuerep
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from echoes.mwl_match import Tree
+from echoes.validation import uid_problem
+
+log = logging.getLogger("echoes.worklist")
+
+#: VRs whose JSON value is a number; the tree keeps their DICOM string form.
+NUMBER_VRS = frozenset({"IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "SV", "UV"})
+#: Binary number VRs: converted back from the tree's string form for pydicom.
+INTEGER_VRS = frozenset({"US", "UL", "SS", "SL", "SV", "UV"})
+FLOAT_VRS = frozenset({"FL", "FD"})
+BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+HEX_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
+#: The poll thread's periods (seconds): folder mtime check, full rescan.
+POLL_SECONDS = 1.0
+RESCAN_SECONDS = 60.0
+#: Largest worklist file read; a bigger one is reported, not parsed.
+MAX_FILE_BYTES = 1 << 20
+
+
+class InvalidWorklistFile(ValueError):
+    """The reason one file cannot be served, in words for the RIS integrator."""
+
+
+@dataclass(frozen=True)
+class WorklistItem:
+    """One scheduled procedure step as served: file name, version, content."""
+
+    name: str
+    signature: tuple[int, int]
+    tree: Tree
+
+
+def is_worklist_name(name: str) -> bool:
+    """RIS temporary names (``.x.json``) and other files are not worklist items."""
+    return name.endswith(".json") and not name.startswith(".")
+
+
+# -- parsing -------------------------------------------------------------------
+
+
+def parse_bytes(data: bytes) -> Tree:
+    """A validated tree from the bytes of one worklist file (either JSON form)."""
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidWorklistFile(f"not UTF-8 (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidWorklistFile(f"not JSON: {exc.msg} (line {exc.lineno})") from None
+    if not isinstance(document, dict):
+        raise InvalidWorklistFile("not a JSON object")
+    if not document:
+        raise InvalidWorklistFile("empty object")
+    return _parse_object(document, "")
+
+
+def parse_file(path: Path) -> Tree:
+    """Read and parse one file; every problem is an ``InvalidWorklistFile``."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise InvalidWorklistFile(f"cannot read: {exc.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise InvalidWorklistFile(f"larger than {MAX_FILE_BYTES} bytes")
+    return parse_bytes(data)
+
+
+def _parse_object(document: dict[str, Any], where: str) -> Tree:
+    tree: Tree = {}
+    for key, raw in document.items():
+        if HEX_TAG.match(key):
+            tag = int(key, 16)
+            if (tag >> 16) % 2:
+                continue  # private attributes are not served
+            name = datadict.keyword_for_tag(tag) or key
+            if not isinstance(raw, dict):
+                raise InvalidWorklistFile(f"{where}{name}: expected an object with vr and Value")
+            vr = _json_model_vr(tag, raw, where + name)
+            tree[tag] = _json_model_value(vr, raw, where + name)
+        else:
+            tag = datadict.tag_for_keyword(key)
+            if tag is None:
+                raise InvalidWorklistFile(f"{where}{key}: unknown attribute keyword")
+            vr = _dictionary_vr(tag)
+            tree[tag] = _keyword_value(vr, raw, where + key)
+    return tree
+
+
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return datadict.dictionary_VR(tag).split(" or ")[0]
+    except KeyError:
+        return "UN"
+
+
+def _json_model_vr(tag: int, element: dict[str, Any], name: str) -> str:
+    vr = element.get("vr")
+    if not isinstance(vr, str):
+        raise InvalidWorklistFile(f"{name}: missing vr")
+    try:
+        allowed = datadict.dictionary_VR(tag).split(" or ")
+    except KeyError:
+        allowed = [vr]
+    if vr not in allowed:
+        raise InvalidWorklistFile(f"{name}: vr {vr} where the dictionary says {'/'.join(allowed)}")
+    return vr
+
+
+def _json_model_value(vr: str, element: dict[str, Any], name: str) -> Any:
+    if "InlineBinary" in element or "BulkDataURI" in element or vr in BINARY_VRS:
+        raise InvalidWorklistFile(f"{name}: binary values are not supported in worklists")
+    values = element.get("Value", [])
+    if not isinstance(values, list):
+        raise InvalidWorklistFile(f"{name}: Value must be a list")
+    if vr == "SQ":
+        return _sequence(values, name, json_model=True)
+    if vr == "PN":
+        return _join(_person_name(value, name) for value in values)
+    return _join(_scalar(vr, value, name) for value in values)
+
+
+def _keyword_value(vr: str, raw: Any, name: str) -> Any:
+    if vr in BINARY_VRS:
+        raise InvalidWorklistFile(f"{name}: binary values are not supported in worklists")
+    if vr == "SQ":
+        if not isinstance(raw, list):
+            raise InvalidWorklistFile(f"{name}: a sequence must be a list of objects")
+        return _sequence(raw, name, json_model=False)
+    values = raw if isinstance(raw, list) else [raw]
+    if vr == "PN":
+        return _join(_person_name(value, name) for value in values)
+    return _join(_scalar(vr, value, name) for value in values)
+
+
+def _sequence(values: list[Any], name: str, json_model: bool) -> list[Tree]:
+    items = []
+    for number, value in enumerate(values, 1):
+        if not isinstance(value, dict):
+            raise InvalidWorklistFile(f"{name}: item {number} is not an object")
+        items.append(_parse_object(value, f"{name}[{number}]."))
+    return items
+
+
+def _person_name(value: Any, name: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        unknown = set(value) - set(PN_GROUPS)
+        if unknown:
+            raise InvalidWorklistFile(f"{name}: unknown name group {sorted(unknown)[0]}")
+        groups = [value.get(group) or "" for group in PN_GROUPS]
+        if not all(isinstance(group, str) for group in groups):
+            raise InvalidWorklistFile(f"{name}: name groups must be strings")
+        while groups and not groups[-1]:
+            groups.pop()
+        text = "=".join(groups)
+    elif isinstance(value, str):
+        text = value
+    else:
+        raise InvalidWorklistFile(f"{name}: a person name must be a string, not {_kind(value)}")
+    _validate("PN", text, name)
+    return text
+
+
+def _scalar(vr: str, value: Any, name: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool) or isinstance(value, list | dict):
+        raise InvalidWorklistFile(f"{name}: expected a {vr} value, not {_kind(value)}")
+    if isinstance(value, int | float):
+        if vr not in NUMBER_VRS:
+            raise InvalidWorklistFile(f"{name}: {vr} wants a string, not a number")
+        text = str(value)
+    elif isinstance(value, str):
+        text = value
+    else:  # pragma: no cover - json gives no other types
+        raise InvalidWorklistFile(f"{name}: unusable value")
+    if "\\" in text and vr not in ("LT", "ST", "UT"):
+        raise InvalidWorklistFile(f"{name}: backslash in a value (give a list instead)")
+    _validate(vr, text, name)
+    return text
+
+
+def _validate(vr: str, text: str, name: str) -> None:
+    if not text:
+        return
+    if vr == "UI":
+        problem = uid_problem(text)
+        if problem:
+            raise InvalidWorklistFile(f"{name}: {problem}")
+        return
+    try:
+        valuerep.validate_value(vr, text, pydicom_config.RAISE)
+    except (ValueError, TypeError) as exc:
+        reason = str(exc).split(". Please see")[0].rstrip(".")
+        raise InvalidWorklistFile(f"{name}: {reason}") from None
+
+
+def _join(values: Iterable[str]) -> str:
+    return "\\".join(values)
+
+
+def _kind(value: Any) -> str:
+    return {bool: "true/false", list: "a list", dict: "an object"}.get(type(value), "a number")
+
+
+# -- trees to data sets ----------------------------------------------------------
+
+
+def to_dataset(tree: Tree, vrs: dict[int, Any] | None = None) -> Dataset:
+    """A pydicom data set from a tree, for a C-FIND response or a .wl file.
+
+    ``vrs`` maps tag -> VR (or, for sequences, ``("SQ", nested vrs)``) as the
+    query gave them; tags it lacks take the dictionary VR.
+    """
+    dataset = Dataset()
+    for tag in sorted(tree):
+        value = tree[tag]
+        given = (vrs or {}).get(tag)
+        nested = None
+        if isinstance(given, tuple):
+            given, nested = given
+        vr = given or _dictionary_vr(tag)
+        if vr == "SQ" or isinstance(value, list):
+            children = value if isinstance(value, list) else []
+            dataset.add_new(tag, "SQ", Sequence(to_dataset(child, nested) for child in children))
+        else:
+            dataset.add_new(tag, vr, _pydicom_value(vr, value))
+    return dataset
+
+
+def _pydicom_value(vr: str, text: str) -> Any:
+    if not text:
+        return None
+    if vr in INTEGER_VRS or vr in FLOAT_VRS:
+        convert = int if vr in INTEGER_VRS else float
+        numbers = [convert(part) for part in text.split("\\")]
+        return numbers[0] if len(numbers) == 1 else numbers
+    return text
+
+
+def tree_is_ascii(tree: Tree) -> bool:
+    """False when any value needs a character set beyond the default repertoire."""
+    for value in tree.values():
+        if isinstance(value, list):
+            if not all(tree_is_ascii(child) for child in value):
+                return False
+        elif not value.isascii():
+            return False
+    return True
+
+
+# -- the directory -----------------------------------------------------------------
+
+
+def scan(folder: Path) -> Iterator[tuple[str, tuple[int, int]]]:
+    """(name, (mtime_ns, size)) for each worklist file in ``folder``."""
+    try:
+        entries = os.scandir(folder)
+    except FileNotFoundError:
+        return
+    with entries:
+        for entry in entries:
+            if not is_worklist_name(entry.name):
+                continue
+            try:
+                stat = entry.stat()
+            except FileNotFoundError:
+                continue
+            if not os.path.isfile(entry.path):
+                continue
+            yield entry.name, (stat.st_mtime_ns, stat.st_size)
+
+
+class WorklistDirectory:
+    """The parsed worklist: every valid item in memory, invalid files with reasons.
+
+    Thread-safe: watchdog and poll threads update it, association threads
+    read ``items()``, which returns an immutable snapshot rebuilt only after
+    a change.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(os.path.abspath(folder))
+        self._items: dict[str, WorklistItem] = {}
+        self._invalid: dict[str, tuple[tuple[int, int], str]] = {}
+        self._lock = threading.Lock()
+        self._snapshot: tuple[WorklistItem, ...] | None = None
+        self._folder_mtime = 0
+
+    # reading ------------------------------------------------------------------
+
+    def items(self) -> tuple[WorklistItem, ...]:
+        """All valid items now (a snapshot; cheap when nothing changed)."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            with self._lock:
+                snapshot = self._snapshot = tuple(
+                    self._items[name] for name in sorted(self._items))
+        return snapshot
+
+    def invalid(self) -> dict[str, str]:
+        """File name -> why it is not served."""
+        with self._lock:
+            return {name: reason for name, (_, reason) in sorted(self._invalid.items())}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    # updating -------------------------------------------------------------------
+
+    def load(self) -> None:
+        """(Re)read the whole folder; files unchanged since last time are kept."""
+        try:
+            self._folder_mtime = os.stat(self.folder).st_mtime_ns
+        except FileNotFoundError:
+            self._folder_mtime = 0
+        present = dict(scan(self.folder))
+        with self._lock:
+            known = set(self._items) | set(self._invalid)
+        for name in known - set(present):
+            self._forget(name)
+        for name, signature in present.items():
+            self._update(name, signature)
+
+    def refresh(self, name: str, force: bool = True) -> None:
+        """Re-read one file (called for each watchdog event).
+
+        ``force`` re-reads even when mtime and size look unchanged: a rewrite
+        of the same length within the file system's timestamp granularity
+        would otherwise be missed.
+        """
+        if not is_worklist_name(name):
+            return
+        path = self.folder / name
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            self._forget(name)
+            return
+        self._update(name, (stat.st_mtime_ns, stat.st_size), force)
+
+    def poll(self) -> None:
+        """The NFS fallback: rescan when the folder's mtime moved."""
+        try:
+            mtime = os.stat(self.folder).st_mtime_ns
+        except FileNotFoundError:
+            return
+        if mtime != self._folder_mtime:
+            self.load()
+
+    def _known_signature(self, name: str) -> tuple[int, int] | None:
+        item = self._items.get(name)
+        if item is not None:
+            return item.signature
+        invalid = self._invalid.get(name)
+        return invalid[0] if invalid else None
+
+    def _update(self, name: str, signature: tuple[int, int], force: bool = False) -> None:
+        if not force and self._known_signature(name) == signature:
+            return
+        try:
+            tree = parse_file(self.folder / name)
+        except InvalidWorklistFile as exc:
+            reason = str(exc)
+            with self._lock:
+                before = self._invalid.get(name)
+                self._invalid[name] = (signature, reason)
+                if self._items.pop(name, None) is not None:
+                    self._snapshot = None
+            if before is None or before[1] != reason:
+                log.warning("worklist file %s skipped: %s", name, reason)
+            return
+        with self._lock:
+            if self._invalid.pop(name, None) is not None:
+                log.info("worklist file %s is valid again", name)
+            self._items[name] = WorklistItem(name, signature, tree)
+            self._snapshot = None
+
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            removed = self._items.pop(name, None)
+            self._invalid.pop(name, None)
+            if removed is not None:
+                self._snapshot = None
+
+
+class WorklistWatcher:
+    """Keeps a ``WorklistDirectory`` current: watchdog events plus a poll thread."""
+
+    def __init__(self, directory: WorklistDirectory) -> None:
+        self.directory = directory
+        self._stop = threading.Event()
+        self._observer: Any = None
+        self._poller = threading.Thread(target=self._poll, name="worklist-poll", daemon=True)
+
+    def start(self) -> None:
+        """Start watching; ``directory`` should be loaded already."""
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        directory = self.directory
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: Any) -> None:
+                for path in (event.src_path, getattr(event, "dest_path", "")):
+                    if path and os.path.dirname(os.fsdecode(path)) == str(directory.folder):
+                        directory.refresh(os.path.basename(os.fsdecode(path)))
+
+        self._observer = Observer()
+        self._observer.schedule(Handler(), str(directory.folder), recursive=False)
+        self._observer.start()
+        self._poller.start()
+
+    def stop(self) -> None:
+        """Stop both threads (bounded)."""
+        self._stop.set()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(5)
+
+    def _poll(self) -> None:
+        waited = 0.0
+        while not self._stop.wait(POLL_SECONDS):
+            waited += POLL_SECONDS
+            try:
+                if waited >= RESCAN_SECONDS:
+                    waited = 0.0
+                    self.directory.load()
+                else:
+                    self.directory.poll()
+            except Exception:  # keep polling whatever one pass hit
+                log.exception("worklist poll failed")
