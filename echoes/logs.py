@@ -36,4 +36,10 @@ def setup(config: Config | None, role: str, to_stderr: bool = True) -> None:
         root.addHandler(stream)
     root.setLevel(config.log_level if config is not None else "INFO")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # pynetdicom formats identifiers for its debug log even when the level
+    # drops them: patient data, and a measurable cost per C-FIND response.
+    from pynetdicom import _config as pynetdicom_config
+
+    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
     logging.getLogger("watchdog").setLevel(logging.WARNING)

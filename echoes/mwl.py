@@ -19,6 +19,7 @@ who asked, which keys (not values), how many matched and how long it took.
 from __future__ import annotations
 
 import logging
+import struct
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,7 +28,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom import AE, evt
 
-from echoes import listener, sopclasses, worklist
+from echoes import encoding, listener, sopclasses, worklist
 from echoes.config import Config
 from echoes.mwl_match import QueryKey, compile_query
 
@@ -73,16 +74,61 @@ def query_vrs(keys: dict[int, QueryKey]) -> dict[int, Any]:
     }
 
 
-def response_dataset(tree: dict[int, Any], vrs: dict[int, Any]) -> Dataset:
-    """One Pending identifier; says ISO_IR 192 when any value is not ASCII."""
+def response_tree(tree: dict[int, Any], asked_charset: bool) -> tuple[dict[int, Any], str]:
+    """The identifier tree to send and the codec for its text.
+
+    Says ISO_IR 192 when any value is not ASCII; when the query asked for
+    Specific Character Set and everything is ASCII, it comes back empty.
+    """
     tree = dict(tree)
     tree.pop(SPECIFIC_CHARACTER_SET, None)
-    dataset = worklist.to_dataset(tree, vrs)
     if not worklist.tree_is_ascii(tree):
-        dataset.SpecificCharacterSet = UTF8
-    elif SPECIFIC_CHARACTER_SET in vrs:
-        dataset.SpecificCharacterSet = None  # asked for: empty means default repertoire
-    return dataset
+        tree[SPECIFIC_CHARACTER_SET] = UTF8
+        return tree, "utf-8"
+    if asked_charset:
+        tree[SPECIFIC_CHARACTER_SET] = ""
+    return tree, "ascii"
+
+
+class PendingWriter:
+    """Writes Pending C-FIND responses straight to the association's socket.
+
+    See ``encoding`` for why pynetdicom's own per-message path is bypassed.
+    Only Pending responses go this way, and only while pynetdicom is inside
+    our handler (it sends nothing else meanwhile); the final status is
+    yielded back to pynetdicom, so its state machine sees an ordinary
+    exchange.  Responses are buffered up to ``FLUSH_BYTES`` per write.
+    """
+
+    FLUSH_BYTES = 1 << 16
+
+    def __init__(self, event: evt.Event) -> None:
+        context = event.context
+        self.syntax = str(context.transfer_syntax)
+        self.context_id = context.context_id
+        self.max_pdu = event.assoc.requestor.maximum_length or 0
+        self.command = encoding.find_response_command(
+            str(event.request.AffectedSOPClassUID), event.request.MessageID, PENDING, True)
+        self.socket = event.assoc.dul.socket.socket
+        self.buffer: list[bytes] = []
+        self.buffered = 0
+
+    def pending(self, tree: dict[int, Any], vrs: dict[int, Any], charset: str) -> None:
+        """Queue one Pending response; writes when the buffer is full."""
+        identifier = encoding.encode_tree(tree, vrs, self.syntax, charset)
+        pdus = encoding.p_data_pdus(self.context_id, self.command, identifier, self.max_pdu)
+        self.buffer.append(pdus)
+        self.buffered += len(pdus)
+        if self.buffered >= self.FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is buffered (blocking until the peer has taken it)."""
+        if self.buffer:
+            data = b"".join(self.buffer)
+            self.buffer.clear()
+            self.buffered = 0
+            self.socket.sendall(data)
 
 
 class WorklistService:
@@ -103,22 +149,29 @@ class WorklistService:
             yield IDENTIFIER_DOES_NOT_MATCH, None
             return
         vrs = query_vrs(keys)
+        asked_charset = SPECIFIC_CHARACTER_SET in keys
+        writer = PendingWriter(event)
         matched = 0
         outcome = "done"
-        for item in self.directory.items():
-            if not query.matches(item.tree):
-                continue
-            if event.is_cancelled:
-                outcome = "cancelled"
-                yield CANCEL, None
-                break
-            try:
-                response = response_dataset(query.select(item.tree), vrs)
-            except Exception as exc:  # one bad item must not end the query
-                log.error("worklist item %s cannot be sent: %s", item.name, exc)
-                continue
-            matched += 1
-            yield PENDING, response
+        try:
+            for item in self.directory.snapshot().matching(query):
+                if event.is_cancelled:
+                    outcome = "cancelled"
+                    break
+                tree, charset = response_tree(query.select(item.tree), asked_charset)
+                try:
+                    writer.pending(tree, vrs, charset)
+                except (ValueError, UnicodeError, struct.error) as exc:
+                    # One unencodable item must not end the query.
+                    log.error("worklist item %s cannot be sent: %s", item.name, exc)
+                    continue
+                matched += 1
+            writer.flush()
+        except OSError as exc:
+            log.warning("query from %s: connection lost after %d responses: %s",
+                        caller, matched, exc)
+            event.assoc.abort()
+            return
         log.info(
             "query from %s on %s: %d matched of %d, %s in %.3f s",
             caller,
@@ -128,6 +181,8 @@ class WorklistService:
             outcome,
             time.monotonic() - started,
         )
+        if outcome == "cancelled":
+            yield CANCEL, None
 
 
 def _keyword(tag: int) -> str:

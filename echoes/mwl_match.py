@@ -66,10 +66,20 @@ class Query:
     predicates: list[Predicate] = field(default_factory=list)
     #: sequence tag -> compiled sub-query, for selecting matching items.
     sequences: dict[int, Query] = field(default_factory=dict)
+    #: tag -> what an item's value must be, for keys an index can serve:
+    #: ``("values", frozenset)`` (exact, case-sensitive) or ``("range", low, high)``.
+    constraints: dict[int, tuple] = field(default_factory=dict)
 
     def matches(self, item: Tree) -> bool:
         """True when ``item`` satisfies every matching key."""
         return all(predicate(item) for predicate in self.predicates)
+
+    def constraint(self, path: tuple[int, ...]) -> tuple | None:
+        """The index constraint at ``path`` (a tag, or sequence tag then tag)."""
+        query: Query | None = self
+        for tag in path[:-1]:
+            query = query.sequences.get(tag) if query else None
+        return query.constraints.get(path[-1]) if query else None
 
     def select(self, item: Tree) -> Tree:
         """The response tree: exactly the queried keys, filled from ``item``.
@@ -101,9 +111,14 @@ def compile_query(keys: dict[int, QueryKey]) -> Query:
     for date_tag, time_tag in DATE_TIME_PAIRS:
         date_key, time_key = keys.get(date_tag), keys.get(time_tag)
         if (date_key and time_key and _text(date_key.value) and "-" in _text(time_key.value)):
+            date_text = _text(date_key.value)
             query.predicates.append(
-                _combined_range(date_tag, time_tag, _text(date_key.value), _text(time_key.value)))
+                _combined_range(date_tag, time_tag, date_text, _text(time_key.value)))
             combined.update((date_tag, time_tag))
+            low, _, high = date_text.partition("-") if "-" in date_text else (
+                date_text, "", date_text)
+            query.constraints[date_tag] = (
+                "range", low.strip() or _DATETIME_MIN, high.strip() or _DATETIME_MAX)
     for tag, key in keys.items():
         if tag in combined or tag in NOT_MATCHED:
             continue
@@ -121,7 +136,21 @@ def compile_query(keys: dict[int, QueryKey]) -> Query:
         if not text or text.strip("*") == "" and key.vr in WILDCARD_VRS:
             continue  # universal matching
         query.predicates.append(_value_predicate(tag, key.vr, text))
+        constraint = _constraint(key.vr, text)
+        if constraint is not None:
+            query.constraints[tag] = constraint
     return query
+
+
+def _constraint(vr: str, text: str) -> tuple | None:
+    """What an index may assume about a key: exact values or a date range."""
+    if vr == "DA":
+        if "-" in text:
+            return ("range", *_range_bounds(vr, text))
+        return ("values", frozenset({_normalize(vr, text)}))
+    if vr == "PN" or vr in RANGE_VRS or "*" in text or "?" in text:
+        return None
+    return ("values", frozenset(part.strip(" ") for part in text.split("\\")))
 
 
 def _text(value: Any) -> str:

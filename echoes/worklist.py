@@ -17,6 +17,7 @@ out of the index, logged once per version, and reported by ``invalid``.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ from pydicom import datadict, valuerep
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from echoes.mwl_match import Tree
+from echoes.mwl_match import Query, Tree
 from echoes.validation import uid_problem
 
 log = logging.getLogger("echoes.worklist")
@@ -48,6 +49,16 @@ HEX_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 #: The poll thread's periods (seconds): folder mtime check, full rescan.
 POLL_SECONDS = 1.0
 RESCAN_SECONDS = 60.0
+#: Paths (tag, or sequence tag then tag) the snapshot indexes, most selective
+#: first: PatientID, AccessionNumber, and in the Scheduled Procedure Step
+#: Sequence the start date, station AE title and modality.
+INDEXED_PATHS: tuple[tuple[int, ...], ...] = (
+    (0x00100020,),
+    (0x00080050,),
+    (0x00400100, 0x00400002),
+    (0x00400100, 0x00400001),
+    (0x00400100, 0x00080060),
+)
 #: Largest worklist file read; a bigger one is reported, not parsed.
 MAX_FILE_BYTES = 1 << 20
 
@@ -285,6 +296,88 @@ def tree_is_ascii(tree: Tree) -> bool:
     return True
 
 
+# -- the snapshot and its indexes -----------------------------------------------------
+
+
+def _values_at(tree: Tree, path: tuple[int, ...]) -> Iterator[str]:
+    """Every value at ``path`` in one tree (each item of a sequence, each of a list)."""
+    value = tree.get(path[0])
+    if len(path) > 1:
+        for child in value if isinstance(value, list) else []:
+            yield from _values_at(child, path[1:])
+        return
+    if isinstance(value, str) and value:
+        yield value.strip(" ")
+        if "\\" in value:
+            yield from (part.strip(" ") for part in value.split("\\"))
+
+
+class Snapshot:
+    """An immutable view of the worklist, with indexes built on first use.
+
+    The indexes only narrow the candidates; every candidate is still checked
+    with the full query, so an index can never make a query wrong.
+    """
+
+    def __init__(self, items: tuple[WorklistItem, ...]) -> None:
+        self.items = items
+        self._indexes: dict[tuple[int, ...], dict[str, list[int]]] = {}
+        self._sorted_keys: dict[tuple[int, ...], list[str]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _index(self, path: tuple[int, ...]) -> dict[str, list[int]]:
+        index = self._indexes.get(path)
+        if index is None:
+            with self._lock:
+                index = self._indexes.get(path)
+                if index is None:
+                    index = {}
+                    for position, item in enumerate(self.items):
+                        for value in set(_values_at(item.tree, path)):
+                            index.setdefault(value, []).append(position)
+                    self._sorted_keys[path] = sorted(index)
+                    self._indexes[path] = index
+        return index
+
+    def _positions(self, path: tuple[int, ...], constraint: tuple) -> set[int]:
+        index = self._index(path)
+        if constraint[0] == "values":
+            keys: Iterable[str] = constraint[1]
+        else:
+            ordered = self._sorted_keys[path]
+            low, high = constraint[1], constraint[2]
+            keys = ordered[bisect.bisect_left(ordered, low):bisect.bisect_right(ordered, high)]
+        positions: set[int] = set()
+        for key in keys:
+            positions.update(index.get(key, ()))
+        return positions
+
+    def candidates(self, query: Query) -> Iterable[WorklistItem]:
+        """The items worth matching: narrowed by the most selective indexed key."""
+        best: set[int] | None = None
+        for path in INDEXED_PATHS:
+            constraint = query.constraint(path)
+            if constraint is None:
+                continue
+            positions = self._positions(path, constraint)
+            if best is None or len(positions) < len(best):
+                best = positions
+            if len(best) <= 1:
+                break
+        if best is None:
+            return self.items
+        return (self.items[position] for position in sorted(best))
+
+    def matching(self, query: Query) -> Iterator[WorklistItem]:
+        """Every item that matches ``query``, in file name order."""
+        for item in self.candidates(query):
+            if query.matches(item.tree):
+                yield item
+
+
 # -- the directory -----------------------------------------------------------------
 
 
@@ -320,19 +413,23 @@ class WorklistDirectory:
         self._items: dict[str, WorklistItem] = {}
         self._invalid: dict[str, tuple[tuple[int, int], str]] = {}
         self._lock = threading.Lock()
-        self._snapshot: tuple[WorklistItem, ...] | None = None
+        self._snapshot: Snapshot | None = None
         self._folder_mtime = 0
 
     # reading ------------------------------------------------------------------
 
-    def items(self) -> tuple[WorklistItem, ...]:
-        """All valid items now (a snapshot; cheap when nothing changed)."""
+    def snapshot(self) -> Snapshot:
+        """All valid items now, indexed (cheap when nothing changed)."""
         snapshot = self._snapshot
         if snapshot is None:
             with self._lock:
-                snapshot = self._snapshot = tuple(
-                    self._items[name] for name in sorted(self._items))
+                snapshot = self._snapshot = Snapshot(
+                    tuple(self._items[name] for name in sorted(self._items)))
         return snapshot
+
+    def items(self) -> tuple[WorklistItem, ...]:
+        """All valid items now, in file name order."""
+        return self.snapshot().items
 
     def invalid(self) -> dict[str, str]:
         """File name -> why it is not served."""
