@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     studies.add_argument("--json", action="store_true", help="print a JSON list")
     check = commands.add_parser("check", parents=[common], help="health check for cron")
     check.add_argument("--json", action="store_true")
+    worklist = commands.add_parser("worklist", parents=[common],
+                                   help="list the worklist items (or, with --check, bad files)")
+    worklist.add_argument("--check", action="store_true",
+                          help="list only invalid files and why; exit 1 if there are any")
+    worklist.add_argument("--json", action="store_true", help="print JSON")
 
     worker = commands.add_parser("_worker", parents=[common])  # internal: supervisor's children
     worker.add_argument("role")
@@ -180,6 +185,8 @@ def cmd_check(args: argparse.Namespace, config: config_module.Config) -> int:
     rejected = sorted(os.listdir(layout.rejected)) if layout.rejected.exists() else []
     if rejected:
         problems.append(f"{len(rejected)} spooled files rejected (see {layout.rejected})")
+    for name, reason in _read_worklist(config).invalid().items():
+        problems.append(f"worklist file {name} skipped: {reason}")
     if args.json:
         print(json.dumps({"ok": not problems, "problems": problems}))
     elif problems:
@@ -187,6 +194,72 @@ def cmd_check(args: argparse.Namespace, config: config_module.Config) -> int:
     else:
         print("echoes OK")
     return 2 if problems else 0
+
+
+def _read_worklist(config: config_module.Config):
+    from echoes import worklist
+
+    directory = worklist.WorklistDirectory(config.worklist_dir, quiet=True)
+    directory.load()
+    return directory
+
+
+#: Columns of ``echoes worklist``: heading -> path of tags in the item tree.
+WORKLIST_COLUMNS: tuple[tuple[str, tuple[int, ...]], ...] = (
+    ("Date", (0x00400100, 0x00400002)),
+    ("Time", (0x00400100, 0x00400003)),
+    ("Modality", (0x00400100, 0x00080060)),
+    ("Station", (0x00400100, 0x00400001)),
+    ("PatientID", (0x00100020,)),
+    ("PatientName", (0x00100010,)),
+    ("Accession", (0x00080050,)),
+    ("File", ()),
+)
+
+
+def _column(item, path: tuple[int, ...]) -> str:
+    if not path:
+        return item.name
+    value = item.tree.get(path[0], "")
+    if len(path) > 1:
+        value = value[0].get(path[1], "") if isinstance(value, list) and value else ""
+    return value if isinstance(value, str) else ""
+
+
+def cmd_worklist(args: argparse.Namespace, config: config_module.Config) -> int:
+    """The worklist as the MWL SCP serves it, read with the same parser."""
+    directory = _read_worklist(config)
+    invalid = directory.invalid()
+    if args.check:
+        if args.json:
+            print(json.dumps([{"file": name, "problem": reason}
+                              for name, reason in invalid.items()], ensure_ascii=False))
+        for name, reason in ([] if args.json else invalid.items()):
+            print(f"{name}: {reason}")
+        if not args.json:
+            print(f"{len(directory)} valid, {len(invalid)} invalid worklist files "
+                  f"in {config.worklist_dir}", file=sys.stderr)
+        return 1 if invalid else 0
+    items = directory.items()
+    if args.json:
+        from echoes import worklist
+
+        rows = []
+        for item in items:
+            dataset = worklist.to_dataset(item.tree)
+            rows.append({"file": item.name, "item": dataset.to_json_dict()})
+        json.dump(rows, sys.stdout, indent=1, ensure_ascii=False)
+        print()
+        return 0
+    rows = [[heading for heading, _ in WORKLIST_COLUMNS]]
+    rows += [[_column(item, path) for _, path in WORKLIST_COLUMNS] for item in items]
+    widths = [max(len(row[n]) for row in rows) for n in range(len(WORKLIST_COLUMNS))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
+    print(f"{len(items)} items" + (f"; {len(invalid)} invalid files (see --check)"
+                                   if invalid else ""))
+    return 0
 
 
 def cmd_worker(args: argparse.Namespace, config: config_module.Config) -> int:
@@ -217,6 +290,7 @@ COMMANDS = {
     "status": cmd_status,
     "studies": cmd_studies,
     "check": cmd_check,
+    "worklist": cmd_worklist,
     "_worker": cmd_worker,
 }
 

@@ -408,8 +408,9 @@ class WorklistDirectory:
     a change.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, quiet: bool = False) -> None:
         self.folder = Path(os.path.abspath(folder))
+        self.quiet = quiet  # commands report invalid files themselves
         self._items: dict[str, WorklistItem] = {}
         self._invalid: dict[str, tuple[tuple[int, int], str]] = {}
         self._lock = threading.Lock()
@@ -500,7 +501,7 @@ class WorklistDirectory:
                 self._invalid[name] = (signature, reason)
                 if self._items.pop(name, None) is not None:
                     self._snapshot = None
-            if before is None or before[1] != reason:
+            if (before is None or before[1] != reason) and not self.quiet:
                 log.warning("worklist file %s skipped: %s", name, reason)
             return
         with self._lock:
