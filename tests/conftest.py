@@ -155,7 +155,8 @@ def start_server(home: Path, **extra: object) -> Server:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError((home.with_name(home.name + ".out")).read_text())
-        if len(server.children("store")) == config.store_workers and echo_ok(config.store_port):
+        if (len(server.children("store")) == config.store_workers
+                and echo_ok(config.store_port) and echo_ok(config.mwl_port)):
             return server
         time.sleep(0.2)
     output = home.with_name(home.name + ".out").read_text()
