@@ -416,6 +416,7 @@ class WorklistDirectory:
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self._folder_mtime = 0
+        self._events_since_poll = 0
 
     # reading ------------------------------------------------------------------
 
@@ -463,6 +464,7 @@ class WorklistDirectory:
         of the same length within the file system's timestamp granularity
         would otherwise be missed.
         """
+        self._events_since_poll += 1
         if not is_worklist_name(name):
             return
         path = self.folder / name
@@ -474,13 +476,24 @@ class WorklistDirectory:
         self._update(name, (stat.st_mtime_ns, stat.st_size), force)
 
     def poll(self) -> None:
-        """The NFS fallback: rescan when the folder's mtime moved."""
+        """The NFS fallback: rescan when the folder's mtime moved unseen.
+
+        A rename in or out changes the folder's mtime.  When watchdog has
+        reported events since the last poll, inotify works here and the
+        change is already applied; otherwise (NFS, SMB) rescan the folder.
+        """
         try:
             mtime = os.stat(self.folder).st_mtime_ns
         except FileNotFoundError:
             return
-        if mtime != self._folder_mtime:
-            self.load()
+        if mtime == self._folder_mtime:
+            return
+        if self._events_since_poll:
+            # inotify reported the change already: just remember the mtime.
+            self._events_since_poll = 0
+            self._folder_mtime = mtime
+            return
+        self.load()
 
     def _known_signature(self, name: str) -> tuple[int, int] | None:
         item = self._items.get(name)
