@@ -352,3 +352,13 @@ def test_c_cancel_from_findscu(big_mwl: Server, tmp_path: Path, dcmtk: None) -> 
     assert done.returncode == 0, output
     assert "Received Final Find Response (Cancel" in output, output[-300:]
     assert output.count("(Pending)") < 3000
+
+
+def test_several_associations_at_once(mwl: Server, tmp_path: Path, dcmtk: None) -> None:
+    argv = ["findscu", "-W", "-v", "-k", "PatientID", "-k", "PatientName",
+            "127.0.0.1", str(mwl.config.mwl_port)]
+    clients = [subprocess.Popen(argv, env=DCMTK_ENV, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT) for _ in range(8)]
+    outputs = [client.communicate(timeout=60)[0].decode() for client in clients]
+    assert [client.returncode for client in clients] == [0] * 8
+    assert [output.count("(Pending)") for output in outputs] == [5] * 8
