@@ -16,6 +16,18 @@ from echoes.config import Config
 FORMAT = "%(asctime)s %(levelname)s [%(processName)s %(process)d] %(name)s: %(message)s"
 
 
+class _WatchdogStopRace(logging.Filter):
+    """Drop watchdog's own ERROR when its inotify thread is stopped mid-read.
+
+    watchdog logs "queue_events() called when the thread is inactive" on
+    every clean observer stop (a race inside watchdog, harmless); an admin
+    must not see an ERROR on each restart.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()
+
+
 def setup(config: Config | None, role: str, to_stderr: bool = True) -> None:
     """Configure the root logger for the process playing ``role``."""
     import multiprocessing
@@ -43,3 +55,6 @@ def setup(config: Config | None, role: str, to_stderr: bool = True) -> None:
     pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
     pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
     logging.getLogger("watchdog").setLevel(logging.WARNING)
+    inotify_log = logging.getLogger("watchdog.observers.inotify")
+    if not any(isinstance(f, _WatchdogStopRace) for f in inotify_log.filters):
+        inotify_log.addFilter(_WatchdogStopRace())
