@@ -133,8 +133,8 @@ def compile_query(keys: dict[int, QueryKey]) -> Query:
                 query.predicates.append(_sequence_predicate(tag, sub))
             continue
         text = _text(key.value)
-        if not text or text.strip("*") == "" and key.vr in WILDCARD_VRS:
-            continue  # universal matching
+        if not text.strip() or key.vr in WILDCARD_VRS and not _fold(key.vr, text).strip("*"):
+            continue  # universal matching (also "*", "^^^^", "*^" for names)
         query.predicates.append(_value_predicate(tag, key.vr, text))
         constraint = _constraint(key.vr, text)
         if constraint is not None:
@@ -208,7 +208,17 @@ def _fold(vr: str, text: str) -> str:
     groups = [group.rstrip("^ ") for group in text.split("=")]
     while len(groups) > 1 and not groups[-1]:
         groups.pop()
-    return "=".join(groups).casefold()
+    text = "=".join(groups)
+    return text.lower() if text.isascii() else "".join(_fold_character(c) for c in text)
+
+
+def _fold_character(character: str) -> str:
+    """Case-fold one character without changing the length (``?`` is one
+    character): ``ß`` stays ``ß`` where ``casefold`` would give ``ss``."""
+    for folded in (character.casefold(), character.lower()):
+        if len(folded) == 1:
+            return folded
+    return character
 
 
 def _item_text(item: Tree, tag: int) -> str:
