@@ -26,6 +26,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from pydicom import config as pydicom_config
@@ -123,12 +124,14 @@ def _parse_object(document: dict[str, Any], where: str) -> Tree:
                 raise InvalidWorklistFile(f"{where}{name}: expected an object with vr and Value")
             vr = _json_model_vr(tag, raw, where + name)
             tree[tag] = _json_model_value(vr, raw, where + name)
+            _check_multiplicity(tag, tree[tag], where + name)
         else:
             tag = datadict.tag_for_keyword(key)
             if tag is None:
                 raise InvalidWorklistFile(f"{where}{key}: unknown attribute keyword")
             vr = _dictionary_vr(tag)
             tree[tag] = _keyword_value(vr, raw, where + key)
+            _check_multiplicity(tag, tree[tag], where + key)
     return tree
 
 
@@ -150,6 +153,28 @@ def _json_model_vr(tag: int, element: dict[str, Any], name: str) -> str:
     if vr not in allowed:
         raise InvalidWorklistFile(f"{name}: vr {vr} where the dictionary says {'/'.join(allowed)}")
     return vr
+
+
+def max_multiplicity(tag: int) -> int | None:
+    """The most values the dictionary allows for ``tag`` (None: no limit)."""
+    try:
+        vm = datadict.dictionary_VM(tag)
+    except KeyError:
+        return None
+    if "n" in vm:
+        return None
+    return int(vm.split("-")[-1])
+
+
+def _check_multiplicity(tag: int, value: Any, name: str) -> None:
+    if not isinstance(value, str) or "\\" not in value:
+        return
+    if _dictionary_vr(tag) in ("LT", "ST", "UT"):
+        return  # single-valued text may hold backslashes
+    most = max_multiplicity(tag)
+    count = value.count("\\") + 1
+    if most is not None and count > most:
+        raise InvalidWorklistFile(f"{name}: {count} values where at most {most} allowed")
 
 
 def _json_model_value(vr: str, element: dict[str, Any], name: str) -> Any:
@@ -229,6 +254,17 @@ def _scalar(vr: str, value: Any, name: str) -> str:
 
 def _validate(vr: str, text: str, name: str) -> None:
     if not text:
+        return
+    if vr in INTEGER_VRS or vr in FLOAT_VRS:
+        try:
+            number = int(text) if vr in INTEGER_VRS else float(text)
+        except ValueError:
+            raise InvalidWorklistFile(f"{name}: {vr} wants a number, got {text!r}") from None
+        bits = {"US": (0, 1 << 16), "UL": (0, 1 << 32), "SS": (-(1 << 15), 1 << 15),
+                "SL": (-(1 << 31), 1 << 31), "UV": (0, 1 << 64),
+                "SV": (-(1 << 63), 1 << 63)}.get(vr)
+        if bits and not bits[0] <= number < bits[1]:
+            raise InvalidWorklistFile(f"{name}: {number} out of range for {vr}")
         return
     if vr == "UI":
         problem = uid_problem(text)
@@ -472,6 +508,9 @@ class WorklistDirectory:
             stat = os.stat(path)
         except FileNotFoundError:
             self._forget(name)
+            return
+        if not S_ISREG(stat.st_mode):
+            self._forget(name)  # a folder or device named *.json is not an item
             return
         self._update(name, (stat.st_mtime_ns, stat.st_size), force)
 
