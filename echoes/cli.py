@@ -40,6 +40,17 @@ def _parser() -> argparse.ArgumentParser:
     studies.add_argument("--json", action="store_true", help="print a JSON list")
     check = commands.add_parser("check", parents=[common], help="health check for cron")
     check.add_argument("--json", action="store_true")
+    push = commands.add_parser("push", parents=[common],
+                               help="queue a push of one archived study to a configured AE")
+    push.add_argument("study_uid", metavar="STUDY_UID")
+    push.add_argument("ae_title", metavar="AE_TITLE")
+    queue = commands.add_parser("queue", parents=[common], help="outbound jobs by destination")
+    queue.add_argument("--json", action="store_true", help="print JSON")
+    retry = commands.add_parser("retry", parents=[common],
+                                help="send failed jobs again (all with --failed, or one)")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("--failed", action="store_true", help="every failed job")
+    which.add_argument("job_id", nargs="?", metavar="JOB_ID", help="one job (see echoes queue)")
     worklist = commands.add_parser("worklist", parents=[common],
                                    help="list the worklist items (or, with --check, bad files)")
     worklist.add_argument("--check", action="store_true",
@@ -187,6 +198,7 @@ def cmd_check(args: argparse.Namespace, config: config_module.Config) -> int:
         problems.append(f"{len(rejected)} spooled files rejected (see {layout.rejected})")
     for name, reason in _read_worklist(config).invalid().items():
         problems.append(f"worklist file {name} skipped: {reason}")
+    problems += _queue_problems(config)
     if args.json:
         print(json.dumps({"ok": not problems, "problems": problems}))
     elif problems:
@@ -194,6 +206,115 @@ def cmd_check(args: argparse.Namespace, config: config_module.Config) -> int:
     else:
         print("echoes OK")
     return 2 if problems else 0
+
+
+def _job_store(config: config_module.Config):
+    from echoes import jobs
+
+    return jobs.JobStore(spool.SpoolLayout(config.spool_dir).outgoing)
+
+
+def _queue_problems(config: config_module.Config) -> list[str]:
+    """Failed jobs, jobs waiting too long, jobs for AEs no longer configured."""
+    from echoes import jobs
+
+    now = time.time()
+    alarm = config.queue_alarm_minutes * 60
+    failed: dict[str, int] = {}
+    old: dict[str, int] = {}
+    orphans: dict[str, int] = {}
+    for job in _job_store(config).all():
+        if job.state == jobs.FAILED:
+            failed[job.destination] = failed.get(job.destination, 0) + 1
+        elif job.state in jobs.ACTIVE:
+            if now - job.created > alarm:
+                old[job.destination] = old.get(job.destination, 0) + 1
+            if job.destination not in config.remote_aes:
+                orphans[job.destination] = orphans.get(job.destination, 0) + 1
+    problems = [f"{count} failed jobs to {ae} (see echoes queue; echoes retry --failed)"
+                for ae, count in sorted(failed.items())]
+    problems += [f"{count} jobs to {ae} waiting longer than {config.queue_alarm_minutes} min"
+                 for ae, count in sorted(old.items())]
+    problems += [f"{count} jobs to {ae}, which is no longer configured"
+                 for ae, count in sorted(orphans.items())]
+    return problems
+
+
+def cmd_push(args: argparse.Namespace, config: config_module.Config) -> int:
+    """Queue every object of an archived study for one configured AE."""
+    from echoes import jobs
+
+    if args.ae_title not in config.remote_aes:
+        known = ", ".join(sorted(config.remote_aes)) or "none"
+        print(f"echoes: unknown AE {args.ae_title!r} (configured: {known})", file=sys.stderr)
+        return 1
+    study = index.read_study(config.index_path, args.study_uid)
+    if study is None or not study["instances"]:
+        print(f"echoes: no archived study {args.study_uid}", file=sys.stderr)
+        return 1
+    now = time.time()
+    store = _job_store(config)
+    count = store.write_many(jobs.new_job(args.ae_title, instance, "push", now)
+                             for instance in study["instances"])
+    print(f"queued {count} objects of study {args.study_uid} for {args.ae_title}")
+    return 0
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "-"
+
+
+def cmd_queue(args: argparse.Namespace, config: config_module.Config) -> int:
+    """Outbound jobs per destination: counts, then what is retrying or failed and why."""
+    from dataclasses import asdict
+
+    from echoes import jobs
+
+    everything = sorted(_job_store(config).all(), key=lambda job: (job.destination, job.created))
+    by_destination: dict[str, list] = {}
+    for job in everything:
+        by_destination.setdefault(job.destination, []).append(job)
+    for title in config.remote_aes:
+        by_destination.setdefault(title, [])
+    if args.json:
+        document = {}
+        for title, group in sorted(by_destination.items()):
+            counts = {state: sum(job.state == state for job in group) for state in jobs.STATES}
+            document[title] = {**counts, "jobs": [asdict(job) for job in group
+                                                  if job.state != jobs.DONE]}
+        print(json.dumps(document, indent=1))
+        return 0
+    for title, group in sorted(by_destination.items()):
+        counts = {state: sum(job.state == state for job in group) for state in jobs.STATES}
+        remote = config.remote_aes.get(title)
+        where = f"{remote.host}:{remote.port}" if remote else "not configured"
+        print(f"{title} ({where}): " + ", ".join(f"{counts[s]} {s}" for s in jobs.STATES))
+        for job in group:
+            if job.state == jobs.RETRYING:
+                print(f"  retrying {job.id} attempt {job.attempts}, next {_when(job.next_attempt)}"
+                      f": {job.last_error}")
+            elif job.state == jobs.FAILED:
+                print(f"  failed   {job.id} after {job.attempts} attempts: {job.last_error}")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace, config: config_module.Config) -> int:
+    """Put failed jobs (or one job) back in the queue."""
+    from echoes import jobs
+
+    store = _job_store(config)
+    now = time.time()
+    if args.job_id:
+        job = store.read(args.job_id)
+        if job is None:
+            print(f"echoes: no job {args.job_id}", file=sys.stderr)
+            return 1
+        chosen = [job]
+    else:
+        chosen = [job for job in store.all() if job.state == jobs.FAILED]
+    count = store.write_many(jobs.retried(job, now) for job in chosen)
+    print(f"{count} jobs queued again")
+    return 0
 
 
 def _read_worklist(config: config_module.Config):
@@ -268,6 +389,11 @@ def cmd_worker(args: argparse.Namespace, config: config_module.Config) -> int:
 
     supervisor.set_title(args.role)
     logs.setup(config, args.role)
+    # An archive keeps what it receives: pydicom's warnings about values
+    # that break VR rules (leading zeros in UIDs...) are noise here.
+    from pydicom import config as pydicom_config
+
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     if args.role == "store":
         from echoes import store
 
@@ -280,6 +406,10 @@ def cmd_worker(args: argparse.Namespace, config: config_module.Config) -> int:
         from echoes import ingester
 
         return ingester.run(config)
+    if args.role == "sender":
+        from echoes import sender
+
+        return sender.run(config)
     print(f"echoes: unknown worker role {args.role!r}", file=sys.stderr)
     return 2
 
@@ -291,6 +421,9 @@ COMMANDS = {
     "studies": cmd_studies,
     "check": cmd_check,
     "worklist": cmd_worklist,
+    "push": cmd_push,
+    "queue": cmd_queue,
+    "retry": cmd_retry,
     "_worker": cmd_worker,
 }
 

@@ -130,6 +130,8 @@ KEYS: dict[str, tuple[Callable[[str], Any], str | None, bool]] = {
     "min_free_mb": (_parse_int(0, 10**9), "500", False),
     "retry_interval": (_parse_int(1, 86400), "30", False),
     "max_attempts": (_parse_int(1, 100000), "20", False),
+    "keep_done_hours": (_parse_float(0, 8760), "24", False),
+    "queue_alarm_minutes": (_parse_int(1, 10**6), "60", False),
     "acse_timeout": (_parse_float(1, 3600), "30", False),
     "dimse_timeout": (_parse_float(1, 3600), "60", False),
     "network_timeout": (_parse_float(1, 3600), "60", False),
@@ -174,6 +176,8 @@ class Config:
     min_free_mb: int
     retry_interval: int
     max_attempts: int
+    keep_done_hours: float
+    queue_alarm_minutes: int
     acse_timeout: float
     dimse_timeout: float
     network_timeout: float
@@ -269,3 +273,58 @@ def from_parser(parser: configparser.ConfigParser, config_path: Path) -> Config:
     if values["store_port"] == values["mwl_port"]:
         raise ConfigError("mwl_port: must differ from store_port")
     return Config(path=config_path.resolve(), home=home, remote_aes=remote_aes, **values)
+
+
+class Reloader:
+    """The current configuration of a long-running process.
+
+    Re-reads the file when its mtime or size changes (checked at most once
+    per ``interval`` seconds) or when ``request()`` was called (SIGHUP).  A
+    file that became invalid is logged and the last good configuration kept,
+    so a typo made while the server runs never stops it.
+    """
+
+    def __init__(self, config: Config, interval: float = 2.0) -> None:
+        self.config = config
+        self.interval = interval
+        self._stamp = self._signature()
+        self._checked = 0.0
+        self._requested = False
+
+    def _signature(self) -> tuple[int, int] | None:
+        try:
+            stat = os.stat(self.config.path)
+        except OSError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size)
+
+    def request(self) -> None:
+        """Re-read at the next ``current()`` (safe from a signal handler)."""
+        self._requested = True
+
+    def current(self) -> Config:
+        """The configuration to use now."""
+        import logging
+        import time
+
+        now = time.monotonic()
+        if not self._requested and now - self._checked < self.interval:
+            return self.config
+        self._checked = now
+        signature = self._signature()
+        if not self._requested and signature == self._stamp:
+            return self.config
+        self._requested = False
+        self._stamp = signature
+        try:
+            fresh = load(self.config.path)
+        except ConfigError as exc:
+            logging.getLogger("echoes.config").error(
+                "config not reloaded, keeping the previous one: %s", exc)
+            return self.config
+        if fresh != self.config:
+            logging.getLogger("echoes.config").info(
+                "config reloaded: forwarding to %s",
+                ", ".join(t for t, ae in fresh.remote_aes.items() if ae.forward) or "nobody")
+        self.config = fresh
+        return fresh

@@ -7,13 +7,15 @@ at start-up like any new arrival.
 
 One batch, in the order that makes every crash point safe::
 
-    read headers -> index.apply() (fsynced)  -> move files into archive_dir
-                 -> fsync the folders        -> (later: outbound jobs)
+    read headers -> index.apply() (fsynced) -> forward jobs (fsynced)
+                 -> move files into archive_dir -> fsync the folders
 
-A crash before the move leaves the file in the spool and the index already
-pointing at its archive path; the next run ingests it again, which is
-idempotent (same path, same document id).  A file that cannot be parsed goes
-to ``spool/rejected/`` with a log line and the loop goes on.
+A crash before the move leaves the file in the spool and the index and the
+jobs already pointing at its archive path; the next run ingests it again,
+which is idempotent (same path, same document id, same job id).  The sender
+waits for a job's file to appear in the archive before sending it.  A file
+that cannot be parsed goes to ``spool/rejected/`` with a log line and the loop
+goes on.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import logging
 import os
 import signal
 import threading
+import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,8 +34,8 @@ from pydicom.multival import MultiValue
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
-from echoes import archive, spool
-from echoes.config import Config
+from echoes import archive, jobs, spool
+from echoes.config import Config, Reloader
 from echoes.index import ArchiveIndex, InstanceRecord
 
 log = logging.getLogger("echoes.ingester")
@@ -97,6 +101,8 @@ class Ingester:
         self.archive_root = config.archive_dir
         self.archive_root.mkdir(parents=True, exist_ok=True)
         self.index = ArchiveIndex(config.index_path)
+        self.reloader = Reloader(config)
+        self.jobs = jobs.JobStore(self.layout.outgoing)
 
     def reject(self, path: Path, reason: str) -> None:
         """Park an unreadable spooled file where an admin can look at it."""
@@ -129,6 +135,7 @@ class Ingester:
 
         records = [record for record, _path in latest.values()]
         replaced = self.index.apply(records)
+        self.queue_forwarding(records)
 
         dirty: set[Path] = set()
         for record, source in latest.values():
@@ -144,6 +151,17 @@ class Ingester:
                 spool.fsync_dir(folder)
         log.debug("ingested %d objects", len(records))
         return len(records)
+
+    def queue_forwarding(self, records: list[InstanceRecord]) -> int:
+        """Write one durable job per object for every AE with ``forward = yes``."""
+        destinations = [ae.title for ae in self.reloader.current().remote_aes.values()
+                        if ae.forward]
+        if not destinations:
+            return 0
+        now = time.time()
+        return self.jobs.write_many(
+            jobs.new_job(destination, asdict(record), "forward", now)
+            for record in records for destination in destinations)
 
     def drain(self, stop: threading.Event | None = None) -> int:
         """Ingest everything now in the spool; return the count."""
@@ -177,7 +195,7 @@ def run(config: Config) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # forwarded reloads: nothing to reload
+    signal.signal(signal.SIGHUP, lambda *_: ingester.reloader.request())
     observer = Observer()
     observer.schedule(_Wake(wake), str(ingester.layout.incoming), recursive=False)
     observer.start()

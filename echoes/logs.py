@@ -55,6 +55,7 @@ def setup(config: Config | None, role: str, to_stderr: bool = True) -> None:
     pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
     pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
     logging.getLogger("watchdog").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     inotify_log = logging.getLogger("watchdog.observers.inotify")
     if not any(isinstance(f, _WatchdogStopRace) for f in inotify_log.filters):
         inotify_log.addFilter(_WatchdogStopRace())

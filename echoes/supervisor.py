@@ -31,7 +31,7 @@ ROLES: dict[str, object] = {
     "store": lambda config: config.store_workers,
     "mwl": lambda config: 1,
     "ingester": lambda config: 1,
-    # "sender" joins here in its own issue.
+    "sender": lambda config: 1,
 }
 
 #: role -> the config key of the port the supervisor binds and passes to it.

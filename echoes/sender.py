@@ -1,0 +1,409 @@
+"""Sender process: runs the outbound jobs of ``spool/outgoing`` (forward and push).
+
+A job's path through this module::
+
+    Sender.dispatch()            (APScheduler, every DISPATCH_SECONDS)
+      -> due jobs, grouped by destination; one worker thread per destination
+    Sender.send_batch(AE)
+      -> plan_contexts()         (stored syntax, JPEG lossless .70/.57 where
+                                  so encoded, the three uncompressed syntaxes)
+      -> associate()             (tenacity: a few quick tries with backoff)
+      -> for each job: choose_route() -> C-STORE -> outcome_of(status)
+      -> jobs.delivered / attempt_failed / refused, written back at once
+
+All due jobs of one destination go over one association (up to
+``BATCH_MAX`` objects, ``MAX_CONTEXTS`` presentation contexts).  A failure
+that may pass (peer down, out of resources, association lost) makes the job
+``retrying`` until ``max_attempts``; a refusal that retrying cannot fix (the
+peer rejects the SOP class or every syntax, or answers 0xA9xx/0xCxxx) fails
+it at once, with the reason in ``echoes queue``.  Warnings count as
+delivered and are logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGLossless,
+    JPEGLosslessSV1,
+)
+from pynetdicom import AE, _config, build_context
+from pynetdicom.association import Association
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from echoes import jobs, sopclasses, spool
+from echoes.config import Config, Reloader, RemoteAE
+
+log = logging.getLogger("echoes.sender")
+
+#: Associations echoes starts offer this maximum PDU (SPEC, statement 3.4.1).
+SEND_MAX_PDU = 49152
+#: How often due jobs are looked for.
+DISPATCH_SECONDS = 0.5
+#: Objects per association at most, and presentation contexts (pynetdicom: 128).
+BATCH_MAX = 1000
+MAX_CONTEXTS = 120
+#: A job whose archived file is missing is deferred this long, then failed
+#: after MISSING_FILE_GRACE (the ingester writes jobs just before the move).
+MISSING_FILE_RECHECK = 1.0
+MISSING_FILE_GRACE = 300.0
+#: Quick association retries within one run, before the job waits retry_interval.
+CONNECT_ATTEMPTS = 3
+
+DELIVERED, TRANSIENT, PERMANENT = "delivered", "transient", "permanent"
+
+#: C-STORE response status ranges -> outcome, first match wins (PS3.4 B.2.3,
+#: PS3.7 C).  Anything not listed is treated as transient.
+STATUS_OUTCOMES: tuple[tuple[int, int, str, str], ...] = (
+    (0x0000, 0x0000, DELIVERED, ""),
+    (0xB000, 0xBFFF, DELIVERED, "warning"),
+    (0x0001, 0x0001, DELIVERED, "warning"),
+    (0x0107, 0x0107, DELIVERED, "warning: attribute list error"),
+    (0x0116, 0x0116, DELIVERED, "warning: attribute value out of range"),
+    (0xA700, 0xA7FF, TRANSIENT, "out of resources"),
+    (0x0213, 0x0213, TRANSIENT, "resource limitation"),
+    (0x0110, 0x0110, TRANSIENT, "processing failure"),
+    (0xA900, 0xA9FF, PERMANENT, "data set does not match SOP class"),
+    (0xC000, 0xCFFF, PERMANENT, "cannot understand"),
+    (0x0122, 0x0122, PERMANENT, "SOP class not supported"),
+    (0x0124, 0x0124, PERMANENT, "not authorized"),
+    (0x0117, 0x0117, PERMANENT, "invalid SOP instance"),
+    (0x0111, 0x0111, PERMANENT, "duplicate SOP instance"),
+)
+
+#: Syntaxes whose pixel data is encapsulated: only decompression makes them
+#: uncompressed.  The others (uncompressed, deflate) pydicom re-encodes freely.
+ENCAPSULATED = frozenset(sopclasses.COMPRESSED) - {DeflatedExplicitVRLittleEndian}
+
+
+def outcome_of(status: int) -> tuple[str, str]:
+    """(outcome, words) for a C-STORE response status."""
+    for low, high, outcome, words in STATUS_OUTCOMES:
+        if low <= status <= high:
+            return outcome, words
+    return TRANSIENT, "failure"
+
+
+def syntaxes_for(stored: str) -> list[list[str]]:
+    """The transfer syntax lists to propose for an object stored in ``stored``.
+
+    One context per compressed syntax (so the peer can accept it without
+    giving up the uncompressed context), JPEG lossless SV1 (.70) also as .57
+    (an SV1 stream is a valid process 14 stream), and one context with the
+    three uncompressed syntaxes.
+    """
+    proposals: list[list[str]] = []
+    if stored and stored not in sopclasses.UNCOMPRESSED:
+        proposals.append([stored])
+    if stored == JPEGLosslessSV1:
+        proposals.append([JPEGLossless])
+    proposals.append(list(sopclasses.UNCOMPRESSED))
+    return proposals
+
+
+def plan_batch(due: list[jobs.Job]) -> tuple[list[jobs.Job], list[tuple[str, list[str]]]]:
+    """Jobs that fit one association and the presentation contexts they need."""
+    contexts: list[tuple[str, list[str]]] = []
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    batch: list[jobs.Job] = []
+    for job in due:
+        wanted = [(job.sop_class_uid, syntaxes) for syntaxes in syntaxes_for(job.transfer_syntax)]
+        new = [(cls, ts) for cls, ts in wanted if (cls, tuple(ts)) not in seen]
+        if len(contexts) + len(new) > MAX_CONTEXTS or len(batch) >= BATCH_MAX:
+            break
+        for cls, ts in new:
+            seen.add((cls, tuple(ts)))
+            contexts.append((cls, ts))
+        batch.append(job)
+    return batch, contexts
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one object goes over the accepted contexts."""
+
+    kind: str  # "file" (as stored), "relabel" (.70 as .57), "reencode", "decompress"
+    reason: str = ""  # for kind "refuse"
+
+
+def choose_route(sop_class: str, stored: str, accepted: set[tuple[str, str]]) -> Route:
+    """Pick how to send: as stored if accepted, else .70 as .57, else uncompressed."""
+    if (sop_class, stored) in accepted:
+        return Route("file")
+    if stored == JPEGLosslessSV1 and (sop_class, JPEGLossless) in accepted:
+        return Route("relabel")
+    if any((sop_class, ts) in accepted for ts in sopclasses.UNCOMPRESSED):
+        return Route("decompress" if stored in ENCAPSULATED else "reencode")
+    if not any(cls == sop_class for cls, _ts in accepted):
+        return Route("refuse", f"peer rejected SOP class {sop_class}")
+    return Route("refuse", f"peer accepts no usable transfer syntax for {sop_class} "
+                           f"(stored as {stored})")
+
+
+def prepare(path: Path, route: Route) -> Path | Dataset:
+    """What to hand pynetdicom's send_c_store for ``route``."""
+    if route.kind == "file":
+        return path
+    dataset = dcmread(path)
+    if route.kind == "relabel":
+        dataset.file_meta.TransferSyntaxUID = JPEGLossless
+    elif route.kind == "decompress":
+        dataset.decompress()  # pylibjpeg plugins; sets Explicit VR Little Endian
+    else:
+        # Uncompressed or deflated: label it as read; pynetdicom re-encodes
+        # it into whichever uncompressed syntax the peer accepted.
+        implicit, little = dataset.original_encoding
+        dataset.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit
+            else ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    return dataset
+
+
+class NotAssociated(ConnectionError):
+    """The peer could not be reached, or rejected or aborted the association."""
+
+
+class Sender:
+    """Sends due jobs, one thread per destination, state written after each object."""
+
+    def __init__(self, config: Config) -> None:
+        self.reloader = Reloader(config)
+        self.layout = spool.SpoolLayout(config.spool_dir)
+        self.layout.create()
+        self.store = jobs.JobStore(self.layout.outgoing)
+        self._store_lock = threading.Lock()
+        self._busy: set[str] = set()
+        self._busy_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self.stopping = threading.Event()
+        self._pruned = 0.0
+
+    # -- dispatch ----------------------------------------------------------------
+
+    def all_jobs(self) -> list[jobs.Job]:
+        """Every job (the store's cache is not thread-safe: one reader at a time)."""
+        with self._store_lock:
+            return self.store.all()
+
+    def dispatch(self) -> None:
+        """Start a send thread for each destination with due jobs and none running."""
+        if self.stopping.is_set():
+            return
+        config = self.reloader.current()
+        now = time.time()
+        due: dict[str, int] = defaultdict(int)
+        for job in self.all_jobs():
+            if job.is_due(now):
+                due[job.destination] += 1
+        self._prune(config, now)
+        for title in due:
+            if title not in config.remote_aes:
+                continue  # kept waiting; echoes check reports it
+            with self._busy_lock:
+                if title in self._busy:
+                    continue
+                self._busy.add(title)
+            thread = threading.Thread(target=self._send_thread, args=(title,),
+                                      name=f"send-{title}", daemon=True)
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+            thread.start()
+
+    def _send_thread(self, title: str) -> None:
+        try:
+            self.send_batch(title)
+        except Exception:  # a bug must not stop the destination for good
+            log.exception("sending to %s failed", title)
+        finally:
+            with self._busy_lock:
+                self._busy.discard(title)
+
+    def _prune(self, config: Config, now: float) -> None:
+        if now - self._pruned < 60:
+            return
+        self._pruned = now
+        horizon = now - config.keep_done_hours * 3600
+        for job in self.all_jobs():
+            if job.state == jobs.DONE and job.updated <= horizon:
+                with self._store_lock:
+                    self.store.remove(job.id)
+
+    # -- one association ---------------------------------------------------------
+
+    def send_batch(self, title: str) -> int:
+        """Send the due jobs of one destination over one association; return how many."""
+        config = self.reloader.current()
+        remote = config.remote_aes[title]
+        now = time.time()
+        due = sorted((job for job in self.all_jobs()
+                      if job.destination == title and job.is_due(now)),
+                     key=lambda job: (job.created, job.id))
+        ready = []
+        for job in due:
+            if (config.archive_dir / job.path).exists():
+                ready.append(job)
+            elif now - job.created > MISSING_FILE_GRACE:
+                self._record(jobs.refused(job, f"archived file missing: {job.path}", now))
+            else:
+                self._record(jobs.deferred(job, now + MISSING_FILE_RECHECK))
+        if not ready:
+            return 0
+        batch, contexts = plan_batch(ready)
+        started = time.monotonic()
+        try:
+            assoc = self.associate(config, remote, contexts)
+        except NotAssociated as exc:
+            error = str(exc)
+            log.warning("%s: %s; %d jobs wait %d s", title, error, len(batch),
+                        config.retry_interval)
+            now = time.time()
+            for job in batch:
+                self._record(jobs.attempt_failed(job, error, now, config.retry_interval,
+                                                 config.max_attempts))
+            return 0
+        sent = failed = 0
+        try:
+            accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+                        for cx in assoc.accepted_contexts}
+            position = 0
+            while (position < len(batch) and assoc.is_established
+                   and not self.stopping.is_set()):
+                outcome = self.send_one(assoc, config, batch[position], accepted)
+                position += 1
+                sent += outcome == DELIVERED
+                failed += outcome != DELIVERED
+            if not assoc.is_established and not self.stopping.is_set():
+                now = time.time()
+                for job in batch[position:]:
+                    self._record(jobs.attempt_failed(job, "association lost", now,
+                                                     config.retry_interval, config.max_attempts))
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        log.info("%s: %d sent, %d not, over one association in %.2f s", title, sent, failed,
+                 time.monotonic() - started)
+        return sent
+
+    def associate(self, config: Config, remote: RemoteAE,
+                  contexts: list[tuple[str, list[str]]]) -> Association:
+        """An association to ``remote`` with ``contexts``; NotAssociated after a few tries."""
+        ae = AE(ae_title=config.ae_title)
+        ae.acse_timeout = config.acse_timeout
+        ae.dimse_timeout = config.dimse_timeout
+        ae.network_timeout = config.network_timeout
+        ae.maximum_pdu_size = SEND_MAX_PDU
+        requested = [build_context(cls, syntaxes) for cls, syntaxes in contexts]
+
+        def attempt() -> Association:
+            assoc = ae.associate(remote.host, remote.port, requested, ae_title=remote.title,
+                                 max_pdu=SEND_MAX_PDU)
+            if assoc.is_established:
+                return assoc
+            if assoc.is_rejected:
+                raise NotAssociated(f"association rejected by {remote.title}")
+            if assoc.is_aborted:
+                raise NotAssociated(f"association aborted by {remote.title}")
+            raise NotAssociated(f"cannot connect to {remote.host}:{remote.port}")
+
+        retrying = Retrying(
+            stop=stop_after_attempt(CONNECT_ATTEMPTS),
+            wait=wait_exponential(multiplier=0.25, max=2),
+            retry=retry_if_exception_type(NotAssociated),
+            reraise=True,
+        )
+        return retrying(attempt)
+
+    def send_one(self, assoc: Association, config: Config, job: jobs.Job,
+                 accepted: set[tuple[str, str]]) -> str:
+        """C-STORE one job's object; record and return the outcome."""
+        route = choose_route(job.sop_class_uid, job.transfer_syntax, accepted)
+        now = time.time()
+        if route.kind == "refuse":
+            self._record(jobs.refused(job, route.reason, now))
+            log.error("%s: %s refused: %s", job.destination, job.sop_instance_uid, route.reason)
+            return PERMANENT
+        try:
+            payload = prepare(config.archive_dir / job.path, route)
+        except FileNotFoundError:
+            self._record(jobs.deferred(job, now + MISSING_FILE_RECHECK))
+            return TRANSIENT
+        except Exception as exc:  # cannot decode or decompress: retrying will not help
+            reason = f"cannot prepare for sending ({route.kind}): {type(exc).__name__}: {exc}"
+            self._record(jobs.refused(job, reason[:300], now))
+            log.error("%s: %s: %s", job.destination, job.sop_instance_uid, reason)
+            return PERMANENT
+        try:
+            response = assoc.send_c_store(payload)
+        except (ValueError, AttributeError, RuntimeError) as exc:
+            self._record(jobs.refused(job, f"cannot send: {exc}"[:300], time.time()))
+            return PERMANENT
+        status = response.get("Status") if response else None
+        now = time.time()
+        if status is None:
+            self._record(jobs.attempt_failed(job, "no response (timeout or association lost)",
+                                             now, config.retry_interval, config.max_attempts))
+            return TRANSIENT
+        outcome, words = outcome_of(int(status))
+        comment = str(response.get("ErrorComment", "") or "")
+        detail = f"0x{int(status):04X} {words}" + (f": {comment}" if comment else "")
+        if outcome == DELIVERED:
+            self._record(jobs.delivered(job, now, detail if words else ""))
+            if words:
+                log.warning("%s: %s stored with %s", job.destination, job.sop_instance_uid,
+                            detail)
+        elif outcome == PERMANENT:
+            self._record(jobs.refused(job, detail, now))
+            log.error("%s: %s refused: %s", job.destination, job.sop_instance_uid, detail)
+        else:
+            self._record(jobs.attempt_failed(job, detail, now, config.retry_interval,
+                                             config.max_attempts))
+        return outcome
+
+    def _record(self, job: jobs.Job) -> None:
+        """Write a job's new state, unless it was queued anew meanwhile."""
+        with self._store_lock:
+            current = self.store.read(job.id)
+            if current is not None and current.created != job.created:
+                return  # re-queued (received or pushed again) while we worked
+            self.store.write(job)
+
+    def stop(self, timeout: float) -> None:
+        """Finish the objects in flight, then return (bounded)."""
+        self.stopping.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def run(config: Config) -> int:
+    """The sender process: dispatch on an APScheduler schedule until SIGTERM."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    _config.STORE_SEND_CHUNKED_DATASET = True  # stream files as stored
+    sender = Sender(config)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: sender.reloader.request())
+    scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
+    scheduler.add_job(sender.dispatch, "interval", seconds=DISPATCH_SECONDS, id="dispatch",
+                      next_run_time=datetime.now().astimezone())
+    scheduler.start()
+    log.info("sender watching %s", sender.layout.outgoing)
+    stop.wait()
+    scheduler.shutdown(wait=False)
+    sender.stop(config.dimse_timeout)
+    return 0
