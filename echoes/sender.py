@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -162,7 +163,10 @@ def prepare(path: Path, route: Route) -> Path | Dataset:
     if route.kind == "relabel":
         dataset.file_meta.TransferSyntaxUID = JPEGLossless
     elif route.kind == "decompress":
-        dataset.decompress()  # pylibjpeg plugins; sets Explicit VR Little Endian
+        # pylibjpeg plugins; Explicit VR Little Endian.  A new transfer syntax
+        # is the same instance (PS3.5 10): keep the SOP Instance UID, which
+        # pydicom would otherwise replace.
+        dataset.decompress(generate_instance_uid=False)
     else:
         # Uncompressed or deflated: label it as read; pynetdicom re-encodes
         # it into whichever uncompressed syntax the peer accepted.
@@ -314,9 +318,15 @@ class Sender:
                 return assoc
             if assoc.is_rejected:
                 raise NotAssociated(f"association rejected by {remote.title}")
-            if assoc.is_aborted:
-                raise NotAssociated(f"association aborted by {remote.title}")
-            raise NotAssociated(f"cannot connect to {remote.host}:{remote.port}")
+            # pynetdicom reports a refused connection as an abort: tell them apart.
+            try:
+                socket.create_connection((remote.host, remote.port),
+                                         timeout=config.acse_timeout).close()
+            except OSError as exc:
+                reason = exc.strerror or type(exc).__name__
+                raise NotAssociated(
+                    f"cannot connect to {remote.host}:{remote.port}: {reason}") from None
+            raise NotAssociated(f"association aborted by {remote.title}")
 
         retrying = Retrying(
             stop=stop_after_attempt(CONNECT_ATTEMPTS),

@@ -1,0 +1,283 @@
+"""Forwarding and push end to end: echoes sends to dcmtk storescp destinations.
+
+Objects go in with dcmtk storescu, come out of echoes' sender over real
+associations, and are counted where storescp writes them.  One test uses a
+pynetdicom SCP as the destination, because storescp cannot be told to answer
+with a failure status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pydicom
+import pytest
+from conftest import (
+    DCMTK_ENV,
+    TEST_FILES,
+    Server,
+    free_port,
+    make_dataset,
+    stop_server,
+    write_part10,
+)
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import SecondaryCaptureImageStorage
+
+
+@dataclass
+class Destination:
+    """A dcmtk storescp writing what it receives into ``folder``."""
+
+    title: str
+    port: int
+    folder: Path
+    log: Path
+    process: subprocess.Popen | None = None
+
+    def start(self, *options: str) -> Destination:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            ["storescp", "-v", "-aet", self.title, "-od", str(self.folder), *options,
+             str(self.port)], env=DCMTK_ENV, stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT)
+        wait_for(lambda: _listening(self.port), 10, f"storescp {self.title} did not start")
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def received(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if p.is_file()) if self.folder.exists() \
+            else []
+
+    def associations(self) -> int:
+        return self.log.read_text(errors="replace").count("Association Received")
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(message)
+
+
+def destination(tmp_path: Path, title: str) -> Destination:
+    return Destination(title, free_port(), tmp_path / f"dest-{title}", tmp_path / f"{title}.log")
+
+
+def ae_sections(*destinations: Destination, forward: bool = True) -> str:
+    return "".join(f"\n[ae:{d.title}]\nhost = 127.0.0.1\nport = {d.port}\n"
+                   f"forward = {'yes' if forward else 'no'}\n" for d in destinations)
+
+
+def start_with(home: Path, sections: str, **extra: object) -> Server:
+    """start_server, with [ae:*] sections appended to the config."""
+    from conftest import write_config
+
+    path = write_config(home, retry_interval=1, store_workers=1, **extra)
+    path.write_text(path.read_text() + sections)
+    return _start_existing(home)
+
+
+def _start_existing(home: Path) -> Server:
+    """Start echoes on the config already in ``home`` (a restart keeps ports)."""
+    from echoes import config as config_module
+
+    config_path = home / "etc" / "echoes.ini"
+    config = config_module.load(config_path)
+    out = open(home.with_name(home.name + ".out"), "ab")
+    process = subprocess.Popen([sys.executable, "-m", "echoes", "--config", str(config_path),
+                                "start"], stdout=out, stderr=subprocess.STDOUT)
+    server = Server(home, config, process)
+    from conftest import echo_ok
+
+    wait_for(lambda: bool(server.children("sender")) and echo_ok(config.store_port), 30,
+             "echoes did not start")
+    return server
+
+
+def cli(server: Server, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "echoes", "--config", str(server.config.path),
+                           *args], capture_output=True, text=True)
+
+
+def queue(server: Server) -> dict:
+    done = cli(server, "queue", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def study_files(folder: Path, count: int, study: str | None = None) -> list[Path]:
+    study = study or generate_uid()
+    series = generate_uid()
+    folder.mkdir(parents=True, exist_ok=True)
+    return [write_part10(make_dataset(study=study, series=series), folder / f"{n}.dcm")
+            for n in range(count)]
+
+
+def storescu(server: Server, files: list[Path], *options: str) -> None:
+    done = subprocess.run(["storescu", *options, "127.0.0.1", str(server.config.store_port),
+                           *map(str, files)], env=DCMTK_ENV, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+
+
+@pytest.fixture
+def cleanup() -> Iterator[list]:
+    things: list = []
+    yield things
+    for thing in reversed(things):
+        if isinstance(thing, Destination):
+            thing.stop()
+        else:
+            stop_server(thing)
+
+
+def test_study_forwarded_to_two_destinations(tmp_path: Path, cleanup: list,
+                                             dcmtk: None) -> None:
+    first, second = destination(tmp_path, "DEST1"), destination(tmp_path, "DEST2")
+    cleanup += [first.start("+xa"), second.start("+xa")]
+    server = start_with(tmp_path / "home", ae_sections(first, second))
+    cleanup.append(server)
+    storescu(server, study_files(tmp_path / "in", 20))
+    wait_for(lambda: len(first.received()) == 20 and len(second.received()) == 20, 30,
+             f"forwarded: {len(first.received())}, {len(second.received())} of 20")
+    state = queue(server)
+    assert (state["DEST1"]["done"], state["DEST2"]["done"]) == (20, 20)
+    assert first.associations() <= 5 and second.associations() <= 5
+
+
+def test_destination_down_then_started_gets_everything(tmp_path: Path, cleanup: list,
+                                                       dcmtk: None) -> None:
+    late = destination(tmp_path, "LATE")
+    server = start_with(tmp_path / "home", ae_sections(late))
+    cleanup.append(server)
+    storescu(server, study_files(tmp_path / "in", 5))
+    wait_for(lambda: queue(server)["LATE"]["retrying"] == 5, 30, "jobs never went retrying")
+    listing = cli(server, "queue").stdout
+    assert "retrying" in listing and "cannot connect" in listing
+    cleanup.append(late.start("+xa"))
+    wait_for(lambda: len(late.received()) == 5, 30, f"arrived {len(late.received())} of 5")
+    wait_for(lambda: queue(server)["LATE"]["done"] == 5, 10, "queue does not show done")
+
+
+def _kill_everything(server: Server) -> None:
+    victims = [server.process.pid] + [c.pid for c in psutil.Process(server.process.pid)
+                                      .children(recursive=True)]
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    server.process.wait(10)
+    psutil.wait_procs([psutil.Process(p) for p in victims if psutil.pid_exists(p)], timeout=10)
+
+
+def test_kill9_while_jobs_wait_then_restart(tmp_path: Path, cleanup: list,
+                                            dcmtk: None) -> None:
+    later = destination(tmp_path, "LATER")
+    home = tmp_path / "home"
+    server = start_with(home, ae_sections(later))
+    storescu(server, study_files(tmp_path / "in", 30))
+    wait_for(lambda: queue(server)["LATER"]["retrying"] >= 1, 30, "no job attempted")
+    _kill_everything(server)
+    (home / "var" / "run" / "echoes.pid").unlink(missing_ok=True)
+
+    server = _start_existing(home)
+    cleanup.append(server)
+    cleanup.append(later.start("+xa"))
+    wait_for(lambda: len(later.received()) == 30, 40, f"arrived {len(later.received())} of 30")
+    wait_for(lambda: queue(server)["LATER"]["done"] == 30, 10, "queue does not show done")
+    state = queue(server)["LATER"]
+    assert sum(state[s] for s in ("pending", "retrying", "failed", "done")) == 30
+
+
+def test_push_to_an_ae_not_on_the_forwarding_list(tmp_path: Path, cleanup: list,
+                                                  dcmtk: None) -> None:
+    viewer = destination(tmp_path, "VIEWER")
+    cleanup.append(viewer.start("+xa"))
+    server = start_with(tmp_path / "home", ae_sections(viewer, forward=False))
+    cleanup.append(server)
+    study = generate_uid()
+    storescu(server, study_files(tmp_path / "in", 4, study))
+    server.wait_ingested(4)
+    time.sleep(1.0)
+    assert viewer.received() == []  # not on the forwarding list
+
+    unknown_ae = cli(server, "push", study, "NOBODY")
+    assert unknown_ae.returncode == 1 and "unknown AE 'NOBODY'" in unknown_ae.stderr
+    unknown_study = cli(server, "push", "1.2.3.4", "VIEWER")
+    assert unknown_study.returncode == 1 and "no archived study 1.2.3.4" in unknown_study.stderr
+    pushed = cli(server, "push", study, "VIEWER")
+    assert pushed.returncode == 0 and "queued 4 objects" in pushed.stdout
+    wait_for(lambda: len(viewer.received()) == 4, 20, f"pushed {len(viewer.received())} of 4")
+
+
+def test_jpeg_lossless_arrives_uncompressed_with_same_pixels(tmp_path: Path, cleanup: list,
+                                                             dcmtk: None) -> None:
+    plain = destination(tmp_path, "PLAIN")
+    cleanup.append(plain.start())  # storescp default: uncompressed syntaxes only
+    server = start_with(tmp_path / "home", ae_sections(plain))
+    cleanup.append(server)
+    original = TEST_FILES / "SC_rgb_jpeg_gdcm.dcm"
+    storescu(server, [original], "-xs", "-R")
+    wait_for(lambda: len(plain.received()) == 1, 20, "the JPEG lossless object did not arrive")
+    arrived = pydicom.dcmread(plain.received()[0])
+    source = pydicom.dcmread(original)
+    assert arrived.file_meta.TransferSyntaxUID in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1",
+                                                   "1.2.840.10008.1.2.2")
+    assert arrived.SOPInstanceUID == source.SOPInstanceUID
+    assert np.array_equal(arrived.pixel_array, source.pixel_array)
+
+
+def test_failure_status_shows_as_failed_with_reason(tmp_path: Path, cleanup: list,
+                                                    dcmtk: None) -> None:
+    port = free_port()
+
+    def refuse(event: evt.Event) -> Dataset:
+        status = Dataset()
+        status.Status = 0xA900
+        status.ErrorComment = "Patient ID missing here"
+        return status
+
+    scp = AE(ae_title="PICKY")
+    scp.add_supported_context(SecondaryCaptureImageStorage)
+    scp.add_supported_context("1.2.840.10008.5.1.4.1.1.7", ["1.2.840.10008.1.2.1",
+                                                             "1.2.840.10008.1.2"])
+    server_scp = scp.start_server(("127.0.0.1", port), block=False,
+                                  evt_handlers=[(evt.EVT_C_STORE, refuse)])
+    try:
+        sections = f"\n[ae:PICKY]\nhost = 127.0.0.1\nport = {port}\nforward = yes\n"
+        server = start_with(tmp_path / "home", sections)
+        cleanup.append(server)
+        storescu(server, study_files(tmp_path / "in", 2))
+        wait_for(lambda: queue(server)["PICKY"]["failed"] == 2, 20, "jobs did not fail")
+        listing = cli(server, "queue").stdout
+        assert "failed" in listing and "0xA900" in listing and "Patient ID missing here" in listing
+        health = cli(server, "check")
+        assert health.returncode != 0 and "2 failed jobs to PICKY" in health.stdout
+    finally:
+        server_scp.shutdown()
