@@ -62,6 +62,9 @@ MAX_CONTEXTS = 120
 #: after MISSING_FILE_GRACE (the ingester writes jobs just before the move).
 MISSING_FILE_RECHECK = 1.0
 MISSING_FILE_GRACE = 300.0
+#: An association with nothing more to send is kept this long for new jobs.
+LINGER_SECONDS = 1.0
+LINGER_POLL_SECONDS = 0.05
 #: Quick association retries within one run, before the job waits retry_interval.
 CONNECT_ATTEMPTS = 3
 
@@ -105,11 +108,12 @@ def syntaxes_for(stored: str) -> list[list[str]]:
     One context per compressed syntax (so the peer can accept it without
     giving up the uncompressed context), JPEG lossless SV1 (.70) also as .57
     (an SV1 stream is a valid process 14 stream), and one context with the
-    three uncompressed syntaxes.
+    three uncompressed syntaxes (an object stored big endian also gets a
+    context of its own, so a peer that takes big endian receives it as is).
     """
     proposals: list[list[str]] = []
-    if stored and stored not in sopclasses.UNCOMPRESSED:
-        proposals.append([stored])
+    if stored and (stored not in sopclasses.UNCOMPRESSED or stored == ExplicitVRBigEndian):
+        proposals.append([stored])  # big endian on its own: not left to the peer's pick
     if stored == JPEGLosslessSV1:
         proposals.append([JPEGLossless])
     proposals.append(list(sopclasses.UNCOMPRESSED))
@@ -133,12 +137,20 @@ def plan_batch(due: list[jobs.Job]) -> tuple[list[jobs.Job], list[tuple[str, lis
     return batch, contexts
 
 
+def _fits(job: jobs.Job, proposed: set[tuple[str, tuple[str, ...]]]) -> bool:
+    """Whether an open association proposed every context ``job`` would want."""
+    return all((job.sop_class_uid, tuple(syntaxes)) in proposed
+               for syntaxes in syntaxes_for(job.transfer_syntax))
+
+
 @dataclass(frozen=True)
 class Route:
     """How one object goes over the accepted contexts."""
 
     kind: str  # "file" (as stored), "relabel" (.70 as .57), "reencode", "decompress"
     reason: str = ""  # for kind "refuse"
+    #: for "reencode": the accepted uncompressed syntax it will travel in
+    target: str = ""
 
 
 def choose_route(sop_class: str, stored: str, accepted: set[tuple[str, str]]) -> Route:
@@ -147,8 +159,13 @@ def choose_route(sop_class: str, stored: str, accepted: set[tuple[str, str]]) ->
         return Route("file")
     if stored == JPEGLosslessSV1 and (sop_class, JPEGLossless) in accepted:
         return Route("relabel")
-    if any((sop_class, ts) in accepted for ts in sopclasses.UNCOMPRESSED):
-        return Route("decompress" if stored in ENCAPSULATED else "reencode")
+    usable = [ts for ts in sopclasses.UNCOMPRESSED if (sop_class, ts) in accepted]
+    if usable:
+        if stored in ENCAPSULATED:
+            return Route("decompress")
+        big = stored == ExplicitVRBigEndian
+        usable.sort(key=lambda ts: (ts == ExplicitVRBigEndian) != big)  # same byte order first
+        return Route("reencode", target=usable[0])
     if not any(cls == sop_class for cls, _ts in accepted):
         return Route("refuse", f"peer rejected SOP class {sop_class}")
     return Route("refuse", f"peer accepts no usable transfer syntax for {sop_class} "
@@ -174,7 +191,29 @@ def prepare(path: Path, route: Route) -> Path | Dataset:
         dataset.file_meta.TransferSyntaxUID = (
             ImplicitVRLittleEndian if implicit
             else ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+        if route.target and (route.target != ExplicitVRBigEndian) != little:
+            swap_pixel_bytes(dataset)
     return dataset
+
+
+def swap_pixel_bytes(dataset: Dataset) -> None:
+    """Byte-swap native Pixel Data for a change of byte order.
+
+    pydicom converts numbers element by element when it writes another byte
+    order, but writes OW Pixel Data as the raw bytes it holds: left alone, a
+    big-endian image would arrive with every pixel byte-swapped.  (Other OW
+    values, such as palette LUT data, are not swapped: rare in practice.)
+    """
+    bits = int(dataset.get("BitsAllocated", 8) or 8)
+    if "PixelData" not in dataset or bits <= 8:
+        return
+    import numpy as np
+
+    width = {16: "u2", 32: "u4", 64: "u8"}.get(bits)
+    if width is None:
+        return
+    raw = np.frombuffer(dataset.PixelData, dtype=width)
+    dataset.PixelData = raw.byteswap().tobytes()
 
 
 class NotAssociated(ConnectionError):
@@ -247,10 +286,13 @@ class Sender:
 
     # -- one association ---------------------------------------------------------
 
-    def send_batch(self, title: str) -> int:
-        """Send the due jobs of one destination over one association; return how many."""
-        config = self.reloader.current()
-        remote = config.remote_aes[title]
+    def ready_jobs(self, config: Config, title: str) -> list[jobs.Job]:
+        """Due jobs of ``title`` whose file is archived, oldest first.
+
+        A job whose file is not there yet (the ingester writes jobs just
+        before it moves the file) is looked at again a second later, and
+        failed if the file is still missing after MISSING_FILE_GRACE.
+        """
         now = time.time()
         due = sorted((job for job in self.all_jobs()
                       if job.destination == title and job.is_due(now)),
@@ -263,6 +305,19 @@ class Sender:
                 self._record(jobs.refused(job, f"archived file missing: {job.path}", now))
             else:
                 self._record(jobs.deferred(job, now + MISSING_FILE_RECHECK))
+        return ready
+
+    def send_batch(self, title: str) -> int:
+        """Send the due jobs of one destination over one association; return how many.
+
+        The association stays open while jobs keep arriving that its
+        presentation contexts can carry (a study streaming in from a
+        modality goes out over one association), and is released after
+        LINGER_SECONDS without new work.
+        """
+        config = self.reloader.current()
+        remote = config.remote_aes[title]
+        ready = self.ready_jobs(config, title)
         if not ready:
             return 0
         batch, contexts = plan_batch(ready)
@@ -278,22 +333,34 @@ class Sender:
                 self._record(jobs.attempt_failed(job, error, now, config.retry_interval,
                                                  config.max_attempts))
             return 0
+        proposed = {(cls, tuple(syntaxes)) for cls, syntaxes in contexts}
+        accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+                    for cx in assoc.accepted_contexts}
         sent = failed = 0
+        idle_since = time.monotonic()
         try:
-            accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
-                        for cx in assoc.accepted_contexts}
-            position = 0
-            while (position < len(batch) and assoc.is_established
-                   and not self.stopping.is_set()):
-                outcome = self.send_one(assoc, config, batch[position], accepted)
-                position += 1
-                sent += outcome == DELIVERED
-                failed += outcome != DELIVERED
-            if not assoc.is_established and not self.stopping.is_set():
-                now = time.time()
-                for job in batch[position:]:
-                    self._record(jobs.attempt_failed(job, "association lost", now,
-                                                     config.retry_interval, config.max_attempts))
+            while batch and assoc.is_established and not self.stopping.is_set():
+                position = 0
+                while (position < len(batch) and assoc.is_established
+                       and not self.stopping.is_set()):
+                    outcome = self.send_one(assoc, config, batch[position], accepted)
+                    position += 1
+                    sent += outcome == DELIVERED
+                    failed += outcome != DELIVERED
+                if not assoc.is_established and not self.stopping.is_set():
+                    now = time.time()
+                    for job in batch[position:]:
+                        self._record(jobs.attempt_failed(
+                            job, "association lost", now, config.retry_interval,
+                            config.max_attempts))
+                    break
+                idle_since = time.monotonic()
+                batch = []
+                while (not batch and not self.stopping.is_set()
+                       and time.monotonic() - idle_since < LINGER_SECONDS):
+                    time.sleep(LINGER_POLL_SECONDS)
+                    batch = [job for job in self.ready_jobs(config, title)
+                             if _fits(job, proposed)][:BATCH_MAX]
         finally:
             if assoc.is_established:
                 assoc.release()
@@ -315,6 +382,9 @@ class Sender:
             assoc = ae.associate(remote.host, remote.port, requested, ae_title=remote.title,
                                  max_pdu=SEND_MAX_PDU)
             if assoc.is_established:
+                # Without this every C-STORE waits ~40 ms for a delayed ACK
+                # (Nagle): 46 ms per small object instead of 3.4 ms.
+                assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 return assoc
             if assoc.is_rejected:
                 raise NotAssociated(f"association rejected by {remote.title}")

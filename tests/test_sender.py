@@ -1,0 +1,431 @@
+"""Unit tests for the pure helpers of echoes.sender (no sockets, no processes)."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+)
+from pynetdicom.dsutils import decode, encode
+
+from echoes import jobs, sender
+from echoes.sender import DELIVERED, PERMANENT, TRANSIENT, Route
+
+TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+MR = "1.2.840.10008.5.1.4.1.1.4"
+SC = "1.2.840.10008.5.1.4.1.1.7"
+
+UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+
+
+def make_job(sop_class: str = CT, syntax: str = ExplicitVRLittleEndian,
+             sop: str = "1.2.3.4") -> jobs.Job:
+    record = {
+        "SOPInstanceUID": sop,
+        "StudyInstanceUID": "1.2.3",
+        "SOPClassUID": sop_class,
+        "TransferSyntaxUID": syntax,
+        "path": f"{sop}.dcm",
+    }
+    return jobs.new_job("PACS", record, "forward", 1000.0)
+
+
+# -- outcome_of ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status, outcome", [
+    (0x0000, DELIVERED),
+    (0xB000, DELIVERED),
+    (0xB007, DELIVERED),
+    (0xB006, DELIVERED),
+    (0x0001, DELIVERED),
+    (0x0107, DELIVERED),
+    (0x0116, DELIVERED),
+    (0xA700, TRANSIENT),
+    (0xA7FF, TRANSIENT),
+    (0x0213, TRANSIENT),
+    (0x0110, TRANSIENT),
+    (0xA900, PERMANENT),
+    (0xA9FF, PERMANENT),
+    (0xC000, PERMANENT),
+    (0xCFFF, PERMANENT),
+    (0x0122, PERMANENT),
+    (0x0124, PERMANENT),
+    (0x0117, PERMANENT),
+    (0x0111, PERMANENT),
+    (0xD000, TRANSIENT),
+    (0xFFFE, TRANSIENT),
+    (0xA800, TRANSIENT),
+])
+def test_outcome_of(status, outcome):
+    assert sender.outcome_of(status)[0] == outcome
+
+
+def test_outcome_of_success_has_no_words():
+    assert sender.outcome_of(0x0000) == (DELIVERED, "")
+
+
+@pytest.mark.parametrize("status", [0xB000, 0xB007, 0x0001])
+def test_outcome_of_warnings_say_warning(status):
+    outcome, words = sender.outcome_of(status)
+    assert outcome == DELIVERED
+    assert "warning" in words
+
+
+def test_outcome_of_words():
+    assert sender.outcome_of(0xA700) == (TRANSIENT, "out of resources")
+    assert sender.outcome_of(0xA7FF) == (TRANSIENT, "out of resources")
+    assert sender.outcome_of(0x0110) == (TRANSIENT, "processing failure")
+    assert sender.outcome_of(0xA900) == (PERMANENT, "data set does not match SOP class")
+    assert sender.outcome_of(0xC000) == (PERMANENT, "cannot understand")
+    assert sender.outcome_of(0xCFFF) == (PERMANENT, "cannot understand")
+    assert sender.outcome_of(0x0122) == (PERMANENT, "SOP class not supported")
+
+
+def test_outcome_of_unknown_failure_is_transient():
+    assert sender.outcome_of(0xD000) == (TRANSIENT, "failure")
+
+
+# -- syntaxes_for ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stored", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_syntaxes_for_little_endian(stored):
+    assert sender.syntaxes_for(stored) == [UNCOMPRESSED]
+
+
+def test_syntaxes_for_big_endian_gets_a_context_of_its_own():
+    assert sender.syntaxes_for(ExplicitVRBigEndian) == [[ExplicitVRBigEndian], UNCOMPRESSED]
+
+
+def test_syntaxes_for_jpeg_lossless_sv1():
+    assert sender.syntaxes_for(JPEGLosslessSV1) == [
+        [JPEGLosslessSV1], [JPEGLossless], UNCOMPRESSED]
+
+
+def test_syntaxes_for_jpeg_lossless_process14():
+    assert sender.syntaxes_for(JPEGLossless) == [[JPEGLossless], UNCOMPRESSED]
+
+
+@pytest.mark.parametrize("stored", [JPEG2000, JPEG2000Lossless])
+def test_syntaxes_for_jpeg2000(stored):
+    assert sender.syntaxes_for(stored) == [[stored], UNCOMPRESSED]
+
+
+def test_syntaxes_for_deflate():
+    assert sender.syntaxes_for(DeflatedExplicitVRLittleEndian) == [
+        [DeflatedExplicitVRLittleEndian], UNCOMPRESSED]
+
+
+def test_syntaxes_for_unknown_stored_syntax():
+    assert sender.syntaxes_for("") == [UNCOMPRESSED]
+
+
+def test_syntaxes_for_returns_fresh_lists():
+    first = sender.syntaxes_for(ExplicitVRLittleEndian)
+    first[0].append("mutated")
+    assert sender.syntaxes_for(ExplicitVRLittleEndian) == [UNCOMPRESSED]
+
+
+# -- plan_batch ------------------------------------------------------------------
+
+
+def test_plan_batch_empty():
+    assert sender.plan_batch([]) == ([], [])
+
+
+def test_plan_batch_shares_contexts_for_same_class_and_syntax():
+    due = [make_job(CT, ExplicitVRLittleEndian, sop=f"1.{n}") for n in range(5)]
+    batch, contexts = sender.plan_batch(due)
+    assert batch == due
+    assert contexts == [(CT, UNCOMPRESSED)]
+
+
+def test_plan_batch_distinct_classes_and_syntaxes():
+    due = [
+        make_job(CT, ExplicitVRLittleEndian, sop="1.1"),
+        make_job(CT, ImplicitVRLittleEndian, sop="1.2"),  # same uncompressed context
+        make_job(MR, ExplicitVRLittleEndian, sop="1.3"),
+        make_job(CT, JPEG2000, sop="1.4"),
+        make_job(SC, JPEGLosslessSV1, sop="1.5"),
+        make_job(SC, JPEGLosslessSV1, sop="1.6"),
+    ]
+    batch, contexts = sender.plan_batch(due)
+    assert batch == due
+    assert contexts == [
+        (CT, UNCOMPRESSED),
+        (MR, UNCOMPRESSED),
+        (CT, [JPEG2000]),
+        (SC, [JPEGLosslessSV1]),
+        (SC, [JPEGLossless]),
+        (SC, UNCOMPRESSED),
+    ]
+    assert len({(cls, tuple(ts)) for cls, ts in contexts}) == len(contexts)
+
+
+def test_plan_batch_stops_at_max_contexts(monkeypatch):
+    monkeypatch.setattr(sender, "MAX_CONTEXTS", 3)
+    due = [
+        make_job(CT, ExplicitVRLittleEndian, sop="1.1"),  # 1 context
+        make_job(MR, JPEG2000, sop="1.2"),  # 2 more: 3
+        make_job(CT, ImplicitVRLittleEndian, sop="1.3"),  # none new: fits
+        make_job(SC, ExplicitVRLittleEndian, sop="1.4"),  # 1 more: 4 > 3, stop
+        make_job(CT, ExplicitVRLittleEndian, sop="1.5"),  # after the stop: not taken
+    ]
+    batch, contexts = sender.plan_batch(due)
+    assert batch == due[:3]
+    assert len(contexts) == 3
+    assert (SC, UNCOMPRESSED) not in contexts
+
+
+def test_plan_batch_never_splits_a_jobs_contexts(monkeypatch):
+    monkeypatch.setattr(sender, "MAX_CONTEXTS", 2)
+    due = [make_job(CT, ExplicitVRLittleEndian, sop="1.1"),
+           make_job(SC, JPEGLosslessSV1, sop="1.2")]  # needs 3 contexts
+    batch, contexts = sender.plan_batch(due)
+    assert batch == due[:1]
+    assert contexts == [(CT, UNCOMPRESSED)]
+
+
+def test_plan_batch_stops_at_batch_max(monkeypatch):
+    monkeypatch.setattr(sender, "BATCH_MAX", 3)
+    due = [make_job(CT, ExplicitVRLittleEndian, sop=f"1.{n}") for n in range(7)]
+    batch, contexts = sender.plan_batch(due)
+    assert batch == due[:3]
+    assert contexts == [(CT, UNCOMPRESSED)]
+
+
+def test_plan_batch_contexts_cover_every_job_in_batch(monkeypatch):
+    monkeypatch.setattr(sender, "MAX_CONTEXTS", 4)
+    due = [make_job(cls, ts, sop=f"1.{n}") for n, (cls, ts) in enumerate([
+        (CT, JPEGLosslessSV1), (CT, ExplicitVRLittleEndian), (MR, JPEG2000),
+        (SC, ExplicitVRLittleEndian)])]
+    batch, contexts = sender.plan_batch(due)
+    proposed = {(cls, tuple(ts)) for cls, ts in contexts}
+    assert len(contexts) <= 4
+    assert all(sender._fits(job, proposed) for job in batch)
+    assert batch == due[:2]
+
+
+# -- choose_route ----------------------------------------------------------------
+
+
+def test_route_file_when_stored_syntax_accepted():
+    accepted = {(CT, ExplicitVRLittleEndian)}
+    assert sender.choose_route(CT, ExplicitVRLittleEndian, accepted) == Route("file")
+
+
+def test_route_file_for_compressed_accepted_as_stored():
+    accepted = {(CT, JPEG2000), (CT, ExplicitVRLittleEndian)}
+    assert sender.choose_route(CT, JPEG2000, accepted).kind == "file"
+
+
+def test_route_file_for_sv1_accepted_as_stored():
+    accepted = {(SC, JPEGLosslessSV1), (SC, JPEGLossless)}
+    assert sender.choose_route(SC, JPEGLosslessSV1, accepted).kind == "file"
+
+
+def test_route_relabel_sv1_as_process14():
+    accepted = {(SC, JPEGLossless)}
+    assert sender.choose_route(SC, JPEGLosslessSV1, accepted) == Route("relabel")
+
+
+def test_route_relabel_preferred_over_decompress():
+    accepted = {(SC, JPEGLossless), (SC, ExplicitVRLittleEndian)}
+    assert sender.choose_route(SC, JPEGLosslessSV1, accepted).kind == "relabel"
+
+
+@pytest.mark.parametrize("stored", [JPEG2000, JPEGLosslessSV1, JPEGBaseline8Bit, JPEGLossless])
+def test_route_decompress_when_only_uncompressed_accepted(stored):
+    accepted = {(CT, ExplicitVRLittleEndian)}
+    assert sender.choose_route(CT, stored, accepted) == Route("decompress")
+
+
+def test_route_reencode_implicit_to_explicit():
+    accepted = {(CT, ExplicitVRLittleEndian)}
+    assert sender.choose_route(CT, ImplicitVRLittleEndian, accepted).kind == "reencode"
+
+
+def test_route_reencode_explicit_to_implicit():
+    accepted = {(CT, ImplicitVRLittleEndian)}
+    assert sender.choose_route(CT, ExplicitVRLittleEndian, accepted).kind == "reencode"
+
+
+def test_route_reencode_deflate_to_uncompressed():
+    accepted = {(CT, ExplicitVRLittleEndian)}
+    route = sender.choose_route(CT, DeflatedExplicitVRLittleEndian, accepted)
+    assert route .kind == "reencode"
+
+
+def test_route_other_class_accepted_does_not_count():
+    accepted = {(MR, ExplicitVRLittleEndian), (MR, JPEG2000)}
+    route = sender.choose_route(CT, JPEG2000, accepted)
+    assert route.kind == "refuse"
+
+
+def test_route_refuse_when_class_rejected():
+    accepted = {(MR, ExplicitVRLittleEndian)}
+    route = sender.choose_route(CT, ExplicitVRLittleEndian, accepted)
+    assert route.kind == "refuse"
+    assert CT in route.reason
+    assert "SOP class" in route.reason
+
+
+def test_route_refuse_when_nothing_accepted():
+    route = sender.choose_route(CT, ExplicitVRLittleEndian, set())
+    assert route.kind == "refuse"
+    assert CT in route.reason
+
+
+def test_route_refuse_when_only_unusable_compressed_syntax_accepted():
+    accepted = {(CT, JPEGBaseline8Bit)}
+    route = sender.choose_route(CT, JPEG2000, accepted)
+    assert route.kind == "refuse"
+    assert JPEG2000 in route.reason
+    assert CT in route.reason
+    assert "no usable transfer syntax" in route.reason
+
+
+def test_route_refuse_process14_not_relabelled_to_sv1():
+    # .57 is not a valid SV1 stream in general: no relabelling that way.
+    route = sender.choose_route(SC, JPEGLossless, {(SC, JPEGLosslessSV1)})
+    assert route.kind == "refuse"
+    assert JPEGLossless in route.reason
+
+
+# -- prepare ---------------------------------------------------------------------
+
+
+RTDOSE = TEST_FILES / "rtdose.dcm"  # Implicit VR Little Endian
+JPEG_SV1 = TEST_FILES / "SC_rgb_jpeg_gdcm.dcm"  # JPEG lossless SV1 (.70)
+
+
+def test_test_files_are_what_we_expect():
+    assert dcmread(RTDOSE).file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+    assert dcmread(JPEG_SV1).file_meta.TransferSyntaxUID == JPEGLosslessSV1
+
+
+def test_prepare_file_returns_the_path():
+    assert sender.prepare(JPEG_SV1, Route("file")) == JPEG_SV1
+    assert sender.prepare(RTDOSE, Route("file")) is RTDOSE
+
+
+def test_prepare_file_does_not_read():
+    missing = Path("/nonexistent/echoes/object.dcm")
+    assert sender.prepare(missing, Route("file")) == missing
+
+
+def test_prepare_missing_file_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        sender.prepare(tmp_path / "gone.dcm", Route("reencode"))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # an invalid UI value in rtdose.dcm
+def test_prepare_reencode_implicit():
+    ds = sender.prepare(RTDOSE, Route("reencode"))
+    assert isinstance(ds, Dataset)
+    assert ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+    assert ds.SOPInstanceUID == dcmread(RTDOSE).SOPInstanceUID
+    data = encode(ds, False, True)
+    assert isinstance(data, bytes)
+    assert len(data) > 0
+
+
+def test_prepare_relabel_sv1_as_process14():
+    original = dcmread(JPEG_SV1)
+    ds = sender.prepare(JPEG_SV1, Route("relabel"))
+    assert isinstance(ds, Dataset)
+    assert ds.file_meta.TransferSyntaxUID == JPEGLossless
+    assert ds.PixelData == original.PixelData
+    assert ds.SOPInstanceUID == original.SOPInstanceUID
+
+
+def test_prepare_decompress_sv1():
+    original = dcmread(JPEG_SV1)
+    expected = original.pixel_array
+    ds = sender.prepare(JPEG_SV1, Route("decompress"))
+    assert isinstance(ds, Dataset)
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert ds.SOPInstanceUID == original.SOPInstanceUID
+    assert np.array_equal(ds.pixel_array, expected)
+    assert len(ds.PixelData) == expected.nbytes
+
+
+def reencoded_pixels(source: Path, syntax: str) -> np.ndarray:
+    """Pixels of ``source`` as a peer gets them over a context of ``syntax`` (route reencode).
+
+    pynetdicom's send_c_store encodes a Dataset with dsutils.encode in the
+    accepted uncompressed syntax; decode those bytes as the peer would.
+    """
+    prepared = sender.prepare(source, Route("reencode", target=syntax))
+    uid = pydicom.uid.UID(syntax)
+    data = encode(prepared, uid.is_implicit_VR, uid.is_little_endian)
+    assert data
+    received = decode(BytesIO(data), uid.is_implicit_VR, uid.is_little_endian)
+    received.file_meta = FileMetaDataset()
+    received.file_meta.TransferSyntaxUID = uid
+    return received.pixel_array
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+def test_prepare_reencode_implicit_keeps_pixels(syntax):
+    expected = dcmread(RTDOSE).pixel_array
+    assert np.array_equal(reencoded_pixels(RTDOSE, syntax), expected)
+
+
+DEFLATED = TEST_FILES / "image_dfl.dcm"  # Deflated Explicit VR Little Endian
+
+
+def test_prepare_reencode_deflate():
+    original = dcmread(DEFLATED)
+    assert original.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    ds = sender.prepare(DEFLATED, Route("reencode"))
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert np.array_equal(reencoded_pixels(DEFLATED, ExplicitVRLittleEndian),
+                          original.pixel_array)
+
+
+BIG_ENDIAN = TEST_FILES / "rtdose_expb.dcm"  # Explicit VR Big Endian, 32-bit OW pixels
+
+
+def test_prepare_reencode_big_endian_is_labelled_big_endian():
+    assert dcmread(BIG_ENDIAN).file_meta.TransferSyntaxUID == ExplicitVRBigEndian
+    ds = sender.prepare(BIG_ENDIAN, Route("reencode"))
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRBigEndian
+
+
+def test_big_endian_stored_is_reencoded_when_peer_picks_little_endian():
+    # syntaxes_for proposes the three uncompressed syntaxes in one context;
+    # a peer that picks Explicit VR Little Endian gets route "reencode".
+    sop_class = str(dcmread(BIG_ENDIAN).SOPClassUID)
+    accepted = {(sop_class, ExplicitVRLittleEndian)}
+    assert sender.choose_route(sop_class, ExplicitVRBigEndian, accepted).kind == "reencode"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("source, syntax", [
+    (BIG_ENDIAN, ExplicitVRLittleEndian),
+    (BIG_ENDIAN, ImplicitVRLittleEndian),
+    (RTDOSE, ExplicitVRBigEndian),
+], ids=["BE-to-explicit-LE", "BE-to-implicit-LE", "LE-to-BE"])
+def test_prepare_reencode_across_byte_order_keeps_pixels(source, syntax):
+    expected = dcmread(source).pixel_array
+    assert np.array_equal(reencoded_pixels(source, syntax), expected)
