@@ -2,8 +2,9 @@
 
 1. dcmtk ``storescu`` sends N CT-like objects straight to a ``storescp``
    (the reference: how fast dcmtk moves them over one association).
-2. A pynetdicom SCU sends the same N objects to echoes, whose config forwards
-   to a second ``storescp``.  The time of every C-STORE response is taken,
+2. ``storescu -v`` sends the same N objects to echoes, whose config forwards
+   to a second ``storescp``.  The time of every C-STORE response is taken
+   (as storescu prints it),
    and the time every object appears in storescp's folder; the difference is
    the receive-to-arrival latency.  Forwarding throughput is N over the time
    from the first C-STORE sent to the last arrival.
@@ -28,9 +29,6 @@ from pathlib import Path
 
 from ingest import ENV, OUT, corpus, free_port, wait_port  # bench/ingest.py
 from pydicom import dcmread
-from pynetdicom import AE
-
-CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def watch_arrivals(folder: Path, expected: int, stop: threading.Event) -> dict[str, float]:
@@ -87,17 +85,24 @@ def forwarded(files: list[Path], work: Path) -> tuple[list[float], float, int]:
         watcher = threading.Thread(
             target=lambda: arrivals.update(watch_arrivals(destination, len(files), stop)))
         watcher.start()
-        ae = AE(ae_title="BENCHSCU")
-        ae.add_requested_context(CT, "1.2.840.10008.1.2.1")
-        assoc = ae.associate("127.0.0.1", store_port)
+        # storescu -v says "Sending file: X" then "Received Store Response": the
+        # moment each response line arrives is the moment echoes acknowledged.
+        sop_of = {str(path): dcmread(path, stop_before_pixels=True).SOPInstanceUID
+                  for path in files}
         responses: dict[str, float] = {}
         started = time.time()
-        for path in files:
-            status = assoc.send_c_store(path)
-            if status.Status != 0:
-                raise SystemExit(f"echoes answered 0x{status.Status:04X}")
-            responses[dcmread(path, stop_before_pixels=True).SOPInstanceUID] = time.time()
-        assoc.release()
+        client = subprocess.Popen(["storescu", "-v", "-xe", "127.0.0.1", str(store_port),
+                                   *map(str, files)], env=ENV, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, bufsize=1)
+        current = ""
+        for line in client.stdout:
+            if "Sending file: " in line:
+                current = line.split("Sending file: ", 1)[1].strip()
+            elif "Received Store Response (Success)" in line:
+                responses[sop_of[current]] = time.time()
+        client.wait()
+        if len(responses) != len(files):
+            raise SystemExit(f"echoes acknowledged {len(responses)} of {len(files)}")
         watcher.join(120)
         stop.set()
         if len(arrivals) < len(files):

@@ -1,4 +1,4 @@
-"""DICOM data set and DIMSE bytes for C-FIND responses, written directly.
+"""DICOM data set and DIMSE bytes, written directly: C-FIND responses, C-STORE requests.
 
 pynetdicom builds each response through pydicom (a Dataset, a command set,
 the DIMSE message, a hop to its DUL thread and its state machine): about
@@ -6,7 +6,10 @@ the DIMSE message, a hop to its DUL thread and its state machine): about
 dcmtk's wlmscpfs needs 1.7 s.  This module encodes the worklist's *trees*
 (see ``mwl_match``) straight to bytes -- the three uncompressed transfer
 syntaxes, explicit-length sequences -- and frames them as P-DATA-TF PDUs.
-Pure functions: no sockets; ``mwl`` writes the result.
+The sender uses the same framing to stream an archived file's data set as a
+C-STORE request (pynetdicom: ~6 ms of CPU per 512 KB object, most of it
+per-PDU work).  Pure functions: no sockets; ``mwl`` and ``sender`` write
+the result.
 
 The encoding follows PS3.5 section 7: elements in ascending tag order, even
 lengths (UI padded with NUL, text with space), explicit VR headers with a
@@ -17,7 +20,8 @@ always Implicit VR Little Endian (PS3.7 6.3.1).
 from __future__ import annotations
 
 import struct
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 from pydicom import datadict
 
@@ -164,3 +168,55 @@ def p_data_pdus(context_id: int, command: bytes, data_set: bytes, max_pdu: int) 
     if current:
         pdus.append(struct.pack(">BxI", P_DATA_TF, size) + b"".join(current))
     return b"".join(pdus)
+
+
+C_STORE_RQ = 0x0001
+MEDIUM_PRIORITY = 0x0000
+
+
+def store_request_command(sop_class: str, sop_instance: str, message_id: int) -> bytes:
+    """The command set of a C-STORE-RQ with a data set (Implicit VR Little Endian)."""
+    def uid(tag_element: int, value: str) -> bytes:
+        data = value.encode()
+        if len(data) % 2:
+            data += b"\x00"
+        return struct.pack("<HHI", 0x0000, tag_element, len(data)) + data
+
+    def us(tag_element: int, value: int) -> bytes:
+        return struct.pack("<HHIH", 0x0000, tag_element, 2, value)
+
+    body = b"".join((
+        uid(0x0002, sop_class),
+        us(0x0100, C_STORE_RQ),
+        us(0x0110, message_id),
+        us(0x0700, MEDIUM_PRIORITY),
+        us(0x0800, DATA_SET_PRESENT),
+        uid(0x1000, sop_instance),
+    ))
+    return struct.pack("<HHII", 0x0000, 0x0000, 4, len(body)) + body
+
+
+def p_data_stream(context_id: int, command: bytes, data_set: BinaryIO, max_pdu: int,
+                  group_bytes: int = 1 << 18) -> Iterator[bytes]:
+    """A DIMSE message whose data set is read from a file, as groups of P-DATA-TF PDUs.
+
+    The data set is never held whole: it is read a fragment at a time, and
+    PDUs are yielded in groups of about ``group_bytes`` for few, large writes.
+    """
+    yield p_data_pdus(context_id, command, b"", max_pdu)
+    fragment = ((max_pdu or UNLIMITED_PDU_FRAGMENT) - 6)
+    group: list[bytes] = []
+    size = 0
+    chunk = data_set.read(fragment)
+    while chunk:
+        following = data_set.read(fragment)
+        control = 0 if following else LAST_FRAGMENT
+        pdv = struct.pack(">IBB", len(chunk) + 2, context_id, control) + chunk
+        group.append(struct.pack(">BxI", P_DATA_TF, len(pdv)) + pdv)
+        size += len(pdv) + 6
+        if size >= group_bytes:
+            yield b"".join(group)
+            group, size = [], 0
+        chunk = following
+    if group:
+        yield b"".join(group)

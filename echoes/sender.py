@@ -22,6 +22,7 @@ delivered and are logged.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import signal
 import socket
@@ -44,9 +45,10 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config, build_context
 from pynetdicom.association import Association
+from pynetdicom.dsutils import split_dataset
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from echoes import jobs, sopclasses, spool
+from echoes import encoding, jobs, sopclasses, spool
 from echoes.config import Config, Reloader, RemoteAE
 
 log = logging.getLogger("echoes.sender")
@@ -214,6 +216,49 @@ def swap_pixel_bytes(dataset: Dataset) -> None:
         return
     raw = np.frombuffer(dataset.PixelData, dtype=width)
     dataset.PixelData = raw.byteswap().tobytes()
+
+
+def send_file_direct(assoc: Association, job: jobs.Job, path: Path) -> Dataset:
+    """C-STORE an archived file as stored, streaming its data set to the socket.
+
+    The data set bytes after the File Meta go out unchanged, framed by
+    ``encoding.p_data_stream``; pynetdicom's own path costs ~6 ms of CPU per
+    512 KB object, mostly per PDU.  As pynetdicom's ``send_c_store`` does,
+    the association reactor is paused so the response comes to us through
+    pynetdicom's DIMSE queue.  Returns the response status data set (empty
+    when none came).
+    """
+    context = next(cx for cx in assoc.accepted_contexts
+                   if cx.abstract_syntax == job.sop_class_uid
+                   and cx.transfer_syntax[0] == job.transfer_syntax)
+    _file_meta, offset = split_dataset(path)
+    message_id = next(_message_ids)
+    command = encoding.store_request_command(job.sop_class_uid, job.sop_instance_uid,
+                                             message_id)
+    peer_max_pdu = assoc.acceptor.maximum_length or 0
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            sock = assoc.dul.socket.socket
+            for group in encoding.p_data_stream(context.context_id, command, handle,
+                                                peer_max_pdu):
+                sock.sendall(group)
+        _context_id, response = assoc.dimse.get_msg(block=True)
+    except OSError:
+        assoc.abort()
+        return Dataset()
+    finally:
+        assoc._reactor_checkpoint.set()
+    if response is None:
+        assoc.abort()  # DIMSE timeout: the association cannot be trusted any more
+        return Dataset()
+    return assoc._check_received_status(response)
+
+
+_message_ids = itertools.cycle(range(1, 65536))
 
 
 class NotAssociated(ConnectionError):
@@ -426,7 +471,10 @@ class Sender:
             log.error("%s: %s: %s", job.destination, job.sop_instance_uid, reason)
             return PERMANENT
         try:
-            response = assoc.send_c_store(payload)
+            if isinstance(payload, Path):
+                response = send_file_direct(assoc, job, payload)
+            else:
+                response = assoc.send_c_store(payload)
         except (ValueError, AttributeError, RuntimeError) as exc:
             self._record(jobs.refused(job, f"cannot send: {exc}"[:300], time.time()))
             return PERMANENT
@@ -453,12 +501,18 @@ class Sender:
         return outcome
 
     def _record(self, job: jobs.Job) -> None:
-        """Write a job's new state, unless it was queued anew meanwhile."""
+        """Write a job's new state, unless it was queued anew meanwhile.
+
+        Every state is written atomically; all but ``done`` also durably.
+        A ``done`` lost to a power cut means the object is sent once more,
+        which the destination absorbs (same SOP Instance UID): not worth an
+        fsync per object.
+        """
         with self._store_lock:
             current = self.store.read(job.id)
             if current is not None and current.created != job.created:
                 return  # re-queued (received or pushed again) while we worked
-            self.store.write(job)
+            self.store.write(job, durable=job.state != jobs.DONE)
 
     def stop(self, timeout: float) -> None:
         """Finish the objects in flight, then return (bounded)."""
