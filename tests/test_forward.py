@@ -281,3 +281,37 @@ def test_failure_status_shows_as_failed_with_reason(tmp_path: Path, cleanup: lis
         assert health.returncode != 0 and "2 failed jobs to PICKY" in health.stdout
     finally:
         server_scp.shutdown()
+
+
+def test_forwarding_list_reloaded_without_restart(tmp_path: Path, cleanup: list,
+                                                  dcmtk: None) -> None:
+    archive = destination(tmp_path, "ARCHIVE")
+    cleanup.append(archive.start("+xa"))
+    server = start_with(tmp_path / "home", ae_sections(archive, forward=False))
+    cleanup.append(server)
+    storescu(server, study_files(tmp_path / "before", 2))
+    server.wait_ingested(2)
+    config_path = server.config.path
+    config_path.write_text(config_path.read_text().replace("forward = no", "forward = yes"))
+    server.process.send_signal(signal.SIGHUP)  # the file change alone would do within 2 s
+    time.sleep(0.5)
+    storescu(server, study_files(tmp_path / "after", 3))
+    wait_for(lambda: len(archive.received()) == 3, 20,
+             f"after the reload {len(archive.received())} of 3 forwarded")
+    time.sleep(1.0)
+    assert len(archive.received()) == 3  # the two from before the change stay put
+
+
+def test_retry_sends_failed_jobs_again(tmp_path: Path, cleanup: list, dcmtk: None) -> None:
+    flaky = destination(tmp_path, "FLAKY")
+    server = start_with(tmp_path / "home", ae_sections(flaky), max_attempts=1)
+    cleanup.append(server)
+    storescu(server, study_files(tmp_path / "in", 3))
+    wait_for(lambda: queue(server)["FLAKY"]["failed"] == 3, 30, "jobs did not fail")
+    health = cli(server, "check")
+    assert health.returncode != 0 and "3 failed jobs to FLAKY" in health.stdout
+    cleanup.append(flaky.start("+xa"))
+    retried = cli(server, "retry", "--failed")
+    assert retried.returncode == 0 and "3 jobs queued again" in retried.stdout
+    wait_for(lambda: len(flaky.received()) == 3, 20, f"retried {len(flaky.received())} of 3")
+    wait_for(lambda: queue(server)["FLAKY"]["done"] == 3, 10, "queue does not show done")
