@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -315,3 +316,42 @@ def test_retry_sends_failed_jobs_again(tmp_path: Path, cleanup: list, dcmtk: Non
     assert retried.returncode == 0 and "3 jobs queued again" in retried.stdout
     wait_for(lambda: len(flaky.received()) == 3, 20, f"retried {len(flaky.received())} of 3")
     wait_for(lambda: queue(server)["FLAKY"]["done"] == 3, 10, "queue does not show done")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", ["sender", "ingester"])
+def test_kill9_during_forwarding_loses_nothing(tmp_path: Path, cleanup: list, dcmtk: None,
+                                               victim: str) -> None:
+    """Every object acknowledged to the modality reaches the destination."""
+    from test_crash import send_counting
+
+    target = destination(tmp_path, "TARGET")
+    cleanup.append(target.start("+xa"))
+    server = start_with(tmp_path / "home", ae_sections(target))
+    cleanup.append(server)
+    files = study_files(tmp_path / "in", 300)
+    uid_of = {f.name: pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
+    acknowledged: set[str] = set()
+    sending = threading.Thread(target=lambda: acknowledged.update(
+        send_counting(server.config.store_port, files)))
+    sending.start()
+    killed = 0
+    for _ in range(3):
+        time.sleep(0.8)
+        for pid in server.children(victim)[:1]:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+    sending.join()
+    assert killed
+    expected = {uid_of[name] for name in acknowledged}
+    assert len(expected) > 100
+
+    def arrived() -> set[str]:
+        return {p.name.split(".", 1)[1] for p in target.received()}
+
+    wait_for(lambda: expected <= arrived(), 90,
+             f"{len(expected - arrived())} acknowledged objects never arrived")
+    state = queue(server)["TARGET"]
+    assert sum(state[s] for s in ("pending", "retrying", "failed", "done")) == len(expected)
+    print(f"\n{victim}: killed {killed}x, acknowledged {len(expected)}, arrived "
+          f"{len(arrived())}, jobs {state}")

@@ -429,3 +429,27 @@ def test_big_endian_stored_is_reencoded_when_peer_picks_little_endian():
 def test_prepare_reencode_across_byte_order_keeps_pixels(source, syntax):
     expected = dcmread(source).pixel_array
     assert np.array_equal(reencoded_pixels(source, syntax), expected)
+
+
+def test_done_jobs_are_pruned_after_keep_done_hours(tmp_path):
+    import sys
+    import time
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import write_config
+
+    from echoes import config as config_module
+    from echoes import jobs
+
+    config = config_module.load(write_config(tmp_path / "home", keep_done_hours=1))
+    worker = sender.Sender(config)
+    now = time.time()
+    record = {"SOPInstanceUID": "1.2.3", "StudyInstanceUID": "1.2", "SOPClassUID": CT,
+              "TransferSyntaxUID": ExplicitVRLittleEndian, "path": "a/b/c.dcm"}
+    old = jobs.delivered(jobs.new_job("PACS", record, "forward", now - 7200), now - 7200)
+    fresh = jobs.delivered(jobs.new_job("VIEWER", record, "forward", now), now)
+    waiting = jobs.new_job("OTHER", record, "forward", now - 7200)
+    for job in (old, fresh, waiting):
+        worker.store.write(job)
+    worker._prune(config, now)
+    assert {job.destination for job in worker.all_jobs()} == {"VIEWER", "OTHER"}
