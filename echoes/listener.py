@@ -22,6 +22,8 @@ from typing import Any
 from pynetdicom import AE
 from pynetdicom.transport import ThreadedAssociationServer
 
+from echoes.config import Config
+
 log = logging.getLogger("echoes.listener")
 
 
@@ -51,6 +53,18 @@ class SharedSocketServer(ThreadedAssociationServer):
     def server_close(self) -> None:
         # Never shutdown() the shared listener: that would stop every worker.
         self.socket.close()
+
+
+def acceptor_ae(config: Config) -> AE:
+    """An AE for serving: our title, the configured timeouts and association limit,
+    any called AE title accepted (SPEC).  The caller adds its contexts."""
+    ae = AE(ae_title=config.ae_title)
+    ae.maximum_associations = config.max_associations
+    ae.acse_timeout = config.acse_timeout
+    ae.dimse_timeout = config.dimse_timeout
+    ae.network_timeout = config.network_timeout
+    ae.require_called_aet = False
+    return ae
 
 
 def serve(

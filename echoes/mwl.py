@@ -193,12 +193,7 @@ def _keyword(tag: int) -> str:
 
 def build_ae(config: Config) -> AE:
     """The worklist AE: Verification and MWL FIND, uncompressed syntaxes."""
-    ae = AE(ae_title=config.ae_title)
-    ae.maximum_associations = config.max_associations
-    ae.acse_timeout = config.acse_timeout
-    ae.dimse_timeout = config.dimse_timeout
-    ae.network_timeout = config.network_timeout
-    ae.require_called_aet = False
+    ae = listener.acceptor_ae(config)
     ae.add_supported_context(sopclasses.VERIFICATION, sopclasses.UNCOMPRESSED)
     ae.add_supported_context(sopclasses.MODALITY_WORKLIST_FIND, sopclasses.UNCOMPRESSED)
     return ae

@@ -286,13 +286,8 @@ class StoreService:
 def build_ae(config: Config) -> AE:
     """The store AE: Verification plus every storage class and syntax we accept."""
     sopclasses.register_retired_storage_classes()
-    ae = AE(ae_title=config.ae_title)
+    ae = listener.acceptor_ae(config)
     ae.maximum_pdu_size = RECEIVE_MAX_PDU
-    ae.maximum_associations = config.max_associations
-    ae.acse_timeout = config.acse_timeout
-    ae.dimse_timeout = config.dimse_timeout
-    ae.network_timeout = config.network_timeout
-    ae.require_called_aet = False
     ae.add_supported_context(sopclasses.VERIFICATION, sopclasses.UNCOMPRESSED)
     for sop_class in sopclasses.store_scp_classes():
         ae.add_supported_context(sop_class, sopclasses.STORE_TRANSFER_SYNTAXES)
