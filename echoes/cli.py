@@ -20,6 +20,8 @@ from echoes import config as config_module
 #: LSB exit codes for ``status``.
 STATUS_RUNNING = 0
 STATUS_NOT_RUNNING = 3
+#: ``echoes stop`` waits this long for the supervisor to exit.
+STOP_WAIT_SECONDS = 90
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--daemon", action="store_true", help="detach and write pid_file")
     commands.add_parser("stop", parents=[common], help="stop the running server")
     commands.add_parser("status", parents=[common], help="exit 0 if running, 3 if not")
+    commands.add_parser("reload", parents=[common],
+                        help="SIGHUP: re-read the configuration and reopen the log")
     studies = commands.add_parser("studies", parents=[common], help="list archived studies")
     studies.add_argument("--json", action="store_true", help="print a JSON list")
     check = commands.add_parser("check", parents=[common], help="health check for cron")
@@ -68,68 +72,74 @@ def _load(args: argparse.Namespace) -> config_module.Config:
 
 
 def _read_pid(config: config_module.Config) -> int | None:
-    try:
-        pid = int(config.pid_file.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return pid
+    """The running supervisor's pid (it holds the pid file's lock), else None."""
+    from echoes import daemon
+
+    return daemon.running_pid(config.pid_file)
 
 
 def cmd_start(args: argparse.Namespace, config: config_module.Config) -> int:
-    """Run the supervisor in the foreground (or detached with --daemon)."""
-    from echoes import supervisor
+    """Run the supervisor in the foreground, or detached with --daemon.
+
+    ``--daemon`` returns 0 only once the store and worklist ports answer
+    C-ECHO, 1 (with the end of the log) when the server could not start.
+    """
+    from echoes import daemon, supervisor
 
     running = _read_pid(config)
     if running:
         print(f"echoes: already running (pid {running})", file=sys.stderr)
         return 1
     if args.daemon:
-        _daemonize()
-    config.pid_file.parent.mkdir(parents=True, exist_ok=True)
-    spool.atomic_write_bytes(config.pid_file, f"{os.getpid()}\n".encode(), durable=False)
+        ready_fd = daemon.detach()
+        if ready_fd is not None:  # the original process: wait, report, exit
+            started, message = daemon.wait_until_serving(config, ready_fd)
+            if started:
+                print(f"echoes: {message}")
+                return 0
+            print(f"echoes: {message}; end of {config.log_file}:\n{daemon.log_tail(config)}",
+                  file=sys.stderr)
+            return 1
+    lock_fd = daemon.lock_pid_file(config.pid_file)
+    if lock_fd is None:
+        print("echoes: already running (another start won the race)", file=sys.stderr)
+        return 1
+    daemon.write_pid(lock_fd, os.getpid())
     logs.setup(config, "supervisor", to_stderr=not args.daemon)
     try:
-        return supervisor.run(config)
+        return supervisor.run(config, on_started=daemon.report_ready)
     finally:
-        if _read_pid(config) == os.getpid():
-            config.pid_file.unlink(missing_ok=True)
-
-
-def _daemonize() -> None:
-    """Classic double fork: no controlling terminal, stdio to /dev/null."""
-    if os.fork():
-        os._exit(0)
-    os.setsid()
-    if os.fork():
-        os._exit(0)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
+        config.pid_file.unlink(missing_ok=True)
+        os.close(lock_fd)
 
 
 def cmd_stop(args: argparse.Namespace, config: config_module.Config) -> int:
-    """SIGTERM the supervisor and wait for it to go."""
+    """SIGTERM the supervisor and wait (bounded) until it has let go of the pid file."""
     pid = _read_pid(config)
     if pid is None:
         print("echoes: not running")
         return 0
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if _read_pid(config) is None:
             print(f"echoes: stopped (pid {pid})")
             return 0
         time.sleep(0.1)
-    print(f"echoes: pid {pid} still running after 90 s", file=sys.stderr)
+    print(f"echoes: pid {pid} still running after {STOP_WAIT_SECONDS} s "
+          "(associations or the ingester not done; see the log)", file=sys.stderr)
     return 1
+
+
+def cmd_reload(args: argparse.Namespace, config: config_module.Config) -> int:
+    """SIGHUP to the supervisor, which passes it on (LSB: 7 when not running)."""
+    pid = _read_pid(config)
+    if pid is None:
+        print("echoes: not running", file=sys.stderr)
+        return 7
+    os.kill(pid, signal.SIGHUP)
+    print(f"echoes: reload signalled (pid {pid})")
+    return 0
 
 
 def cmd_status(args: argparse.Namespace, config: config_module.Config) -> int:
@@ -183,61 +193,27 @@ def cmd_studies(args: argparse.Namespace, config: config_module.Config) -> int:
 
 
 def cmd_check(args: argparse.Namespace, config: config_module.Config) -> int:
-    """Health for cron: 0 when healthy, else one line per problem."""
-    problems: list[str] = []
-    if _read_pid(config) is None:
-        problems.append("echoes is not running")
-    layout = spool.SpoolLayout(config.spool_dir)
-    if config.spool_dir.exists():
-        free = spool.free_megabytes(config.spool_dir)
-        if free < config.min_free_mb:
-            problems.append(
-                f"spool disk: {free:.0f} MB free, below min_free_mb {config.min_free_mb}")
-    rejected = sorted(os.listdir(layout.rejected)) if layout.rejected.exists() else []
-    if rejected:
-        problems.append(f"{len(rejected)} spooled files rejected (see {layout.rejected})")
-    for name, reason in _read_worklist(config).invalid().items():
-        problems.append(f"worklist file {name} skipped: {reason}")
-    problems += _queue_problems(config)
+    """Nagios plugin: exit 0 OK, 1 WARNING, 2 CRITICAL; a summary line, then details."""
+    from echoes import health
+
+    problems = health.check(config)
+    code, first_line = health.summary(problems)
     if args.json:
-        print(json.dumps({"ok": not problems, "problems": problems}))
-    elif problems:
-        print("\n".join(problems))
-    else:
-        print("echoes OK")
-    return 2 if problems else 0
+        print(json.dumps({"status": health.NAMES[code], "code": code, "summary": first_line,
+                          "problems": [{"severity": health.NAMES[p.severity],
+                                        "message": p.message} for p in problems]},
+                         ensure_ascii=False))
+        return code
+    print(first_line)
+    for problem in problems:
+        print(f"{health.NAMES[problem.severity]}: {problem.message}")
+    return code
 
 
 def _job_store(config: config_module.Config):
     from echoes import jobs
 
     return jobs.JobStore(spool.SpoolLayout(config.spool_dir).outgoing)
-
-
-def _queue_problems(config: config_module.Config) -> list[str]:
-    """Failed jobs, jobs waiting too long, jobs for AEs no longer configured."""
-    from echoes import jobs
-
-    now = time.time()
-    alarm = config.queue_alarm_minutes * 60
-    failed: dict[str, int] = {}
-    old: dict[str, int] = {}
-    orphans: dict[str, int] = {}
-    for job in _job_store(config).all():
-        if job.state == jobs.FAILED:
-            failed[job.destination] = failed.get(job.destination, 0) + 1
-        elif job.state in jobs.ACTIVE:
-            if now - job.created > alarm:
-                old[job.destination] = old.get(job.destination, 0) + 1
-            if job.destination not in config.remote_aes:
-                orphans[job.destination] = orphans.get(job.destination, 0) + 1
-    problems = [f"{count} failed jobs to {ae} (see echoes queue; echoes retry --failed)"
-                for ae, count in sorted(failed.items())]
-    problems += [f"{count} jobs to {ae} waiting longer than {config.queue_alarm_minutes} min"
-                 for ae, count in sorted(old.items())]
-    problems += [f"{count} jobs to {ae}, which is no longer configured"
-                 for ae, count in sorted(orphans.items())]
-    return problems
 
 
 def cmd_push(args: argparse.Namespace, config: config_module.Config) -> int:
@@ -418,6 +394,7 @@ COMMANDS = {
     "start": cmd_start,
     "stop": cmd_stop,
     "status": cmd_status,
+    "reload": cmd_reload,
     "studies": cmd_studies,
     "check": cmd_check,
     "worklist": cmd_worklist,

@@ -110,6 +110,18 @@ def _parse_log_level(text: str) -> str:
     return level
 
 
+_FACILITIES = ("user", "daemon", "local0", "local1", "local2", "local3", "local4", "local5",
+               "local6", "local7")
+
+
+def _parse_facility(text: str) -> str:
+    facility = text.strip().lower()
+    if facility and facility not in _FACILITIES:
+        raise ValueError(f"must be empty (no syslog) or one of {', '.join(_FACILITIES)}, "
+                         f"got {text!r}")
+    return facility
+
+
 _port = _parse_int(1, 65535)
 
 #: key -> (parser, default as written in the file, is a path).  ``None`` as a
@@ -127,6 +139,8 @@ KEYS: dict[str, tuple[Callable[[str], Any], str | None, bool]] = {
     "log_file": (_parse_text, "var/log/echoes.log", True),
     "pid_file": (_parse_text, "var/run/echoes.pid", True),
     "log_level": (_parse_log_level, "INFO", False),
+    "syslog_facility": (_parse_facility, "", False),
+    "disk_warning_mb": (_parse_int(0, 10**9), "2000", False),
     "min_free_mb": (_parse_int(0, 10**9), "500", False),
     "retry_interval": (_parse_int(1, 86400), "30", False),
     "max_attempts": (_parse_int(1, 100000), "20", False),
@@ -173,6 +187,8 @@ class Config:
     log_file: Path
     pid_file: Path
     log_level: str
+    syslog_facility: str
+    disk_warning_mb: int
     min_free_mb: int
     retry_interval: int
     max_attempts: int

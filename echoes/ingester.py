@@ -34,7 +34,7 @@ from pydicom.multival import MultiValue
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
-from echoes import archive, jobs, spool
+from echoes import archive, jobs, logs, spool
 from echoes.config import Config, Reloader
 from echoes.index import ArchiveIndex, InstanceRecord
 
@@ -195,7 +195,14 @@ def run(config: Config) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGHUP, lambda *_: ingester.reloader.request())
+    hangup = threading.Event()
+
+    def request_reload(*_args) -> None:
+        ingester.reloader.request()
+        hangup.set()
+        wake.set()
+
+    signal.signal(signal.SIGHUP, request_reload)
     observer = Observer()
     observer.schedule(_Wake(wake), str(ingester.layout.incoming), recursive=False)
     observer.start()
@@ -203,6 +210,9 @@ def run(config: Config) -> int:
     try:
         while not stop.is_set():
             wake.clear()
+            if hangup.is_set():
+                hangup.clear()
+                logs.reload(config, "ingester")
             try:
                 ingester.drain(stop)
             except OSError as exc:

@@ -28,7 +28,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom import AE, evt
 
-from echoes import encoding, listener, sopclasses, worklist
+from echoes import encoding, listener, logs, sopclasses, worklist
 from echoes.config import Config
 from echoes.mwl_match import QueryKey, compile_query
 
@@ -136,11 +136,25 @@ class WorklistService:
 
     def __init__(self, directory: worklist.WorklistDirectory) -> None:
         self.directory = directory
+        #: id(association) -> [queries, responses, started]
+        self.counts: dict[int, list] = {}
+
+    def handle_closed(self, event: evt.Event) -> None:
+        """EVT_RELEASED / EVT_ABORTED: one log line per association."""
+        queries, responses, started = self.counts.pop(id(event.assoc), [0, 0, time.monotonic()])
+        requestor = event.assoc.requestor
+        log.info("association from %s (%s:%s) to %s %s: %d queries, %d responses, %.2f s",
+                 requestor.ae_title, requestor.address, requestor.port,
+                 event.assoc.acceptor.ae_title,
+                 "released" if event.event is evt.EVT_RELEASED else "aborted",
+                 queries, responses, time.monotonic() - started)
 
     def handle_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
         """EVT_C_FIND: yield one Pending response per matching item."""
         started = time.monotonic()
         caller = event.assoc.requestor.ae_title
+        counts = self.counts.setdefault(id(event.assoc), [0, 0, started])
+        counts[0] += 1
         try:
             keys = query_keys(event.identifier)
             query = compile_query(keys)
@@ -172,6 +186,7 @@ class WorklistService:
                         caller, matched, exc)
             event.assoc.abort()
             return
+        counts[1] += matched
         log.info(
             "query from %s on %s: %d matched of %d, %s in %.3f s",
             caller,
@@ -219,11 +234,15 @@ def run(config: Config, listen_fd: int) -> int:
     service = WorklistService(directory)
 
     def reload() -> None:
+        logs.reload(config, "mwl")
         directory.load()
         log.info("worklist re-read on SIGHUP: %d items", len(directory))
 
     try:
-        listener.serve(build_ae(config), [(evt.EVT_C_FIND, service.handle_find)], listen_fd,
+        handlers = [(evt.EVT_C_FIND, service.handle_find),
+                    (evt.EVT_RELEASED, service.handle_closed),
+                    (evt.EVT_ABORTED, service.handle_closed)]
+        listener.serve(build_ae(config), handlers, listen_fd,
                        config.dimse_timeout, on_hangup=reload)
     finally:
         watcher.stop()

@@ -48,7 +48,7 @@ from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from echoes import encoding, jobs, sopclasses, spool
+from echoes import encoding, jobs, logs, sopclasses, spool
 from echoes.config import Config, Reloader, RemoteAE
 
 log = logging.getLogger("echoes.sender")
@@ -513,6 +513,11 @@ class Sender:
             if current is not None and current.created != job.created:
                 return  # re-queued (received or pushed again) while we worked
             self.store.write(job, durable=job.state != jobs.DONE)
+        if current is None or current.state != job.state or job.state == jobs.RETRYING:
+            level = logging.INFO if job.state in (jobs.DONE, jobs.PENDING) else logging.WARNING
+            log.log(level, "job %s %s to %s: %s%s", job.id, job.sop_instance_uid,
+                    job.destination, job.state,
+                    f" (attempt {job.attempts}): {job.last_error}" if job.last_error else "")
 
     def stop(self, timeout: float) -> None:
         """Finish the objects in flight, then return (bounded)."""
@@ -531,13 +536,22 @@ def run(config: Config) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: sender.reloader.request())
+    hangup = threading.Event()
+
+    def request_reload(*_args) -> None:
+        sender.reloader.request()
+        hangup.set()
+
+    signal.signal(signal.SIGHUP, request_reload)
     scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
     scheduler.add_job(sender.dispatch, "interval", seconds=DISPATCH_SECONDS, id="dispatch",
                       next_run_time=datetime.now().astimezone())
     scheduler.start()
     log.info("sender watching %s", sender.layout.outgoing)
-    stop.wait()
+    while not stop.wait(0.5):
+        if hangup.is_set():
+            hangup.clear()
+            logs.reload(config, "sender")
     scheduler.shutdown(wait=False)
     sender.stop(config.dimse_timeout)
     return 0

@@ -39,7 +39,7 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import create_file_meta
 
-from echoes import __version__, listener, sopclasses, spool
+from echoes import __version__, listener, logs, sopclasses, spool
 from echoes.config import Config
 from echoes.validation import MalformedDataset, check_part10, uid_problem
 
@@ -312,6 +312,7 @@ def run(config: Config, listen_fd: int) -> int:
         (evt.EVT_ABORTED, service.handle_closed),
     ]
     listener.serve(ae, handlers, listen_fd, config.dimse_timeout,
-                   tick=registry.sweep, tick_seconds=30.0)
+                   tick=registry.sweep, tick_seconds=30.0,
+                   on_hangup=lambda: logs.reload(config, "store") and None)
     registry.sweep()
     return 0

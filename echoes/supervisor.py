@@ -18,10 +18,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from echoes import spool
-from echoes.config import Config
+from echoes import logs, spool
+from echoes.config import Config, Reloader
 
 log = logging.getLogger("echoes.supervisor")
 
@@ -78,6 +79,10 @@ def bind_socket(config: Config, port: int) -> socket.socket:
     return listener
 
 
+class StartError(RuntimeError):
+    """Why the server cannot start, in one line for the admin."""
+
+
 class Supervisor:
     """Runs the children of ``ROLES`` until told to stop."""
 
@@ -106,7 +111,14 @@ class Supervisor:
             folder.mkdir(parents=True, exist_ok=True)
         spool.SpoolLayout(self.config.spool_dir).create()
         for role, port_key in LISTENING_ROLES.items():
-            self.sockets[role] = bind_socket(self.config, getattr(self.config, port_key))
+            port = getattr(self.config, port_key)
+            try:
+                self.sockets[role] = bind_socket(self.config, port)
+            except OSError as exc:
+                for listening in self.sockets.values():
+                    listening.close()
+                raise StartError(f"{port_key}: cannot listen on {self.config.bind}:{port}: "
+                                 f"{exc.strerror}") from None
         for role, count in ROLES.items():
             for slot in range(count(self.config)):
                 child = Child(role, slot)
@@ -166,20 +178,35 @@ def _describe_exit(code: int | None) -> str:
     return f"code {code}"
 
 
-def run(config: Config) -> int:
-    """``echoes start`` in the foreground: supervise until SIGTERM/SIGINT."""
+def run(config: Config, on_started: Callable[[], None] | None = None) -> int:
+    """``echoes start`` in the foreground: supervise until SIGTERM/SIGINT.
+
+    ``on_started`` runs once the ports are bound and the children started.
+    SIGHUP re-reads the configuration (log level), reopens the log and is
+    passed on to every child, which re-reads what it can without a restart.
+    """
     set_title("supervisor")
     supervisor = Supervisor(config)
     received: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda num, _frame: received.append(num))
-    supervisor.start()
+    try:
+        supervisor.start()
+    except StartError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    if on_started is not None:
+        on_started()
     log.info("echoes %s: store port %d, worklist port %d, pid %d",
              config.ae_title, config.store_port, config.mwl_port, os.getpid())
+    reloader = Reloader(config)
     while True:
         while received:
             signum = received.pop(0)
             if signum == signal.SIGHUP:
+                reloader.request()
+                logs.setup(reloader.current(), "supervisor", to_stderr=logs.to_stderr())
+                log.info("SIGHUP: configuration re-read, log reopened, passed on")
                 supervisor.forward_signal(signum)
             else:
                 log.info("received %s, stopping", signal.Signals(signum).name)

@@ -1,0 +1,150 @@
+"""``echoes check``: what is wrong, how badly, in the Nagios plugin convention.
+
+Each probe returns problems as (severity, message); the worst severity is
+the exit code (0 OK, 1 WARNING, 2 CRITICAL), the first line a summary, then
+one line per problem.  CRITICAL is what stops images or worklists flowing
+(a process or port down, a disk under ``min_free_mb``, failed outbound jobs);
+WARNING is what needs a look soon (disk under ``disk_warning_mb``, jobs
+waiting long, invalid worklist files, rejected spool files).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from echoes import daemon, jobs, spool, worklist
+from echoes.config import Config
+
+OK, WARNING, CRITICAL = 0, 1, 2
+NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong, for one line of output."""
+
+    severity: int
+    message: str
+
+
+def processes(config: Config) -> list[Problem]:
+    """The supervisor runs, and every role has its processes."""
+    from echoes.supervisor import ROLES
+
+    pid = daemon.running_pid(config.pid_file)
+    if pid is None:
+        return [Problem(CRITICAL, f"echoes is not running (no lock on {config.pid_file})")]
+    try:
+        import psutil
+
+        titles = Counter(" ".join(child.cmdline()).strip()
+                         for child in psutil.Process(pid).children())
+    except Exception as exc:  # psutil.Error and friends: say so, do not crash
+        return [Problem(CRITICAL, f"cannot inspect supervisor pid {pid}: {exc}")]
+    problems = []
+    for role, count in ROLES.items():
+        wanted, running = count(config), titles.get(f"echoes: {role}", 0)
+        if running < wanted:
+            problems.append(Problem(CRITICAL, f"{role}: {running} of {wanted} processes running"))
+    return problems
+
+
+def ports(config: Config) -> list[Problem]:
+    """The store and worklist ports answer C-ECHO."""
+    problems = []
+    for name, port in (("store", config.store_port), ("worklist", config.mwl_port)):
+        why = daemon.answers(config, port)
+        if why:
+            problems.append(Problem(CRITICAL, f"{name} port {port} does not answer C-ECHO: {why}"))
+    return problems
+
+
+def disks(config: Config) -> list[Problem]:
+    """Free space where objects are received and kept."""
+    problems = []
+    seen: set[int] = set()
+    for name, folder in (("spool", config.spool_dir), ("archive", config.archive_dir)):
+        if not folder.exists():
+            continue
+        device = os.stat(folder).st_dev
+        if device in seen:
+            continue
+        seen.add(device)
+        free = spool.free_megabytes(folder)
+        if free < config.min_free_mb:
+            problems.append(Problem(CRITICAL, f"{name} disk: {free:.0f} MB free, under min_free_mb "
+                                              f"{config.min_free_mb} (C-STORE refused)"))
+        elif free < config.disk_warning_mb:
+            problems.append(Problem(WARNING, f"{name} disk: {free:.0f} MB free, under "
+                                             f"disk_warning_mb {config.disk_warning_mb}"))
+    return problems
+
+
+def spool_rejects(config: Config) -> list[Problem]:
+    """Acknowledged files the ingester could not read."""
+    rejected = spool.SpoolLayout(config.spool_dir).rejected
+    count = len(os.listdir(rejected)) if rejected.exists() else 0
+    if count:
+        return [Problem(WARNING, f"{count} spooled files rejected (see {rejected})")]
+    return []
+
+
+def worklist_files(config: Config) -> list[Problem]:
+    """Worklist files the MWL SCP skips."""
+    directory = worklist.WorklistDirectory(config.worklist_dir, quiet=True)
+    directory.load()
+    return [Problem(WARNING, f"worklist file {name} skipped: {reason}")
+            for name, reason in directory.invalid().items()]
+
+
+def outbound_queue(config: Config) -> list[Problem]:
+    """Failed jobs, jobs waiting too long, jobs for AEs no longer configured."""
+    now = time.time()
+    alarm = config.queue_alarm_minutes * 60
+    failed: Counter[str] = Counter()
+    old: Counter[str] = Counter()
+    orphans: Counter[str] = Counter()
+    for job in jobs.JobStore(spool.SpoolLayout(config.spool_dir).outgoing).all():
+        if job.state == jobs.FAILED:
+            failed[job.destination] += 1
+        elif job.state in jobs.ACTIVE:
+            if now - job.created > alarm:
+                old[job.destination] += 1
+            if job.destination not in config.remote_aes:
+                orphans[job.destination] += 1
+    minutes = config.queue_alarm_minutes
+    return (
+        [Problem(CRITICAL, f"{count} failed jobs to {ae} (see echoes queue; "
+                           "echoes retry --failed)") for ae, count in sorted(failed.items())]
+        + [Problem(WARNING, f"{count} jobs to {ae} waiting longer than {minutes} min")
+           for ae, count in sorted(old.items())]
+        + [Problem(WARNING, f"{count} jobs to {ae}, which is no longer configured")
+           for ae, count in sorted(orphans.items())]
+    )
+
+
+#: The probes, in the order their problems are listed.
+PROBES = (processes, ports, disks, spool_rejects, worklist_files, outbound_queue)
+
+
+def check(config: Config) -> list[Problem]:
+    """Every problem now, worst first (a port probe only when the server runs)."""
+    problems: list[Problem] = []
+    running = daemon.running_pid(config.pid_file) is not None
+    for probe in PROBES:
+        if probe is ports and not running:
+            continue
+        problems += probe(config)
+    return sorted(problems, key=lambda problem: -problem.severity)
+
+
+def summary(problems: list[Problem]) -> tuple[int, str]:
+    """(exit code, first line) in the Nagios plugin style."""
+    code = max((problem.severity for problem in problems), default=OK)
+    if not problems:
+        return OK, "ECHOES OK - running, ports answer, disks and queue fine"
+    more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+    return code, f"ECHOES {NAMES[code]} - {problems[0].message}{more}"
