@@ -37,13 +37,19 @@ def processes(config: Config) -> list[Problem]:
     pid = daemon.running_pid(config.pid_file)
     if pid is None:
         return [Problem(CRITICAL, f"echoes is not running (no lock on {config.pid_file})")]
-    try:
-        import psutil
+    import psutil
 
-        titles = Counter(" ".join(child.cmdline()).strip()
-                         for child in psutil.Process(pid).children())
-    except Exception as exc:  # psutil.Error and friends: say so, do not crash
+    try:
+        children = psutil.Process(pid).children()
+    except psutil.Error as exc:
         return [Problem(CRITICAL, f"cannot inspect supervisor pid {pid}: {exc}")]
+    titles: Counter[str] = Counter()
+    for child in children:
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                titles[" ".join(child.cmdline()).strip()] += 1
+        except psutil.Error:
+            continue  # gone or a zombie: not running
     problems = []
     for role, count in ROLES.items():
         wanted, running = count(config), titles.get(f"echoes: {role}", 0)
