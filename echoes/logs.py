@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import sys
 
 from echoes.config import Config
 
+SYSLOG_SOCKET = "/dev/log"
 FORMAT = "%(asctime)s %(levelname)s [%(processName)s %(process)d] %(name)s: %(message)s"
 
 
@@ -57,17 +59,25 @@ def setup(config: Config | None, role: str, to_stderr: bool = True) -> None:
         file_handler = logging.handlers.WatchedFileHandler(config.log_file, encoding="utf-8")
         file_handler.setFormatter(formatter)
         root.addHandler(file_handler)
+    syslog_missing = False
     if config is not None and config.syslog_facility:
-        syslog = logging.handlers.SysLogHandler(
-            address="/dev/log", facility=config.syslog_facility)
-        syslog.setFormatter(logging.Formatter(
-            f"echoes[%(process)d]: {role}: %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(syslog)
+        if os.path.exists(SYSLOG_SOCKET):
+            syslog = logging.handlers.SysLogHandler(
+                address=SYSLOG_SOCKET, facility=config.syslog_facility)
+            syslog.setFormatter(logging.Formatter(
+                f"echoes[%(process)d]: {role}: %(levelname)s %(name)s: %(message)s"))
+            root.addHandler(syslog)
+        else:
+            syslog_missing = True
     if to_stderr:
         stream = logging.StreamHandler(sys.stderr)
         stream.setFormatter(formatter)
         root.addHandler(stream)
     root.setLevel(config.log_level if config is not None else "INFO")
+    if syslog_missing:
+        logging.getLogger("echoes.logs").warning(
+            "syslog_facility is set but %s does not exist: logging to the file only",
+            SYSLOG_SOCKET)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     # pynetdicom formats identifiers for its debug log even when the level
     # drops them: patient data, and a measurable cost per C-FIND response.
