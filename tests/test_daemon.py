@@ -314,3 +314,19 @@ def test_check_process_down_and_port_silent(running) -> None:
     while time.monotonic() < deadline and not echo_ok(running.config.mwl_port):
         time.sleep(0.2)
     assert check(running.config.path).returncode == 0
+
+
+def test_check_rejected_spool_files_and_orphan_jobs(running) -> None:
+    rejected = running.config.spool_dir / "rejected" / "0001-1-000001.dcm"
+    rejected.write_bytes(b"not dicom")
+    store = jobs.JobStore(running.config.spool_dir / "outgoing")
+    orphan = _job(jobs.PENDING, 0, "GONE")
+    store.write(orphan)
+    try:
+        done = check(running.config.path)
+        assert done.returncode == 1, done.stdout
+        assert "WARNING: 1 spooled files rejected" in done.stdout
+        assert "WARNING: 1 jobs to GONE, which is no longer configured" in done.stdout
+    finally:
+        rejected.unlink()
+        store.remove(orphan.id)
