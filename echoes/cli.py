@@ -363,6 +363,7 @@ def cmd_worker(args: argparse.Namespace, config: config_module.Config) -> int:
     """Entry point of a supervised child (not for people)."""
     from echoes import supervisor
 
+    supervisor.die_with_parent()
     supervisor.set_title(args.role)
     logs.setup(config, args.role)
     # An archive keeps what it receives: pydicom's warnings about values

@@ -11,6 +11,7 @@ objects), then the ingester (which drains the spool), then the rest.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -43,6 +44,25 @@ HEALTHY_SECONDS = 5.0
 MAX_BACKOFF = 1.5
 POLL_SECONDS = 0.1
 STOP_GRACE_SECONDS = 30.0
+
+
+def die_with_parent() -> None:
+    """In a child: get SIGTERM when the supervisor dies, even by kill -9.
+
+    Without it, workers orphaned by a killed supervisor keep the DICOM ports
+    and a restarted supervisor could not bind them.  SIGTERM (not SIGKILL)
+    so the orphans still finish what they acknowledged.  Linux only
+    (prctl PR_SET_PDEATHSIG); elsewhere a no-op.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def set_title(role: str) -> None:
@@ -79,6 +99,40 @@ def bind_socket(config: Config, port: int) -> socket.socket:
     return listener
 
 
+#: After a crash, workers of the old supervisor may still be finishing their
+#: associations on the ports: wait this long for them before giving up.
+BIND_PATIENCE_SECONDS = 30.0
+
+
+def bind_with_patience(config: Config, port: int) -> socket.socket:
+    """bind_socket, retried while the port is busy (old workers draining)."""
+    deadline = time.monotonic() + BIND_PATIENCE_SECONDS
+    while True:
+        try:
+            return bind_socket(config, port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                raise
+            if not _held_by_old_echoes(port):
+                raise
+            time.sleep(0.5)
+
+
+def _held_by_old_echoes(port: int) -> bool:
+    """Whether an orphaned echoes worker still listens on ``port``."""
+    try:
+        import psutil
+
+        for connection in psutil.net_connections("tcp"):
+            if connection.laddr and connection.laddr.port == port and connection.pid and \
+                    connection.status == psutil.CONN_LISTEN:
+                name = " ".join(psutil.Process(connection.pid).cmdline())
+                return name.startswith("echoes: ")
+    except (psutil.Error, OSError):
+        return False
+    return False
+
+
 class StartError(RuntimeError):
     """Why the server cannot start, in one line for the admin."""
 
@@ -113,7 +167,7 @@ class Supervisor:
         for role, port_key in LISTENING_ROLES.items():
             port = getattr(self.config, port_key)
             try:
-                self.sockets[role] = bind_socket(self.config, port)
+                self.sockets[role] = bind_with_patience(self.config, port)
             except OSError as exc:
                 for listening in self.sockets.values():
                     listening.close()
