@@ -60,6 +60,8 @@ INDEXED_PATHS: tuple[tuple[int, ...], ...] = (
     (0x00400100, 0x00400001),
     (0x00400100, 0x00080060),
 )
+#: Sequences inside sequences, at most (a worklist item needs two or three).
+MAX_SEQUENCE_DEPTH = 8
 #: Largest worklist file read; a bigger one is reported, not parsed.
 MAX_FILE_BYTES = 1 << 20
 
@@ -93,6 +95,8 @@ def parse_bytes(data: bytes) -> Tree:
         raise InvalidWorklistFile(f"not UTF-8 (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise InvalidWorklistFile(f"not JSON: {exc.msg} (line {exc.lineno})") from None
+    except RecursionError:
+        raise InvalidWorklistFile("nested too deeply") from None
     if not isinstance(document, dict):
         raise InvalidWorklistFile("not a JSON object")
     if not document:
@@ -113,6 +117,9 @@ def parse_file(path: Path) -> Tree:
 
 
 def _parse_object(document: dict[str, Any], where: str) -> Tree:
+    if where.count("[") > MAX_SEQUENCE_DEPTH:
+        raise InvalidWorklistFile(f"{where.rstrip('.')}: sequences nested deeper than "
+                                  f"{MAX_SEQUENCE_DEPTH} levels")
     tree: Tree = {}
     for key, raw in document.items():
         if HEX_TAG.match(key):
