@@ -122,6 +122,30 @@ def _parse_facility(text: str) -> str:
     return facility
 
 
+def _parse_ae_list(text: str) -> tuple[str, ...]:
+    """AE titles separated by commas; empty means anyone."""
+    titles = []
+    for part in text.split(","):
+        if part.strip():
+            try:
+                titles.append(parse_ae_title(part))
+            except ValueError as exc:
+                raise ValueError(f"AE title {part.strip()!r} {exc}") from None
+    return tuple(titles)
+
+
+def _parse_networks(text: str) -> tuple[str, ...]:
+    """Addresses or networks (10.0.0.0/8, 192.168.1.20) separated by commas."""
+    networks = []
+    for part in text.split(","):
+        if part.strip():
+            try:
+                networks.append(str(ipaddress.ip_network(part.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"not an address or network: {part.strip()!r}") from None
+    return tuple(networks)
+
+
 _port = _parse_int(1, 65535)
 
 #: key -> (parser, default as written in the file, is a path).  ``None`` as a
@@ -150,6 +174,11 @@ KEYS: dict[str, tuple[Callable[[str], Any], str | None, bool]] = {
     "dimse_timeout": (_parse_float(1, 3600), "60", False),
     "network_timeout": (_parse_float(1, 3600), "60", False),
     "max_associations": (_parse_int(1, 1000), "32", False),
+    "allowed_calling_aes": (_parse_ae_list, "", False),
+    "store_allowed_calling_aes": (_parse_ae_list, "", False),
+    "mwl_allowed_calling_aes": (_parse_ae_list, "", False),
+    "allowed_networks": (_parse_networks, "", False),
+    "require_called_ae": (parse_bool, "no", False),
 }
 
 AE_KEYS: dict[str, tuple[Callable[[str], Any], str | None]] = {
@@ -198,7 +227,17 @@ class Config:
     dimse_timeout: float
     network_timeout: float
     max_associations: int
+    allowed_calling_aes: tuple[str, ...]
+    store_allowed_calling_aes: tuple[str, ...]
+    mwl_allowed_calling_aes: tuple[str, ...]
+    allowed_networks: tuple[str, ...]
+    require_called_ae: bool
     remote_aes: dict[str, RemoteAE] = field(default_factory=dict)
+
+    def calling_aes_for(self, role: str) -> tuple[str, ...]:
+        """Calling AE titles allowed on the port of ``role`` (empty: anyone)."""
+        per_port = getattr(self, f"{role}_allowed_calling_aes", ())
+        return per_port or self.allowed_calling_aes
 
     @property
     def directories(self) -> list[Path]:

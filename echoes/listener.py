@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from echoes.config import Config
@@ -28,9 +28,23 @@ log = logging.getLogger("echoes.listener")
 
 
 class SharedSocketServer(ThreadedAssociationServer):
-    """An association server on a listening socket inherited from the supervisor."""
+    """An association server on a listening socket inherited from the supervisor.
+
+    Also enforces ``allowed_networks``: a peer from elsewhere gets, in its
+    own thread, an A-ASSOCIATE-RJ (permanent, service user, no reason given)
+    to its request, a log line, and the connection closed.
+    """
 
     listen_fd: int = -1
+    allowed_networks: tuple = ()
+    role: str = ""
+
+    def finish_request(self, request, client_address) -> None:  # type: ignore[override]
+        if self.allowed_networks and not _address_allowed(client_address[0],
+                                                          self.allowed_networks):
+            _refuse_connection(request, client_address, self.role)
+            return
+        super().finish_request(request, client_address)
 
     def server_bind(self) -> None:
         self.socket.close()
@@ -55,16 +69,71 @@ class SharedSocketServer(ThreadedAssociationServer):
         self.socket.close()
 
 
-def acceptor_ae(config: Config) -> AE:
-    """An AE for serving: our title, the configured timeouts and association limit,
-    any called AE title accepted (SPEC).  The caller adds its contexts."""
+def acceptor_ae(config: Config, role: str) -> AE:
+    """An AE for serving on the port of ``role``: our title, the configured
+    timeouts, association limit and access rules (SPEC: any called AE title
+    unless ``require_called_ae``).  The caller adds its contexts.
+
+    pynetdicom rejects a calling AE title not allowed with A-ASSOCIATE-RJ
+    (permanent, service user, reason 3) and a wrong called AE title with
+    reason 7; too many associations get a transient reject (reason 2).
+    """
     ae = AE(ae_title=config.ae_title)
     ae.maximum_associations = config.max_associations
     ae.acse_timeout = config.acse_timeout
     ae.dimse_timeout = config.dimse_timeout
     ae.network_timeout = config.network_timeout
-    ae.require_called_aet = False
+    ae.require_called_aet = config.require_called_ae
+    ae.require_calling_aet = list(config.calling_aes_for(role))
     return ae
+
+
+def rejection_logger(config: Config, role: str) -> Callable[[Any], None]:
+    """An EVT_REJECTED handler writing one line that says why."""
+    allowed = config.calling_aes_for(role)
+
+    def log_rejection(event: Any) -> None:
+        requestor = event.assoc.requestor
+        primitive = requestor.primitive
+        called = primitive.called_ae_title if primitive is not None else "?"
+        if allowed and requestor.ae_title not in allowed:
+            why = f"calling AE {requestor.ae_title!r} not in the allowed list"
+        elif config.require_called_ae and called != config.ae_title:
+            why = f"called AE {called!r} is not {config.ae_title!r}"
+        else:
+            why = f"more than max_associations ({config.max_associations}) at once"
+        log.warning("rejected association from %s (%s:%s) on the %s port: %s",
+                    requestor.ae_title, requestor.address, requestor.port, role, why)
+
+    return log_rejection
+
+
+#: A-ASSOCIATE-RJ: rejected-permanent, DICOM UL service-user, no reason given.
+REJECT_NO_REASON = bytes((0x03, 0x00, 0, 0, 0, 4, 0x00, 0x01, 0x01, 0x01))
+
+
+def _address_allowed(address: str, networks: tuple) -> bool:
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return False
+    if getattr(ip, "ipv4_mapped", None):
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
+
+
+def _refuse_connection(request: socket.socket, client_address: tuple, role: str) -> None:
+    """Read (briefly) the peer's A-ASSOCIATE-RQ, answer A-ASSOCIATE-RJ, close."""
+    try:
+        request.settimeout(2.0)
+        request.recv(65536)
+        request.sendall(REJECT_NO_REASON)
+    except OSError:
+        pass
+    log.warning("rejected association from %s:%s on the %s port: address not in "
+                "allowed_networks", client_address[0], client_address[1], role)
 
 
 def serve(
@@ -75,6 +144,8 @@ def serve(
     tick: Callable[[], None] | None = None,
     tick_seconds: float = 30.0,
     on_hangup: Callable[[], None] | None = None,
+    config: Config | None = None,
+    role: str = "",
 ) -> ThreadedAssociationServer:
     """Serve until SIGTERM/SIGINT, then let open associations finish.
 
@@ -82,7 +153,14 @@ def serve(
     runs on SIGHUP (which is otherwise ignored, so a reload signal from the
     supervisor never kills a worker).  Returns the stopped server.
     """
+    import ipaddress
+
     SharedSocketServer.listen_fd = listen_fd
+    if config is not None:
+        SharedSocketServer.allowed_networks = tuple(
+            ipaddress.ip_network(n) for n in config.allowed_networks)
+        SharedSocketServer.role = role
+        handlers = [*handlers, (evt.EVT_REJECTED, rejection_logger(config, role))]
     server = ae.make_server(("", 0), evt_handlers=handlers, server_class=SharedSocketServer)
     stop = threading.Event()
     hangup = threading.Event()

@@ -208,7 +208,7 @@ def _keyword(tag: int) -> str:
 
 def build_ae(config: Config) -> AE:
     """The worklist AE: Verification and MWL FIND, uncompressed syntaxes."""
-    ae = listener.acceptor_ae(config)
+    ae = listener.acceptor_ae(config, "mwl")
     ae.add_supported_context(sopclasses.VERIFICATION, sopclasses.UNCOMPRESSED)
     ae.add_supported_context(sopclasses.MODALITY_WORKLIST_FIND, sopclasses.UNCOMPRESSED)
     return ae
@@ -243,7 +243,7 @@ def run(config: Config, listen_fd: int) -> int:
                     (evt.EVT_RELEASED, service.handle_closed),
                     (evt.EVT_ABORTED, service.handle_closed)]
         listener.serve(build_ae(config), handlers, listen_fd,
-                       config.dimse_timeout, on_hangup=reload)
+                       config.dimse_timeout, on_hangup=reload, config=config, role="mwl")
     finally:
         watcher.stop()
     return 0

@@ -286,7 +286,7 @@ class StoreService:
 def build_ae(config: Config) -> AE:
     """The store AE: Verification plus every storage class and syntax we accept."""
     sopclasses.register_retired_storage_classes()
-    ae = listener.acceptor_ae(config)
+    ae = listener.acceptor_ae(config, "store")
     ae.maximum_pdu_size = RECEIVE_MAX_PDU
     ae.add_supported_context(sopclasses.VERIFICATION, sopclasses.UNCOMPRESSED)
     for sop_class in sopclasses.store_scp_classes():
@@ -313,6 +313,7 @@ def run(config: Config, listen_fd: int) -> int:
     ]
     listener.serve(ae, handlers, listen_fd, config.dimse_timeout,
                    tick=registry.sweep, tick_seconds=30.0,
-                   on_hangup=lambda: logs.reload(config, "store") and None)
+                   on_hangup=lambda: logs.reload(config, "store") and None,
+                   config=config, role="store")
     registry.sweep()
     return 0

@@ -136,7 +136,7 @@ def write_config(home: Path, **extra: object) -> Path:
 def echo_ok(port: int) -> bool:
     ae = AE(ae_title="TESTSCU")
     ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate("127.0.0.1", port)
+    assoc = ae.associate("127.0.0.1", port, ae_title="ECHOES")
     if not assoc.is_established:
         return False
     status = assoc.send_c_echo()
