@@ -117,7 +117,8 @@ class ReceiveRegistry:
             path = self.folder / f"{self.counter:08d}.part"
         handle = SpoolReceiveFile(path)
         with self.lock:
-            self.files[handle.name] = (handle, threading.current_thread())
+            # Keyed by str: pynetdicom hands the path back as event.dataset_path.
+            self.files[str(path)] = (handle, threading.current_thread())
         return handle
 
     def claim(self, path: Path) -> SpoolReceiveFile | None:

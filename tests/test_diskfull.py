@@ -1,0 +1,85 @@
+"""A full disk mid-transfer: 0xA700, nothing half-stored, and recovery by itself.
+
+The spool, archive and index live on a small tmpfs the test mounts (root
+only; skipped with the reason elsewhere).  ``min_free_mb = 0`` so the real
+ENOSPC path is exercised, not the free-space floor.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from conftest import make_dataset, start_server, stop_server
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+
+from echoes.validation import check_part10
+
+SIZE_MB = 24
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SIZE_MB}m", "tmpfs",
+                           str(mount_point)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def send(port: int, datasets: list) -> list[int]:
+    ae = AE(ae_title="FILLER")
+    ae.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="ECHOES")
+    assert assoc.is_established
+    statuses = [int(assoc.send_c_store(ds).get("Status", -1)) for ds in datasets]
+    assoc.release()
+    return statuses
+
+
+def test_disk_full_mid_transfer(tmp_path: Path, small_disk: Path) -> None:
+    server = start_server(tmp_path / "home", store_workers=1, min_free_mb=0,
+                          spool_dir=small_disk / "spool", archive_dir=small_disk / "archive",
+                          index_path=small_disk / "index.json")
+    try:
+        study = generate_uid()
+        big = [make_dataset(study=study, rows=724) for _ in range(40)]  # ~1 MB each
+        statuses = send(server.port, big)
+        stored = [ds.SOPInstanceUID for ds, s in zip(big, statuses, strict=True) if s == 0]
+        assert 0xA700 in statuses, statuses
+        assert all(s in (0x0000, 0xA700) for s in statuses), statuses
+        assert stored, "nothing fit at all"
+
+        # Nothing half-stored: every archived file is whole and indexed, and
+        # every acknowledged object is (or will be) archived.
+        server.wait_ingested(len(stored), timeout=60)
+        for path in (small_disk / "archive").rglob("*.dcm"):
+            with open(path, "rb") as handle:
+                check_part10(handle, path.stat().st_size)
+        assert set(server.archived_sops()) == set(stored)
+        assert set(server.indexed_sops()) == set(stored)
+        assert not list((small_disk / "spool" / "tmp").rglob("*.part"))
+        assert "0xA700" in server.config.log_file.read_text()
+
+        # Space comes back: the same objects go in, and are archived, by themselves.
+        subprocess.run(["mount", "-o", f"remount,size={SIZE_MB * 4}m", str(small_disk)],
+                       check=True)
+        rest = [ds for ds, s in zip(big, statuses, strict=True) if s != 0]
+        assert set(send(server.port, rest)) == {0}
+        server.wait_ingested(len(big), timeout=60)
+        assert set(server.archived_sops()) == {ds.SOPInstanceUID for ds in big}
+        assert all(pydicom.dcmread(p).SOPInstanceUID == p.stem
+                   for p in (small_disk / "archive").rglob("*.dcm"))
+        assert not server.files_outside()
+    finally:
+        stop_server(server)
