@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("--failed", action="store_true", help="every failed job")
     which.add_argument("job_id", nargs="?", metavar="JOB_ID", help="one job (see echoes queue)")
+    fsck = commands.add_parser("fsck", parents=[common],
+                               help="check the index against the archive tree (read-only)")
+    fsck.add_argument("--quick", action="store_true",
+                      help="compare paths and sizes only, do not read file headers")
+    fsck.add_argument("--json", action="store_true", help="print JSON")
+    commands.add_parser("reindex", parents=[common],
+                        help="rebuild the index from the archive tree")
     worklist = commands.add_parser("worklist", parents=[common],
                                    help="list the worklist items (or, with --check, bad files)")
     worklist.add_argument("--check", action="store_true",
@@ -293,6 +300,47 @@ def cmd_retry(args: argparse.Namespace, config: config_module.Config) -> int:
     return 0
 
 
+def cmd_fsck(args: argparse.Namespace, config: config_module.Config) -> int:
+    """Index against tree: 0 when they agree, 1 with one line per lasting problem."""
+    from echoes import integrity
+
+    findings = integrity.fsck(config, read_headers=not args.quick)
+    if args.json:
+        print(json.dumps([integrity.as_dict(f) for f in findings], ensure_ascii=False))
+    else:
+        for finding in findings:
+            print(integrity.describe(finding))
+        print(f"echoes fsck: {len(findings)} problems" if findings
+              else "echoes fsck: index and archive agree")
+    return 1 if findings else 0
+
+
+def cmd_reindex(args: argparse.Namespace, config: config_module.Config) -> int:
+    """Rebuild the index from the tree: by the running ingester, or here when stopped."""
+    from echoes import index, integrity
+
+    if _read_pid(config) is None:
+        archive_index = index.ArchiveIndex(config.index_path)
+        try:
+            outcome = integrity.rebuild(config, archive_index)
+        finally:
+            archive_index.close()
+        print(f"echoes reindex: {json.dumps(outcome)}")
+        return 0
+    result = integrity.result_path(config)
+    result.unlink(missing_ok=True)
+    spool.atomic_write_bytes(integrity.request_path(config), b"reindex\n")
+    print("echoes reindex: asked the running ingester; waiting", file=sys.stderr)
+    deadline = time.monotonic() + 24 * 3600
+    while time.monotonic() < deadline:
+        if result.exists():
+            outcome = result.read_text().strip()
+            print(f"echoes reindex: {outcome}")
+            return 1 if '"error"' in outcome else 0
+        time.sleep(0.5)
+    return 1
+
+
 def _read_worklist(config: config_module.Config):
     from echoes import worklist
 
@@ -399,6 +447,8 @@ COMMANDS = {
     "studies": cmd_studies,
     "check": cmd_check,
     "worklist": cmd_worklist,
+    "fsck": cmd_fsck,
+    "reindex": cmd_reindex,
     "push": cmd_push,
     "queue": cmd_queue,
     "retry": cmd_retry,

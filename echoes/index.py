@@ -32,7 +32,7 @@ import logging
 import os
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -268,6 +268,20 @@ class ArchiveIndex:
             self.flush_catalog()
         return replaced
 
+    def remove(self, sop_uids: Iterable[str]) -> int:
+        """Forget instances (reindex: records whose file is gone); return how many."""
+        by_study: dict[str, list[int]] = defaultdict(list)
+        for sop_uid in sop_uids:
+            study_uid = self._locations.pop(sop_uid, None)
+            if study_uid is not None:
+                by_study[study_uid].append(doc_id(sop_uid))
+        for study_uid, ids in by_study.items():
+            instances = self._shard(study_uid).table(INSTANCES)
+            instances.remove(doc_ids=[i for i in ids if instances.contains(doc_id=i)])
+        self._update_catalog({doc_id(study): self._write_study(study) for study in by_study})
+        self.flush_catalog()
+        return sum(len(ids) for ids in by_study.values())
+
     def _update_catalog(self, summaries: dict[int, dict | None]) -> None:
         """Replace catalog documents in two table passes (None removes a study).
 
@@ -341,3 +355,14 @@ def read_study(index_path: Path, study_uid: str) -> dict | None:
         "series": [dict(s) for s in shard.table(SERIES).all()],
         "instances": [dict(i) for i in shard.table(INSTANCES).all()],
     }
+
+
+def iter_instances(index_path: Path) -> Iterator[dict]:
+    """Every instance record, study shard by study shard (read-only)."""
+    folder = shard_dir(index_path)
+    if not folder.exists():
+        return
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.startswith(".") or not entry.name.endswith(".json"):
+            continue
+        yield from (dict(doc) for doc in _read_only(Path(entry.path)).table(INSTANCES).all())

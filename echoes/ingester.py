@@ -34,7 +34,7 @@ from pydicom.multival import MultiValue
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
-from echoes import archive, jobs, logs, spool
+from echoes import archive, integrity, jobs, logs, spool
 from echoes.config import Config, Reloader
 from echoes.index import ArchiveIndex, InstanceRecord
 
@@ -215,6 +215,9 @@ def run(config: Config) -> int:
                 logs.reload(config, "ingester")
             try:
                 ingester.drain(stop)
+                outcome = integrity.serve_request(config, ingester.index)
+                if outcome is not None:
+                    log.info("reindex done: %s", outcome)
             except OSError as exc:
                 log.error("ingest paused: %s; retrying in %.0f s", exc, SWEEP_SECONDS)
                 stop.wait(SWEEP_SECONDS)

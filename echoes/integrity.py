@@ -1,0 +1,170 @@
+"""The index against the archive tree: ``echoes fsck`` finds, ``echoes reindex`` mends.
+
+fsck only reads, so it is safe while the server runs; an object caught
+between its index write and its move into the archive (a fraction of a
+second) would look like a "record without file", so every finding is looked
+at again after ``RECHECK_SECONDS`` and only lasting ones are reported.
+
+reindex writes the index, and the ingester is its only writer: while the
+server runs, ``echoes reindex`` leaves a request in the spool, the ingester
+carries it out between two batches and leaves the result beside it; when the
+server is stopped the command does the work itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from echoes import index, spool
+from echoes.config import Config
+
+RECHECK_SECONDS = 2.0
+REQUEST = "reindex.request"
+RESULT = "reindex.result"
+BATCH = 500
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One disagreement between the index and the tree."""
+
+    kind: str  # "file without record", "record without file", "size mismatch", ...
+    path: str  # relative to archive_dir
+    detail: str = ""
+
+
+def archived_files(archive_dir: Path) -> Iterator[tuple[str, int]]:
+    """(relative path, size) of every object file in the archive tree."""
+    for root, _dirs, files in os.walk(archive_dir):
+        for name in files:
+            if not name.endswith(".dcm") or name.startswith("."):
+                continue
+            full = Path(root) / name
+            try:
+                size = full.stat().st_size
+            except FileNotFoundError:
+                continue
+            yield str(full.relative_to(archive_dir)), size
+
+
+def _header_problem(config: Config, relative: str, record: dict | None) -> str:
+    """Why the file's own UIDs disagree with its place or its record ("" if fine)."""
+    from echoes.ingester import read_record
+
+    try:
+        found = read_record(config.archive_dir / relative)
+    except Exception as exc:  # unreadable: say what
+        return f"unreadable: {type(exc).__name__}: {exc}"
+    if found.path != relative:
+        return f"holds SOP Instance {found.SOPInstanceUID}, which belongs at {found.path}"
+    if record is not None and record["SOPInstanceUID"] != found.SOPInstanceUID:
+        return f"record says {record['SOPInstanceUID']}, file holds {found.SOPInstanceUID}"
+    return ""
+
+
+def _findings(config: Config, read_headers: bool) -> list[Finding]:
+    records = {doc["path"]: doc for doc in index.iter_instances(config.index_path)}
+    files = dict(archived_files(config.archive_dir))
+    findings = [Finding("record without file", path, record["SOPInstanceUID"])
+                for path, record in records.items() if path not in files]
+    for path, size in files.items():
+        record = records.get(path)
+        if record is None:
+            findings.append(Finding("file without record", path))
+        elif record.get("size") != size:
+            findings.append(Finding("size mismatch", path,
+                                    f"index {record.get('size')} bytes, file {size} bytes"))
+        if read_headers:
+            problem = _header_problem(config, path, record)
+            if problem:
+                findings.append(Finding("UID mismatch", path, problem))
+    return findings
+
+
+def fsck(config: Config, read_headers: bool = True) -> list[Finding]:
+    """Lasting disagreements between index and archive (read-only)."""
+    first = _findings(config, read_headers)
+    if not first:
+        return []
+    time.sleep(RECHECK_SECONDS)
+    again = set(_findings(config, read_headers))
+    return [finding for finding in first if finding in again]
+
+
+def rebuild(config: Config, archive_index: index.ArchiveIndex) -> dict[str, int]:
+    """Make the index describe the tree: index every file, drop records without one.
+
+    Files are indexed where they are (a file at the wrong place for its UIDs
+    is reported by fsck, not moved).  Runs inside the ingester, or in the
+    command when the server is stopped.
+    """
+    from echoes.ingester import read_record
+
+    counts = {"files": 0, "indexed": 0, "unreadable": 0, "records removed": 0}
+    batch: list[index.InstanceRecord] = []
+    present: set[str] = set()
+    for relative, size in archived_files(config.archive_dir):
+        counts["files"] += 1
+        try:
+            record = read_record(config.archive_dir / relative)
+        except Exception:
+            counts["unreadable"] += 1
+            continue
+        record = replace(record, path=relative, size=size)
+        present.add(record.SOPInstanceUID)
+        batch.append(record)
+        if len(batch) >= BATCH:
+            archive_index.apply(batch)
+            counts["indexed"] += len(batch)
+            batch = []
+    if batch:
+        archive_index.apply(batch)
+        counts["indexed"] += len(batch)
+    stale = [doc["SOPInstanceUID"] for doc in index.iter_instances(config.index_path)
+             if doc["SOPInstanceUID"] not in present
+             or not (config.archive_dir / doc["path"]).exists()]
+    counts["records removed"] = archive_index.remove(stale)
+    archive_index.flush_catalog()
+    return counts
+
+
+def request_path(config: Config) -> Path:
+    """Where ``echoes reindex`` asks the running ingester."""
+    return spool.SpoolLayout(config.spool_dir).root / REQUEST
+
+
+def result_path(config: Config) -> Path:
+    """Where the ingester leaves the outcome."""
+    return spool.SpoolLayout(config.spool_dir).root / RESULT
+
+
+def serve_request(config: Config, archive_index: index.ArchiveIndex) -> dict | None:
+    """In the ingester: carry out a pending reindex request, if there is one."""
+    request = request_path(config)
+    if not request.exists():
+        return None
+    started = time.monotonic()
+    try:
+        counts: dict = rebuild(config, archive_index)
+    except Exception as exc:  # report it, never crash-loop the ingester on a request
+        counts = {"error": f"{type(exc).__name__}: {exc}"}
+    outcome = {**counts, "seconds": round(time.monotonic() - started, 2)}
+    spool.atomic_write_bytes(result_path(config), json.dumps(outcome).encode())
+    request.unlink(missing_ok=True)
+    return outcome
+
+
+def describe(finding: Finding) -> str:
+    """One line for the admin."""
+    return f"{finding.kind}: {finding.path}" + (f" ({finding.detail})" if finding.detail else "")
+
+
+def as_dict(finding: Finding) -> dict:
+    """For --json."""
+    return asdict(finding)
+
