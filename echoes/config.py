@@ -146,6 +146,10 @@ def _parse_networks(text: str) -> tuple[str, ...]:
     return tuple(networks)
 
 
+def _parse_optional(text: str) -> str:
+    return text.strip()
+
+
 _port = _parse_int(1, 65535)
 
 #: key -> (parser, default as written in the file, is a path).  ``None`` as a
@@ -179,12 +183,16 @@ KEYS: dict[str, tuple[Callable[[str], Any], str | None, bool]] = {
     "mwl_allowed_calling_aes": (_parse_ae_list, "", False),
     "allowed_networks": (_parse_networks, "", False),
     "require_called_ae": (parse_bool, "no", False),
+    "tls_certificate": (_parse_optional, "", True),
+    "tls_private_key": (_parse_optional, "", True),
+    "tls_ca_certificates": (_parse_optional, "", True),
 }
 
 AE_KEYS: dict[str, tuple[Callable[[str], Any], str | None]] = {
     "host": (_parse_host, None),
     "port": (_port, None),
     "forward": (parse_bool, "no"),
+    "tls": (parse_bool, "no"),
 }
 
 
@@ -196,6 +204,7 @@ class RemoteAE:
     host: str
     port: int
     forward: bool
+    tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -232,7 +241,15 @@ class Config:
     mwl_allowed_calling_aes: tuple[str, ...]
     allowed_networks: tuple[str, ...]
     require_called_ae: bool
+    tls_certificate: Path | None
+    tls_private_key: Path | None
+    tls_ca_certificates: Path | None
     remote_aes: dict[str, RemoteAE] = field(default_factory=dict)
+
+    @property
+    def tls(self) -> bool:
+        """Whether TLS is configured (inbound ports speak only TLS then)."""
+        return self.tls_certificate is not None
 
     def calling_aes_for(self, role: str) -> tuple[str, ...]:
         """Calling AE titles allowed on the port of ``role`` (empty: anyone)."""
@@ -310,7 +327,15 @@ def from_parser(parser: configparser.ConfigParser, config_path: Path) -> Config:
     home = home_for(config_path)
     for name, (_parse, _default, is_path) in KEYS.items():
         if is_path:
-            values[name] = (home / values[name]).resolve()
+            values[name] = (home / values[name]).resolve() if values[name] else None
+    tls = [values[k] for k in ("tls_certificate", "tls_private_key", "tls_ca_certificates")]
+    if any(tls) and not all(tls):
+        raise ConfigError("tls_certificate, tls_private_key, tls_ca_certificates: "
+                          "set all three for TLS, or none")
+    for name, path in zip(("tls_certificate", "tls_private_key", "tls_ca_certificates"), tls,
+                          strict=True):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{name}: no such file: {path}")
 
     remote_aes: dict[str, RemoteAE] = {}
     for name in parser.sections():

@@ -105,7 +105,10 @@ def answers(config: Config, port: int, timeout: float = 5.0) -> str | None:
     ae = AE(ae_title="ECHOES-CHECK")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate(host, port, ae_title=config.ae_title)
+    from echoes import tls
+
+    tls_args = (tls.client_context(config), None) if config.tls else None
+    assoc = ae.associate(host, port, ae_title=config.ae_title, tls_args=tls_args)
     if not assoc.is_established:
         return "association " + ("rejected" if assoc.is_rejected else "failed")
     try:

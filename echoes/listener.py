@@ -62,6 +62,11 @@ class SharedSocketServer(ThreadedAssociationServer):
         client.setblocking(True)
         # Immune to peers that leave Nagle on: answer each PDU at once.
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context is not None:
+            # The handshake happens on the association's own thread (first
+            # read), never here: a silent peer must not stall accept().
+            client = self.ssl_context.wrap_socket(client, server_side=True,
+                                                  do_handshake_on_connect=False)
         return client, address
 
     def server_close(self) -> None:
@@ -161,7 +166,10 @@ def serve(
             ipaddress.ip_network(n) for n in config.allowed_networks)
         SharedSocketServer.role = role
         handlers = [*handlers, (evt.EVT_REJECTED, rejection_logger(config, role))]
-    server = ae.make_server(("", 0), evt_handlers=handlers, server_class=SharedSocketServer)
+    from echoes import tls
+
+    server = ae.make_server(("", 0), evt_handlers=handlers, server_class=SharedSocketServer,
+                            ssl_context=tls.server_context(config) if config else None)
     stop = threading.Event()
     hangup = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

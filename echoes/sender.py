@@ -48,7 +48,7 @@ from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from echoes import encoding, jobs, logs, sopclasses, spool
+from echoes import encoding, jobs, logs, sopclasses, spool, tls
 from echoes.config import Config, Reloader, RemoteAE
 
 log = logging.getLogger("echoes.sender")
@@ -423,9 +423,11 @@ class Sender:
         ae.maximum_pdu_size = SEND_MAX_PDU
         requested = [build_context(cls, syntaxes) for cls, syntaxes in contexts]
 
+        tls_args = (tls.client_context(config), None) if remote.tls else None
+
         def attempt() -> Association:
             assoc = ae.associate(remote.host, remote.port, requested, ae_title=remote.title,
-                                 max_pdu=SEND_MAX_PDU)
+                                 max_pdu=SEND_MAX_PDU, tls_args=tls_args)
             if assoc.is_established:
                 # Without this every C-STORE waits ~40 ms for a delayed ACK
                 # (Nagle): 46 ms per small object instead of 3.4 ms.
