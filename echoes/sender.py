@@ -515,7 +515,7 @@ class Sender:
             if current is not None and current.created != job.created:
                 return  # re-queued (received or pushed again) while we worked
             self.store.write(job, durable=job.state != jobs.DONE)
-        if current is None or current.state != job.state or job.state == jobs.RETRYING:
+        if current is None or current.state != job.state:  # a change, not each retry
             level = logging.INFO if job.state in (jobs.DONE, jobs.PENDING) else logging.WARNING
             log.log(level, "job %s %s to %s: %s%s", job.id, job.sop_instance_uid,
                     job.destination, job.state,
@@ -534,6 +534,9 @@ def run(config: Config) -> int:
     from apscheduler.schedulers.background import BackgroundScheduler
 
     _config.STORE_SEND_CHUNKED_DATASET = True  # stream files as stored
+    # pynetdicom logs two ERROR lines per failed connection attempt; the job
+    # log lines and "DEST: cannot connect ..." say it once, in our words.
+    logging.getLogger("pynetdicom.transport").setLevel(logging.CRITICAL)
     sender = Sender(config)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
