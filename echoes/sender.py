@@ -237,7 +237,14 @@ def send_file_direct(assoc: Association, job: jobs.Job, path: Path) -> Dataset:
                                              message_id)
     peer_max_pdu = assoc.acceptor.maximum_length or 0
     assoc._reactor_checkpoint.clear()
+    deadline = time.monotonic() + PAUSE_TIMEOUT
     while not assoc._is_paused:
+        # pynetdicom's own send_c_store waits here unbounded; an association
+        # that died meanwhile would never pause, and this thread would spin.
+        if not assoc.is_established or time.monotonic() > deadline:
+            assoc._reactor_checkpoint.set()
+            assoc.abort()
+            return Dataset()
         time.sleep(0.0001)
     try:
         with open(path, "rb") as handle:
@@ -259,6 +266,8 @@ def send_file_direct(assoc: Association, job: jobs.Job, path: Path) -> Dataset:
 
 
 _message_ids = itertools.cycle(range(1, 65536))
+#: How long the association's reactor may take to pause before we give up on it.
+PAUSE_TIMEOUT = 5.0
 
 
 class NotAssociated(ConnectionError):
