@@ -27,6 +27,34 @@ from echoes.config import Config
 log = logging.getLogger("echoes.listener")
 
 
+class QuickAckSocket(socket.socket):
+    """A connection that acknowledges every read at once (Linux TCP_QUICKACK).
+
+    A sender that leaves Nagle on (plain Debian dcmtk) holds its next small
+    segment until our ACK arrives, and delayed ACK holds that ACK 40 ms: 200
+    tiny objects took 10.1 s instead of 1.8 s.  QUICKACK is not sticky, so
+    it is set again before every read.
+    """
+
+    def recv(self, size: int, flags: int = 0) -> bytes:  # type: ignore[override]
+        _quickack(self)
+        return super().recv(size, flags)
+
+    def recv_into(self, buffer, size: int = 0, flags: int = 0) -> int:  # type: ignore[override]
+        _quickack(self)
+        return super().recv_into(buffer, size, flags)
+
+
+def _quickack(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
+    except OSError:
+        pass
+
+
+TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
+
+
 class SharedSocketServer(ThreadedAssociationServer):
     """An association server on a listening socket inherited from the supervisor.
 
@@ -58,7 +86,9 @@ class SharedSocketServer(ThreadedAssociationServer):
         """The supervisor already called listen()."""
 
     def get_request(self):  # type: ignore[override]
-        client, address = self.socket.accept()
+        accepted, address = self.socket.accept()
+        client = QuickAckSocket(accepted.family, accepted.type, accepted.proto,
+                                fileno=accepted.detach())
         client.setblocking(True)
         # Immune to peers that leave Nagle on: answer each PDU at once.
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
