@@ -25,6 +25,10 @@ UID_MAX_LENGTH = 64
 MAX_DEPTH = 32
 
 _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ UC UN UR UT SV UV".split())
+#: The other VRs of PS3.5 6.2 (2-byte length).  Anything else is refused:
+#: readers disagree on its length field (dcmtk assumes 4 bytes), so such a
+#: file could not be read back by every peer.
+_SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FL FD IS LO LT PN SH SL SS ST TM UI UL US".split())
 _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
@@ -89,7 +93,7 @@ class _Walker:
         if vr in _LONG_VRS:
             self._read(2)
             return tag, vr, struct.unpack(self.endian + "L", self._read(4))[0]
-        if not (vr.isalpha() and vr.isupper()):
+        if vr not in _SHORT_VRS:
             raise MalformedDataset(f"bad VR {vr!r} at byte {self.fp.tell() - 2}")
         return tag, vr, struct.unpack(self.endian + "H", self._read(2))[0]
 
