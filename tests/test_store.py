@@ -80,11 +80,12 @@ def test_hostile_and_missing_uids_are_refused(shared_server, field, value, statu
         setattr(ds, field, value)
     assoc = associate(shared_server.port, [(ds.SOPClassUID, [ExplicitVRLittleEndian])])
     # pynetdicom refuses to send a bad Affected SOP Instance UID itself: bypass its check
-    _config.ENFORCE_UID_CONFORMANCE = False
+    enforced, _config.ENFORCE_UID_CONFORMANCE = _config.ENFORCE_UID_CONFORMANCE, False
     try:
         result = assoc.send_c_store(ds)
     finally:
         assoc.release()
+        _config.ENFORCE_UID_CONFORMANCE = enforced
     assert result.Status == status
     assert field in result.ErrorComment
     assert not shared_server.files_outside()
