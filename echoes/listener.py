@@ -66,6 +66,7 @@ class SharedSocketServer(ThreadedAssociationServer):
     listen_fd: int = -1
     allowed_networks: tuple = ()
     role: str = ""
+    read_timeout: float | None = None
 
     def finish_request(self, request, client_address) -> None:  # type: ignore[override]
         if self.allowed_networks and not _address_allowed(client_address[0],
@@ -89,7 +90,11 @@ class SharedSocketServer(ThreadedAssociationServer):
         accepted, address = self.socket.accept()
         client = QuickAckSocket(accepted.family, accepted.type, accepted.proto,
                                 fileno=accepted.detach())
-        client.setblocking(True)
+        # A peer that stops mid-PDU must not hold this thread (and one of
+        # max_associations) for ever: pynetdicom reads whole PDUs with
+        # blocking recv() calls, so reads time out after network_timeout,
+        # which pynetdicom treats as a closed connection.
+        client.settimeout(self.read_timeout)
         # Immune to peers that leave Nagle on: answer each PDU at once.
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.ssl_context is not None:
@@ -147,6 +152,37 @@ def rejection_logger(config: Config, role: str) -> Callable[[Any], None]:
 REJECT_NO_REASON = bytes((0x03, 0x00, 0, 0, 0, 4, 0x00, 0x01, 0x01, 0x01))
 
 
+#: The largest PDU a peer may make a worker read into memory.  pynetdicom
+#: trusts the 4-byte PDU length and reads it whole (up to 4 GiB for one
+#: promise, before any AE title check); the store worker announces 256 KiB
+#: and an A-ASSOCIATE-RQ with 128 presentation contexts fits in 64 KiB.
+MAX_PDU_READ = 1 << 20
+
+
+def limit_pdu_reads() -> None:
+    """Refuse PDUs longer than MAX_PDU_READ (the connection is dropped).
+
+    The smallest patch that does it: pynetdicom's ``AssociationSocket.recv``
+    gets a length check; its callers already treat an OSError as a closed
+    connection (Evt17).
+    """
+    from pynetdicom.transport import AssociationSocket
+
+    if getattr(AssociationSocket.recv, "_echoes_limited", False):
+        return
+    original = AssociationSocket.recv
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        if nr_bytes > MAX_PDU_READ:
+            log.warning("dropping a peer that announced a %d-byte PDU (limit %d)",
+                        nr_bytes, MAX_PDU_READ)
+            raise ConnectionError(f"PDU of {nr_bytes} bytes refused")
+        return original(self, nr_bytes)
+
+    recv._echoes_limited = True  # type: ignore[attr-defined]
+    AssociationSocket.recv = recv  # type: ignore[method-assign]
+
+
 def _address_allowed(address: str, networks: tuple) -> bool:
     import ipaddress
 
@@ -190,11 +226,13 @@ def serve(
     """
     import ipaddress
 
+    limit_pdu_reads()
     SharedSocketServer.listen_fd = listen_fd
     if config is not None:
         SharedSocketServer.allowed_networks = tuple(
             ipaddress.ip_network(n) for n in config.allowed_networks)
         SharedSocketServer.role = role
+        SharedSocketServer.read_timeout = config.network_timeout
         handlers = [*handlers, (evt.EVT_REJECTED, rejection_logger(config, role))]
     from echoes import tls
 
