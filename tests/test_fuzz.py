@@ -70,7 +70,7 @@ CLOSE_LIMIT = 5.0
 #: association thread is still being torn down) before it counts as broken.
 ECHO_GRACE = 3.0
 
-SLOW_EXAMPLES = 1000
+SLOW_EXAMPLES = 300
 
 HOST = "127.0.0.1"
 APPLICATION_CONTEXT = b"1.2.840.10008.3.1.1.1"
