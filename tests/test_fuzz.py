@@ -816,30 +816,33 @@ def requestor() -> AE:
     return ae
 
 
-def wait_for_free_slots(port: int, timeout: float = DROP_LIMIT) -> None:
-    """Until ``MAX_ASSOCIATIONS`` associations can be held at once on ``port``."""
+def hold_all_slots(ae: AE, port: int, timeout: float = DROP_LIMIT) -> list:
+    """``MAX_ASSOCIATIONS`` associations held at once on ``port``, retried while the
+    server still counts recently closed ones (their threads end a moment later)."""
     deadline = time.monotonic() + timeout
     while True:
-        ae = requestor()
         held = [ae.associate(HOST, port, ae_title="ECHOES") for _ in range(MAX_ASSOCIATIONS)]
-        ok = all(a.is_established for a in held)
+        if all(a.is_established for a in held):
+            return held
         for assoc in held:
             if assoc.is_established:
                 assoc.release()
-        if ok:
-            return
         assert time.monotonic() < deadline, f"port {port} never had {MAX_ASSOCIATIONS} free slots"
         time.sleep(0.2)
+
+
+def wait_for_free_slots(port: int, timeout: float = DROP_LIMIT) -> None:
+    """Until ``MAX_ASSOCIATIONS`` associations can be held at once on ``port``."""
+    for assoc in hold_all_slots(requestor(), port, timeout):
+        assoc.release()
 
 
 @pytest.mark.parametrize("role", ["store", "mwl"])
 def test_association_cap_rejects_with_local_limit_exceeded(capped: Target, role: str) -> None:
     port = capped.ports[role]
-    wait_for_free_slots(port)
     ae = requestor()
-    held = [ae.associate(HOST, port, ae_title="ECHOES") for _ in range(MAX_ASSOCIATIONS)]
+    held = hold_all_slots(ae, port)
     try:
-        assert all(a.is_established for a in held), "could not hold the first associations"
         started = time.monotonic()
         extra = ae.associate(HOST, port, ae_title="ECHOES")
         took = time.monotonic() - started
