@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom import AE, evt
@@ -201,8 +202,6 @@ class WorklistService:
 
 
 def _keyword(tag: int) -> str:
-    from pydicom.datadict import keyword_for_tag
-
     return keyword_for_tag(tag) or f"{tag:08X}"
 
 

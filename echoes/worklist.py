@@ -34,6 +34,7 @@ from pydicom import datadict, valuerep
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from echoes.encoding import vr_for
 from echoes.mwl_match import Query, Tree
 from echoes.validation import uid_problem
 
@@ -136,17 +137,10 @@ def _parse_object(document: dict[str, Any], where: str) -> Tree:
             tag = datadict.tag_for_keyword(key)
             if tag is None:
                 raise InvalidWorklistFile(f"{where}{key}: unknown attribute keyword")
-            vr = _dictionary_vr(tag)
+            vr = vr_for(tag)
             tree[tag] = _keyword_value(vr, raw, where + key)
             _check_multiplicity(tag, tree[tag], where + key)
     return tree
-
-
-def _dictionary_vr(tag: int) -> str:
-    try:
-        return datadict.dictionary_VR(tag).split(" or ")[0]
-    except KeyError:
-        return "UN"
 
 
 def _json_model_vr(tag: int, element: dict[str, Any], name: str) -> str:
@@ -176,7 +170,7 @@ def max_multiplicity(tag: int) -> int | None:
 def _check_multiplicity(tag: int, value: Any, name: str) -> None:
     if not isinstance(value, str) or "\\" not in value:
         return
-    if _dictionary_vr(tag) in ("LT", "ST", "UT"):
+    if vr_for(tag) in ("LT", "ST", "UT"):
         return  # single-valued text may hold backslashes
     most = max_multiplicity(tag)
     count = value.count("\\") + 1
@@ -309,7 +303,7 @@ def to_dataset(tree: Tree, vrs: dict[int, Any] | None = None) -> Dataset:
         nested = None
         if isinstance(given, tuple):
             given, nested = given
-        vr = given or _dictionary_vr(tag)
+        vr = given or vr_for(tag)
         if vr == "SQ" or isinstance(value, list):
             children = value if isinstance(value, list) else []
             dataset.add_new(tag, "SQ", Sequence(to_dataset(child, nested) for child in children))
