@@ -174,26 +174,114 @@ C_STORE_RQ = 0x0001
 MEDIUM_PRIORITY = 0x0000
 
 
+def _command_uid(tag_element: int, value: str) -> bytes:
+    data = value.encode()
+    if len(data) % 2:
+        data += b"\x00"
+    return struct.pack("<HHI", 0x0000, tag_element, len(data)) + data
+
+
+def _command_us(tag_element: int, value: int) -> bytes:
+    return struct.pack("<HHIH", 0x0000, tag_element, 2, value)
+
+
+def _command_set(body: bytes) -> bytes:
+    return struct.pack("<HHII", 0x0000, 0x0000, 4, len(body)) + body
+
+
 def store_request_command(sop_class: str, sop_instance: str, message_id: int) -> bytes:
     """The command set of a C-STORE-RQ with a data set (Implicit VR Little Endian)."""
-    def uid(tag_element: int, value: str) -> bytes:
-        data = value.encode()
-        if len(data) % 2:
-            data += b"\x00"
-        return struct.pack("<HHI", 0x0000, tag_element, len(data)) + data
+    return _command_set(b"".join((
+        _command_uid(0x0002, sop_class),
+        _command_us(0x0100, C_STORE_RQ),
+        _command_us(0x0110, message_id),
+        _command_us(0x0700, MEDIUM_PRIORITY),
+        _command_us(0x0800, DATA_SET_PRESENT),
+        _command_uid(0x1000, sop_instance),
+    )))
 
-    def us(tag_element: int, value: int) -> bytes:
-        return struct.pack("<HHIH", 0x0000, tag_element, 2, value)
+
+#: Command Set elements (group 0000) read from requests.
+AFFECTED_SOP_CLASS = 0x0002
+COMMAND_FIELD = 0x0100
+MESSAGE_ID = 0x0110
+DATA_SET_TYPE = 0x0800
+AFFECTED_SOP_INSTANCE = 0x1000
+ERROR_COMMENT = 0x0902
+
+
+def parse_command(data: bytes) -> dict[int, bytes]:
+    """The elements of a command set (Implicit VR Little Endian, group 0000),
+    by element number, values raw.  Raises ValueError when it is malformed.
+    """
+    view = memoryview(data)
+    elements: dict[int, bytes] = {}
+    offset = 0
+    while offset < len(view):
+        if offset + 8 > len(view):
+            raise ValueError("truncated command element")
+        group, element, length = struct.unpack_from("<HHI", view, offset)
+        end = offset + 8 + length
+        if group != 0x0000 or end > len(view):
+            raise ValueError(f"bad command element ({group:04X},{element:04X})")
+        elements[element] = bytes(view[offset + 8:end])
+        offset = end
+    return elements
+
+
+def command_us(elements: dict[int, bytes], element: int, default: int = -1) -> int:
+    """A US value of a parsed command set (``default`` when absent or malformed)."""
+    value = elements.get(element)
+    return struct.unpack("<H", value)[0] if value is not None and len(value) == 2 else default
+
+
+def command_uid(elements: dict[int, bytes], element: int) -> str:
+    """A UI value of a parsed command set, without padding ("" when absent)."""
+    return elements.get(element, b"").rstrip(b"\x00 ").decode("ascii", "replace")
+
+
+def response_command(command_field: int, sop_class: str, message_id: int, status: int,
+                     sop_instance: str | None = None, error_comment: str = "") -> bytes:
+    """The command set of a DIMSE-C response without a data set (C-STORE-RSP,
+    C-ECHO-RSP ...), with an Error Comment for a failure status.
+    """
+    parts = [_command_uid(0x0002, sop_class) if sop_class else b"",
+             _command_us(0x0100, command_field),
+             _command_us(0x0120, message_id),
+             _command_us(0x0800, NO_DATA_SET),
+             _command_us(0x0900, status)]
+    if error_comment:
+        text = error_comment.encode("ascii", "replace")[:64]
+        if len(text) % 2:
+            text += b" "
+        parts.append(struct.pack("<HHI", 0x0000, ERROR_COMMENT, len(text)) + text)
+    if sop_instance:
+        parts.append(_command_uid(0x1000, sop_instance))
+    return _command_set(b"".join(parts))
+
+
+def part10_header(sop_class: str, sop_instance: str, syntax: str, implementation_uid: str,
+                  implementation_version: str, source_ae: str = "") -> bytes:
+    """Preamble, "DICM" and File Meta Information (PS3.10 7.1) for a received data set."""
+    def element(tag_element: int, vr: bytes, value: bytes, pad: bytes) -> bytes:
+        if len(value) % 2:
+            value += pad
+        if vr == b"OB":
+            return struct.pack("<HH2s2xI", 0x0002, tag_element, vr, len(value)) + value
+        return struct.pack("<HH2sH", 0x0002, tag_element, vr, len(value)) + value
 
     body = b"".join((
-        uid(0x0002, sop_class),
-        us(0x0100, C_STORE_RQ),
-        us(0x0110, message_id),
-        us(0x0700, MEDIUM_PRIORITY),
-        us(0x0800, DATA_SET_PRESENT),
-        uid(0x1000, sop_instance),
+        element(0x0001, b"OB", b"\x00\x01", b""),
+        element(0x0002, b"UI", sop_class.encode(), b"\x00"),
+        element(0x0003, b"UI", sop_instance.encode(), b"\x00"),
+        element(0x0010, b"UI", syntax.encode(), b"\x00"),
+        element(0x0012, b"UI", implementation_uid.encode(), b"\x00"),
+        element(0x0013, b"SH", implementation_version.encode()[:16], b" "),
+        element(0x0016, b"AE", source_ae.encode("ascii", "replace")[:16], b" ")
+        if source_ae else b"",
     ))
-    return struct.pack("<HHII", 0x0000, 0x0000, 4, len(body)) + body
+    group_length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body))
+    return bytes(128) + b"DICM" + group_length + body
 
 
 def p_data_stream(context_id: int, command: bytes, data_set: BinaryIO, max_pdu: int,

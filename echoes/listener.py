@@ -55,28 +55,31 @@ def _quickack(sock: socket.socket) -> None:
 TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
 
 
-class SharedSocketServer(ThreadedAssociationServer):
-    """An association server on a listening socket inherited from the supervisor.
+class SharedListenerMixin:
+    """Accept on the listening socket inherited from the supervisor.
 
     Also enforces ``allowed_networks``: a peer from elsewhere gets, in its
     own thread, an A-ASSOCIATE-RJ (permanent, service user, no reason given)
-    to its request, a log line, and the connection closed.
+    to its request, a log line, and the connection closed.  Accepted
+    connections get TCP_NODELAY, QUICKACK before every read, a read timeout
+    and (when configured) TLS.
     """
 
     listen_fd: int = -1
     allowed_networks: tuple = ()
     role: str = ""
     read_timeout: float | None = None
+    ssl_context: Any = None
 
-    def finish_request(self, request, client_address) -> None:  # type: ignore[override]
+    def finish_request(self, request, client_address) -> None:
         if self.allowed_networks and not _address_allowed(client_address[0],
                                                           self.allowed_networks):
             _refuse_connection(request, client_address, self.role)
             return
-        super().finish_request(request, client_address)
+        super().finish_request(request, client_address)  # type: ignore[misc]
 
     def server_bind(self) -> None:
-        self.socket.close()
+        self.socket.close()  # type: ignore[has-type]
         self.socket = socket.socket(fileno=os.dup(self.listen_fd))
         # Several workers may accept on this socket: whoever loses the race
         # must not block in accept(), so the listener is non-blocking.
@@ -86,14 +89,12 @@ class SharedSocketServer(ThreadedAssociationServer):
     def server_activate(self) -> None:
         """The supervisor already called listen()."""
 
-    def get_request(self):  # type: ignore[override]
+    def get_request(self):
         accepted, address = self.socket.accept()
         client = QuickAckSocket(accepted.family, accepted.type, accepted.proto,
                                 fileno=accepted.detach())
         # A peer that stops mid-PDU must not hold this thread (and one of
-        # max_associations) for ever: pynetdicom reads whole PDUs with
-        # blocking recv() calls, so reads time out after network_timeout,
-        # which pynetdicom treats as a closed connection.
+        # max_associations) for ever: reads time out after network_timeout.
         client.settimeout(self.read_timeout)
         # Immune to peers that leave Nagle on: answer each PDU at once.
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -107,6 +108,49 @@ class SharedSocketServer(ThreadedAssociationServer):
     def server_close(self) -> None:
         # Never shutdown() the shared listener: that would stop every worker.
         self.socket.close()
+
+
+class SharedSocketServer(SharedListenerMixin, ThreadedAssociationServer):
+    """A pynetdicom association server on the inherited socket (the MWL port)."""
+
+
+class _AssociationHandler(socketserver.BaseRequestHandler):
+    """Runs one association on its own thread (ThreadingMixIn)."""
+
+    def handle(self) -> None:
+        from echoes import association
+
+        server = self.server
+        association.serve(self.request, self.client_address, server.service,  # type: ignore[attr-defined]
+                          server.settings, server.limiter)  # type: ignore[attr-defined]
+
+
+class RawAcceptorServer(SharedListenerMixin, socketserver.ThreadingMixIn,
+                        socketserver.TCPServer):
+    """Our own upper layer (echoes.association) on the inherited socket (the store port)."""
+
+    daemon_threads = True
+    block_on_close = False
+    service: Any = None
+    settings: Any = None
+
+    def __init__(self) -> None:
+        from echoes import association
+
+        self.limiter = association.Limiter()
+        socketserver.TCPServer.__init__(self, ("", 0), _AssociationHandler)
+
+    def shutdown_request(self, request) -> None:  # type: ignore[override]
+        try:
+            request.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        request.close()
+
+    @property
+    def active_associations(self) -> list:
+        """Open associations, as a list for the drain loop."""
+        return [None] * self.limiter.active
 
 
 def acceptor_ae(config: Config, role: str) -> AE:
@@ -207,6 +251,39 @@ def _refuse_connection(request: socket.socket, client_address: tuple, role: str)
                 "allowed_networks", client_address[0], client_address[1], role)
 
 
+def _configure_server_class(cls: type, listen_fd: int, config: Config | None,
+                            role: str) -> None:
+    import ipaddress
+
+    limit_pdu_reads()
+    cls.listen_fd = listen_fd
+    if config is not None:
+        cls.allowed_networks = tuple(ipaddress.ip_network(n) for n in config.allowed_networks)
+        cls.role = role
+        cls.read_timeout = config.network_timeout
+
+
+def serve_raw(
+    service: Any,
+    settings: Any,
+    listen_fd: int,
+    drain_seconds: float,
+    on_hangup: Callable[[], None] | None = None,
+    config: Config | None = None,
+    role: str = "",
+) -> RawAcceptorServer:
+    """Serve ``service`` with echoes' own upper layer until SIGTERM (see :func:`serve`)."""
+    from echoes import tls
+
+    _configure_server_class(RawAcceptorServer, listen_fd, config, role)
+    RawAcceptorServer.service = service
+    RawAcceptorServer.settings = settings
+    RawAcceptorServer.ssl_context = tls.server_context(config) if config else None
+    server = RawAcceptorServer()
+    _run_until_stopped(server, settings.ae_title, drain_seconds, None, 30.0, on_hangup)
+    return server
+
+
 def serve(
     ae: AE,
     handlers: list[tuple[Any, Callable[..., Any]]],
@@ -218,26 +295,27 @@ def serve(
     config: Config | None = None,
     role: str = "",
 ) -> ThreadedAssociationServer:
-    """Serve until SIGTERM/SIGINT, then let open associations finish.
+    """Serve a pynetdicom AE until SIGTERM/SIGINT, then let open associations finish.
 
     ``tick`` runs every ``tick_seconds`` in the main thread; ``on_hangup``
     runs on SIGHUP (which is otherwise ignored, so a reload signal from the
     supervisor never kills a worker).  Returns the stopped server.
     """
-    import ipaddress
-
-    limit_pdu_reads()
-    SharedSocketServer.listen_fd = listen_fd
+    _configure_server_class(SharedSocketServer, listen_fd, config, role)
     if config is not None:
-        SharedSocketServer.allowed_networks = tuple(
-            ipaddress.ip_network(n) for n in config.allowed_networks)
-        SharedSocketServer.role = role
-        SharedSocketServer.read_timeout = config.network_timeout
         handlers = [*handlers, (evt.EVT_REJECTED, rejection_logger(config, role))]
     from echoes import tls
 
     server = ae.make_server(("", 0), evt_handlers=handlers, server_class=SharedSocketServer,
                             ssl_context=tls.server_context(config) if config else None)
+    _run_until_stopped(server, ae.ae_title, drain_seconds, tick, tick_seconds, on_hangup)
+    return server
+
+
+def _run_until_stopped(server: Any, ae_title: str, drain_seconds: float,
+                       tick: Callable[[], None] | None, tick_seconds: float,
+                       on_hangup: Callable[[], None] | None) -> None:
+    """Accept in a thread; in the main thread wait for signals, then drain."""
     stop = threading.Event()
     hangup = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -250,7 +328,7 @@ def serve(
     signal.signal(signal.SIGHUP, on_sighup)
     thread = threading.Thread(target=server.serve_forever, name="accept", daemon=True)
     thread.start()
-    log.info("%s serving on %s:%d (pid %d)", ae.ae_title, *server.server_address[:2], os.getpid())
+    log.info("%s serving on %s:%d (pid %d)", ae_title, *server.server_address[:2], os.getpid())
     next_tick = time.monotonic() + tick_seconds
     while True:
         stop.wait(max(0.0, next_tick - time.monotonic()))
@@ -274,4 +352,3 @@ def serve(
     left = len(server.active_associations)
     if left:
         log.warning("%d associations still open at exit (pid %d)", left, os.getpid())
-    return server

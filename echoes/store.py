@@ -7,39 +7,33 @@ queued on the port.
 
 An object's path through this module::
 
-    P-DATA fragments -> spool/tmp/<pid>/*.part   (pynetdicom chunked receive,
-                                                  written by SpoolReceiveFile)
-    EVT_C_STORE      -> check_object()           (free space, structure, UIDs)
-                     -> spool.commit_incoming()  (fsync, rename, fsync dir)
-                     -> Success 0x0000           (only now)
+    C-STORE-RQ command      -> SpoolReceiver: spool/tmp/<pid>/<n>.part opened,
+                               File Meta written (our implementation UID,
+                               the calling AE as Source AE Title)
+    P-DATA data fragments   -> appended to that file as they arrive
+    last fragment           -> check_object()           (free space, structure, UIDs)
+                            -> spool.commit_incoming()  (fsync, rename, fsync dir)
+                            -> Success 0x0000           (only now)
 
-pynetdicom writes a chunked data set with ``tempfile.NamedTemporaryFile`` in
-the system temp folder, unsynced, and lets write errors abort the
-association.  :func:`install_receive_hooks` swaps that one name in
-``pynetdicom.dimse_messages`` (and ``create_file_meta`` beside it, to record
-the calling AE) for our own: receive files go to this worker's spool folder,
-on the spool's file system, and a full disk becomes status 0xA700 instead of
-an abort.
+The upper layer is our own (:mod:`echoes.association`, :mod:`echoes.pdu`),
+not pynetdicom's: see association.py for the measured reason.  A write
+error (full disk, EIO) is remembered and answered 0xA700 when the object
+ends; the association goes on.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import pynetdicom.dimse_messages
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE, evt
-from pynetdicom.dsutils import create_file_meta
 
-from echoes import __version__, listener, logs, sopclasses, spool
+from echoes import __version__, association, encoding, listener, logs, pdu, sopclasses, spool
 from echoes.config import Config
 from echoes.validation import MalformedDataset, check_part10, uid_problem
 
@@ -72,111 +66,6 @@ class StoreRefused(Exception):
         self.reason = reason
 
 
-class SpoolReceiveFile(io.FileIO):
-    """The file pynetdicom streams one received data set into.
-
-    Quacks like the NamedTemporaryFile pynetdicom expects (``name``,
-    ``write``, ``file.flush``).  A failed write (ENOSPC, EIO) is remembered
-    and later writes are dropped, so the association survives and the
-    handler answers 0xA700.
-    """
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, "wb")
-        self.error: OSError | None = None
-        self.file = self  # pynetdicom calls .file.flush()
-
-    def write(self, data) -> int:  # type: ignore[override]
-        if self.error is None:
-            try:
-                view = memoryview(data)
-                while view:
-                    written = super().write(view)
-                    view = view[written:]
-            except OSError as exc:
-                self.error = exc
-        return len(data)
-
-    def flush(self) -> None:
-        """Unbuffered already; durability comes from fsync at commit."""
-
-
-@dataclass
-class ReceiveRegistry:
-    """Receive files of this worker, to find them again and to clean up."""
-
-    folder: Path
-    files: dict[str, tuple[SpoolReceiveFile, threading.Thread]] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    counter: int = 0
-
-    def open(self) -> SpoolReceiveFile:
-        """Create the next receive file (called on the association's DUL thread)."""
-        with self.lock:
-            self.counter += 1
-            path = self.folder / f"{self.counter:08d}.part"
-        handle = SpoolReceiveFile(path)
-        with self.lock:
-            # Keyed by str: pynetdicom hands the path back as event.dataset_path.
-            self.files[str(path)] = (handle, threading.current_thread())
-        return handle
-
-    def claim(self, path: Path) -> SpoolReceiveFile | None:
-        """Take a completed receive file out of the registry."""
-        with self.lock:
-            entry = self.files.pop(str(path), None)
-        return entry[0] if entry else None
-
-    def sweep(self) -> int:
-        """Delete files whose association thread ended without a C-STORE handler run."""
-        with self.lock:
-            dead = [name for name, (_h, thread) in self.files.items() if not thread.is_alive()]
-            entries = [self.files.pop(name) for name in dead]
-        for handle, _thread in entries:
-            handle.close()
-            Path(handle.name).unlink(missing_ok=True)
-        return len(entries)
-
-
-_registry: ReceiveRegistry | None = None
-
-
-def _calling_ae_of_current_thread() -> str | None:
-    assoc = getattr(threading.current_thread(), "assoc", None)
-    try:
-        return assoc.requestor.ae_title if assoc is not None else None
-    except AttributeError:
-        return None
-
-
-def _receive_file_factory(*_args, **_kwargs) -> SpoolReceiveFile:
-    assert _registry is not None, "install_receive_hooks() was not called"
-    return _registry.open()
-
-
-def _file_meta_factory(sop_class_uid, sop_instance_uid, transfer_syntax):
-    meta = create_file_meta(
-        sop_class_uid=sop_class_uid,
-        sop_instance_uid=sop_instance_uid,
-        transfer_syntax=transfer_syntax,
-    )
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    calling_ae = _calling_ae_of_current_thread()
-    if calling_ae:
-        meta.SourceApplicationEntityTitle = calling_ae
-    return meta
-
-
-def install_receive_hooks(registry: ReceiveRegistry) -> None:
-    """Route pynetdicom's chunked receive into ``registry`` (see module docstring)."""
-    global _registry
-    _registry = registry
-    pynetdicom._config.STORE_RECV_CHUNKED_DATASET = True
-    pynetdicom.dimse_messages.NamedTemporaryFile = _receive_file_factory
-    pynetdicom.dimse_messages.create_file_meta = _file_meta_factory
-
-
 def check_object(path: Path, request_class: str, request_instance: str) -> Dataset:
     """Decide whether a received file may be stored; raise StoreRefused if not."""
     size = path.stat().st_size
@@ -199,45 +88,91 @@ def check_object(path: Path, request_class: str, request_instance: str) -> Datas
     return header
 
 
-@dataclass
-class AssociationStats:
-    """What one association did, for its closing log line."""
+class SpoolReceiver:
+    """One object being received into this worker's spool folder.
 
-    started: float = field(default_factory=time.monotonic)
-    stored: int = 0
-    refused: int = 0
-    bytes: int = 0
+    Fragments are written as they arrive; nothing is read back until the
+    last one.  The first failed write (ENOSPC, EIO) is remembered and later
+    writes are dropped, so the association survives and :meth:`finish`
+    answers 0xA700.
+    """
+
+    def __init__(self, service: StoreService, association_: association.Association,
+                 path: Path, sop_class: str, sop_instance: str, syntax: str) -> None:
+        self.service = service
+        self.association = association_
+        self.path = path
+        self.sop_class = sop_class
+        self.sop_instance = sop_instance
+        self.error: OSError | None = None
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.write(memoryview(encoding.part10_header(
+            sop_class, sop_instance, syntax, IMPLEMENTATION_CLASS_UID,
+            IMPLEMENTATION_VERSION_NAME, association_.calling_ae)))
+
+    def write(self, fragment: memoryview) -> None:
+        """Append a fragment (short writes retried)."""
+        if self.error is not None:
+            return
+        try:
+            while fragment:
+                fragment = fragment[os.write(self.fd, fragment):]
+        except OSError as exc:
+            self.error = exc
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def finish(self) -> tuple[int, str]:
+        """The whole data set is here: check, commit, answer."""
+        self._close()
+        return self.service.commit(self)
+
+    def discard(self) -> None:
+        """The association ended mid-object: it was never acknowledged."""
+        self._close()
+        self.path.unlink(missing_ok=True)
 
 
 class StoreService:
-    """The C-STORE handler and its state for one worker process."""
+    """The store port's service (see association.Service) for one worker process."""
 
-    def __init__(self, config: Config, layout: spool.SpoolLayout, registry: ReceiveRegistry):
+    def __init__(self, config: Config, layout: spool.SpoolLayout, folder: Path) -> None:
         self.config = config
         self.layout = layout
-        self.registry = registry
-        self.stats: dict[int, AssociationStats] = {}
+        self.folder = folder
+        self.counter = 0
+        self.accepted = accepted_contexts()
 
-    def handle_store(self, event: evt.Event) -> Dataset | int:
-        """EVT_C_STORE: commit the spooled file durably, then say Success."""
-        path = Path(event.dataset_path)
-        receive_file = self.registry.claim(path)
-        stats = self.stats.setdefault(id(event.assoc), AssociationStats())
-        request = event.request
+    def receiver(self, association_: association.Association, context: pdu.ContextResult,
+                 command: dict[int, bytes]) -> SpoolReceiver | None:
+        """A spool file for a C-STORE-RQ's data set (None for anything else)."""
+        if encoding.command_us(command, encoding.COMMAND_FIELD) != association.C_STORE_RQ:
+            return None
+        self.counter += 1  # one thread per association; a race only skips a number
+        path = self.folder / f"{threading.get_ident()}-{self.counter:08d}.part"
+        return SpoolReceiver(self, association_, path,
+                             encoding.command_uid(command, encoding.AFFECTED_SOP_CLASS),
+                             encoding.command_uid(command, encoding.AFFECTED_SOP_INSTANCE),
+                             context.transfer_syntax)
+
+    def commit(self, receiver: SpoolReceiver) -> tuple[int, str]:
+        """Commit the spooled file durably, then say Success; else the refusal."""
+        path = receiver.path
+        stats = receiver.association
         try:
-            if receive_file is not None:
-                receive_file.close()
-                if receive_file.error is not None:
-                    raise StoreRefused(
-                        OUT_OF_RESOURCES, f"Out of resources: {receive_file.error.strerror}"
-                    )
+            if receiver.error is not None:
+                raise StoreRefused(
+                    OUT_OF_RESOURCES, f"Out of resources: {receiver.error.strerror}")
             free = spool.free_megabytes(self.layout.root)
             if free < self.config.min_free_mb:
                 raise StoreRefused(
                     OUT_OF_RESOURCES,
                     f"Out of resources: {free:.0f} MB free, floor {self.config.min_free_mb} MB",
                 )
-            check_object(path, request.AffectedSOPClassUID, request.AffectedSOPInstanceUID)
+            check_object(path, receiver.sop_class, receiver.sop_instance)
             size = path.stat().st_size
             try:
                 spool.commit_incoming(path, self.layout)
@@ -248,51 +183,46 @@ class StoreService:
         except StoreRefused as refusal:
             path.unlink(missing_ok=True)
             stats.refused += 1
-            log.warning(
-                "refused %s from %s: 0x%04X %s",
-                request.AffectedSOPInstanceUID,
-                event.assoc.requestor.ae_title,
-                refusal.status,
-                refusal.reason,
-            )
-            status = Dataset()
-            status.Status = refusal.status
-            status.ErrorComment = refusal.reason[:64]
-            return status
+            log.warning("refused %s from %s: 0x%04X %s", receiver.sop_instance,
+                        stats.calling_ae, refusal.status, refusal.reason)
+            return refusal.status, refusal.reason[:64]
         stats.stored += 1
         stats.bytes += size
-        return SUCCESS
+        return SUCCESS, ""
 
-    def handle_closed(self, event: evt.Event) -> None:
-        """EVT_RELEASED / EVT_ABORTED: one log line per association."""
-        stats = self.stats.pop(id(event.assoc), AssociationStats())
-        requestor = event.assoc.requestor
-        result = "released" if event.event is evt.EVT_RELEASED else "aborted"
+    def closed(self, association_: association.Association, how: str) -> None:
+        """One log line per association."""
         log.info(
             "association from %s (%s:%s) to %s %s: %d stored, %d refused, %d bytes, %.2f s",
-            requestor.ae_title,
-            requestor.address,
-            requestor.port,
-            event.assoc.acceptor.ae_title,
-            result,
-            stats.stored,
-            stats.refused,
-            stats.bytes,
-            time.monotonic() - stats.started,
+            association_.calling_ae, association_.address, association_.port,
+            association_.called_ae, how, association_.stored, association_.refused,
+            association_.bytes, time.monotonic() - association_.started,
         )
-        if result == "aborted":
-            self.registry.sweep()
 
 
-def build_ae(config: Config) -> AE:
-    """The store AE: Verification plus every storage class and syntax we accept."""
+def accepted_contexts() -> dict[str, frozenset[str]]:
+    """The store port's table: Verification plus every storage class and syntax we accept."""
     sopclasses.register_retired_storage_classes()
-    ae = listener.acceptor_ae(config, "store")
-    ae.maximum_pdu_size = RECEIVE_MAX_PDU
-    ae.add_supported_context(sopclasses.VERIFICATION, sopclasses.UNCOMPRESSED)
-    for sop_class in sopclasses.store_scp_classes():
-        ae.add_supported_context(sop_class, sopclasses.STORE_TRANSFER_SYNTAXES)
-    return ae
+    table = {sop_class: frozenset(sopclasses.STORE_TRANSFER_SYNTAXES)
+             for sop_class in sopclasses.store_scp_classes()}
+    table[sopclasses.VERIFICATION] = frozenset(sopclasses.UNCOMPRESSED)
+    return table
+
+
+def settings(config: Config) -> association.Settings:
+    """The store port's association rules from the configuration."""
+    return association.Settings(
+        ae_title=config.ae_title,
+        acse_timeout=config.acse_timeout,
+        network_timeout=config.network_timeout,
+        maximum_length=RECEIVE_MAX_PDU,
+        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+        max_associations=config.max_associations,
+        allowed_calling_aes=frozenset(config.calling_aes_for("store")),
+        require_called_ae=config.require_called_ae,
+        role="store",
+    )
 
 
 def run(config: Config, listen_fd: int) -> int:
@@ -302,19 +232,10 @@ def run(config: Config, listen_fd: int) -> int:
     spool.remove_dead_worker_tmp(layout)
     folder = layout.worker_tmp(os.getpid())
     folder.mkdir(parents=True, exist_ok=True)
-    registry = ReceiveRegistry(folder)
-    install_receive_hooks(registry)
-    service = StoreService(config, layout, registry)
-
-    ae = build_ae(config)
-    handlers = [
-        (evt.EVT_C_STORE, service.handle_store),
-        (evt.EVT_RELEASED, service.handle_closed),
-        (evt.EVT_ABORTED, service.handle_closed),
-    ]
-    listener.serve(ae, handlers, listen_fd, config.dimse_timeout,
-                   tick=registry.sweep, tick_seconds=30.0,
-                   on_hangup=lambda: logs.reload(config, "store") and None,
-                   config=config, role="store")
-    registry.sweep()
+    service = StoreService(config, layout, folder)
+    listener.serve_raw(service, settings(config), listen_fd, config.dimse_timeout,
+                       on_hangup=lambda: logs.reload(config, "store") and None,
+                       config=config, role="store")
+    for leftover in folder.glob("*.part"):
+        leftover.unlink(missing_ok=True)
     return 0

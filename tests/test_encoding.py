@@ -355,3 +355,52 @@ def test_max_pdu_zero_is_unlimited() -> None:
         len(COMMAND) + len(large))
     small = check_framing(p_data_pdus(1, COMMAND, DATA_SET, 0), 1, COMMAND, DATA_SET, 0)
     assert len(small) == 1
+
+
+def test_store_response_command_decodes_with_pydicom() -> None:
+    data = encoding.response_command(0x8001, "1.2.840.10008.5.1.4.1.1.2", 7, 0xA900,
+                                     "1.2.3.4", "SOPInstanceUID differs")
+    command = read_dataset(io.BytesIO(data), is_implicit_VR=True, is_little_endian=True)
+    assert command.CommandGroupLength == len(data) - 12
+    assert command.AffectedSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+    assert command.CommandField == 0x8001
+    assert command.MessageIDBeingRespondedTo == 7
+    assert command.CommandDataSetType == 0x0101
+    assert command.Status == 0xA900
+    assert command.ErrorComment == "SOPInstanceUID differs"
+    assert command.AffectedSOPInstanceUID == "1.2.3.4"
+
+
+def test_parse_command_round_trip() -> None:
+    data = encoding.store_request_command("1.2.840.10008.5.1.4.1.1.2", "1.2.345", 9)
+    elements = encoding.parse_command(data)
+    assert encoding.command_us(elements, encoding.COMMAND_FIELD) == 0x0001
+    assert encoding.command_us(elements, encoding.MESSAGE_ID) == 9
+    assert encoding.command_us(elements, encoding.DATA_SET_TYPE) == encoding.DATA_SET_PRESENT
+    assert encoding.command_uid(elements, encoding.AFFECTED_SOP_INSTANCE) == "1.2.345"
+    assert encoding.command_us(elements, 0x0900) == -1
+
+
+@pytest.mark.parametrize("data", [b"\x00\x00\x00", struct.pack("<HHI", 0, 0x100, 9) + b"\x01",
+                                  struct.pack("<HHI", 8, 0x10, 0)])
+def test_parse_command_refuses_broken_sets(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        encoding.parse_command(data)
+
+
+def test_part10_header_reads_back_with_pydicom() -> None:
+    from pydicom import dcmread
+
+    header = encoding.part10_header("1.2.840.10008.5.1.4.1.1.7", "1.2.3", "1.2.840.10008.1.2",
+                                    "2.25.9", "ECHOES_X", "MODALITY")
+    data_set = struct.pack("<HHI", 0x0010, 0x0020, 4) + b"P01 "
+    ds = dcmread(io.BytesIO(header + data_set))
+    meta = ds.file_meta
+    assert meta.MediaStorageSOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    assert meta.MediaStorageSOPInstanceUID == "1.2.3"
+    assert meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+    assert meta.ImplementationClassUID == "2.25.9"
+    assert meta.ImplementationVersionName == "ECHOES_X"
+    assert meta.SourceApplicationEntityTitle == "MODALITY"
+    assert meta.FileMetaInformationGroupLength == len(header) - 132 - 12
+    assert ds.PatientID == "P01"

@@ -1,0 +1,261 @@
+"""DICOM Upper Layer PDUs for the acceptor side (PS3.8 section 9), as pure functions.
+
+The store port runs its own small upper layer (:mod:`echoes.association`)
+instead of pynetdicom's, because pynetdicom's two polling threads per
+association (1 ms sleeps in the DUL and in the association reactor) cost
+2-4 ms per object, more than receiving and storing the object itself
+(issue 7 profile).  This module holds the parts that need no socket: parse
+an A-ASSOCIATE-RQ, negotiate presentation contexts against a table, and
+build the few PDUs an acceptor sends.  Everything here raises
+:class:`PDUError` on malformed input and never trusts a length.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+#: PDU types (PS3.8 9.3.1).
+ASSOCIATE_RQ = 0x01
+ASSOCIATE_AC = 0x02
+ASSOCIATE_RJ = 0x03
+P_DATA_TF = 0x04
+RELEASE_RQ = 0x05
+RELEASE_RP = 0x06
+ABORT = 0x07
+
+#: Item types inside A-ASSOCIATE PDUs.
+APPLICATION_CONTEXT_ITEM = 0x10
+PRESENTATION_CONTEXT_RQ_ITEM = 0x20
+PRESENTATION_CONTEXT_AC_ITEM = 0x21
+ABSTRACT_SYNTAX_ITEM = 0x30
+TRANSFER_SYNTAX_ITEM = 0x40
+USER_INFORMATION_ITEM = 0x50
+MAXIMUM_LENGTH_ITEM = 0x51
+IMPLEMENTATION_CLASS_UID_ITEM = 0x52
+IMPLEMENTATION_VERSION_NAME_ITEM = 0x55
+
+APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
+
+#: Presentation context results (PS3.8 9.3.3.2).
+ACCEPTANCE = 0
+ABSTRACT_SYNTAX_NOT_SUPPORTED = 3
+TRANSFER_SYNTAXES_NOT_SUPPORTED = 4
+
+#: A-ASSOCIATE-RJ (result, source, reason) triples, by why (PS3.8 9.3.4).
+REJECT_NO_REASON = (0x01, 0x01, 0x01)
+REJECT_APPLICATION_CONTEXT = (0x01, 0x01, 0x02)
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)
+REJECT_PROTOCOL_VERSION = (0x01, 0x02, 0x02)
+REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
+
+#: A-ABORT (source, reason): service provider, unexpected PDU / unrecognized PDU.
+ABORT_UNEXPECTED_PDU = (0x02, 0x02)
+ABORT_UNRECOGNIZED_PDU = (0x02, 0x01)
+ABORT_INVALID_PARAMETER = (0x02, 0x06)
+
+#: PDV message control header bits.
+COMMAND_BIT = 0x01
+LAST_BIT = 0x02
+
+
+class PDUError(ValueError):
+    """A PDU that does not follow PS3.8; the association is aborted."""
+
+
+@dataclass
+class PresentationContextRequest:
+    """One proposed presentation context: id, abstract syntax, transfer syntaxes."""
+
+    context_id: int
+    abstract_syntax: str
+    transfer_syntaxes: list[str]
+
+
+@dataclass
+class AssociateRequest:
+    """What an acceptor needs from an A-ASSOCIATE-RQ."""
+
+    protocol_version: int
+    called_ae: str
+    calling_ae: str
+    application_context: str
+    contexts: list[PresentationContextRequest] = field(default_factory=list)
+    maximum_length: int = 0
+    implementation_class_uid: str = ""
+    implementation_version_name: str = ""
+    #: The 16-byte called/calling fields as sent, echoed in the A-ASSOCIATE-AC.
+    raw_called: bytes = b""
+    raw_calling: bytes = b""
+
+
+@dataclass(frozen=True)
+class ContextResult:
+    """The acceptor's answer for one presentation context."""
+
+    context_id: int
+    result: int
+    abstract_syntax: str
+    transfer_syntax: str
+
+
+def _uid(data: bytes) -> str:
+    return data.rstrip(b"\x00 ").decode("ascii", "replace")
+
+
+def _ae(data: bytes) -> str:
+    return data.decode("ascii", "replace").strip()
+
+
+def _items(data: memoryview | bytes, what: str) -> Iterator[tuple[int, memoryview]]:
+    """Split a run of (type, reserved, 2-byte length, value) items."""
+    view = memoryview(data)
+    offset = 0
+    while offset < len(view):
+        if offset + 4 > len(view):
+            raise PDUError(f"{what}: truncated item header")
+        kind = view[offset]
+        (length,) = struct.unpack_from(">H", view, offset + 2)
+        end = offset + 4 + length
+        if end > len(view):
+            raise PDUError(f"{what}: item 0x{kind:02X} runs past its PDU")
+        yield kind, view[offset + 4:end]
+        offset = end
+
+
+def parse_associate_rq(body: memoryview | bytes) -> AssociateRequest:
+    """Decode the variable part of an A-ASSOCIATE-RQ (the bytes after the 6-byte header)."""
+    view = memoryview(body)
+    if len(view) < 68:
+        raise PDUError("A-ASSOCIATE-RQ shorter than its fixed fields")
+    (version,) = struct.unpack_from(">H", view, 0)
+    raw_called, raw_calling = bytes(view[4:20]), bytes(view[20:36])
+    request = AssociateRequest(version, _ae(raw_called), _ae(raw_calling), "",
+                               raw_called=raw_called, raw_calling=raw_calling)
+    for kind, value in _items(view[68:], "A-ASSOCIATE-RQ"):
+        if kind == APPLICATION_CONTEXT_ITEM:
+            request.application_context = _uid(bytes(value))
+        elif kind == PRESENTATION_CONTEXT_RQ_ITEM:
+            request.contexts.append(_parse_context(value))
+        elif kind == USER_INFORMATION_ITEM:
+            _parse_user_information(value, request)
+    return request
+
+
+def _parse_context(value: memoryview) -> PresentationContextRequest:
+    if len(value) < 4:
+        raise PDUError("presentation context item too short")
+    context = PresentationContextRequest(value[0], "", [])
+    for kind, sub in _items(value[4:], "presentation context"):
+        if kind == ABSTRACT_SYNTAX_ITEM:
+            context.abstract_syntax = _uid(bytes(sub))
+        elif kind == TRANSFER_SYNTAX_ITEM:
+            context.transfer_syntaxes.append(_uid(bytes(sub)))
+    return context
+
+
+def _parse_user_information(value: memoryview, request: AssociateRequest) -> None:
+    for kind, sub in _items(value, "user information"):
+        if kind == MAXIMUM_LENGTH_ITEM and len(sub) == 4:
+            (request.maximum_length,) = struct.unpack(">I", sub)
+        elif kind == IMPLEMENTATION_CLASS_UID_ITEM:
+            request.implementation_class_uid = _uid(bytes(sub))
+        elif kind == IMPLEMENTATION_VERSION_NAME_ITEM:
+            request.implementation_version_name = bytes(sub).decode("ascii", "replace").strip()
+
+
+def negotiate(contexts: list[PresentationContextRequest],
+              accepted: Mapping[str, frozenset[str]]) -> list[ContextResult]:
+    """Answer each proposed context from the ``accepted`` table (abstract syntax ->
+    transfer syntaxes): the first proposed syntax we accept wins, as the
+    requestor ordered them (PS3.8 leaves the choice to the acceptor; the
+    proposer's order is what pynetdicom and most archives honour).
+    """
+    results = []
+    for context in contexts:
+        syntaxes = accepted.get(context.abstract_syntax)
+        if syntaxes is None:
+            results.append(ContextResult(context.context_id, ABSTRACT_SYNTAX_NOT_SUPPORTED,
+                                         context.abstract_syntax, ""))
+            continue
+        chosen = next((ts for ts in context.transfer_syntaxes if ts in syntaxes), None)
+        if chosen is None:
+            results.append(ContextResult(context.context_id, TRANSFER_SYNTAXES_NOT_SUPPORTED,
+                                         context.abstract_syntax, ""))
+        else:
+            results.append(ContextResult(context.context_id, ACCEPTANCE,
+                                         context.abstract_syntax, chosen))
+    return results
+
+
+def _item(kind: int, value: bytes) -> bytes:
+    return struct.pack(">BBH", kind, 0, len(value)) + value
+
+
+def _pdu(kind: int, body: bytes) -> bytes:
+    return struct.pack(">BBI", kind, 0, len(body)) + body
+
+
+def _even_uid(uid: str) -> bytes:
+    """UIDs in items are not padded (PS3.8 9.3.2.2); kept as given."""
+    return uid.encode("ascii")
+
+
+def associate_ac(request: AssociateRequest, results: list[ContextResult], maximum_length: int,
+                 implementation_class_uid: str, implementation_version_name: str) -> bytes:
+    """The A-ASSOCIATE-AC for ``request`` with the negotiated ``results``."""
+    parts = [
+        struct.pack(">HH", 1, 0), request.raw_called.ljust(16)[:16],
+        request.raw_calling.ljust(16)[:16], bytes(32),
+        _item(APPLICATION_CONTEXT_ITEM, _even_uid(APPLICATION_CONTEXT_NAME)),
+    ]
+    for result in results:
+        # A rejected context still carries one transfer syntax sub-item,
+        # whose value is not significant (PS3.8 9.3.3.2).
+        syntax = _item(TRANSFER_SYNTAX_ITEM, _even_uid(result.transfer_syntax or
+                                                       "1.2.840.10008.1.2"))
+        parts.append(_item(PRESENTATION_CONTEXT_AC_ITEM,
+                           bytes((result.context_id, 0, result.result, 0)) + syntax))
+    user = (_item(MAXIMUM_LENGTH_ITEM, struct.pack(">I", maximum_length))
+            + _item(IMPLEMENTATION_CLASS_UID_ITEM, _even_uid(implementation_class_uid))
+            + _item(IMPLEMENTATION_VERSION_NAME_ITEM,
+                    implementation_version_name.encode("ascii")[:16]))
+    parts.append(_item(USER_INFORMATION_ITEM, user))
+    return _pdu(ASSOCIATE_AC, b"".join(parts))
+
+
+def associate_rj(reason: tuple[int, int, int]) -> bytes:
+    """An A-ASSOCIATE-RJ with (result, source, reason)."""
+    return _pdu(ASSOCIATE_RJ, bytes((0, *reason)))
+
+
+def release_rp() -> bytes:
+    """The A-RELEASE-RP."""
+    return _pdu(RELEASE_RP, bytes(4))
+
+
+def abort(reason: tuple[int, int] = ABORT_UNEXPECTED_PDU) -> bytes:
+    """An A-ABORT with (source, reason)."""
+    return _pdu(ABORT, bytes((0, 0, *reason)))
+
+
+def iter_pdvs(body: memoryview) -> Iterator[tuple[int, int, memoryview]]:
+    """The PDVs of a P-DATA-TF body: (context id, control header, fragment)."""
+    offset = 0
+    size = len(body)
+    while offset < size:
+        if offset + 6 > size:
+            raise PDUError("P-DATA-TF: truncated PDV header")
+        (length,) = struct.unpack_from(">I", body, offset)
+        if length < 2 or offset + 4 + length > size:
+            raise PDUError(f"P-DATA-TF: PDV length {length} does not fit its PDU")
+        yield body[offset + 4], body[offset + 5], body[offset + 6:offset + 4 + length]
+        offset += 4 + length
+
+
+def p_data_command(context_id: int, command: bytes) -> bytes:
+    """One P-DATA-TF carrying a whole (small) command set as its last fragment."""
+    pdv = struct.pack(">IBB", len(command) + 2, context_id, COMMAND_BIT | LAST_BIT) + command
+    return _pdu(P_DATA_TF, pdv)
