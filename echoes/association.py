@@ -18,6 +18,7 @@ Everything else (C-STORE) goes to the service (:class:`Service`).
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import struct
 import threading
@@ -86,18 +87,61 @@ class Settings:
 
 @dataclass
 class Association:
-    """One association's state, readable by the service."""
+    """One association's state, readable by the service, and its two ways to
+    talk while a request is being answered (:meth:`send`, :meth:`cancel_requested`).
+    """
 
     address: str
     port: int
+    sock: socket.socket | None = None
+    reader: PDUReader | None = None
     calling_ae: str = ""
     called_ae: str = ""
     peer_maximum_length: int = 0
     contexts: dict[int, pdu.ContextResult] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    cancelled: bool = False
+    #: Tallies for the closing log line (stored/refused/bytes; queries/responses).
     stored: int = 0
     refused: int = 0
     bytes: int = 0
+    queries: int = 0
+    responses: int = 0
+
+    def send(self, data: bytes) -> None:
+        """Write PDUs (e.g. Pending responses) before the final response."""
+        assert self.sock is not None
+        self.sock.sendall(data)
+
+    def cancel_requested(self) -> bool:
+        """Whether the peer sent a C-CANCEL since the request (never blocks).
+
+        Reads at most what is already waiting: a C-CANCEL-RQ is remembered;
+        an A-ABORT or a broken connection raises PeerGone; anything else
+        during an operation is a protocol error (PDUError).
+        """
+        sock, reader = self.sock, self.reader
+        if self.cancelled or sock is None or reader is None:
+            return self.cancelled
+        pending = getattr(sock, "pending", None)  # TLS: bytes already decrypted
+        if not (pending and pending()) and not select.select([sock], [], [], 0)[0]:
+            return False
+        kind, body = reader.read()
+        if kind == pdu.ABORT:
+            raise PeerGone("aborted by the peer during an operation")
+        if kind != pdu.P_DATA_TF:
+            raise pdu.PDUError(f"PDU type 0x{kind:02X} during an operation")
+        for _context, control, fragment in pdu.iter_pdvs(body):
+            if control != pdu.COMMAND_BIT | pdu.LAST_BIT:
+                raise pdu.PDUError("only a one-fragment C-CANCEL may arrive mid-operation")
+            try:
+                command = encoding.parse_command(bytes(fragment))
+            except ValueError as exc:
+                raise pdu.PDUError(f"command set: {exc}") from None
+            if encoding.command_us(command, encoding.COMMAND_FIELD) != C_CANCEL_RQ:
+                raise pdu.PDUError("a request other than C-CANCEL during an operation")
+            self.cancelled = True
+        return self.cancelled
 
 
 class Limiter:
@@ -163,8 +207,8 @@ class PDUReader:
 def serve(sock: socket.socket, address: tuple, service: Service, settings: Settings,
           limiter: Limiter) -> None:
     """Run one association on an accepted connection until it ends; never raises."""
-    association = Association(address[0], address[1])
     reader = PDUReader(sock)
+    association = Association(address[0], address[1], sock, reader)
     how = "dropped"
     counted = False
     try:
@@ -284,6 +328,7 @@ def _on_pdv(sock: socket.socket, association: Association, service: Service,
         if not control & pdu.COMMAND_BIT:
             raise pdu.PDUError("data set fragment without a command")
         message = _Message(context)
+        association.cancelled = False
     elif message.context.context_id != context_id:
         raise pdu.PDUError("PDV on another presentation context mid-message")
     if control & pdu.COMMAND_BIT:

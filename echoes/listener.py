@@ -1,10 +1,11 @@
-"""Serving a pynetdicom AE on a listening socket inherited from the supervisor.
+"""Serving a DICOM port on a listening socket inherited from the supervisor.
 
 The supervisor binds each DICOM port once and passes the listening socket to
 the worker processes (``--listen-fd``), so a port never closes while a worker
 restarts and several store workers can share one port.  This module is the
 thin shell every DICOM worker uses to serve on such a socket and to stop
-gracefully on SIGTERM.
+gracefully on SIGTERM.  Each accepted connection runs one association of
+:mod:`echoes.association` on its own thread.
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pynetdicom import AE, evt
-from pynetdicom.transport import ThreadedAssociationServer
-
+from echoes import association
 from echoes.config import Config
 
 log = logging.getLogger("echoes.listener")
@@ -55,8 +54,9 @@ def _quickack(sock: socket.socket) -> None:
 TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
 
 
-class SharedListenerMixin:
-    """Accept on the listening socket inherited from the supervisor.
+class AssociationServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    """Accepts on the listening socket inherited from the supervisor; each
+    connection runs one :mod:`echoes.association` on its own thread.
 
     Also enforces ``allowed_networks``: a peer from elsewhere gets, in its
     own thread, an A-ASSOCIATE-RJ (permanent, service user, no reason given)
@@ -65,18 +65,26 @@ class SharedListenerMixin:
     and (when configured) TLS.
     """
 
+    daemon_threads = True
+    block_on_close = False
     listen_fd: int = -1
     allowed_networks: tuple = ()
     role: str = ""
     read_timeout: float | None = None
     ssl_context: Any = None
+    service: Any = None
+    settings: Any = None
+
+    def __init__(self) -> None:
+        self.limiter = association.Limiter()
+        socketserver.TCPServer.__init__(self, ("", 0), _AssociationHandler)
 
     def finish_request(self, request, client_address) -> None:
         if self.allowed_networks and not _address_allowed(client_address[0],
                                                           self.allowed_networks):
             _refuse_connection(request, client_address, self.role)
             return
-        super().finish_request(request, client_address)  # type: ignore[misc]
+        super().finish_request(request, client_address)
 
     def server_bind(self) -> None:
         self.socket.close()  # type: ignore[has-type]
@@ -110,35 +118,14 @@ class SharedListenerMixin:
         self.socket.close()
 
 
-class SharedSocketServer(SharedListenerMixin, ThreadedAssociationServer):
-    """A pynetdicom association server on the inherited socket (the MWL port)."""
-
-
 class _AssociationHandler(socketserver.BaseRequestHandler):
     """Runs one association on its own thread (ThreadingMixIn)."""
 
     def handle(self) -> None:
-        from echoes import association
-
         server = self.server
         association.serve(self.request, self.client_address, server.service,  # type: ignore[attr-defined]
                           server.settings, server.limiter)  # type: ignore[attr-defined]
 
-
-class RawAcceptorServer(SharedListenerMixin, socketserver.ThreadingMixIn,
-                        socketserver.TCPServer):
-    """Our own upper layer (echoes.association) on the inherited socket (the store port)."""
-
-    daemon_threads = True
-    block_on_close = False
-    service: Any = None
-    settings: Any = None
-
-    def __init__(self) -> None:
-        from echoes import association
-
-        self.limiter = association.Limiter()
-        socketserver.TCPServer.__init__(self, ("", 0), _AssociationHandler)
 
     def shutdown_request(self, request) -> None:  # type: ignore[override]
         try:
@@ -153,78 +140,8 @@ class RawAcceptorServer(SharedListenerMixin, socketserver.ThreadingMixIn,
         return [None] * self.limiter.active
 
 
-def acceptor_ae(config: Config, role: str) -> AE:
-    """An AE for serving on the port of ``role``: our title, the configured
-    timeouts, association limit and access rules (SPEC: any called AE title
-    unless ``require_called_ae``).  The caller adds its contexts.
-
-    pynetdicom rejects a calling AE title not allowed with A-ASSOCIATE-RJ
-    (permanent, service user, reason 3) and a wrong called AE title with
-    reason 7; too many associations get a transient reject (reason 2).
-    """
-    ae = AE(ae_title=config.ae_title)
-    ae.maximum_associations = config.max_associations
-    ae.acse_timeout = config.acse_timeout
-    ae.dimse_timeout = config.dimse_timeout
-    ae.network_timeout = config.network_timeout
-    ae.require_called_aet = config.require_called_ae
-    ae.require_calling_aet = list(config.calling_aes_for(role))
-    return ae
-
-
-def rejection_logger(config: Config, role: str) -> Callable[[Any], None]:
-    """An EVT_REJECTED handler writing one line that says why."""
-    allowed = config.calling_aes_for(role)
-
-    def log_rejection(event: Any) -> None:
-        requestor = event.assoc.requestor
-        primitive = requestor.primitive
-        called = primitive.called_ae_title if primitive is not None else "?"
-        if allowed and requestor.ae_title not in allowed:
-            why = f"calling AE {requestor.ae_title!r} not in the allowed list"
-        elif config.require_called_ae and called != config.ae_title:
-            why = f"called AE {called!r} is not {config.ae_title!r}"
-        else:
-            why = f"more than max_associations ({config.max_associations}) at once"
-        log.warning("rejected association from %s (%s:%s) on the %s port: %s",
-                    requestor.ae_title, requestor.address, requestor.port, role, why)
-
-    return log_rejection
-
-
 #: A-ASSOCIATE-RJ: rejected-permanent, DICOM UL service-user, no reason given.
 REJECT_NO_REASON = bytes((0x03, 0x00, 0, 0, 0, 4, 0x00, 0x01, 0x01, 0x01))
-
-
-#: The largest PDU a peer may make a worker read into memory.  pynetdicom
-#: trusts the 4-byte PDU length and reads it whole (up to 4 GiB for one
-#: promise, before any AE title check); the store worker announces 256 KiB
-#: and an A-ASSOCIATE-RQ with 128 presentation contexts fits in 64 KiB.
-MAX_PDU_READ = 1 << 20
-
-
-def limit_pdu_reads() -> None:
-    """Refuse PDUs longer than MAX_PDU_READ (the connection is dropped).
-
-    The smallest patch that does it: pynetdicom's ``AssociationSocket.recv``
-    gets a length check; its callers already treat an OSError as a closed
-    connection (Evt17).
-    """
-    from pynetdicom.transport import AssociationSocket
-
-    if getattr(AssociationSocket.recv, "_echoes_limited", False):
-        return
-    original = AssociationSocket.recv
-
-    def recv(self, nr_bytes: int) -> bytearray:
-        if nr_bytes > MAX_PDU_READ:
-            log.warning("dropping a peer that announced a %d-byte PDU (limit %d)",
-                        nr_bytes, MAX_PDU_READ)
-            raise ConnectionError(f"PDU of {nr_bytes} bytes refused")
-        return original(self, nr_bytes)
-
-    recv._echoes_limited = True  # type: ignore[attr-defined]
-    AssociationSocket.recv = recv  # type: ignore[method-assign]
 
 
 def _address_allowed(address: str, networks: tuple) -> bool:
@@ -255,7 +172,6 @@ def _configure_server_class(cls: type, listen_fd: int, config: Config | None,
                             role: str) -> None:
     import ipaddress
 
-    limit_pdu_reads()
     cls.listen_fd = listen_fd
     if config is not None:
         cls.allowed_networks = tuple(ipaddress.ip_network(n) for n in config.allowed_networks)
@@ -263,7 +179,7 @@ def _configure_server_class(cls: type, listen_fd: int, config: Config | None,
         cls.read_timeout = config.network_timeout
 
 
-def serve_raw(
+def serve(
     service: Any,
     settings: Any,
     listen_fd: int,
@@ -271,44 +187,21 @@ def serve_raw(
     on_hangup: Callable[[], None] | None = None,
     config: Config | None = None,
     role: str = "",
-) -> RawAcceptorServer:
-    """Serve ``service`` with echoes' own upper layer until SIGTERM (see :func:`serve`)."""
-    from echoes import tls
+) -> AssociationServer:
+    """Serve ``service`` until SIGTERM/SIGINT, then let open associations finish.
 
-    _configure_server_class(RawAcceptorServer, listen_fd, config, role)
-    RawAcceptorServer.service = service
-    RawAcceptorServer.settings = settings
-    RawAcceptorServer.ssl_context = tls.server_context(config) if config else None
-    server = RawAcceptorServer()
-    _run_until_stopped(server, settings.ae_title, drain_seconds, None, 30.0, on_hangup)
-    return server
-
-
-def serve(
-    ae: AE,
-    handlers: list[tuple[Any, Callable[..., Any]]],
-    listen_fd: int,
-    drain_seconds: float,
-    tick: Callable[[], None] | None = None,
-    tick_seconds: float = 30.0,
-    on_hangup: Callable[[], None] | None = None,
-    config: Config | None = None,
-    role: str = "",
-) -> ThreadedAssociationServer:
-    """Serve a pynetdicom AE until SIGTERM/SIGINT, then let open associations finish.
-
-    ``tick`` runs every ``tick_seconds`` in the main thread; ``on_hangup``
-    runs on SIGHUP (which is otherwise ignored, so a reload signal from the
-    supervisor never kills a worker).  Returns the stopped server.
+    ``on_hangup`` runs on SIGHUP (which is otherwise ignored, so a reload
+    signal from the supervisor never kills a worker).  Returns the stopped
+    server.
     """
-    _configure_server_class(SharedSocketServer, listen_fd, config, role)
-    if config is not None:
-        handlers = [*handlers, (evt.EVT_REJECTED, rejection_logger(config, role))]
     from echoes import tls
 
-    server = ae.make_server(("", 0), evt_handlers=handlers, server_class=SharedSocketServer,
-                            ssl_context=tls.server_context(config) if config else None)
-    _run_until_stopped(server, ae.ae_title, drain_seconds, tick, tick_seconds, on_hangup)
+    _configure_server_class(AssociationServer, listen_fd, config, role)
+    AssociationServer.service = service
+    AssociationServer.settings = settings
+    AssociationServer.ssl_context = tls.server_context(config) if config else None
+    server = AssociationServer()
+    _run_until_stopped(server, settings.ae_title, drain_seconds, None, 30.0, on_hangup)
     return server
 
 
@@ -343,8 +236,7 @@ def _run_until_stopped(server: Any, ae_title: str, drain_seconds: float,
         if tick is not None:
             tick()
         next_tick = time.monotonic() + tick_seconds
-    # Stop accepting (pynetdicom's own shutdown() expects start_server()).
-    socketserver.BaseServer.shutdown(server)
+    server.shutdown()
     server.server_close()
     deadline = time.monotonic() + drain_seconds
     while server.active_associations and time.monotonic() < deadline:

@@ -18,28 +18,47 @@ who asked, which keys (not values), how many matched and how long it took.
 
 from __future__ import annotations
 
+import io
 import logging
 import struct
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pynetdicom import AE, evt
+from pynetdicom.dsutils import decode
 
-from echoes import encoding, listener, logs, sopclasses, worklist
+from echoes import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    association,
+    encoding,
+    listener,
+    logs,
+    pdu,
+    sopclasses,
+    worklist,
+)
 from echoes.config import Config
 from echoes.mwl_match import QueryKey, compile_query
 
 log = logging.getLogger("echoes.mwl")
 
 #: C-FIND statuses (PS3.4 C.4.1.1.4 and K.4.1.1.4).
+SUCCESS = 0x0000
 PENDING = 0xFF00
 CANCEL = 0xFE00
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 UNABLE_TO_PROCESS = 0xC001
+
+C_FIND_RQ = 0x0020
+
+#: How often (in responses) a long answer looks for a C-CANCEL.
+CANCEL_CHECK_EVERY = 16
+
+#: Largest PDU we announce: queries are small.
+RECEIVE_MAX_PDU = 65536
 
 UTF8 = "ISO_IR 192"
 SPECIFIC_CHARACTER_SET = 0x00080005
@@ -92,25 +111,22 @@ def response_tree(tree: dict[int, Any], asked_charset: bool) -> tuple[dict[int, 
 
 
 class PendingWriter:
-    """Writes Pending C-FIND responses straight to the association's socket.
+    """Writes Pending C-FIND responses to the association, a buffer at a time.
 
-    See ``encoding`` for why pynetdicom's own per-message path is bypassed.
-    Only Pending responses go this way, and only while pynetdicom is inside
-    our handler (it sends nothing else meanwhile); the final status is
-    yielded back to pynetdicom, so its state machine sees an ordinary
-    exchange.  Responses are buffered up to ``FLUSH_BYTES`` per write.
+    Responses are encoded by :mod:`echoes.encoding` (pynetdicom's per-message
+    path cost ~1.2 ms each: 10,000 items took 12.4 s) and buffered up to
+    ``FLUSH_BYTES`` per write.
     """
 
     FLUSH_BYTES = 1 << 16
 
-    def __init__(self, event: evt.Event) -> None:
-        context = event.context
-        self.syntax = str(context.transfer_syntax)
+    def __init__(self, association_: association.Association, context: pdu.ContextResult,
+                 sop_class: str, message_id: int) -> None:
+        self.association = association_
+        self.syntax = context.transfer_syntax
         self.context_id = context.context_id
-        self.max_pdu = event.assoc.requestor.maximum_length or 0
-        self.command = encoding.find_response_command(
-            str(event.request.AffectedSOPClassUID), event.request.MessageID, PENDING, True)
-        self.socket = event.assoc.dul.socket.socket
+        self.max_pdu = association_.peer_maximum_length
+        self.command = encoding.find_response_command(sop_class, message_id, PENDING, True)
         self.buffer: list[bytes] = []
         self.buffered = 0
 
@@ -129,65 +145,105 @@ class PendingWriter:
             data = b"".join(self.buffer)
             self.buffer.clear()
             self.buffered = 0
-            self.socket.sendall(data)
+            self.association.send(data)
+
+
+#: The largest C-FIND identifier we read (a query is a few hundred bytes).
+MAX_IDENTIFIER = 1 << 20
+
+
+class FindRequest:
+    """One C-FIND-RQ: its identifier arrives in fragments, then it is answered."""
+
+    def __init__(self, service: WorklistService, association_: association.Association,
+                 context: pdu.ContextResult, command: dict[int, bytes]) -> None:
+        self.service = service
+        self.association = association_
+        self.context = context
+        self.sop_class = encoding.command_uid(command, encoding.AFFECTED_SOP_CLASS)
+        self.message_id = encoding.command_us(command, encoding.MESSAGE_ID, 0)
+        self.identifier = bytearray()
+        self.too_long = False
+
+    def write(self, fragment: memoryview) -> None:
+        """Collect the identifier (bounded)."""
+        if len(self.identifier) + len(fragment) > MAX_IDENTIFIER:
+            self.too_long = True
+        else:
+            self.identifier += fragment
+
+    def discard(self) -> None:
+        """Nothing was stored; nothing to undo."""
+
+    def finish(self) -> tuple[int, str]:
+        """Answer: Pending responses now, the final status returned."""
+        return self.service.answer(self)
 
 
 class WorklistService:
-    """The C-FIND handler, bound to one ``WorklistDirectory``."""
+    """The MWL port's service (see association.Service), bound to one ``WorklistDirectory``."""
 
     def __init__(self, directory: worklist.WorklistDirectory) -> None:
         self.directory = directory
-        #: id(association) -> [queries, responses, started]
-        self.counts: dict[int, list] = {}
+        self.accepted = {
+            sopclasses.VERIFICATION: frozenset(sopclasses.UNCOMPRESSED),
+            sopclasses.MODALITY_WORKLIST_FIND: frozenset(sopclasses.UNCOMPRESSED),
+        }
 
-    def handle_closed(self, event: evt.Event) -> None:
-        """EVT_RELEASED / EVT_ABORTED: one log line per association."""
-        queries, responses, started = self.counts.pop(id(event.assoc), [0, 0, time.monotonic()])
-        requestor = event.assoc.requestor
+    def receiver(self, association_: association.Association, context: pdu.ContextResult,
+                 command: dict[int, bytes]) -> FindRequest | None:
+        """A C-FIND-RQ collector (None for anything else: answered "unrecognized")."""
+        if encoding.command_us(command, encoding.COMMAND_FIELD) != C_FIND_RQ:
+            return None
+        return FindRequest(self, association_, context, command)
+
+    def closed(self, association_: association.Association, how: str) -> None:
+        """One log line per association."""
         log.info("association from %s (%s:%s) to %s %s: %d queries, %d responses, %.2f s",
-                 requestor.ae_title, requestor.address, requestor.port,
-                 event.assoc.acceptor.ae_title,
-                 "released" if event.event is evt.EVT_RELEASED else "aborted",
-                 queries, responses, time.monotonic() - started)
+                 association_.calling_ae, association_.address, association_.port,
+                 association_.called_ae, how, association_.queries, association_.responses,
+                 time.monotonic() - association_.started)
 
-    def handle_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
-        """EVT_C_FIND: yield one Pending response per matching item."""
+    def answer(self, request: FindRequest) -> tuple[int, str]:
+        """Send one Pending response per matching item; return the final status."""
         started = time.monotonic()
-        caller = event.assoc.requestor.ae_title
-        counts = self.counts.setdefault(id(event.assoc), [0, 0, started])
-        counts[0] += 1
+        association_ = request.association
+        caller = association_.calling_ae
+        association_.queries += 1
+        if request.too_long:
+            log.warning("query from %s refused: identifier over %d bytes", caller,
+                        MAX_IDENTIFIER)
+            return IDENTIFIER_DOES_NOT_MATCH, "Identifier too long"
         try:
-            keys = query_keys(event.identifier)
+            syntax = request.context.transfer_syntax
+            identifier = decode(io.BytesIO(bytes(request.identifier)),
+                                syntax == encoding.IMPLICIT_VR_LITTLE_ENDIAN,
+                                syntax != encoding.EXPLICIT_VR_BIG_ENDIAN)
+            keys = query_keys(identifier)
             query = compile_query(keys)
         except Exception as exc:  # an identifier pydicom cannot decode
             log.warning("query from %s refused: cannot decode identifier: %s", caller, exc)
-            yield IDENTIFIER_DOES_NOT_MATCH, None
-            return
+            return IDENTIFIER_DOES_NOT_MATCH, "Cannot decode the identifier"
         vrs = query_vrs(keys)
         asked_charset = SPECIFIC_CHARACTER_SET in keys
-        writer = PendingWriter(event)
+        writer = PendingWriter(association_, request.context, request.sop_class,
+                               request.message_id)
         matched = 0
         outcome = "done"
-        try:
-            for item in self.directory.snapshot().matching(query):
-                if event.is_cancelled:
-                    outcome = "cancelled"
-                    break
-                tree, charset = response_tree(query.select(item.tree), asked_charset)
-                try:
-                    writer.pending(tree, vrs, charset)
-                except (ValueError, UnicodeError, struct.error) as exc:
-                    # One unencodable item must not end the query.
-                    log.error("worklist item %s cannot be sent: %s", item.name, exc)
-                    continue
-                matched += 1
-            writer.flush()
-        except OSError as exc:
-            log.warning("query from %s: connection lost after %d responses: %s",
-                        caller, matched, exc)
-            event.assoc.abort()
-            return
-        counts[1] += matched
+        for item in self.directory.snapshot().matching(query):
+            if matched % CANCEL_CHECK_EVERY == 0 and association_.cancel_requested():
+                outcome = "cancelled"
+                break
+            tree, charset = response_tree(query.select(item.tree), asked_charset)
+            try:
+                writer.pending(tree, vrs, charset)
+            except (ValueError, UnicodeError, struct.error) as exc:
+                # One unencodable item must not end the query.
+                log.error("worklist item %s cannot be sent: %s", item.name, exc)
+                continue
+            matched += 1
+        writer.flush()
+        association_.responses += matched
         log.info(
             "query from %s on %s: %d matched of %d, %s in %.3f s",
             caller,
@@ -197,20 +253,27 @@ class WorklistService:
             outcome,
             time.monotonic() - started,
         )
-        if outcome == "cancelled":
-            yield CANCEL, None
+        return (CANCEL, "") if outcome == "cancelled" else (SUCCESS, "")
 
 
 def _keyword(tag: int) -> str:
     return keyword_for_tag(tag) or f"{tag:08X}"
 
 
-def build_ae(config: Config) -> AE:
-    """The worklist AE: Verification and MWL FIND, uncompressed syntaxes."""
-    ae = listener.acceptor_ae(config, "mwl")
-    ae.add_supported_context(sopclasses.VERIFICATION, sopclasses.UNCOMPRESSED)
-    ae.add_supported_context(sopclasses.MODALITY_WORKLIST_FIND, sopclasses.UNCOMPRESSED)
-    return ae
+def settings(config: Config) -> association.Settings:
+    """The MWL port's association rules from the configuration."""
+    return association.Settings(
+        ae_title=config.ae_title,
+        acse_timeout=config.acse_timeout,
+        network_timeout=config.network_timeout,
+        maximum_length=RECEIVE_MAX_PDU,
+        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+        max_associations=config.max_associations,
+        allowed_calling_aes=frozenset(config.calling_aes_for("mwl")),
+        require_called_ae=config.require_called_ae,
+        role="mwl",
+    )
 
 
 def load_directory(config: Config) -> worklist.WorklistDirectory:
@@ -238,11 +301,8 @@ def run(config: Config, listen_fd: int) -> int:
         log.info("worklist re-read on SIGHUP: %d items", len(directory))
 
     try:
-        handlers = [(evt.EVT_C_FIND, service.handle_find),
-                    (evt.EVT_RELEASED, service.handle_closed),
-                    (evt.EVT_ABORTED, service.handle_closed)]
-        listener.serve(build_ae(config), handlers, listen_fd,
-                       config.dimse_timeout, on_hangup=reload, config=config, role="mwl")
+        listener.serve(service, settings(config), listen_fd, config.dimse_timeout,
+                           on_hangup=reload, config=config, role="mwl")
     finally:
         watcher.stop()
     return 0

@@ -33,15 +33,21 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from echoes import __version__, association, encoding, listener, logs, pdu, sopclasses, spool
+from echoes import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    association,
+    encoding,
+    listener,
+    logs,
+    pdu,
+    sopclasses,
+    spool,
+)
 from echoes.config import Config
 from echoes.validation import MalformedDataset, check_part10, uid_problem
 
 log = logging.getLogger("echoes.store")
-
-#: Our implementation identity in the File Meta of every object we write.
-IMPLEMENTATION_CLASS_UID = "2.25.166084470183616447221916451738052981187"
-IMPLEMENTATION_VERSION_NAME = f"ECHOES_{__version__}"[:16]
 
 #: Largest PDU we announce for receiving.  Bigger PDUs mean fewer reads per
 #: object; 256 KiB bounds what one PDU can make a worker hold in memory.
@@ -233,7 +239,7 @@ def run(config: Config, listen_fd: int) -> int:
     folder = layout.worker_tmp(os.getpid())
     folder.mkdir(parents=True, exist_ok=True)
     service = StoreService(config, layout, folder)
-    listener.serve_raw(service, settings(config), listen_fd, config.dimse_timeout,
+    listener.serve(service, settings(config), listen_fd, config.dimse_timeout,
                        on_hangup=lambda: logs.reload(config, "store") and None,
                        config=config, role="store")
     for leftover in folder.glob("*.part"):
