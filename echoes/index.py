@@ -1,47 +1,51 @@
 """The archive index: TinyDB, sharded per study, written only by the ingester.
 
-Why this shape.  TinyDB's JSON storage rewrites the whole file on every
-write, and every TinyDB write walks the whole table, so one big table gets
-slower with every object.  Here no file grows with the archive except the
-small study catalog:
+Why this shape.  Rewriting a whole TinyDB file per write, and TinyDB's own
+write path (every write converts the whole table twice), make a write cost
+O(table), so one big table, or one big study, gets slower with every object.
+Here no write costs more than its batch (``bench/index_scale.py`` measures
+it, for many studies and for one big one):
 
 * ``index_path`` (``var/index.json``) is the *catalog*: table ``studies``,
   one summary document per study (the fields ``echoes studies`` prints).
 * ``<index_path>.d/<StudyInstanceUID>.json`` is one *study shard*: tables
-  ``series`` and ``instances``.  Its size is bounded by the study, not the
-  archive.
+  ``series`` and ``instances``.
 
-The ingester hands over objects in batches (whatever arrived since the last
-batch): each touched shard is written once per batch.  The catalog is derived
-data (a summary of the shards), so it is written at most once a second while
-objects stream in and at once when the ingester goes idle, and it is rebuilt
-from the shards when the ingester starts; so the per-object cost stays flat
-as the archive grows (``bench/index_scale.py`` measures it) and a crash
-between two catalog writes loses nothing.  Every file is written to a temporary name, fsynced and
-renamed (:class:`AtomicJSONStorage`), so a reader in another process sees the
-previous or the next version, never a torn one, and a crash leaves either.
-Document ids are derived from UIDs (:func:`doc_id`), so writing the same SOP
-Instance UID again replaces its document instead of adding one.
+Every file is a TinyDB database in :class:`~echoes.journal.JournalStorage`:
+the TinyDB JSON plus a journal of changes beside it (``.jnl``), compacted
+when it has grown as big as the file.  A batch appends one line per touched
+shard (fsynced before :meth:`ArchiveIndex.apply` returns: the ingester moves
+files into the archive only after that) and one to the catalog.  Readers in
+any process (``read_studies``, ``read_study``, ``iter_instances``, or plain
+``TinyDB(path, storage=JournalStorage)``) see the state after some batch,
+never half of one.
+
+The writer keeps the shards it touched lately in memory, in TinyDB's raw
+layout, with running summaries (:mod:`echoes.tally`), so a batch is O(batch)
+work, not O(study).  It does not go through ``tinydb.Table`` for writes:
+``Table`` rebuilds the whole table on every insert or remove.  The catalog is
+derived data: it is not fsynced, and it is rebuilt from the shards whenever
+the writer starts, so a crash between a shard write and the catalog write
+loses nothing.  Document ids are derived from UIDs (:func:`doc_id`), so
+writing the same SOP Instance UID again replaces its document.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import time
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from tinydb import TinyDB
 from tinydb.middlewares import CachingMiddleware
-from tinydb.storages import Storage
-from tinydb.table import Document
 
-from echoes.spool import atomic_write_bytes
+from echoes.journal import JournalStorage
+from echoes.spool import fsync_dir
+from echoes.tally import StudyTally
 
 log = logging.getLogger("echoes.index")
 
@@ -49,45 +53,13 @@ STUDIES = "studies"
 SERIES = "series"
 INSTANCES = "instances"
 
-#: Study shards kept open (parsed) in the ingester between batches.
+#: Study shards kept in memory in the ingester between batches.
 OPEN_SHARDS = 64
-
-#: While objects stream in, the catalog is rewritten at most this often.
-CATALOG_FLUSH_SECONDS = 1.0
 
 
 def doc_id(uid: str) -> int:
     """A stable positive integer id for a UID (60 bits of SHA-1)."""
     return int(hashlib.sha1(uid.encode("ascii", "replace")).hexdigest()[:15], 16)
-
-
-class AtomicJSONStorage(Storage):
-    """TinyDB storage that replaces its file atomically (write, fsync, rename)."""
-
-    def __init__(self, path: str | Path, durable: bool = True, **_kwargs) -> None:
-        self.path = Path(path)
-        self.durable = durable
-
-    def read(self) -> dict | None:
-        try:
-            with open(self.path, "rb") as handle:
-                data = handle.read()
-        except FileNotFoundError:
-            return None
-        return json.loads(data) if data else None
-
-    def write(self, data: dict) -> None:
-        encoded = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-        atomic_write_bytes(self.path, encoded.encode("utf-8"), durable=self.durable)
-
-    def close(self) -> None:
-        """Nothing held open between writes."""
-
-
-class _WriteBehind(CachingMiddleware):
-    """CachingMiddleware that writes only when :meth:`flush` is called."""
-
-    WRITE_CACHE_SIZE = 2**62
 
 
 @dataclass(frozen=True)
@@ -119,14 +91,6 @@ class InstanceRecord:
     calling_ae: str = ""
 
 
-PATIENT_STUDY_FIELDS = (
-    "StudyInstanceUID", "PatientID", "PatientName", "PatientBirthDate", "PatientSex",
-    "StudyDate", "StudyTime", "StudyDescription", "AccessionNumber",
-    "ReferringPhysicianName", "StudyID",
-)
-SERIES_FIELDS = ("SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription")
-
-
 def shard_dir(index_path: Path) -> Path:
     """Folder of the per-study shards, beside the catalog."""
     return index_path.with_name(index_path.name + ".d")
@@ -137,32 +101,76 @@ def shard_path(index_path: Path, study_uid: str) -> Path:
     return shard_dir(index_path) / f"{study_uid}.json"
 
 
-def summarize_study(instances: Iterable[dict]) -> tuple[dict, list[dict]]:
-    """Study summary and series documents, derived from a study's instances."""
-    latest: dict | None = None
-    series: dict[str, dict] = {}
-    size = 0
-    for doc in instances:
-        if latest is None or doc["received"] >= latest["received"]:
-            latest = doc
-        size += doc["size"]
-        entry = series.setdefault(
-            doc["SeriesInstanceUID"],
-            {**{key: doc[key] for key in SERIES_FIELDS}, "NumberOfSeriesRelatedInstances": 0},
-        )
-        entry["NumberOfSeriesRelatedInstances"] += 1
-    if latest is None:
-        raise ValueError("a study without instances has no summary")
-    count = sum(s["NumberOfSeriesRelatedInstances"] for s in series.values())
-    study = {key: latest[key] for key in PATIENT_STUDY_FIELDS}
-    study.update(
-        ModalitiesInStudy=sorted({s["Modality"] for s in series.values() if s["Modality"]}),
-        NumberOfSeries=len(series),
-        NumberOfInstances=count,
-        size=size,
-        updated=latest["received"],
-    )
-    return study, list(series.values())
+def _shard_files(index_path: Path) -> Iterator[tuple[str, Path]]:
+    """(StudyInstanceUID, shard path) of every study shard, in name order."""
+    folder = shard_dir(index_path)
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.name.endswith(".json") and not entry.name.startswith("."):
+            yield entry.name[: -len(".json")], Path(entry.path)
+
+
+class _Shard:
+    """One study's shard as the writer holds it: data, running summary, storage."""
+
+    def __init__(self, path: Path) -> None:
+        self.storage = JournalStorage(path)
+        self.data: dict[str, dict] = self.storage.load() or {}
+        self.instances = self.data.setdefault(INSTANCES, {})
+        self.series = self.data.setdefault(SERIES, {})
+        self.tally = StudyTally(self.instances.values())
+        self._changed: dict[str, dict | None] = {}
+        self._touched_series: set[str] = set()
+
+    def get(self, key: str) -> dict | None:
+        return self.instances.get(key)
+
+    def put(self, key: str, doc: dict) -> dict | None:
+        """Store ``doc`` under ``key``; return the document it replaced."""
+        previous = self.discard(key)
+        self.instances[key] = doc
+        self.tally.add(doc)
+        self._changed[key] = doc
+        self._touched_series.add(doc["SeriesInstanceUID"])
+        return previous
+
+    def discard(self, key: str) -> dict | None:
+        """Remove the document under ``key``; return it."""
+        previous = self.instances.pop(key, None)
+        if previous is not None:
+            self.tally.discard(previous)
+            self._changed[key] = None
+            self._touched_series.add(previous["SeriesInstanceUID"])
+        return previous
+
+    def commit(self) -> dict | None:
+        """Write this batch's changes durably; return the study summary (None: empty)."""
+        summary = self.tally.summary(self.instances)
+        if summary is None:
+            return None
+        series_changes: dict[str, dict | None] = {}
+        for uid in self._touched_series:
+            key = str(doc_id(uid))
+            doc = self.tally.series_doc(uid, self.instances)
+            series_changes[key] = doc
+            if doc is None:
+                self.series.pop(key, None)
+            else:
+                self.series[key] = doc
+        if self._changed:
+            self.storage.commit(self.data, {INSTANCES: self._changed, SERIES: series_changes})
+        self._changed, self._touched_series = {}, set()
+        return summary
+
+    def remove_files(self) -> None:
+        self.storage.remove()
+        fsync_dir(self.storage.path.parent)
+
+    def close(self) -> None:
+        self.storage.close()
 
 
 class ArchiveIndex:
@@ -171,47 +179,39 @@ class ArchiveIndex:
     def __init__(self, index_path: Path) -> None:
         self.index_path = index_path
         shard_dir(index_path).mkdir(parents=True, exist_ok=True)
-        self.catalog = TinyDB(index_path, storage=_WriteBehind(AtomicJSONStorage))
-        self._shards: OrderedDict[str, TinyDB] = OrderedDict()
+        self._catalog = JournalStorage(index_path, durable=False)
+        self._studies: dict[str, dict] = {}
+        self._shards: OrderedDict[str, _Shard] = OrderedDict()
         self._locations: dict[str, str] = {}
-        self._catalog_flushed = 0.0
+        self._stale = False  # a batch failed: memory may disagree with the disk
         self._rebuild_from_shards()
 
     def _rebuild_from_shards(self) -> None:
-        """Load SOP locations and make the catalog agree with the shards."""
-        studies = self.catalog.table(STUDIES)
-        present = set()
-        summaries: dict[int, dict | None] = {}
-        for entry in os.scandir(shard_dir(self.index_path)):
-            if entry.name.startswith(".") or not entry.name.endswith(".json"):
-                continue
-            study_uid = entry.name[: -len(".json")]
-            present.add(doc_id(study_uid))
-            instances = _read_only(Path(entry.path)).table(INSTANCES).all()
-            for instance in instances:
+        """Load SOP locations and write the catalog afresh from the shards."""
+        for shard in self._shards.values():
+            shard.close()
+        self._shards.clear()
+        self._locations.clear()
+        self._studies.clear()
+        _remove_leftovers(shard_dir(self.index_path))
+        for study_uid, path in _shard_files(self.index_path):
+            instances = (JournalStorage(path).read() or {}).get(INSTANCES, {})
+            for instance in instances.values():
                 self._locations[instance["SOPInstanceUID"]] = study_uid
-            if instances:
-                summaries[doc_id(study_uid)] = summarize_study(instances)[0]
-        self._update_catalog(summaries)
-        orphans = [doc.doc_id for doc in studies.all() if doc.doc_id not in present]
-        if orphans:
-            studies.remove(doc_ids=orphans)
-        self.flush_catalog()
+            summary = StudyTally(instances.values()).summary(instances)
+            if summary is not None:
+                self._studies[str(doc_id(study_uid))] = summary
+        self._catalog.write({STUDIES: self._studies})
+        self._stale = False
 
-    def flush_catalog(self) -> None:
-        """Write the catalog now (the ingester calls this when it goes idle)."""
-        self.catalog.storage.flush()
-        self._catalog_flushed = time.monotonic()
-
-    def _shard(self, study_uid: str) -> TinyDB:
-        shard = self._shards.pop(study_uid, None)
+    def _shard(self, study_uid: str, touched: dict[str, _Shard]) -> _Shard:
+        """The study's shard, loaded if needed, and noted as touched by this batch."""
+        shard = touched.get(study_uid)
         if shard is None:
-            shard = TinyDB(shard_path(self.index_path, study_uid),
-                           storage=_WriteBehind(AtomicJSONStorage))
-        self._shards[study_uid] = shard
-        while len(self._shards) > OPEN_SHARDS:
-            _uid, oldest = self._shards.popitem(last=False)
-            oldest.close()
+            shard = self._shards.pop(study_uid, None)
+            if shard is None:
+                shard = _Shard(shard_path(self.index_path, study_uid))
+            self._shards[study_uid] = touched[study_uid] = shard
         return shard
 
     def location(self, sop_uid: str) -> str | None:
@@ -220,115 +220,123 @@ class ArchiveIndex:
 
     def instance(self, study_uid: str, sop_uid: str) -> dict | None:
         """The current document of one instance."""
-        doc = self._shard(study_uid).table(INSTANCES).get(doc_id=doc_id(sop_uid))
+        doc = self._shard(study_uid, {}).get(str(doc_id(sop_uid)))
+        self._trim()
         return dict(doc) if doc is not None else None
 
     def apply(self, records: list[InstanceRecord]) -> list[dict]:
-        """Write a batch; return earlier documents whose file is no longer used.
+        """Write a batch durably; return earlier documents whose file is no longer used.
 
         Later records for the same SOP Instance UID win.  A returned document
         is an earlier copy stored under another path (the object was re-sent
         under a new study or series): the caller deletes that file.
         """
         latest: dict[str, InstanceRecord] = {r.SOPInstanceUID: r for r in records}
-        by_study: dict[str, list[InstanceRecord]] = defaultdict(list)
-        moved_away: dict[str, list[int]] = defaultdict(list)
         replaced: list[dict] = []
-        for record in latest.values():
-            by_study[record.StudyInstanceUID].append(record)
-            previous_study = self._locations.get(record.SOPInstanceUID)
-            if previous_study is None:
-                continue
-            previous = self.instance(previous_study, record.SOPInstanceUID)
-            if previous is not None and previous["path"] != record.path:
-                replaced.append(previous)
-            if previous_study != record.StudyInstanceUID:
-                moved_away[previous_study].append(doc_id(record.SOPInstanceUID))
-
-        for study_uid, ids in moved_away.items():
-            instances = self._shard(study_uid).table(INSTANCES)
-            instances.remove(doc_ids=[i for i in ids if instances.contains(doc_id=i)])
-        for study_uid, study_records in by_study.items():
-            instances = self._shard(study_uid).table(INSTANCES)
-            ids = [doc_id(r.SOPInstanceUID) for r in study_records]
-            present = [i for i in ids if instances.contains(doc_id=i)]
-            if present:
-                instances.remove(doc_ids=present)
-            instances.insert_multiple(
-                Document(asdict(r), doc_id=i) for r, i in zip(study_records, ids, strict=True)
-            )
-            for record in study_records:
-                self._locations[record.SOPInstanceUID] = study_uid
-
-        summaries = {}
-        for study_uid in set(by_study) | set(moved_away):
-            summaries[doc_id(study_uid)] = self._write_study(study_uid)
-        self._update_catalog(summaries)
-        if time.monotonic() - self._catalog_flushed >= CATALOG_FLUSH_SECONDS:
-            self.flush_catalog()
+        with self._batch() as touched:
+            for sop_uid, record in latest.items():
+                key = str(doc_id(sop_uid))
+                study_uid = record.StudyInstanceUID
+                previous = None
+                previous_study = self._locations.get(sop_uid)
+                if previous_study is not None and previous_study != study_uid:
+                    previous = self._shard(previous_study, touched).discard(key)
+                doc = record.__dict__.copy()  # asdict() deep-copies: 10x slower
+                previous = self._shard(study_uid, touched).put(key, doc) or previous
+                if previous is not None and previous["path"] != record.path:
+                    replaced.append(dict(previous))
+                self._locations[sop_uid] = study_uid
         return replaced
 
     def remove(self, sop_uids: Iterable[str]) -> int:
         """Forget instances (reindex: records whose file is gone); return how many."""
-        by_study: dict[str, list[int]] = defaultdict(list)
-        for sop_uid in sop_uids:
-            study_uid = self._locations.pop(sop_uid, None)
-            if study_uid is not None:
-                by_study[study_uid].append(doc_id(sop_uid))
-        for study_uid, ids in by_study.items():
-            instances = self._shard(study_uid).table(INSTANCES)
-            instances.remove(doc_ids=[i for i in ids if instances.contains(doc_id=i)])
-        self._update_catalog({doc_id(study): self._write_study(study) for study in by_study})
-        self.flush_catalog()
-        return sum(len(ids) for ids in by_study.values())
+        removed = 0
+        with self._batch() as touched:
+            for sop_uid in sop_uids:
+                study_uid = self._locations.pop(sop_uid, None)
+                if study_uid is not None:
+                    self._shard(study_uid, touched).discard(str(doc_id(sop_uid)))
+                    removed += 1
+        return removed
 
-    def _update_catalog(self, summaries: dict[int, dict | None]) -> None:
-        """Replace catalog documents in two table passes (None removes a study).
+    def _batch(self) -> _Batch:
+        if self._stale:
+            self._rebuild_from_shards()
+        return _Batch(self)
 
-        One TinyDB write walks the whole table, so the batch's studies are
-        written together, never one upsert per study.
-        """
-        studies = self.catalog.table(STUDIES)
-        present = [i for i in summaries if studies.contains(doc_id=i)]
-        if present:
-            studies.remove(doc_ids=present)
-        studies.insert_multiple(
-            Document(summary, doc_id=i) for i, summary in summaries.items() if summary
-        )
+    def _commit(self, touched: dict[str, _Shard]) -> None:
+        """Shards first (fsynced), then the catalog, then forget shards over the limit."""
+        changes: dict[str, dict | None] = {}
+        for study_uid, shard in touched.items():
+            summary = shard.commit()
+            key = str(doc_id(study_uid))
+            if summary is None:
+                self._shards.pop(study_uid, None)
+                shard.remove_files()
+                self._studies.pop(key, None)
+            else:
+                self._studies[key] = summary
+            changes[key] = summary
+        if changes:
+            self._catalog.commit({STUDIES: self._studies}, {STUDIES: changes})
+        self._trim()
 
-    def _write_study(self, study_uid: str) -> dict | None:
-        """Derive a study's series and summary from its instances; flush its shard."""
-        shard = self._shard(study_uid)
-        instances = shard.table(INSTANCES).all()
-        if not instances:
-            self._drop_shard(study_uid)
-            return None
-        summary, series_docs = summarize_study(instances)
-        series_table = shard.table(SERIES)
-        series_table.truncate()
-        series_table.insert_multiple(
-            Document(s, doc_id=doc_id(s["SeriesInstanceUID"])) for s in series_docs
-        )
-        shard.storage.flush()
-        return summary
-
-    def _drop_shard(self, study_uid: str) -> None:
-        self._shards.pop(study_uid, None)  # dropped unflushed: nothing left to keep
-        shard_path(self.index_path, study_uid).unlink(missing_ok=True)
+    def _trim(self) -> None:
+        while len(self._shards) > OPEN_SHARDS:
+            _uid, oldest = self._shards.popitem(last=False)
+            oldest.close()
 
     def close(self) -> None:
-        """Flush and close every open file."""
+        """Release every open file."""
         for shard in self._shards.values():
             shard.close()
         self._shards.clear()
-        self.catalog.close()
+        self._catalog.close()
 
 
-# --- readers: any process, any time, never a torn file -----------------------
+class _Batch:
+    """Commits the shards a batch touched; after a failure, reload from disk.
+
+    The in-memory shards already hold the failed batch's changes, and a
+    journal only records what it is given, so the next batch starts again
+    from what is on disk (the ingester retries the files, which are still in
+    the spool).
+    """
+
+    def __init__(self, index: ArchiveIndex) -> None:
+        self.index = index
+        self.touched: dict[str, _Shard] = {}
+
+    def __enter__(self) -> dict[str, _Shard]:
+        return self.touched
+
+    def __exit__(self, kind, _value, _traceback) -> None:
+        if kind is None:
+            try:
+                self.index._commit(self.touched)
+                return
+            except BaseException:
+                self.index._stale = True
+                raise
+        self.index._stale = True
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Temporary files of a killed writer, and journals whose shard is gone."""
+    for entry in os.scandir(folder):
+        name = entry.name
+        if name.startswith(".") and name.endswith(".tmp"):
+            os.unlink(entry.path)
+        elif name.endswith(".jnl") and not os.path.exists(entry.path[: -len(".jnl")]):
+            os.unlink(entry.path)
+
+
+# --- readers: any process, any time, the state after some whole batch -------
 
 
 def _read_only(path: Path) -> TinyDB:
-    return TinyDB(path, storage=AtomicJSONStorage, create_dirs=False)
+    """A TinyDB that reads ``path`` (file and journal) once, however many tables."""
+    return TinyDB(path, storage=CachingMiddleware(JournalStorage))
 
 
 def read_studies(index_path: Path) -> list[dict]:
@@ -359,10 +367,6 @@ def read_study(index_path: Path, study_uid: str) -> dict | None:
 
 def iter_instances(index_path: Path) -> Iterator[dict]:
     """Every instance record, study shard by study shard (read-only)."""
-    folder = shard_dir(index_path)
-    if not folder.exists():
-        return
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.name.startswith(".") or not entry.name.endswith(".json"):
-            continue
-        yield from (dict(doc) for doc in _read_only(Path(entry.path)).table(INSTANCES).all())
+    for _study_uid, path in _shard_files(index_path):
+        data = JournalStorage(path).read() or {}
+        yield from (dict(doc) for doc in data.get(INSTANCES, {}).values())

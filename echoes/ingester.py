@@ -171,7 +171,6 @@ class Ingester:
             if not pending:
                 break
             total += self.ingest_batch(pending)
-        self.index.flush_catalog()
         return total
 
 

@@ -129,7 +129,6 @@ def rebuild(config: Config, archive_index: index.ArchiveIndex) -> dict[str, int]
              if doc["SOPInstanceUID"] not in present
              or not (config.archive_dir / doc["path"]).exists()]
     counts["records removed"] = archive_index.remove(stale)
-    archive_index.flush_catalog()
     return counts
 
 

@@ -1,10 +1,16 @@
 """The sharded TinyDB index: idempotent writes, moves between studies, readers."""
 
 import json
+import random
 from dataclasses import replace
 
+import pytest
+
 from echoes import index
+from echoes import journal as journal_module
 from echoes.index import ArchiveIndex, InstanceRecord
+from echoes.journal import journal_path
+from echoes.tally import summarize_study
 
 
 def record(sop: str, study: str = "1.2.3", series: str = "1.2.3.1", **kw) -> InstanceRecord:
@@ -72,19 +78,97 @@ def test_reader_of_missing_index():
     assert index.read_studies(Path("/nonexistent/index.json")) == []
 
 
-def test_catalog_rebuilt_from_shards_after_a_crash(tmp_path):
+def test_catalog_rebuilt_from_shards_after_a_crash(tmp_path, monkeypatch):
     path = tmp_path / "index.json"
     db = ArchiveIndex(path)
-    db.flush_catalog()
-    db._catalog_flushed = float("inf")  # as if killed before the next catalog write
-    from echoes import index as index_module
 
-    saved = index_module.CATALOG_FLUSH_SECONDS
-    index_module.CATALOG_FLUSH_SECONDS = float("inf")
-    try:
+    def killed(*_args):
+        raise KeyboardInterrupt("killed between the shard writes and the catalog write")
+
+    monkeypatch.setattr(db._catalog, "commit", killed)
+    with pytest.raises(KeyboardInterrupt):
         db.apply([record("1.1"), record("1.2", study="7.7", series="7.7.1")])
-    finally:
-        index_module.CATALOG_FLUSH_SECONDS = saved
     assert index.read_studies(path) == []  # catalog not yet written; shards are
     ArchiveIndex(path).close()  # the restarted ingester
     assert {s["StudyInstanceUID"] for s in index.read_studies(path)} == {"1.2.3", "7.7"}
+
+
+def test_a_batch_writes_its_records_not_the_study(tmp_path):
+    """One big study: each batch appends to the shard's journal; the file stays."""
+    path = tmp_path / "index.json"
+    db = ArchiveIndex(path)
+    db.apply([record(f"1.{n}") for n in range(300)])
+    shard = index.shard_path(path, "1.2.3")
+    base = shard.read_bytes()
+    journal = journal_path(shard)
+    for n in range(300, 310):
+        size = journal.stat().st_size if journal.exists() else 0
+        db.apply([record(f"1.{n}")])
+        assert journal.stat().st_size - size < 1000
+    assert shard.read_bytes() == base
+    detail = index.read_study(path, "1.2.3")
+    assert len(detail["instances"]) == 310
+    assert detail["series"][0]["NumberOfSeriesRelatedInstances"] == 310
+    assert index.read_studies(path)[0]["NumberOfInstances"] == 310
+    db.close()
+
+
+def test_running_summaries_match_a_full_recount(tmp_path, monkeypatch):
+    """Random sends, re-sends, moves between series and studies, and removals."""
+    monkeypatch.setattr(journal_module, "COMPACT_MIN_BYTES", 3000)
+    path = tmp_path / "index.json"
+    db = ArchiveIndex(path)
+    rng = random.Random(7)
+    studies = ["5.1", "5.2", "5.3"]
+    clock = 0
+    for _round in range(60):
+        batch = []
+        for _ in range(rng.randint(1, 8)):
+            clock += 1
+            study = rng.choice(studies)
+            series = f"{study}.{rng.randint(1, 3)}"
+            batch.append(record(
+                f"9.{rng.randint(1, 40)}", study=study, series=series,
+                Modality=rng.choice(["CT", "MR", ""]), PatientName=f"P^{clock}",
+                size=rng.randint(1, 100), received=f"2026-11-29T10:00:{clock:05d}"))
+        db.apply(batch)
+        if rng.random() < 0.2:
+            db.remove([f"9.{rng.randint(1, 40)}" for _ in range(3)])
+        if rng.random() < 0.1:
+            db.close()
+            db = ArchiveIndex(path)
+    db.close()
+    catalog = {s["StudyInstanceUID"]: s for s in index.read_studies(path)}
+    for study in studies:
+        detail = index.read_study(path, study)
+        if detail is None:
+            assert study not in catalog
+            continue
+        expected, series = summarize_study(detail["instances"])
+        assert catalog[study] == expected
+        assert sorted(detail["series"], key=str) == sorted(series, key=str)
+    assert sum(s["NumberOfInstances"] for s in catalog.values()) == len(
+        list(index.iter_instances(path)))
+
+
+def test_failed_batch_is_retried_from_what_is_on_disk(tmp_path, monkeypatch):
+    path = tmp_path / "index.json"
+    db = ArchiveIndex(path)
+    db.apply([record("1.1", study="8.1", series="8.1.1")])
+    db.apply([record("1.2", study="8.1", series="8.1.1")])  # 8.1 has a journal now
+
+    def disk_full(_fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(journal_module.os, "fdatasync", disk_full)
+    moved = record("1.1", study="8.2", series="8.2.1")
+    with pytest.raises(OSError):
+        db.apply([moved, record("1.5", study="8.1", series="8.1.1")])
+    monkeypatch.undo()
+    replaced = db.apply([moved, record("1.5", study="8.1", series="8.1.1")])
+    assert [r["path"] for r in replaced] == ["8.1/8.1.1/1.1.dcm"]
+    db.close()
+    found = {i["SOPInstanceUID"]: i["StudyInstanceUID"] for i in index.iter_instances(path)}
+    assert found == {"1.1": "8.2", "1.2": "8.1", "1.5": "8.1"}
+    assert {s["StudyInstanceUID"]: s["NumberOfInstances"]
+            for s in index.read_studies(path)} == {"8.1": 2, "8.2": 1}

@@ -1,0 +1,392 @@
+"""A TinyDB storage that appends each write's changes to a journal.
+
+Why.  TinyDB's JSON storage (and the atomic variant the index used before)
+serialises the whole database on every write, so a study shard of n instances
+cost O(n) bytes of JSON per ingester batch and one big study was quadratic to
+ingest (profiled: JSON encoding was the ingester's largest cost).  Here a
+write that knows what changed appends only that, as one JSON line, to a
+journal beside the TinyDB file; when the journal has grown as big as the file
+(or :data:`COMPACT_MIN_BYTES`) the two are compacted into a new file.  A batch
+then costs bytes in proportion to the batch, and compaction, happening at
+doubling sizes, costs O(1) per document amortised.
+
+Files (``path`` is the TinyDB file, e.g. ``<study>.json``)::
+
+    <path>      {"_generation": G, "<table>": {"<doc id>": {...}}, ...}
+                the whole data at the last compaction, replaced atomically
+    <path>.jnl  line 1: {"_generation": G}
+                then one line per write: [crc32, {"<table>": {"<doc id>": doc | null}}]
+                (null removes the document)
+
+Readers in any process (:meth:`JournalStorage.read`, so any ``TinyDB(path,
+storage=JournalStorage)``) read the file, then replay the journal lines of
+the same generation, up to the first line that is not whole (no newline yet,
+or a checksum that does not match: a write in progress or torn by a crash).
+So a reader sees the data as it was after some write, never half of one.
+
+Compaction writes the new file with generation G+1 first (temporary name,
+fsync, rename) and leaves the old journal in place: a reader that holds the
+old file finds the old journal whole; one that reads the new file sees a
+journal of an older generation and ignores it (the file holds all of it).
+The next append replaces the old journal by a new one (again by rename), so a
+reader that finds a journal *newer* than its file read the file just before
+it was replaced, and reads again.  The writer (one process) repairs a torn
+tail when it loads the files, before appending again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tinydb.storages import Storage
+
+from echoes.spool import fsync_dir
+
+GENERATION = "_generation"
+
+#: Compact when the journal would exceed the file's size, or this, if larger.
+COMPACT_MIN_BYTES = 64 * 1024
+
+#: A reader that keeps meeting a journal newer than its file settles for the file.
+READ_ATTEMPTS = 8
+
+Changes = dict[str, dict[str, Any]]
+
+_PEEK = re.compile(rb'\{"' + GENERATION.encode() + rb'":(\d+)')
+
+
+def journal_path(path: Path) -> Path:
+    """The journal of the TinyDB file ``path`` (never a name that ends in .json)."""
+    return path.with_name(path.name + ".jnl")
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def encode(obj: object) -> bytes:
+    """Compact UTF-8 JSON, the form of every file and line here."""
+    return _ENCODER.encode(obj).encode("utf-8")
+
+
+def _entry(key: str, document: object) -> bytes:
+    """``"key":document`` as it stands inside a table's JSON object."""
+    return encode(key) + b":" + encode(document)
+
+
+def _tables(tables: dict[str, Iterable[bytes]], head: bytes = b"") -> list[bytes]:
+    """A JSON object of tables from their encoded entries, as chunks to write.
+
+    ``head``: leading members.  Chunks, not one bytes object: a big shard's
+    entries are joined once and written, never copied again.
+    """
+    chunks = [b"{" + head]
+    for table, entries in tables.items():
+        if len(chunks) > 1 or head:
+            chunks.append(b",")
+        chunks += [encode(table), b":{", b",".join(entries), b"}"]
+    chunks.append(b"}")
+    return chunks
+
+
+def _write_atomic(path: Path, chunks: list[bytes], durable: bool) -> None:
+    """Replace ``path`` by the chunks (temporary name, fsync, rename, fsync folder)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.writelines(chunks)
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    if durable:
+        fsync_dir(path.parent)
+
+
+def encode_line(changes: Changes) -> bytes:
+    """One journal line: the changes and a checksum of their JSON."""
+    return _line(encode(changes))
+
+
+def _line(payload: bytes) -> bytes:
+    return b"[%d,%s]\n" % (zlib.crc32(payload), payload)
+
+
+def decode_line(line: bytes) -> Changes | None:
+    """The changes of a whole line, or None if the line is torn or damaged."""
+    comma = line.find(b",")
+    if not line.startswith(b"[") or not line.endswith(b"]") or comma < 0:
+        return None
+    payload = line[comma + 1 : -1]
+    try:
+        if int(line[1:comma]) != zlib.crc32(payload):
+            return None
+        changes = json.loads(payload)
+    except ValueError:
+        return None
+    return changes if isinstance(changes, dict) else None
+
+
+def apply_changes(data: dict, changes: Changes) -> None:
+    """Replay one journal line onto TinyDB data (``None`` removes a document)."""
+    for table, documents in changes.items():
+        target = data.setdefault(table, {})
+        for key, document in documents.items():
+            if document is None:
+                target.pop(key, None)
+            else:
+                target[key] = document
+
+
+def _header(generation: int) -> bytes:
+    return encode({GENERATION: generation}) + b"\n"
+
+
+def _parse_header(line: bytes) -> int | None:
+    try:
+        header = json.loads(line)
+    except ValueError:
+        return None
+    value = header.get(GENERATION) if isinstance(header, dict) else None
+    return value if isinstance(value, int) else None
+
+
+def _read_base(path: Path) -> tuple[dict, int, int, tuple[int, int]] | None:
+    """(data, generation, size, identity) of the TinyDB file, None if there is none."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+            stat = os.fstat(handle.fileno())
+    except FileNotFoundError:
+        return None
+    data = json.loads(raw) if raw else {}
+    generation = data.pop(GENERATION, 0)
+    return data, generation, len(raw), (stat.st_ino, stat.st_mtime_ns)
+
+
+def _replay(data: dict, raw: bytes) -> int:
+    """Apply the whole lines after the header; return the length of the good part."""
+    good = raw.index(b"\n") + 1
+    while True:
+        end = raw.find(b"\n", good)
+        if end < 0:
+            return good
+        changes = decode_line(raw[good:end])
+        if changes is None:
+            return good
+        apply_changes(data, changes)
+        good = end + 1
+
+
+def _base_changed(path: Path, identity: tuple[int, int]) -> bool:
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return True
+    return (stat.st_ino, stat.st_mtime_ns) != identity
+
+
+class JournalStorage(Storage):
+    """TinyDB storage: whole file plus an append-only journal of changes.
+
+    For readers it is an ordinary TinyDB storage.  The one writer calls
+    :meth:`load` once, then :meth:`commit` with the whole data and what
+    changed; TinyDB's own :meth:`write` (whole data only) compacts.
+    """
+
+    def __init__(self, path: str | Path, durable: bool = True, **_kwargs: Any) -> None:
+        self.path = Path(path)
+        self.journal = journal_path(self.path)
+        self.durable = durable
+        self.generation: int | None = None  # of the file on disk; known once loaded
+        self._highest = 0  # highest generation seen on disk (a new file goes above)
+        self.base_bytes = 0
+        self.journal_bytes = 0
+        self._journal_current = False  # the journal on disk is of our generation
+        self._fd: int | None = None
+        # The writer's encoded documents (``"key":{...}``), per table: compaction
+        # joins them instead of encoding the whole data again.
+        self._encoded: dict[str, dict[str, bytes]] = {}
+
+    # -- reading (any process) ------------------------------------------------
+
+    def read(self) -> dict | None:
+        """The data after the last whole write (None when there is no file)."""
+        for _attempt in range(READ_ATTEMPTS):
+            base = _read_base(self.path)
+            if base is None:
+                return None
+            data, generation, _size, identity = base
+            try:
+                with open(self.journal, "rb") as handle:
+                    header = handle.readline()
+                    journal_generation = _parse_header(header)
+                    if journal_generation == generation:
+                        _replay(data, header + handle.read())
+                        return data
+            except FileNotFoundError:
+                return data
+            if journal_generation is not None and journal_generation < generation:
+                return data  # compacted into the file already
+            if not _base_changed(self.path, identity):
+                return data  # a leftover journal: the file alone is current
+        return data  # still racing a busy writer: the file alone is an earlier whole state
+
+    # -- writing (the one writer) ---------------------------------------------
+
+    def load(self) -> dict | None:
+        """Read as the writer: learn sizes and generation, cut off a torn tail."""
+        self.close()
+        self._encoded.clear()
+        base = _read_base(self.path)
+        journal_generation, raw = None, b""
+        try:
+            raw = self.journal.read_bytes()
+            journal_generation = _parse_header(raw.split(b"\n", 1)[0]) if raw else None
+        except FileNotFoundError:
+            pass
+        self._highest = journal_generation or 0
+        if base is None:
+            self.generation = 0
+            self.base_bytes = self.journal_bytes = 0
+            self._journal_current = False
+            return None
+        data, self.generation, self.base_bytes, _identity = base
+        generation = self.generation
+        self._highest = max(self._highest, generation)
+        self._journal_current = journal_generation == generation and b"\n" in raw
+        self.journal_bytes = 0
+        if self._journal_current:
+            good = _replay(data, raw)
+            if good < len(raw):
+                os.truncate(self.journal, good)
+                self._sync_file(self.journal)
+            self.journal_bytes = good
+        return data
+
+    def write(self, data: dict) -> None:
+        """Replace everything by ``data`` (compaction; TinyDB's write)."""
+        self._encoded.clear()
+        self._compact(data)
+
+    def commit(self, data: dict, changes: Changes) -> None:
+        """Make ``data`` the stored state; ``changes`` is all that differs from the last.
+
+        Appends ``changes`` as one line when the journal has room, else
+        compacts.  Returns once it is on disk (fsynced when ``durable``).
+        """
+        if self.generation is None:
+            self.load()
+        entries: dict[str, list[bytes]] = {}
+        for table, documents in changes.items():
+            cache = self._encoded.setdefault(table, {})
+            encoded = entries[table] = []
+            for key, document in documents.items():
+                entry = _entry(key, document)
+                encoded.append(entry)
+                if document is None:
+                    cache.pop(key, None)
+                else:
+                    cache[key] = entry
+        line = _line(b"".join(_tables(entries)))
+        limit = max(COMPACT_MIN_BYTES, self.base_bytes)
+        if self.base_bytes == 0 or self.journal_bytes + len(line) > limit:
+            self._compact(data)
+        elif not self._journal_current:
+            self._start_journal(line)
+        else:
+            self._append(line)
+
+    def close(self) -> None:
+        """Release the journal's descriptor (reopened on the next append)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def remove(self) -> None:
+        """Delete the file, then its journal (a journal without a file is ignored)."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+        self.journal.unlink(missing_ok=True)
+        self.generation = None
+        self.base_bytes = self.journal_bytes = 0
+        self._journal_current = False
+        self._encoded.clear()
+
+    # -- internals ------------------------------------------------------------
+
+    def _compact(self, data: dict) -> None:
+        """Write ``data`` as the new file of the next generation."""
+        if self.generation is None:
+            self._highest = max(self._highest, self._peek_generation())
+        self.close()
+        tables: dict[str, Iterable[bytes]] = {}
+        for table, documents in data.items():
+            cache = self._encoded.setdefault(table, {})
+            for key in documents.keys() - cache.keys():
+                cache[key] = _entry(key, documents[key])
+            if len(cache) != len(documents):  # entries of documents no longer there
+                cache = self._encoded[table] = {
+                    key: cache.get(key) or _entry(key, doc) for key, doc in documents.items()}
+            tables[table] = cache.values()
+        self.generation = self._highest = self._highest + 1
+        chunks = _tables(tables, head=encode(GENERATION) + b":%d" % self.generation)
+        _write_atomic(self.path, chunks, self.durable)
+        self.base_bytes = sum(map(len, chunks))
+        self.journal_bytes = 0
+        self._journal_current = False
+
+    def _start_journal(self, first_line: bytes) -> None:
+        """A new journal for this generation, replacing any older one by rename."""
+        chunks = [_header(self.generation or 0), first_line]
+        _write_atomic(self.journal, chunks, self.durable)
+        self._journal_current = True
+        self.journal_bytes = sum(map(len, chunks))
+
+    def _append(self, line: bytes) -> None:
+        if self._fd is None:
+            self._fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND)
+        written = 0
+        try:
+            while written < len(line):
+                written += os.write(self._fd, line[written:])
+            if self.durable:
+                os.fdatasync(self._fd)
+        except BaseException:
+            # A partial line must not stay in front of later ones: cut it off,
+            # and have the next commit start from what is on disk.
+            if written:
+                try:
+                    os.ftruncate(self._fd, self.journal_bytes)
+                except OSError:
+                    pass
+            self.close()
+            self.generation = None
+            raise
+        self.journal_bytes += len(line)
+
+    def _sync_file(self, path: Path) -> None:
+        if self.durable:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            fsync_dir(path.parent)
+
+    def _peek_generation(self) -> int:
+        """The highest generation on disk, from the first bytes of both files."""
+        found = 0
+        for path in (self.path, self.journal):
+            try:
+                with open(path, "rb") as handle:
+                    match = _PEEK.match(handle.read(64))
+            except FileNotFoundError:
+                continue
+            if match:
+                found = max(found, int(match.group(1)))
+        return found
