@@ -16,6 +16,12 @@ which is idempotent (same path, same document id, same job id).  The sender
 waits for a job's file to appear in the archive before sending it.  A file
 that cannot be parsed goes to ``spool/rejected/`` with a log line and the loop
 goes on.
+
+Cost per object (it shares two cores with the store workers): watchdog asks
+the kernel for arrivals only (:class:`_ArrivalsEmitter`), an idle ingester
+that is woken gathers the objects right behind the first for
+:data:`GATHER_SECONDS` so that the fsyncs of a batch are shared, and
+``index.apply`` writes in proportion to the batch, not to the study.
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.multival import MultiValue
-from watchdog.events import FileSystemEventHandler
-from watchdog.observers import Observer
+from watchdog.events import FileCreatedEvent, FileSystemEventHandler
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.inotify import InotifyEmitter
+from watchdog.observers.inotify_c import InotifyConstants, Mask
 
 from echoes import archive, integrity, jobs, logs, spool
 from echoes.config import Config, Reloader
@@ -45,6 +53,12 @@ BATCH_MAX = 500
 
 #: Sweep the spool at least this often even without a watchdog event.
 SWEEP_SECONDS = 5.0
+
+#: After an arrival wakes the idle ingester, wait this long for the objects
+#: right behind it, so that one batch (one index fsync, one fsync per folder)
+#: carries several: ingesting 1,000 CT cost 1.3 ms of CPU per object in
+#: batches of one, 0.75 ms in batches of five (offline, same files).
+GATHER_SECONDS = 0.05
 
 #: Header keywords copied into the index (the record's DICOM fields).
 HEADER_KEYWORDS = tuple(
@@ -182,6 +196,33 @@ class _Wake(FileSystemEventHandler):
         self.wake.set()
 
 
+class _ArrivalsEmitter(InotifyEmitter):
+    """Asks the kernel for arrivals in the folder only (moved in, created).
+
+    Why: the ingester's own work on ``incoming/`` (reading each header:
+    open, access, close; moving each file out: IN_MOVED_FROM, which watchdog
+    holds back 0.5 s to pair; fsyncing the folder) came back as events:
+    watchdog's threads used 0.5-0.7 s of CPU per 1,000 objects streamed in,
+    0.2-0.3 s with this mask.  watchdog's
+    ``event_filter`` alone cannot drop IN_MOVED_FROM (a creation filter asks
+    for IN_MOVE), so the mask is set here; the filter on ``schedule`` then
+    drops the folder-modified events that come with each arrival.
+    """
+
+    def get_event_mask_from_filter(self) -> Mask:
+        return Mask(InotifyConstants.IN_MOVED_TO | InotifyConstants.IN_CREATE
+                    | InotifyConstants.IN_DELETE_SELF)
+
+
+def watch_arrivals(folder: Path, wake: threading.Event) -> BaseObserver:
+    """A started observer that sets ``wake`` when a file arrives in ``folder``."""
+    observer = BaseObserver(_ArrivalsEmitter)
+    observer.schedule(_Wake(wake), str(folder), recursive=False,
+                      event_filter=[FileCreatedEvent])
+    observer.start()
+    return observer
+
+
 def run(config: Config) -> int:
     """The ingester process: drain, then wait for more, until SIGTERM."""
     ingester = Ingester(config)
@@ -202,9 +243,7 @@ def run(config: Config) -> int:
         wake.set()
 
     signal.signal(signal.SIGHUP, request_reload)
-    observer = Observer()
-    observer.schedule(_Wake(wake), str(ingester.layout.incoming), recursive=False)
-    observer.start()
+    observer = watch_arrivals(ingester.layout.incoming, wake)
     log.info("ingester watching %s", ingester.layout.incoming)
     try:
         while not stop.is_set():
@@ -220,7 +259,8 @@ def run(config: Config) -> int:
             except OSError as exc:
                 log.error("ingest paused: %s; retrying in %.0f s", exc, SWEEP_SECONDS)
                 stop.wait(SWEEP_SECONDS)
-            wake.wait(SWEEP_SECONDS)
+            if wake.wait(SWEEP_SECONDS):
+                stop.wait(GATHER_SECONDS)
         # Whatever was acknowledged before the stop is archived before exit.
         ingester.drain()
     finally:

@@ -59,3 +59,31 @@ def test_study_moved_removes_old_file(tmp_path):
     assert len(files) == 1 and files[0].parts[-3] == "1.2.3.999"
     assert [s["StudyInstanceUID"] for s in index.read_studies(config.index_path)] == ["1.2.3.999"]
     assert old_study not in str(files[0])
+
+
+def test_wakes_on_arrivals_only(tmp_path):
+    """The ingester's own reads and moves in incoming/ must not wake it (CPU)."""
+    import os
+    import threading
+
+    from echoes.ingester import watch_arrivals
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    wake = threading.Event()
+    observer = watch_arrivals(incoming, wake)
+    try:
+        staged = tmp_path / "staged.dcm"
+        staged.write_bytes(b"x")
+        os.replace(staged, incoming / "a.dcm")  # how the store SCP delivers
+        assert wake.wait(5)
+        wake.clear()
+        (incoming / "a.dcm").read_bytes()  # what the ingester does with it
+        os.replace(incoming / "a.dcm", tmp_path / "archived.dcm")
+        spool.fsync_dir(incoming)
+        assert not wake.wait(1)
+        (incoming / "b.dcm").write_bytes(b"y")  # created in place also counts
+        assert wake.wait(5)
+    finally:
+        observer.stop()
+        observer.join(5)
