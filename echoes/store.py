@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from echoes import (
@@ -59,6 +58,9 @@ OUT_OF_RESOURCES = 0xA700
 DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 
+#: Deflated data sets: the walk cannot read their UIDs (pydicom inflates them).
+DEFLATED_SYNTAXES = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
+
 #: The UIDs an object must carry, checked in this order.
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
 
@@ -72,26 +74,45 @@ class StoreRefused(Exception):
         self.reason = reason
 
 
-def check_object(path: Path, request_class: str, request_instance: str) -> Dataset:
-    """Decide whether a received file may be stored; raise StoreRefused if not."""
+#: The same UIDs by tag, read during the structural walk.
+REQUIRED_UID_TAGS = {0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID",
+                     0x0020000E: "SeriesInstanceUID", 0x0020000D: "StudyInstanceUID"}
+
+
+def object_uids(path: Path) -> dict[str, str | None]:
+    """Walk the whole file (check_part10) and return its four UIDs by keyword.
+
+    The walk keeps the UIDs' raw values as it passes them, so no second
+    parse is needed; a deflated data set is inflated by pydicom instead.
+    """
     size = path.stat().st_size
-    try:
-        with open(path, "rb") as handle:
-            check_part10(handle, size)
+    with open(path, "rb") as handle:
+        found = dict.fromkeys(REQUIRED_UID_TAGS, b"")
+        syntax = check_part10(handle, size, found)
+    if syntax in DEFLATED_SYNTAXES:
         header = dcmread(path, stop_before_pixels=True, specific_tags=list(REQUIRED_UIDS))
+        return {keyword: header.get(keyword) for keyword in REQUIRED_UIDS}
+    return {keyword: found[tag].rstrip(b"\x00 ").decode("ascii", "replace")
+            for tag, keyword in REQUIRED_UID_TAGS.items()}
+
+
+def check_object(path: Path, request_class: str, request_instance: str) -> dict[str, str | None]:
+    """Decide whether a received file may be stored; raise StoreRefused if not."""
+    try:
+        uids = object_uids(path)
     except MalformedDataset as exc:
         raise StoreRefused(CANNOT_UNDERSTAND, f"Cannot understand: {exc}") from None
     except (InvalidDicomError, ValueError, EOFError, OSError) as exc:
         raise StoreRefused(CANNOT_UNDERSTAND, f"Cannot understand: {exc}") from None
     for keyword in REQUIRED_UIDS:
-        problem = uid_problem(header.get(keyword))
+        problem = uid_problem(uids[keyword])
         if problem:
             raise StoreRefused(DOES_NOT_MATCH_SOP_CLASS, f"{keyword} {problem}")
-    if header.SOPClassUID != request_class:
+    if uids["SOPClassUID"] != request_class:
         raise StoreRefused(DOES_NOT_MATCH_SOP_CLASS, "SOPClassUID differs from the request")
-    if header.SOPInstanceUID != request_instance:
+    if uids["SOPInstanceUID"] != request_instance:
         raise StoreRefused(DOES_NOT_MATCH_SOP_CLASS, "SOPInstanceUID differs from the request")
-    return header
+    return uids
 
 
 class SpoolReceiver:

@@ -58,11 +58,15 @@ def uid_problem(value: object) -> str | None:
 class _Walker:
     """Walks encoded elements over a seekable file, checking declared lengths."""
 
-    def __init__(self, fp: BinaryIO, end: int, implicit: bool, little: bool) -> None:
+    def __init__(self, fp: BinaryIO, end: int, implicit: bool, little: bool,
+                 capture: frozenset[int] = frozenset()) -> None:
         self.fp = fp
         self.end = end
         self.implicit = implicit
         self.endian = "<" if little else ">"
+        #: Top-level tags whose (short) values the walk keeps, in ``captured``.
+        self.capture = capture
+        self.captured: dict[int, bytes] = {}
 
     def _read(self, size: int) -> bytes:
         data = self.fp.read(size)
@@ -112,7 +116,10 @@ class _Walker:
             if tag in (_ITEM, _SEQUENCE_END):
                 raise MalformedDataset(f"unexpected delimiter {tag:08X}")
             if length != _UNDEFINED:
-                self._skip(length)
+                if depth == 0 and tag in self.capture and length <= 1024:
+                    self.captured[tag] = self._read(length)
+                else:
+                    self._skip(length)
                 continue
             # Undefined length: a sequence, encapsulated pixel data, or UN
             # holding an implicit VR sequence (PS3.5 6.2.2).
@@ -158,11 +165,14 @@ def _read_meta(fp: BinaryIO, end: int) -> tuple[dict[int, bytes], int]:
     return values, fp.tell()
 
 
-def check_part10(fp: BinaryIO, size: int) -> str:
+def check_part10(fp: BinaryIO, size: int, capture: dict[int, bytes] | None = None) -> str:
     """Check a whole Part 10 file structurally; return its transfer syntax UID.
 
     Raises MalformedDataset when a declared length runs past the end, an
     undefined-length sequence never closes, or the data set stops mid-element.
+    When ``capture`` is given, the raw values of its keys (top-level tags,
+    values up to 1 KiB) replace its values on the way, so the caller needs no
+    second parse of the file (not for deflated data sets).
     """
     meta, offset = _read_meta(fp, size)
     raw_syntax = meta.get(0x00020010)
@@ -175,10 +185,13 @@ def check_part10(fp: BinaryIO, size: int) -> str:
         _check_deflated(fp, offset)
         return syntax
     walker = _Walker(
-        fp, size, implicit=syntax == _IMPLICIT_LE, little=syntax != _EXPLICIT_BE
+        fp, size, implicit=syntax == _IMPLICIT_LE, little=syntax != _EXPLICIT_BE,
+        capture=frozenset(capture or ()),
     )
     fp.seek(offset)
     walker.walk_dataset(depth=0, implicit=walker.implicit, until_item_end=False)
+    if capture is not None:
+        capture.update(walker.captured)
     return syntax
 
 

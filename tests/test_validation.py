@@ -71,3 +71,16 @@ def test_huge_declared_length(tmp_path):
 def test_no_prefix():
     with pytest.raises(MalformedDataset):
         _check(b"\x00" * 200)
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRBigEndian, None])
+def test_walk_captures_top_level_values(tmp_path, syntax):
+    kwargs = {"syntax": syntax} if syntax else {}
+    ds = make_dataset(rows=8)
+    data = write_part10(ds, tmp_path / "x.dcm", **kwargs).read_bytes()
+    wanted = {0x00080018: b"", 0x0020000D: b"", 0x00100020: b"", 0x00101010: b""}
+    check_part10(io.BytesIO(data), len(data), wanted)
+    assert wanted[0x00080018].rstrip(b"\x00") == ds.SOPInstanceUID.encode()
+    assert wanted[0x0020000D].rstrip(b"\x00") == ds.StudyInstanceUID.encode()
+    assert wanted[0x00100020].rstrip(b" ") == ds.PatientID.encode()
+    assert wanted[0x00101010] == b""  # absent: left as given
