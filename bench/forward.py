@@ -27,7 +27,8 @@ import threading
 import time
 from pathlib import Path
 
-from ingest import ENV, OUT, corpus, free_port, wait_port  # bench/ingest.py
+from common import ENV, OUT, free_port, tool  # bench/common.py
+from ingest import corpus, wait_port  # bench/ingest.py
 from pydicom import dcmread
 
 
@@ -45,7 +46,7 @@ def watch_arrivals(folder: Path, expected: int, stop: threading.Event) -> dict[s
 def start_storescp(folder: Path, log: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(["storescp", "-v", "-od", str(folder), str(port)], env=ENV,
+    process = subprocess.Popen([tool("storescp"), "-v", "-od", str(folder), str(port)], env=ENV,
                                stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     wait_port(port)
     return process, port
@@ -56,7 +57,7 @@ def direct(files: list[Path], work: Path) -> float:
     process, port = start_storescp(work / "direct", work / "direct.log")
     try:
         started = time.perf_counter()
-        subprocess.run(["storescu", "-xe", "127.0.0.1", str(port), *map(str, files)], env=ENV,
+        subprocess.run([tool("storescu"), "-xe", "127.0.0.1", str(port), *map(str, files)], env=ENV,
                        check=True, capture_output=True)
         return time.perf_counter() - started
     finally:
@@ -91,7 +92,7 @@ def forwarded(files: list[Path], work: Path) -> tuple[list[float], float, int]:
                   for path in files}
         responses: dict[str, float] = {}
         started = time.time()
-        client = subprocess.Popen(["storescu", "-v", "-xe", "127.0.0.1", str(store_port),
+        client = subprocess.Popen([tool("storescu"), "-v", "-xe", "127.0.0.1", str(store_port),
                                    *map(str, files)], env=ENV, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True, bufsize=1)
         current = ""

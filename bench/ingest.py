@@ -13,7 +13,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,21 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from common import ENV, OUT, free_port, tool, vm_hwm, wait_echo  # bench/common.py
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from echoes import config as config_module
 from echoes.index import read_studies
 
-OUT = Path(__file__).resolve().parent / "out"
-ENV = {**os.environ, "TCP_NODELAY": "1"}
 CT = "1.2.840.10008.5.1.4.1.1.2"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def image(study: str, series: str, number: int, frames: int = 1) -> Dataset:
@@ -92,24 +84,19 @@ def big_object(frames: int) -> Path:
 
 def storescu(port: int, files: list[Path]) -> float:
     started = time.perf_counter()
-    subprocess.run(["storescu", "-xe", "127.0.0.1", str(port),
+    subprocess.run([tool("storescu"), "-xe", "127.0.0.1", str(port),
                     *map(str, files)], env=ENV, check=True, capture_output=True)
     return time.perf_counter() - started
 
 
 def wait_port(port: int) -> None:
-    for _ in range(200):
-        if subprocess.run(["echoscu", "127.0.0.1", str(port)], env=ENV,
-                          capture_output=True).returncode == 0:
-            return
-        time.sleep(0.1)
-    raise SystemExit(f"nothing answers on port {port}")
+    wait_echo(port, timeout=20.0)
 
 
 def run_storescp(files: list[Path]) -> float:
     port = free_port()
     with tempfile.TemporaryDirectory(dir=OUT) as folder:
-        process = subprocess.Popen(["storescp", "-od", folder, str(port)], env=ENV)
+        process = subprocess.Popen([tool("storescp"), "-od", folder, str(port)], env=ENV)
         try:
             wait_port(port)
             seconds = storescu(port, files)
@@ -161,23 +148,14 @@ def run_echoes(files: list[Path], big: Path | None) -> tuple[float, float | None
     return seconds, peak
 
 
-def vm_hwm(pid: int) -> float:
-    """Peak resident set size of ``pid`` in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--big", action="store_true", help="also send a ~1 GB object")
     parser.add_argument("--frames", type=int, default=2000, help="frames of the big object")
     args = parser.parse_args()
-    for tool in ("storescu", "storescp", "echoscu"):
-        if not shutil.which(tool):
-            raise SystemExit(f"needs dcmtk ({tool}): apt-get install dcmtk")
+    for name in ("storescu", "storescp", "echoscu"):
+        tool(name)  # exits naming the Debian package when missing
     OUT.mkdir(exist_ok=True)
     files = corpus(args.count)
     big = big_object(args.frames) if args.big else None

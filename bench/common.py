@@ -1,0 +1,119 @@
+"""Helpers shared by the benchmarks: the real dcmtk tools, ports, peak memory.
+
+Why a resolver for dcmtk: pynetdicom installs Python apps called
+``storescu``, ``storescp``, ``findscu`` and ``echoscu`` into the venv's
+``bin/``.  With that folder on PATH, a plain ``storescu`` is the Python one,
+about ten times slower than dcmtk's, and every figure would be wrong.
+:func:`tool` therefore returns only ELF executables, ``/usr/bin`` first.
+
+Why the two environments: Debian's dcmtk leaves Nagle's algorithm on unless
+``TCP_NODELAY=1`` is in its environment (a sender then waits 40-90 ms per
+object for a delayed ACK), so every dcmtk client and server gets
+:data:`ENV`, except a deliberately Nagle-on sender, which gets
+:func:`nagle_env`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "out"
+
+#: Environment for dcmtk processes: Nagle off (see the module docstring).
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+#: Debian package that provides each external program.
+PACKAGES = {
+    "storescu": "dcmtk", "storescp": "dcmtk", "findscu": "dcmtk", "echoscu": "dcmtk",
+    "wlmscpfs": "dcmtk", "Orthanc": "orthanc",
+}
+
+
+class MissingTool(SystemExit):
+    """A program the benchmark needs is not installed (says which package)."""
+
+
+def nagle_env() -> dict[str, str]:
+    """Environment of a dcmtk sender that leaves Nagle's algorithm on."""
+    return {key: value for key, value in os.environ.items() if key != "TCP_NODELAY"}
+
+
+def _is_elf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
+@functools.cache
+def tool(name: str) -> str:
+    """Absolute path of the real (compiled) program ``name``.
+
+    ``/usr/bin`` and ``/usr/sbin`` first, then PATH; scripts of the same name
+    (pynetdicom's apps in a venv) are skipped.
+    """
+    folders = ["/usr/bin", "/usr/sbin", *os.environ.get("PATH", "").split(os.pathsep)]
+    for folder in folders:
+        candidate = Path(folder or ".") / name
+        if candidate.is_file() and os.access(candidate, os.X_OK) and _is_elf(candidate):
+            return str(candidate)
+    package = PACKAGES.get(name, "dcmtk")
+    raise MissingTool(f"{name} not found (a compiled binary is needed, not a script of that "
+                      f"name): install the Debian package '{package}' (apt-get install {package})")
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def echo(port: int, called: str = "ANY-SCP") -> bool:
+    """True when a C-ECHO to ``port`` succeeds (dcmtk echoscu)."""
+    done = subprocess.run([tool("echoscu"), "-aec", called, "127.0.0.1", str(port)], env=ENV,
+                          capture_output=True)
+    return done.returncode == 0
+
+
+def wait_echo(port: int, called: str = "ANY-SCP", timeout: float = 60.0,
+              process: subprocess.Popen | None = None) -> None:
+    """Wait until a server answers C-ECHO; fail early if ``process`` died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if echo(port, called):
+            return
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {process.returncode}")
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing answers C-ECHO on port {port} after {timeout:.0f} s")
+
+
+def vm_hwm(pid: int) -> float:
+    """Peak resident set size of ``pid`` in MiB (0 when the process is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 60.0) -> None:
+    """SIGTERM, wait, then SIGKILL: a server this benchmark started must not outlive it."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

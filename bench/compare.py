@@ -1,0 +1,1130 @@
+"""Issue 7's targets, echoes side by side with dcmtk and Orthanc, in one run.
+
+Why one command: the machine is small and noisy, so only ratios taken minutes
+apart in the same run mean anything.  Each row starts every system in turn
+(never two at once) on loopback, with a fresh empty store, sends the same
+corpus with dcmtk's ``storescu`` (``TCP_NODELAY=1`` unless the row is about
+Nagle), checks that every object arrived (files on disk for storescp,
+Orthanc's REST ``/statistics``, echoes' index), and turns the figures into
+PASS/FAIL against the targets.  One table goes to stdout and to
+``bench/out/compare-<timestamp>.txt``.
+
+Rows (``--only`` takes these names): ingest, nagle, worklist, scale,
+memory, forward.  ``--quick`` runs smaller counts for a smoke test; its
+verdicts are not the issue's.
+
+Needs dcmtk and orthanc from Debian (it installs nothing) and the project's
+venv python (``.venv/bin/python bench/compare.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+from common import ENV, OUT, MissingTool, free_port, nagle_env, stop_process, tool, vm_hwm
+from common import wait_echo as _wait_echo
+from ingest import big_object, corpus, image
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from worklist import WLM_AE, item, queries, write_corpus
+
+from echoes import archive
+from echoes import config as config_module
+from echoes.index import ArchiveIndex, InstanceRecord, read_studies
+
+ROWS = ("ingest", "nagle", "worklist", "scale", "memory", "forward")
+SYSTEMS = ("dcmtk", "orthanc", "echoes")
+ORTHANC_WORKLIST_PLUGIN = Path("/usr/share/orthanc/plugins/libModalityWorklists.so")
+CT = "1.2.840.10008.5.1.4.1.1.2"
+#: How long a receiver may take, after the sender returned, to hold every object.
+SETTLE_SECONDS = 300.0
+#: ... and gives up sooner when its count stands still this long.
+STALL_SECONDS = 30.0
+T0 = time.monotonic()
+#: --keep: leave every server's folder (logs, stores) in bench/out for a look.
+KEEP = False
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Object and item counts of one run (full: the issue's; quick: a smoke test)."""
+
+    ct: int = 1000
+    tiny: int = 2000
+    concurrent: int = 1000
+    associations: int = 4
+    nagle: int = 500
+    mwl_items: int = 10000
+    runs: int = 7
+    universal_runs: int = 3
+    scale_batch: int = 1000
+    scale_total: int = 100_000
+    big_frames: int = 2000
+    mwl_memory_items: int = 50_000
+    forward: int = 1000
+
+
+FULL = Sizes()
+QUICK = Sizes(ct=200, tiny=400, concurrent=200, nagle=50, mwl_items=2000, runs=3,
+              universal_runs=1, scale_batch=200, scale_total=10_000, big_frames=200,
+              mwl_memory_items=5000, forward=200)
+
+
+def progress(message: str) -> None:
+    """One line on stderr with the elapsed time, so a long run shows where it is."""
+    print(f"[{time.monotonic() - T0:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+def wait_echo(port: int, called: str = "ANY-SCP", timeout: float = 60.0,
+              process: subprocess.Popen | None = None) -> None:
+    """common.wait_echo, for servers this module starts."""
+    _wait_echo(port, called, timeout, process)
+
+
+# --- corpora (pydicom, cached in bench/out) ------------------------------------------
+
+
+def tiny_corpus(count: int) -> list[Path]:
+    """``count`` 16x16 CT objects, 100 per study in 2 series (as many small studies)."""
+    folder = OUT / f"tiny{count}"
+    if (folder / ".done").exists():
+        return sorted(folder.glob("*.dcm"))
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    pixels = np.random.default_rng(2).integers(0, 4096, (16, 16)).astype("<u2").tobytes()
+    study = series = ""
+    for n in range(count):
+        if n % 100 == 0:
+            study, patient = generate_uid(), f"TINY{n // 100:04d}"
+            series_uids = [generate_uid(), generate_uid()]
+        series = series_uids[n % 2]
+        ds = image(study, series, n % 100 + 1)
+        ds.PatientID, ds.PatientName = patient, f"TINY^{patient}"
+        ds.Rows = ds.Columns = 16
+        ds.PixelData = pixels
+        ds.save_as(folder / f"{n:05d}.dcm", enforce_file_format=True)
+    (folder / ".done").touch()
+    return sorted(folder.glob("*.dcm"))
+
+
+def worklist_json(count: int) -> Path:
+    """``count`` worklist items as echoes JSON only (the memory row needs no .wl)."""
+    folder = OUT / f"worklist-json{count}"
+    if (folder / ".done").exists():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    rng = random.Random(7)
+    for number in range(count):
+        data = json.dumps(item(number, rng), ensure_ascii=False).encode()
+        (folder / f"{number:06d}.json").write_bytes(data)
+    (folder / ".done").touch()
+    return folder
+
+
+def warm(files: list[Path]) -> None:
+    """Read a corpus once so the first system measured does not pay for the disk."""
+    for path in files:
+        with open(path, "rb") as handle:
+            while handle.read(1 << 20):
+                pass
+
+
+# --- receivers ---------------------------------------------------------------------
+
+
+class Receiver:
+    """A storage server under test: start, count what arrived, stop."""
+
+    name = ""
+    called = "ANY-SCP"
+    port = 0
+
+    @property
+    def query_port(self) -> int:
+        """Port of the worklist service (the same one for the peers)."""
+        return self.port
+
+    def problems(self) -> str:
+        """What the server's log says went wrong, for the table's notes."""
+        return ""
+
+    def count(self) -> int:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Receiver:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+class StoreSCP(Receiver):
+    """dcmtk storescp writing into a folder (``--fork`` for concurrent associations)."""
+
+    name = "storescp"
+
+    def __init__(self, work: Path, fork: bool = False, log: Path | None = None) -> None:
+        self.folder = work / "storescp"
+        self.folder.mkdir(parents=True)
+        self.port = free_port()
+        argv = [tool("storescp"), *(["--fork"] if fork else []), *(["-v"] if log else []),
+                "-od", str(self.folder), str(self.port)]
+        output = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(argv, env=ENV, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            wait_echo(self.port, process=self.process)
+        except BaseException:
+            self.stop()
+            raise
+
+    def count(self) -> int:
+        return sum(1 for entry in os.scandir(self.folder) if entry.is_file())
+
+    def stop(self) -> None:
+        stop_process(self.process, 10)
+
+
+class Orthanc(Receiver):
+    """Orthanc with a generated config: fresh storage and index, loopback clients.
+
+    It runs with TCP_NODELAY=1, like storescp (its DICOM side is dcmtk).
+    Orthanc 1.10 has no DICOM bind address: it listens on every interface,
+    but only loopback clients talk to it here, and its HTTP API refuses
+    remote clients (RemoteAccessAllowed false).  Unknown AEs may store by
+    default but not query the worklist, hence DicomAlwaysAllowFindWorklist
+    (without it the association is aborted and findscu still exits 0).
+    """
+
+    name = "Orthanc"
+    called = "ORTHANC"
+
+    def __init__(self, work: Path, worklists: Path | None = None) -> None:
+        work.mkdir(parents=True, exist_ok=True)
+        self.port, self.http = free_port(), free_port()
+        settings: dict[str, object] = {
+            "Name": "bench", "StorageDirectory": str(work / "storage"),
+            "IndexDirectory": str(work / "index"), "DicomAet": self.called,
+            "DicomPort": self.port, "HttpPort": self.http, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True, "SaveJobs": False,
+        }
+        if worklists is not None:
+            settings.update({
+                "Plugins": [str(ORTHANC_WORKLIST_PLUGIN)],
+                "Worklists": {"Enable": True, "Database": str(worklists)},
+                "DicomAlwaysAllowFindWorklist": True,
+            })
+        config = work / "orthanc.json"
+        config.write_text(json.dumps(settings, indent=1))
+        # Orthanc's DICOM side is dcmtk: without TCP_NODELAY=1 in its environment
+        # each response waits for a delayed ACK (400 tiny objects: 18 s against 0.9 s).
+        self.process = subprocess.Popen([tool("Orthanc"), str(config)], cwd=work, env=ENV,
+                                        stdout=open(work / "orthanc.log", "wb"),  # noqa: SIM115
+                                        stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    self.count()
+                    break
+                except OSError:
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("Orthanc did not start; see its log "
+                                           f"{work / 'orthanc.log'}") from None
+                    time.sleep(0.1)
+            wait_echo(self.port, self.called, process=self.process)
+        except BaseException:
+            self.stop()
+            raise
+
+    def count(self) -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/statistics",
+                                    timeout=10) as reply:
+            return int(json.load(reply)["CountInstances"])
+
+    def stop(self) -> None:
+        # Orthanc holds its SQLite index until it has exited: wait for that.
+        stop_process(self.process, 60)
+
+
+class Echoes(Receiver):
+    """echoes from this checkout (``python -m echoes start``), default store_workers."""
+
+    name = "echoes"
+    called = "ECHOES"
+
+    def __init__(self, home: Path, worklist_dir: Path | None = None, extra: str = "") -> None:
+        (home / "etc").mkdir(parents=True)
+        self.home = home
+        self.ini = home / "etc" / "echoes.ini"
+        lines = ["[echoes]", "bind = 127.0.0.1", f"store_port = {free_port()}",
+                 f"mwl_port = {free_port()}", "min_free_mb = 100"]
+        if worklist_dir is not None:
+            lines.append(f"worklist_dir = {worklist_dir}")
+        self.ini.write_text("\n".join(lines) + "\n" + extra)
+        self.config = config_module.load(self.ini)
+        self.port = self.config.store_port
+        self.with_worklist = worklist_dir is not None
+        self.starts = 0
+        self.process: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        """Start and wait until the store port answers and the ingester watches."""
+        self.starts += 1
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "echoes", "--config", str(self.ini), "start"],
+            stdout=open(self.home / "echoes.out", "ab"),  # noqa: SIM115
+            stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_echo(self.port, process=self.process, timeout=120)
+            if self.with_worklist:
+                # The MWL worker serves only after reading the whole folder.
+                wait_echo(self.config.mwl_port, self.called, timeout=600, process=self.process)
+            deadline = time.monotonic() + 300
+            while self.log().count("ingester watching") < self.starts:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError("echoes' ingester did not start")
+                time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def query_port(self) -> int:
+        return self.config.mwl_port
+
+    def log(self) -> str:
+        try:
+            return self.config.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def problems(self) -> str:
+        lines = [line for line in self.log().splitlines()
+                 if " ERROR " in line or " CRITICAL " in line or " WARNING " in line]
+        try:
+            output = (self.home / "echoes.out").read_text(errors="replace").strip()
+        except OSError:
+            output = ""
+        if output:
+            lines.append("stdout/stderr: " + output.splitlines()[-1])
+        return " | ".join(lines[-3:])
+
+    def count(self) -> int:
+        return sum(s["NumberOfInstances"] for s in read_studies(self.config.index_path))
+
+    def pids(self, role: str) -> list[int]:
+        """Processes named ``echoes: ROLE`` under this supervisor."""
+        if self.process is None:
+            return []
+        found = []
+        try:
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                if child.cmdline() and child.cmdline()[0].strip() == f"echoes: {role}":
+                    found.append(child.pid)
+        return found
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        process, self.process = self.process, None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(90)
+            except subprocess.TimeoutExpired:
+                # Its own session: the group is this supervisor and its workers.
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+class WlmScpFs(Receiver):
+    """dcmtk wlmscpfs serving ``<folder>/<AE>/*.wl``."""
+
+    name = "wlmscpfs"
+    called = WLM_AE
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen([tool("wlmscpfs"), "-dfp", str(folder), str(self.port)],
+                                        env=ENV, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        try:
+            wait_echo(self.port, self.called, process=self.process)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        stop_process(self.process, 10)
+
+
+@contextlib.contextmanager
+def scratch(work: Path, name: str) -> Iterator[Path]:
+    """A fresh folder for one server run, deleted afterwards (disk space)."""
+    folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
+    try:
+        yield folder
+    finally:
+        if not KEEP:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def receiver(system: str, folder: Path, fork: bool = False) -> Receiver:
+    """A fresh, empty storage server of ``system`` using ``folder``."""
+    if system == "dcmtk":
+        return StoreSCP(folder, fork=fork)
+    if system == "orthanc":
+        return Orthanc(folder)
+    return Echoes(folder / "home")
+
+
+# --- measuring -------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    """One system's figure: the value, whether it is valid, and why not."""
+
+    value: float | None = None
+    ok: bool = True
+    note: str = ""
+
+
+def failed(exc: BaseException) -> Cell:
+    return Cell(None, False, f"{type(exc).__name__}: {exc}")
+
+
+def send(port: int, files: list[Path], associations: int = 1, nagle: bool = False,
+         called: str = "ANY-SCP") -> tuple[float, str]:
+    """Seconds until every storescu (one per association) returned; their errors."""
+    env = nagle_env() if nagle else ENV
+    chunks = [files[i::associations] for i in range(associations)]
+    logs = [tempfile.TemporaryFile() for _ in chunks]
+    started = time.perf_counter()
+    processes = [subprocess.Popen([tool("storescu"), "-xe", "-aec", called, "127.0.0.1",
+                                   str(port), *map(str, chunk)], env=env,
+                                  stdout=log, stderr=subprocess.STDOUT)
+                 for chunk, log in zip(chunks, logs, strict=True)]
+    codes = [process.wait() for process in processes]
+    seconds = time.perf_counter() - started
+    errors = []
+    for code, log in zip(codes, logs, strict=True):
+        log.seek(0)
+        text = log.read().decode(errors="replace").strip()
+        log.close()
+        if code != 0 or text:
+            errors.append(f"storescu exit {code}: {text[-200:]}")
+    return seconds, "; ".join(errors)
+
+
+def settle(target: Receiver, expected: int, timeout: float = SETTLE_SECONDS,
+           stall: float = STALL_SECONDS) -> int:
+    """Poll the receiver's own count until ``expected``; the last count.
+
+    Gives up after ``timeout``, or sooner when the count has not moved for
+    ``stall`` seconds (a broken receiver must not eat the run's time budget).
+    """
+    deadline = time.monotonic() + timeout
+    last, moved = -2, time.monotonic()
+    while True:
+        try:
+            found = target.count()
+        except (OSError, ValueError):
+            found = -1
+        now = time.monotonic()
+        if found != last:
+            last, moved = found, now
+        if found >= expected or now > deadline or now - moved > stall:
+            return found
+        time.sleep(0.02)
+
+
+def ingest(target: Receiver, files: list[Path], associations: int = 1, nagle: bool = False,
+           already: int = 0) -> Cell:
+    """Seconds from the first storescu start until the receiver holds every object."""
+    started = time.perf_counter()
+    _sent, errors = send(target.port, files, associations, nagle)
+    found = settle(target, already + len(files))
+    seconds = time.perf_counter() - started
+    arrived = found - already
+    if arrived != len(files):
+        why = "; ".join(filter(None, [errors, target.problems()]))
+        return Cell(seconds, False, f"{arrived} of {len(files)} arrived; {why}")
+    return Cell(seconds, True, errors)
+
+
+def measure(label: str, action: Callable[[], Cell]) -> Cell:
+    """Run one measurement; an exception becomes a failed cell, not a crashed run."""
+    progress(label)
+    try:
+        cell = action()
+    except MissingTool:
+        raise
+    except Exception as exc:  # report it in the table, go on with the other rows
+        cell = failed(exc)
+    if cell.note:
+        progress(f"  {cell.note}")
+    return cell
+
+
+# --- the table -------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    """One target: the ratio as measured, the target, the verdict."""
+
+    ratio: str
+    target: str
+    passed: bool
+
+
+@dataclass
+class Figure:
+    """One row of the table: a measured figure for each system and its targets."""
+
+    key: str
+    label: str
+    unit: str
+    cells: dict[str, Cell]
+    checks: list[Check] = field(default_factory=list)
+    how: str = ""
+
+
+PEER_NAMES = {"dcmtk": "storescp", "orthanc": "Orthanc"}
+
+
+def cell_of(fig: Figure, system: str) -> Cell:
+    """The system's cell, or an invalid one when it was not measured."""
+    return fig.cells.get(system, Cell(None, False))
+
+
+def at_most(fig: Figure, peer: str, limit: float, peer_name: str = "") -> None:
+    """Target: echoes' value is at most ``limit`` times the peer's (time, lower is better)."""
+    name = peer_name or PEER_NAMES[peer]
+    mine, theirs = cell_of(fig, "echoes"), cell_of(fig, peer)
+    if mine.value is None or theirs.value is None or theirs.value <= 0:
+        fig.checks.append(Check("n/a", f"echoes <= {limit:g}x {name}", False))
+        return
+    ratio = mine.value / theirs.value
+    fig.checks.append(Check(f"{ratio:.2f}x {name}", f"<= {limit:g}x {name}",
+                            mine.ok and theirs.ok and ratio <= limit))
+
+
+def faster_by(fig: Figure, peer: str, factor: float, peer_name: str = "") -> None:
+    """Target: echoes is at least ``factor`` times faster than the peer."""
+    name = peer_name or PEER_NAMES[peer]
+    mine, theirs = cell_of(fig, "echoes"), cell_of(fig, peer)
+    if mine.value is None or theirs.value is None or mine.value <= 0:
+        fig.checks.append(Check("n/a", f"{factor:g}x faster than {name}", False))
+        return
+    ratio = theirs.value / mine.value
+    fig.checks.append(Check(f"{ratio:.1f}x faster than {name}",
+                            f">= {factor:g}x faster than {name}",
+                            mine.ok and theirs.ok and ratio >= factor))
+
+
+def below(fig: Figure, limit: float, unit: str) -> None:
+    """Target: echoes' own figure under an absolute limit."""
+    mine = cell_of(fig, "echoes")
+    if mine.value is None:
+        fig.checks.append(Check("n/a", f"< {limit:g} {unit}", False))
+        return
+    fig.checks.append(Check(f"{mine.value:.3g} {unit}", f"< {limit:g} {unit}",
+                            mine.ok and mine.value < limit))
+
+
+def fmt(cell: Cell | None, unit: str) -> str:
+    if cell is None:
+        return "-"
+    if cell.value is None:
+        return "error"
+    text = f"{cell.value:.0f}" if unit in ("ms", "MiB") else f"{cell.value:.2f}"
+    return text if cell.ok else text + "!"
+
+
+def render(figures: list[Figure], header: list[str], wall: float, quick: bool) -> str:
+    """The table, its footnotes and a summary line."""
+    heads = ["figure", "storescp/wlmscpfs", "Orthanc", "echoes", "ratio", "target", "result"]
+    rows: list[list[str]] = []
+    for fig in figures:
+        values = [fmt(fig.cells.get(system), fig.unit) for system in SYSTEMS]
+        label = f"{fig.key} {fig.label} ({fig.unit})"
+        if not fig.checks:
+            rows.append([label, *values, "", "", ""])
+        for n, check in enumerate(fig.checks):
+            verdict = "PASS" if check.passed else "FAIL"
+            rows.append([label, *values, check.ratio, check.target, verdict] if n == 0
+                        else ["", "", "", "", check.ratio, check.target, verdict])
+    widths = [max(len(r[i]) for r in [heads, *rows]) for i in range(len(heads))]
+    right = {1, 2, 3}
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    out = [*header, "", line(heads), line(["-" * w for w in widths])]
+    out += [line(r) for r in rows]
+    notes = []
+    for fig in figures:
+        if fig.how:
+            notes.append(f"{fig.key}: {fig.how}")
+        for system, cell in fig.cells.items():
+            if cell.note:
+                marker = "!" if not cell.ok else ""
+                notes.append(f"{fig.key} {system}{marker}: {cell.note}")
+    if notes:
+        out += ["", "How measured / notes (! = figure not valid: not every object "
+                    "arrived, or an error):"]
+        out += [f"  {n}" for n in notes]
+    checks = [c for fig in figures for c in fig.checks]
+    passed = sum(c.passed for c in checks)
+    caveat = " (--quick: reduced counts, not the issue's conditions)" if quick else ""
+    out += ["", f"SUMMARY: {passed} of {len(checks)} targets PASS, {len(checks) - passed} FAIL; "
+                f"wall time {wall:.0f} s{caveat}"]
+    return "\n".join(out)
+
+
+# --- rows --------------------------------------------------------------------------
+
+
+def row_ingest(sizes: Sizes, work: Path) -> list[Figure]:
+    """Issue 7 target 1: three ingest workloads, storescp, Orthanc, echoes in turn."""
+    ct, tiny, ct4 = corpus(sizes.ct), tiny_corpus(sizes.tiny), corpus(sizes.concurrent)
+    workloads = [
+        ("1a", f"ingest {sizes.ct:,} CT 512x512 16-bit, 1 association", ct, 1),
+        ("1b", f"ingest {sizes.tiny:,} tiny 16x16, 1 association", tiny, 1),
+        ("1c", f"ingest {sizes.concurrent:,} CT, {sizes.associations} concurrent associations",
+         ct4, sizes.associations),
+    ]
+    figures = []
+    for key, label, files, associations in workloads:
+        warm(files)
+        cells = {}
+        for system in SYSTEMS:
+            def run(system: str = system, files: list[Path] = files,
+                    associations: int = associations) -> Cell:
+                with scratch(work, system) as folder, \
+                        receiver(system, folder, fork=associations > 1) as target:
+                    return ingest(target, files, associations)
+            cells[system] = measure(f"{key} {system}: {label}", run)
+        fig = Figure(key, label, "s", cells)
+        at_most(fig, "orthanc", 1.0)
+        if key == "1a":
+            at_most(fig, "dcmtk", 2.0)
+        if key == "1a":
+            fig.how = ("seconds from storescu start (TCP_NODELAY=1, -xe) until every object is "
+                       "on storescp's disk / counted by Orthanc's /statistics / in echoes' index"
+                       "; storescp uses --fork in 1c; echoes default store_workers; each "
+                       "system starts empty")
+        figures.append(fig)
+    return figures
+
+
+def row_nagle(sizes: Sizes, work: Path) -> list[Figure]:
+    """Issue 7 target 2: a sender that leaves Nagle on (storescu without TCP_NODELAY)."""
+    files = tiny_corpus(sizes.tiny)[:sizes.nagle]
+    warm(files)
+    label = f"Nagle-on storescu, {len(files):,} tiny, 1 association"
+    cells = {}
+    for system in SYSTEMS:
+        def run(system: str = system) -> Cell:
+            with scratch(work, system) as folder, receiver(system, folder) as target:
+                return ingest(target, files, nagle=True)
+        cells[system] = measure(f"2 {system}: {label}", run)
+    fig = Figure("2", label, "s", cells, how=(
+        f"{len(files)} of the tiny objects (fewer than 1b: a Nagle-on sender stalls ~40-90 ms "
+        "per object on a peer without quick ACKs); storescu's environment has no "
+        "TCP_NODELAY, storescp keeps TCP_NODELAY=1"))
+    faster_by(fig, "dcmtk", 5.0)
+    faster_by(fig, "orthanc", 5.0)
+    return [fig]
+
+
+def findscu(port: int, called: str, args: list[str], count: bool = False) -> tuple[float, int]:
+    """Wall time of one whole findscu -W run and (when counting) its matches."""
+    argv = [tool("findscu"), "-W", "-aec", called, *(["-v"] if count else []), *args,
+            "127.0.0.1", str(port)]
+    started = time.perf_counter()
+    done = subprocess.run(argv, env=ENV, capture_output=True, timeout=300)
+    elapsed = time.perf_counter() - started
+    text = done.stdout + done.stderr
+    if done.returncode != 0 or b"Association Request Failed" in text:
+        raise RuntimeError(f"findscu failed: {text.decode(errors='replace')[-300:]}")
+    if count and b"Peer Aborted" in text:
+        raise RuntimeError("the server aborted the query (refused the calling AE?)")
+    return elapsed, text.count(b"(Pending)")
+
+
+def row_worklist(sizes: Sizes, work: Path) -> list[Figure]:
+    """Issue 7 target 3: MWL queries, wlmscpfs, Orthanc's worklist plugin, echoes."""
+    json_dir, wlm_dir = write_corpus(sizes.mwl_items)
+    wanted = ("selective", "day+modality", "universal")
+    keys = {name: args for name, args in queries(sizes.mwl_items).items() if name in wanted}
+    medians: dict[str, dict[str, Cell]] = {name: {} for name in wanted}
+    matches: dict[str, dict[str, int]] = {name: {} for name in wanted}
+
+    def servers(system: str, folder: Path) -> Receiver:
+        if system == "dcmtk":
+            return WlmScpFs(wlm_dir)
+        if system == "orthanc":
+            return Orthanc(folder, worklists=wlm_dir / WLM_AE)
+        return Echoes(folder / "home", worklist_dir=json_dir)
+
+    for system in SYSTEMS:
+        progress(f"3 {system}: {sizes.mwl_items:,} worklist items")
+        try:
+            with scratch(work, system) as folder, servers(system, folder) as server:
+                for name, args in keys.items():
+                    try:
+                        port = server.query_port
+                        _seconds, matches[name][system] = findscu(port, server.called, args,
+                                                                  count=True)
+                        runs = sizes.universal_runs if name == "universal" else sizes.runs
+                        medians[name][system] = Cell(1000 * statistics.median(
+                            findscu(port, server.called, args)[0] for _ in range(runs)))
+                    except Exception as exc:  # that query fails, the others go on
+                        medians[name][system] = failed(exc)
+                        progress(f"  {name}: {exc}")
+        except Exception as exc:
+            progress(f"  {system} did not start: {exc}")
+            for name in wanted:
+                medians[name][system] = failed(exc)
+    figures = []
+    for n, name in enumerate(wanted):
+        found = matches[name]
+        cells = medians[name]
+        if len(set(found.values())) > 1 or not found or 0 in found.values():
+            for system in cells:
+                cells[system].ok = False
+                cells[system].note = (cells[system].note + " " if cells[system].note else "") + \
+                    f"matches differ or are none: {found}"
+        label = (f"MWL {name}, {sizes.mwl_items:,} items, "
+                 f"{max(found.values(), default=0):,} matches")
+        fig = Figure(f"3{'abc'[n]}", label, "ms", cells)
+        if name == "universal":
+            at_most(fig, "dcmtk", 1.0, "wlmscpfs")
+        else:
+            faster_by(fig, "dcmtk", 10.0, "wlmscpfs")
+            faster_by(fig, "orthanc", 10.0)
+        figures.append(fig)
+    figures[0].how = (f"median wall time of whole findscu -W runs (process start to exit), "
+                      f"{sizes.runs} runs ({sizes.universal_runs} universal) after one counted "
+                      "run; every server must return the same number of matches; Orthanc reads "
+                      "the same .wl files as wlmscpfs, echoes the same items as JSON")
+    return figures
+
+
+SCALE_ROOT = "1.2.826.0.1.3680043.99.7"
+#: Placeholders of the same length as the values :func:`prefill` puts in their place.
+PLACEHOLDERS = {"study": f"{SCALE_ROOT}.1.9999999", "series": f"{SCALE_ROOT}.2.9999999.9",
+                "sop": f"{SCALE_ROOT}.3.99999999", "patient": "P9999999"}
+
+
+def _scale_template() -> bytes:
+    """A tiny CT file whose UIDs and PatientID are fixed-length placeholders."""
+    ds = image(PLACEHOLDERS["study"], PLACEHOLDERS["series"], 1)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = PLACEHOLDERS["sop"]
+    ds.PatientID, ds.PatientName = PLACEHOLDERS["patient"], "SCALE^PATIENT"
+    del ds.InstanceNumber
+    ds.Rows = ds.Columns = 16
+    ds.PixelData = bytes(512)
+    ds.file_meta.SourceApplicationEntityTitle = "BENCH"
+    path = OUT / ".scale-template.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+def prefill(config: config_module.Config, total: int, per_study: int = 100) -> None:
+    """Grow a stopped echoes' archive by ``total`` instances, as the ingester would.
+
+    Records go through echoes' own index writer (ArchiveIndex.apply in
+    ingester-sized batches, then close); each gets a real file at the path
+    the ingester would use, whose header says what the record says, so
+    ``echoes fsck`` finds index and archive agreeing.
+    """
+    template = _scale_template()
+    for key in ("study", "series", "sop"):
+        assert template.count(PLACEHOLDERS[key].encode()) >= 1, key
+    index = ArchiveIndex(config.index_path)
+    batch: list[InstanceRecord] = []
+    base = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    try:
+        for n in range(total):
+            study_n, within = divmod(n, per_study)
+            study = f"{SCALE_ROOT}.1.{1_000_000 + study_n}"
+            series = f"{SCALE_ROOT}.2.{1_000_000 + study_n}.{within % 4 + 1}"
+            sop = f"{SCALE_ROOT}.3.{10_000_000 + n}"
+            patient = f"P{1_000_000 + study_n % 5000}"
+            relative = archive.relative_path(study, series, sop)
+            target = config.archive_dir / relative
+            if within < 4:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            data = (template.replace(PLACEHOLDERS["study"].encode(), study.encode())
+                    .replace(PLACEHOLDERS["series"].encode(), series.encode())
+                    .replace(PLACEHOLDERS["sop"].encode(), sop.encode())
+                    .replace(PLACEHOLDERS["patient"].encode(), patient.encode()))
+            target.write_bytes(data)
+            batch.append(InstanceRecord(
+                SOPInstanceUID=sop, SOPClassUID=CT, SeriesInstanceUID=series,
+                StudyInstanceUID=study, PatientID=patient, PatientName="SCALE^PATIENT",
+                StudyDate="20261129", Modality="CT",
+                TransferSyntaxUID=ExplicitVRLittleEndian, path=str(relative), size=len(data),
+                received=(base + dt.timedelta(milliseconds=n)).isoformat(
+                    timespec="milliseconds"),
+                calling_ae="BENCH"))
+            if len(batch) == 500:
+                index.apply(batch)
+                batch = []
+        if batch:
+            index.apply(batch)
+    finally:
+        index.close()
+
+
+def row_scale(sizes: Sizes, work: Path) -> list[Figure]:
+    """Issue 7 target 4: ingest cost empty vs full archive; ``echoes studies --json``."""
+    batch, total = sizes.scale_batch, sizes.scale_total
+    tiny = tiny_corpus(max(sizes.tiny, 2 * batch))
+    first, last = tiny[:batch], tiny[batch:2 * batch]
+    warm(first + last)
+    cells = {"first": Cell(None, False), "last": Cell(None, False), "studies": Cell(None, False)}
+    how = ""
+    progress(f"4 echoes: {batch:,} tiny into an empty archive, prefill, {batch:,} at {total:,}")
+    try:
+        with scratch(work, "echoes") as folder, Echoes(folder / "home") as target:
+            cells["first"] = ingest(target, first)
+            target.stop()
+            started = time.perf_counter()
+            prefill(target.config, total - 2 * batch)
+            filled = time.perf_counter() - started
+            started = time.perf_counter()
+            target.start()
+            restarted = time.perf_counter() - started
+            cells["last"] = ingest(target, last, already=total - batch)
+            how = (f"{batch:,} tiny objects over DICOM into an empty echoes, then echoes "
+                   f"stopped and its archive grown to {total - batch:,} instances ("
+                   f"{total - 2 * batch:,} records via ArchiveIndex.apply plus their files, "
+                   f"{filled:.1f} s; restart {restarted:.1f} s), then the next {batch:,}; "
+                   f"ratio last/first")
+            runs = []
+            for _ in range(3):
+                started = time.perf_counter()
+                done = subprocess.run([sys.executable, "-m", "echoes", "--config",
+                                       str(target.ini), "studies", "--json"],
+                                      capture_output=True, check=True)
+                runs.append(time.perf_counter() - started)
+                listed = sum(s["NumberOfInstances"] for s in json.loads(done.stdout))
+            cells["studies"] = Cell(statistics.median(runs), listed == total,
+                                    "" if listed == total else f"lists {listed} instances")
+    except Exception as exc:
+        progress(f"  {exc}")
+        for key, cell in cells.items():
+            if cell.value is None:
+                cells[key] = failed(exc)
+    for cell in cells.values():
+        if cell.note:
+            progress(f"  {cell.note}")
+    first_fig = Figure("4a", f"ingest {batch:,} tiny into an empty echoes", "s",
+                       {"echoes": cells["first"]}, how=how)
+    last_fig = Figure("4b", f"ingest {batch:,} tiny at {total - batch:,}-{total:,} instances",
+                      "s", {"echoes": cells["last"]})
+    a, b = cells["first"], cells["last"]
+    if a.value and b.value is not None:
+        ratio = b.value / a.value
+        last_fig.checks.append(Check(f"{ratio:.2f}x 4a", "<= 1.5x 4a",
+                                     a.ok and b.ok and ratio <= 1.5))
+    else:
+        last_fig.checks.append(Check("n/a", "<= 1.5x 4a", False))
+    studies_fig = Figure("4c", f"echoes studies --json, {total:,} instances", "s",
+                         {"echoes": cells["studies"]},
+                         how="wall time of the whole command (python start included), "
+                             "median of 3, server running; output checked to list every "
+                             "instance")
+    below(studies_fig, 1.0, "s")
+    return [first_fig, last_fig, studies_fig]
+
+
+class PeakSampler(threading.Thread):
+    """Samples VmHWM of echoes' processes of one role (a worker may exit before we look)."""
+
+    def __init__(self, target: Echoes, role: str) -> None:
+        super().__init__(daemon=True)
+        self.target, self.role = target, role
+        self.peaks: dict[int, float] = {}
+        self.halt = threading.Event()
+
+    def sample(self) -> None:
+        for pid in self.target.pids(self.role):
+            self.peaks[pid] = max(self.peaks.get(pid, 0.0), vm_hwm(pid))
+
+    def run(self) -> None:
+        while not self.halt.wait(0.1):
+            self.sample()
+
+    def finish(self) -> float:
+        self.halt.set()
+        self.join()
+        self.sample()
+        return max(self.peaks.values(), default=0.0)
+
+
+def row_memory(sizes: Sizes, work: Path) -> list[Figure]:
+    """Issue 7 target 5: peak RSS of a store worker (1 GB object) and of the MWL worker."""
+    big = big_object(sizes.big_frames)
+    size_mib = big.stat().st_size / 2**20
+
+    def store() -> Cell:
+        with scratch(work, "echoes") as folder, Echoes(folder / "home") as target:
+            sampler = PeakSampler(target, "store")
+            ingester = PeakSampler(target, "ingester")
+            sampler.start()
+            ingester.start()
+            cell = ingest(target, [big])
+            peak = sampler.finish()
+            return Cell(peak, cell.ok and peak > 0,
+                        f"took {cell.value:.1f} s; ingester peak {ingester.finish():.0f} MiB"
+                        f"{'; ' + cell.note if cell.note else ''}")
+
+    def mwl() -> Cell:
+        folder_json = worklist_json(sizes.mwl_memory_items)
+        with scratch(work, "echoes") as folder, \
+                Echoes(folder / "home", worklist_dir=folder_json) as target:
+            loaded = re.findall(r"read in ([0-9.]+) s", target.log())
+            universal = queries(sizes.mwl_items)["universal"]
+            seconds, found = findscu(target.config.mwl_port, target.called, universal,
+                                     count=True)
+            pids = target.pids("mwl")
+            peak = max((vm_hwm(pid) for pid in pids), default=0.0)
+            ok = found == sizes.mwl_memory_items and peak > 0
+            return Cell(peak, ok, f"loaded in {loaded[-1] if loaded else '?'} s, universal "
+                                  f"query {seconds:.1f} s, {found:,} matches")
+
+    store_fig = Figure("5a", f"store worker peak RSS, one {size_mib:,.0f} MiB object", "MiB",
+                       {"echoes": measure("5a echoes: big object", store)},
+                       how="VmHWM of echoes' store workers, sampled every 0.1 s while the "
+                           "object is sent (storescu) and indexed; the largest")
+    below(store_fig, 200, "MiB")
+    mwl_fig = Figure("5b", f"MWL worker peak RSS, {sizes.mwl_memory_items:,} items, "
+                           "universal query", "MiB",
+                     {"echoes": measure("5b echoes: MWL memory", mwl)},
+                     how="VmHWM of the 'echoes: mwl' process after loading the JSON items "
+                         "and answering one universal findscu query (all items matched)")
+    below(mwl_fig, 300, "MiB")
+    return [store_fig, mwl_fig]
+
+
+def watch_arrivals(folder: Path, expected: int, stop: threading.Event,
+                   seen: dict[str, float]) -> None:
+    """File name -> first time seen in ``folder`` (polled every 10 ms)."""
+    while not stop.is_set() and len(seen) < expected:
+        now = time.time()
+        for name in os.listdir(folder):
+            seen.setdefault(name, now)
+        time.sleep(0.01)
+
+
+def forwarded(files: list[Path], folder: Path) -> tuple[Cell, Cell]:
+    """storescu -> echoes -> storescp: (total seconds, median latency) cells."""
+    destination = folder / "destination"
+    with StoreSCP(destination, log=folder / "destination.log") as scp:
+        extra = (f"\n[ae:DEST]\nhost = 127.0.0.1\nport = {scp.port}\nforward = yes\n")
+        with Echoes(folder / "home", extra=extra) as target:
+            time.sleep(1.0)  # let the sender process settle
+            sop_of = {str(path): dcmread(path, stop_before_pixels=True).SOPInstanceUID
+                      for path in files}
+            arrivals: dict[str, float] = {}
+            stop = threading.Event()
+            watcher = threading.Thread(target=watch_arrivals,
+                                       args=(scp.folder, len(files), stop, arrivals))
+            watcher.start()
+            responses: dict[str, float] = {}
+            started = time.time()
+            try:
+                # storescu -v prints "Sending file: X" then the response: the moment
+                # the response line arrives is the moment echoes acknowledged X.
+                client = subprocess.Popen([tool("storescu"), "-v", "-xe", "127.0.0.1",
+                                           str(target.port), *map(str, files)], env=ENV,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          text=True, bufsize=1)
+                current = ""
+                assert client.stdout is not None
+                for line in client.stdout:
+                    if "Sending file: " in line:
+                        current = line.split("Sending file: ", 1)[1].strip()
+                    elif "Received Store Response (Success)" in line:
+                        responses[sop_of[current]] = time.time()
+                client.wait()
+                watcher.join(SETTLE_SECONDS)
+            finally:
+                stop.set()
+                watcher.join()
+    associations = (folder / "destination.log").read_text(errors="replace").count(
+        "Association Received")
+    complete = len(responses) == len(files) and len(arrivals) == len(files)
+    note = (f"echoes acknowledged {len(responses)}, {len(arrivals)} of {len(files)} arrived; "
+            f"{associations} association(s) to storescp")
+    latencies = sorted(arrivals[name] - responses[name.split(".", 1)[1]]
+                       for name in arrivals if name.split(".", 1)[1] in responses)
+    if not arrivals or not latencies:
+        return Cell(None, False, note), Cell(None, False, note)
+    total = Cell(max(arrivals.values()) - started, complete, note)
+    p95 = latencies[int(0.95 * (len(latencies) - 1))]
+    latency = Cell(statistics.median(latencies), complete,
+                   f"p95 {p95:.2f} s, max {latencies[-1]:.2f} s")
+    return total, latency
+
+
+def row_forward(sizes: Sizes, work: Path) -> list[Figure]:
+    """Issue 7 target 6: echoes forwarding to storescp vs storescu straight to storescp."""
+    files = corpus(sizes.forward)
+    warm(files)
+
+    def direct() -> Cell:
+        with scratch(work, "dcmtk") as folder, StoreSCP(folder) as scp:
+            return ingest(scp, files)
+
+    direct_cell = measure(f"6 dcmtk: storescu -> storescp, {len(files):,} CT", direct)
+    progress(f"6 echoes: storescu -> echoes -> storescp, {len(files):,} CT")
+    try:
+        with scratch(work, "echoes") as folder:
+            total, latency = forwarded(files, folder)
+    except Exception as exc:
+        total, latency = failed(exc), failed(exc)
+    total_fig = Figure("6a", f"forward {len(files):,} CT: until all at the destination", "s",
+                       {"dcmtk": direct_cell, "echoes": total},
+                       how="storescp column: storescu straight to storescp; echoes column: "
+                           "storescu start until the last object is on the disk of the "
+                           "storescp echoes forwards to")
+    at_most(total_fig, "dcmtk", 1.25, "storescu direct")
+    latency_fig = Figure("6b", "forward: median receive-to-arrival latency", "s",
+                         {"echoes": latency},
+                         how="from storescu reading echoes' C-STORE response to the file "
+                             "appearing in the destination folder (polled every 10 ms)")
+    below(latency_fig, 1.0, "s")
+    return [total_fig, latency_fig]
+
+
+RUNNERS: dict[str, Callable[[Sizes, Path], list[Figure]]] = {
+    "ingest": row_ingest, "nagle": row_nagle, "worklist": row_worklist, "scale": row_scale,
+    "memory": row_memory, "forward": row_forward,
+}
+
+
+def first_line(argv: list[str]) -> str:
+    """First line a program prints about its version (for the table header)."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=ENV)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return lines[0].strip() if lines else "?"
+
+
+def header(sizes: Sizes, quick: bool) -> list[str]:
+    """Where and with what the figures were taken."""
+    root = Path(__file__).resolve().parent.parent
+    commit = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h %s"],
+                            capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "echoes"],
+                           capture_output=True, text=True).stdout.strip()
+    import pydicom
+    import pynetdicom
+
+    return [
+        f"echoes vs dcmtk vs Orthanc, {dt.datetime.now().isoformat(timespec='seconds')}, "
+        f"{os.cpu_count()} CPUs, {platform.platform()}{', --quick' if quick else ''}",
+        f"echoes: {commit}{' + uncommitted changes in echoes/' if dirty else ''}; "
+        f"python {platform.python_version()}, pynetdicom {pynetdicom.__version__}, "
+        f"pydicom {pydicom.__version__}",
+        f"dcmtk: {tool('storescu')} etc. ({first_line([tool('storescu'), '--version'])}); "
+        f"TCP_NODELAY=1 for every dcmtk process except the Nagle-on sender",
+        f"Orthanc: {tool('Orthanc')} ({first_line([tool('Orthanc'), '--version'])}), "
+        f"worklist plugin {ORTHANC_WORKLIST_PLUGIN}",
+        "each system runs alone with a fresh empty store; figures are one run each",
+    ]
+
+
+def check_tools() -> None:
+    """Exit with the Debian package to install when a peer is missing."""
+    for name in ("storescu", "storescp", "findscu", "echoscu", "wlmscpfs", "Orthanc"):
+        tool(name)
+    if not ORTHANC_WORKLIST_PLUGIN.exists():
+        raise MissingTool(f"{ORTHANC_WORKLIST_PLUGIN} missing: install the Debian package "
+                          "'orthanc' (apt-get install orthanc)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller counts (smoke test)")
+    parser.add_argument("--only", action="append", choices=ROWS, metavar="ROW",
+                        help=f"run only this row (repeatable): {', '.join(ROWS)}")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the servers' folders (logs, stores) in bench/out/compare-*")
+    args = parser.parse_args()
+    global KEEP
+    KEEP = args.keep
+    sizes = QUICK if args.quick else FULL
+    rows = [row for row in ROWS if not args.only or row in args.only]  # the table's order
+    try:
+        check_tools()
+    except MissingTool as exc:
+        print(f"compare.py: {exc}", file=sys.stderr)
+        return 2
+    OUT.mkdir(exist_ok=True)
+    top = header(sizes, args.quick)
+    started = time.monotonic()
+    figures: list[Figure] = []
+    work = Path(tempfile.mkdtemp(prefix="compare-", dir=OUT))
+    try:
+        for row in rows:
+            figures += RUNNERS[row](sizes, work)
+    finally:
+        if KEEP:
+            print(f"kept every server's folder in {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    wall = time.monotonic() - started
+    table = render(figures, top, wall, args.quick)
+    print(table)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    (OUT / f"compare-{stamp}.txt").write_text(table + "\n")
+    print(f"\nwritten to {OUT / f'compare-{stamp}.txt'}", file=sys.stderr)
+    return 0 if all(c.passed for fig in figures for c in fig.checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
