@@ -259,3 +259,64 @@ def p_data_command(context_id: int, command: bytes) -> bytes:
     """One P-DATA-TF carrying a whole (small) command set as its last fragment."""
     pdv = struct.pack(">IBB", len(command) + 2, context_id, COMMAND_BIT | LAST_BIT) + command
     return _pdu(P_DATA_TF, pdv)
+
+
+# -- the requestor side (the sender's outbound associations) -------------------
+
+
+def associate_rq(calling_ae: str, called_ae: str,
+                 contexts: list[PresentationContextRequest], maximum_length: int,
+                 implementation_class_uid: str, implementation_version_name: str) -> bytes:
+    """An A-ASSOCIATE-RQ proposing ``contexts``."""
+    parts = [
+        struct.pack(">HH", 1, 0),
+        called_ae.encode("ascii")[:16].ljust(16), calling_ae.encode("ascii")[:16].ljust(16),
+        bytes(32), _item(APPLICATION_CONTEXT_ITEM, _even_uid(APPLICATION_CONTEXT_NAME)),
+    ]
+    for context in contexts:
+        subitems = _item(ABSTRACT_SYNTAX_ITEM, _even_uid(context.abstract_syntax)) + b"".join(
+            _item(TRANSFER_SYNTAX_ITEM, _even_uid(ts)) for ts in context.transfer_syntaxes)
+        parts.append(_item(PRESENTATION_CONTEXT_RQ_ITEM,
+                           bytes((context.context_id, 0, 0, 0)) + subitems))
+    user = (_item(MAXIMUM_LENGTH_ITEM, struct.pack(">I", maximum_length))
+            + _item(IMPLEMENTATION_CLASS_UID_ITEM, _even_uid(implementation_class_uid))
+            + _item(IMPLEMENTATION_VERSION_NAME_ITEM,
+                    implementation_version_name.encode("ascii")[:16]))
+    parts.append(_item(USER_INFORMATION_ITEM, user))
+    return _pdu(ASSOCIATE_RQ, b"".join(parts))
+
+
+@dataclass
+class AssociateAccept:
+    """What a requestor needs from an A-ASSOCIATE-AC."""
+
+    #: context id -> (result, transfer syntax)
+    results: dict[int, tuple[int, str]] = field(default_factory=dict)
+    maximum_length: int = 0
+
+
+def parse_associate_ac(body: memoryview | bytes) -> AssociateAccept:
+    """Decode the variable part of an A-ASSOCIATE-AC."""
+    view = memoryview(body)
+    if len(view) < 68:
+        raise PDUError("A-ASSOCIATE-AC shorter than its fixed fields")
+    accept = AssociateAccept()
+    for kind, value in _items(view[68:], "A-ASSOCIATE-AC"):
+        if kind == PRESENTATION_CONTEXT_AC_ITEM:
+            if len(value) < 4:
+                raise PDUError("presentation context item too short")
+            syntax = ""
+            for sub_kind, sub in _items(value[4:], "presentation context"):
+                if sub_kind == TRANSFER_SYNTAX_ITEM:
+                    syntax = _uid(bytes(sub))
+            accept.results[value[0]] = (value[2], syntax)
+        elif kind == USER_INFORMATION_ITEM:
+            for sub_kind, sub in _items(value, "user information"):
+                if sub_kind == MAXIMUM_LENGTH_ITEM and len(sub) == 4:
+                    (accept.maximum_length,) = struct.unpack(">I", sub)
+    return accept
+
+
+def release_rq() -> bytes:
+    """The A-RELEASE-RQ."""
+    return _pdu(RELEASE_RQ, bytes(4))

@@ -22,16 +22,16 @@ delivered and are logged.
 
 from __future__ import annotations
 
-import itertools
+import io
 import logging
 import signal
-import socket
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -43,13 +43,13 @@ from pydicom.uid import (
     JPEGLossless,
     JPEGLosslessSV1,
 )
-from pynetdicom import AE, _config, build_context
-from pynetdicom.association import Association
+from pynetdicom.dsutils import encode as encode_dataset
 from pynetdicom.dsutils import split_dataset
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from echoes import encoding, jobs, logs, sopclasses, spool, tls
+from echoes import jobs, logs, sopclasses, spool, tls
 from echoes.config import Config, Reloader, RemoteAE
+from echoes.requestor import AssociationFailed, Requestor
 
 log = logging.getLogger("echoes.sender")
 
@@ -57,7 +57,7 @@ log = logging.getLogger("echoes.sender")
 SEND_MAX_PDU = 49152
 #: How often due jobs are looked for.
 DISPATCH_SECONDS = 0.5
-#: Objects per association at most, and presentation contexts (pynetdicom: 128).
+#: Objects per association at most, and presentation contexts (PS3.8: 128 ids).
 BATCH_MAX = 1000
 MAX_CONTEXTS = 120
 #: A job whose archived file is missing is deferred this long, then failed
@@ -175,7 +175,7 @@ def choose_route(sop_class: str, stored: str, accepted: set[tuple[str, str]]) ->
 
 
 def prepare(path: Path, route: Route) -> Path | Dataset:
-    """What to hand pynetdicom's send_c_store for ``route``."""
+    """The file itself (routes file, refuse), or the Dataset to encode (see payload())."""
     if route.kind == "file":
         return path
     dataset = dcmread(path)
@@ -187,8 +187,8 @@ def prepare(path: Path, route: Route) -> Path | Dataset:
         # pydicom would otherwise replace.
         dataset.decompress(generate_instance_uid=False)
     else:
-        # Uncompressed or deflated: label it as read; pynetdicom re-encodes
-        # it into whichever uncompressed syntax the peer accepted.
+        # Uncompressed or deflated: label it as read; payload() encodes it
+        # into whichever uncompressed syntax the peer accepted.
         implicit, little = dataset.original_encoding
         dataset.file_meta.TransferSyntaxUID = (
             ImplicitVRLittleEndian if implicit
@@ -218,60 +218,41 @@ def swap_pixel_bytes(dataset: Dataset) -> None:
     dataset.PixelData = raw.byteswap().tobytes()
 
 
-def send_file_direct(assoc: Association, job: jobs.Job, path: Path) -> Dataset:
-    """C-STORE an archived file as stored, streaming its data set to the socket.
+def uncompressed_target(sop_class: str, accepted: set[tuple[str, str]]) -> str:
+    """The accepted uncompressed syntax a decompressed object travels in (little endian first)."""
+    return next(ts for ts in sopclasses.UNCOMPRESSED if (sop_class, ts) in accepted)
 
-    The data set bytes after the File Meta go out unchanged, framed by
-    ``encoding.p_data_stream``; pynetdicom's own path costs ~6 ms of CPU per
-    512 KB object, mostly per PDU.  As pynetdicom's ``send_c_store`` does,
-    the association reactor is paused so the response comes to us through
-    pynetdicom's DIMSE queue.  Returns the response status data set (empty
-    when none came).
+
+def payload(job: jobs.Job, route: Route, prepared: Path | Dataset,
+            accepted: set[tuple[str, str]]) -> tuple[str, BinaryIO]:
+    """(transfer syntax of the context to use, the data set bytes to send).
+
+    A file goes as stored: its data set after the File Meta, streamed (the
+    relabel route too: .70 and .57 data sets are encoded the same).  A
+    prepared Dataset is encoded in the syntax of the context it goes over.
     """
-    context = next(cx for cx in assoc.accepted_contexts
-                   if cx.abstract_syntax == job.sop_class_uid
-                   and cx.transfer_syntax[0] == job.transfer_syntax)
-    _file_meta, offset = split_dataset(path)
-    message_id = next(_message_ids)
-    command = encoding.store_request_command(job.sop_class_uid, job.sop_instance_uid,
-                                             message_id)
-    peer_max_pdu = assoc.acceptor.maximum_length or 0
-    assoc._reactor_checkpoint.clear()
-    deadline = time.monotonic() + PAUSE_TIMEOUT
-    while not assoc._is_paused:
-        # pynetdicom's own send_c_store waits here unbounded; an association
-        # that died meanwhile would never pause, and this thread would spin.
-        if not assoc.is_established or time.monotonic() > deadline:
-            assoc._reactor_checkpoint.set()
-            assoc.abort()
-            return Dataset()
-        time.sleep(0.0001)
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            sock = assoc.dul.socket.socket
-            for group in encoding.p_data_stream(context.context_id, command, handle,
-                                                peer_max_pdu):
-                sock.sendall(group)
-        _context_id, response = assoc.dimse.get_msg(block=True)
-    except OSError:
-        assoc.abort()
-        return Dataset()
-    finally:
-        assoc._reactor_checkpoint.set()
-    if response is None:
-        assoc.abort()  # DIMSE timeout: the association cannot be trusted any more
-        return Dataset()
-    return assoc._check_received_status(response)
+    if isinstance(prepared, Path):
+        _meta, offset = split_dataset(prepared)
+        handle = open(prepared, "rb")
+        handle.seek(offset)
+        return job.transfer_syntax, handle
+    if route.kind == "relabel":
+        syntax = JPEGLossless
+    elif route.kind == "decompress":
+        syntax = uncompressed_target(job.sop_class_uid, accepted)
+        if syntax == ExplicitVRBigEndian:
+            swap_pixel_bytes(prepared)  # decompressed pixels are little endian
+    else:
+        syntax = route.target or uncompressed_target(job.sop_class_uid, accepted)
+    data = encode_dataset(prepared, syntax == ImplicitVRLittleEndian,
+                          syntax != ExplicitVRBigEndian)
+    if data is None:
+        raise ValueError(f"cannot encode the data set in {syntax}")
+    return syntax, io.BytesIO(data)
 
 
-_message_ids = itertools.cycle(range(1, 65536))
-#: How long the association's reactor may take to pause before we give up on it.
-PAUSE_TIMEOUT = 5.0
-
-
-class NotAssociated(ConnectionError):
-    """The peer could not be reached, or rejected or aborted the association."""
+#: The peer could not be reached, or rejected or aborted the association.
+NotAssociated = AssociationFailed
 
 
 class Sender:
@@ -388,8 +369,7 @@ class Sender:
                                                  config.max_attempts))
             return 0
         proposed = {(cls, tuple(syntaxes)) for cls, syntaxes in contexts}
-        accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
-                    for cx in assoc.accepted_contexts}
+        accepted = {(cx.abstract_syntax, cx.transfer_syntax) for cx in assoc.accepted_contexts}
         sent = failed = 0
         idle_since = time.monotonic()
         try:
@@ -423,36 +403,14 @@ class Sender:
         return sent
 
     def associate(self, config: Config, remote: RemoteAE,
-                  contexts: list[tuple[str, list[str]]]) -> Association:
+                  contexts: list[tuple[str, list[str]]]) -> Requestor:
         """An association to ``remote`` with ``contexts``; NotAssociated after a few tries."""
-        ae = AE(ae_title=config.ae_title)
-        ae.acse_timeout = config.acse_timeout
-        ae.dimse_timeout = config.dimse_timeout
-        ae.network_timeout = config.network_timeout
-        ae.maximum_pdu_size = SEND_MAX_PDU
-        requested = [build_context(cls, syntaxes) for cls, syntaxes in contexts]
+        ssl_context = tls.client_context(config) if remote.tls else None
 
-        tls_args = (tls.client_context(config), None) if remote.tls else None
-
-        def attempt() -> Association:
-            assoc = ae.associate(remote.host, remote.port, requested, ae_title=remote.title,
-                                 max_pdu=SEND_MAX_PDU, tls_args=tls_args)
-            if assoc.is_established:
-                # Without this every C-STORE waits ~40 ms for a delayed ACK
-                # (Nagle): 46 ms per small object instead of 3.4 ms.
-                assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                return assoc
-            if assoc.is_rejected:
-                raise NotAssociated(f"association rejected by {remote.title}")
-            # pynetdicom reports a refused connection as an abort: tell them apart.
-            try:
-                socket.create_connection((remote.host, remote.port),
-                                         timeout=config.acse_timeout).close()
-            except OSError as exc:
-                reason = exc.strerror or type(exc).__name__
-                raise NotAssociated(
-                    f"cannot connect to {remote.host}:{remote.port}: {reason}") from None
-            raise NotAssociated(f"association aborted by {remote.title}")
+        def attempt() -> Requestor:
+            return Requestor.connect(remote.host, remote.port, config.ae_title, remote.title,
+                                     contexts, SEND_MAX_PDU, config.acse_timeout,
+                                     config.dimse_timeout, ssl_context)
 
         retrying = Retrying(
             stop=stop_after_attempt(CONNECT_ATTEMPTS),
@@ -462,7 +420,7 @@ class Sender:
         )
         return retrying(attempt)
 
-    def send_one(self, assoc: Association, config: Config, job: jobs.Job,
+    def send_one(self, assoc: Requestor, config: Config, job: jobs.Job,
                  accepted: set[tuple[str, str]]) -> str:
         """C-STORE one job's object; record and return the outcome."""
         route = choose_route(job.sop_class_uid, job.transfer_syntax, accepted)
@@ -472,7 +430,7 @@ class Sender:
             log.error("%s: %s refused: %s", job.destination, job.sop_instance_uid, route.reason)
             return PERMANENT
         try:
-            payload = prepare(config.archive_dir / job.path, route)
+            prepared = prepare(config.archive_dir / job.path, route)
         except FileNotFoundError:
             self._record(jobs.deferred(job, now + MISSING_FILE_RECHECK))
             return TRANSIENT
@@ -482,22 +440,22 @@ class Sender:
             log.error("%s: %s: %s", job.destination, job.sop_instance_uid, reason)
             return PERMANENT
         try:
-            if isinstance(payload, Path):
-                response = send_file_direct(assoc, job, payload)
-            else:
-                response = assoc.send_c_store(payload)
-        except (ValueError, AttributeError, RuntimeError) as exc:
+            syntax, data_set = payload(job, route, prepared, accepted)
+        except (ValueError, AttributeError, StopIteration, OSError) as exc:
             self._record(jobs.refused(job, f"cannot send: {exc}"[:300], time.time()))
             return PERMANENT
-        status = response.get("Status") if response else None
+        with data_set:
+            context = assoc.context_for(job.sop_class_uid, syntax)
+            response = (assoc.send_c_store(context, job.sop_instance_uid, data_set)
+                        if context is not None else None)
         now = time.time()
-        if status is None:
+        if response is None:
             self._record(jobs.attempt_failed(job, "no response (timeout or association lost)",
                                              now, config.retry_interval, config.max_attempts))
             return TRANSIENT
-        outcome, words = outcome_of(int(status))
-        comment = str(response.get("ErrorComment", "") or "")
-        detail = f"0x{int(status):04X} {words}" + (f": {comment}" if comment else "")
+        status, comment = response.status, response.comment
+        outcome, words = outcome_of(status)
+        detail = f"0x{status:04X} {words}" + (f": {comment}" if comment else "")
         if outcome == DELIVERED:
             self._record(jobs.delivered(job, now, detail if words else ""))
             if words:
@@ -542,10 +500,6 @@ def run(config: Config) -> int:
     """The sender process: dispatch on an APScheduler schedule until SIGTERM."""
     from apscheduler.schedulers.background import BackgroundScheduler
 
-    _config.STORE_SEND_CHUNKED_DATASET = True  # stream files as stored
-    # pynetdicom logs two ERROR lines per failed connection attempt; the job
-    # log lines and "DEST: cannot connect ..." say it once, in our words.
-    logging.getLogger("pynetdicom.transport").setLevel(logging.CRITICAL)
     sender = Sender(config)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -318,10 +318,13 @@ def send_raw(port: int, path: Path, sop_class: str) -> Dataset:
 
 
 def home_files(server: Server) -> set[Path]:
-    """Every file in the home but the spool and the log (checked on their own)."""
+    """Every file in the home but the spool and the log (checked on their own),
+    and the index's journals (``*.jnl``), which come and go as the ingester
+    compacts them after earlier, legitimate objects.
+    """
     skip = (server.config.spool_dir, server.config.log_file.parent)
     return {p for p in server.home.rglob("*")
-            if not p.is_dir() and not any(s in p.parents for s in skip)}
+            if not p.is_dir() and p.suffix != ".jnl" and not any(s in p.parents for s in skip)}
 
 
 def receive_leftovers(server: Server) -> list[Path]:

@@ -138,3 +138,34 @@ def test_p_data_command_is_one_last_command_pdv():
     data = pdu.p_data_command(5, b"\x01\x02")
     assert data[0] == pdu.P_DATA_TF
     assert list(pdu.iter_pdvs(memoryview(data[6:]))) == [(5, 3, memoryview(b"\x01\x02"))]
+
+
+def test_our_request_decodes_with_pynetdicom():
+    contexts = [pdu.PresentationContextRequest(1, CT, [JPEG, EXPLICIT]),
+                pdu.PresentationContextRequest(3, MR, [IMPLICIT])]
+    data = pdu.associate_rq("ECHOES", "PACS", contexts, 49152, "2.25.7", "ECHOES_T")
+    decoded = A_ASSOCIATE_RQ()
+    decoded.decode(data)
+    primitive = decoded.to_primitive()
+    assert (primitive.calling_ae_title, primitive.called_ae_title) == ("ECHOES", "PACS")
+    proposed = {c.context_id: (c.abstract_syntax, c.transfer_syntax)
+                for c in primitive.presentation_context_definition_list}
+    assert proposed == {1: (CT, [JPEG, EXPLICIT]), 3: (MR, [IMPLICIT])}
+    # and our own acceptor reads it back the same
+    request = pdu.parse_associate_rq(data[6:])
+    assert [(c.context_id, c.transfer_syntaxes) for c in request.contexts] == [
+        (1, [JPEG, EXPLICIT]), (3, [IMPLICIT])]
+    assert request.maximum_length == 49152
+
+
+def test_parse_accept_reads_results_and_length():
+    request = pdu.parse_associate_rq(pynetdicom_rq([(CT, [JPEG, EXPLICIT]), (MR, [JPEG])])[6:])
+    results = pdu.negotiate(request.contexts, {CT: frozenset({EXPLICIT})})
+    accept = pdu.parse_associate_ac(pdu.associate_ac(request, results, 32768, "2.25.1", "X")[6:])
+    assert accept.results[1] == (pdu.ACCEPTANCE, EXPLICIT)
+    assert accept.results[3][0] == pdu.ABSTRACT_SYNTAX_NOT_SUPPORTED
+    assert accept.maximum_length == 32768
+
+
+def test_release_rq_bytes():
+    assert pdu.release_rq() == bytes((0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0))
