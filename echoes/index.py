@@ -53,8 +53,11 @@ STUDIES = "studies"
 SERIES = "series"
 INSTANCES = "instances"
 
-#: Study shards kept in memory in the ingester between batches.
+#: Study shards kept in memory in the ingester between batches, and the
+#: instances they may hold together (about 2 KB each: big CT studies hold
+#: thousands, and the ingester shares the machine).
 OPEN_SHARDS = 64
+OPEN_INSTANCES = 50_000
 
 
 def doc_id(uid: str) -> int:
@@ -194,6 +197,8 @@ class ArchiveIndex:
         self._locations.clear()
         self._studies.clear()
         _remove_leftovers(shard_dir(self.index_path))
+        for tmp in self.index_path.parent.glob(f".{self.index_path.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)  # the catalog's, from a killed writer
         for study_uid, path in _shard_files(self.index_path):
             instances = (JournalStorage(path).read() or {}).get(INSTANCES, {})
             for instance in instances.values():
@@ -282,8 +287,11 @@ class ArchiveIndex:
         self._trim()
 
     def _trim(self) -> None:
-        while len(self._shards) > OPEN_SHARDS:
+        held = sum(len(shard.instances) for shard in self._shards.values())
+        while len(self._shards) > OPEN_SHARDS or (held > OPEN_INSTANCES
+                                                  and len(self._shards) > 1):
             _uid, oldest = self._shards.popitem(last=False)
+            held -= len(oldest.instances)
             oldest.close()
 
     def close(self) -> None:

@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.multival import MultiValue
 from watchdog.events import FileCreatedEvent, FileSystemEventHandler
 from watchdog.observers.api import BaseObserver
@@ -65,7 +66,10 @@ HEADER_KEYWORDS = tuple(
     name for name in InstanceRecord.__dataclass_fields__
     if name[0].isupper() and name != "TransferSyntaxUID"
 )
-_HEADER_TAGS = ["SpecificCharacterSet", *HEADER_KEYWORDS]
+#: (keyword, tag) pairs and the tags to read, looked up once: by keyword,
+#: pydicom resolves names on every call (60 us of 380 per header here).
+_HEADER_FIELDS = tuple((name, tag_for_keyword(name)) for name in HEADER_KEYWORDS)
+_HEADER_TAGS = [tag_for_keyword("SpecificCharacterSet"), *(tag for _, tag in _HEADER_FIELDS)]
 
 
 def _text(value: object) -> str:
@@ -90,7 +94,10 @@ def received_time(spool_name: str) -> str:
 def read_record(path: Path) -> InstanceRecord:
     """The index record of a spooled file, from its header only."""
     dataset = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-    values = {keyword: _text(dataset.get(keyword)) for keyword in HEADER_KEYWORDS}
+    values = {}
+    for keyword, tag in _HEADER_FIELDS:
+        element = dataset.get(tag)  # by tag: the element, not its value
+        values[keyword] = "" if element is None else _text(element.value)
     relative = archive.relative_path(
         values["StudyInstanceUID"], values["SeriesInstanceUID"], values["SOPInstanceUID"]
     )

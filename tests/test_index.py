@@ -172,3 +172,53 @@ def test_failed_batch_is_retried_from_what_is_on_disk(tmp_path, monkeypatch):
     assert found == {"1.1": "8.2", "1.2": "8.1", "1.5": "8.1"}
     assert {s["StudyInstanceUID"]: s["NumberOfInstances"]
             for s in index.read_studies(path)} == {"8.1": 2, "8.2": 1}
+
+
+def test_leftovers_of_a_killed_writer_are_removed_at_start(tmp_path):
+    path = tmp_path / "index.json"
+    db = ArchiveIndex(path)
+    db.apply([record("1.1"), record("1.2", study="4.4", series="4.4.1")])
+    db.apply([record("1.3", study="4.4", series="4.4.1")])
+    db.close()
+    shard = index.shard_path(path, "4.4")
+    (shard.parent / ".4.4.json.123.tmp").write_text("{")
+    (tmp_path / ".index.json.123.tmp").write_text("{")
+    shard.unlink()  # killed between removing a shard and its journal
+    ArchiveIndex(path).close()
+    assert not journal_path(shard).exists()
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert [s["StudyInstanceUID"] for s in index.read_studies(path)] == ["1.2.3"]
+
+
+def test_memory_holds_a_bounded_number_of_instances(tmp_path, monkeypatch):
+    monkeypatch.setattr(index, "OPEN_INSTANCES", 10)
+    path = tmp_path / "index.json"
+    db = ArchiveIndex(path)
+    for study in range(5):
+        db.apply([record(f"2.{study}.{n}", study=f"3.{study}", series=f"3.{study}.1")
+                  for n in range(6)])
+    assert len(db._shards) == 1  # each shard alone is over half the bound
+    db.apply([record("2.0.0", study="3.0", series="3.0.1", size=5)])  # reloaded from disk
+    db.close()
+    assert len(list(index.iter_instances(path))) == 30
+
+
+def test_an_index_written_before_journals_is_read_and_extended(tmp_path):
+    """Files of the earlier AtomicJSONStorage: plain TinyDB JSON, no generation."""
+    path = tmp_path / "index.json"
+    old = record("1.1").__dict__
+    shard = index.shard_path(path, "1.2.3")
+    shard.parent.mkdir()
+    shard.write_text(json.dumps({
+        "series": {str(index.doc_id("1.2.3.1")): {
+            "SeriesInstanceUID": "1.2.3.1", "Modality": "CT", "SeriesNumber": "",
+            "SeriesDescription": "", "NumberOfSeriesRelatedInstances": 1}},
+        "instances": {str(index.doc_id("1.1")): old}}))
+    path.write_text(json.dumps({"studies": {}}))  # a stale catalog
+    assert index.read_study(path, "1.2.3")["instances"] == [old]
+    db = ArchiveIndex(path)
+    assert index.read_studies(path)[0]["NumberOfInstances"] == 1
+    db.apply([record("1.2")])
+    db.close()
+    assert index.read_studies(path)[0]["NumberOfInstances"] == 2
+    assert {i["SOPInstanceUID"] for i in index.iter_instances(path)} == {"1.1", "1.2"}
