@@ -107,6 +107,42 @@ def vm_hwm(pid: int) -> float:
     return 0.0
 
 
+def wait_idle(pid: int, timeout: float = 20.0, window: float = 0.5,
+              busy: float = 0.05) -> bool:
+    """Wait until ``pid`` and its children use under ``busy`` of a CPU over ``window``.
+
+    A server that answers C-ECHO may still be starting its other processes
+    (imports, folder scans); on two cores that would bill the first
+    measurement for the start-up.  False when still busy after ``timeout``.
+    """
+    import psutil
+
+    def cpu() -> float:
+        total = 0.0
+        try:
+            root = psutil.Process(pid)
+            processes = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return 0.0
+        for process in processes:
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                continue
+        return total
+
+    deadline = time.monotonic() + timeout
+    before = cpu()
+    while time.monotonic() < deadline:
+        time.sleep(window)
+        now = cpu()
+        if now - before < busy * window:
+            return True
+        before = now
+    return False
+
+
 def stop_process(process: subprocess.Popen, timeout: float = 60.0) -> None:
     """SIGTERM, wait, then SIGKILL: a server this benchmark started must not outlive it."""
     if process.poll() is not None:

@@ -42,7 +42,17 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from common import ENV, OUT, MissingTool, free_port, nagle_env, stop_process, tool, vm_hwm
+from common import (
+    ENV,
+    OUT,
+    MissingTool,
+    free_port,
+    nagle_env,
+    stop_process,
+    tool,
+    vm_hwm,
+    wait_idle,
+)
 from common import wait_echo as _wait_echo
 from ingest import big_object, corpus, image
 from pydicom import dcmread
@@ -258,6 +268,7 @@ class Orthanc(Receiver):
                                            f"{work / 'orthanc.log'}") from None
                     time.sleep(0.1)
             wait_echo(self.port, self.called, process=self.process)
+            wait_idle(self.process.pid)
         except BaseException:
             self.stop()
             raise
@@ -311,6 +322,7 @@ class Echoes(Receiver):
                 if time.monotonic() > deadline or self.process.poll() is not None:
                     raise RuntimeError("echoes' ingester did not start")
                 time.sleep(0.05)
+            wait_idle(self.process.pid)  # the sender and the rest done starting too
         except BaseException:
             self.stop()
             raise
@@ -550,7 +562,7 @@ def faster_by(fig: Figure, peer: str, factor: float, peer_name: str = "") -> Non
         fig.checks.append(Check("n/a", f"{factor:g}x faster than {name}", False))
         return
     ratio = theirs.value / mine.value
-    fig.checks.append(Check(f"{ratio:.1f}x faster than {name}",
+    fig.checks.append(Check(f"{ratio:.2f}x faster than {name}",
                             f">= {factor:g}x faster than {name}",
                             mine.ok and theirs.ok and ratio >= factor))
 
@@ -612,7 +624,8 @@ def render(figures: list[Figure], header: list[str], wall: float, quick: bool) -
     passed = sum(c.passed for c in checks)
     caveat = " (--quick: reduced counts, not the issue's conditions)" if quick else ""
     out += ["", f"SUMMARY: {passed} of {len(checks)} targets PASS, {len(checks) - passed} FAIL; "
-                f"wall time {wall:.0f} s{caveat}"]
+                f"wall time {wall:.0f} s; load average at the end {os.getloadavg()[0]:.2f}"
+                f"{caveat}"]
     return "\n".join(out)
 
 
@@ -1074,7 +1087,8 @@ def header(sizes: Sizes, quick: bool) -> list[str]:
         f"TCP_NODELAY=1 for every dcmtk process except the Nagle-on sender",
         f"Orthanc: {tool('Orthanc')} ({first_line([tool('Orthanc'), '--version'])}), "
         f"worklist plugin {ORTHANC_WORKLIST_PLUGIN}",
-        "each system runs alone with a fresh empty store; figures are one run each",
+        "each system runs alone with a fresh empty store, started and idle before its clock "
+        f"starts; figures are one run each; load average at start {os.getloadavg()[0]:.2f}",
     ]
 
 
