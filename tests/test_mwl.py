@@ -362,3 +362,16 @@ def test_several_associations_at_once(mwl: Server, tmp_path: Path, dcmtk: None) 
     outputs = [client.communicate(timeout=60)[0].decode() for client in clients]
     assert [client.returncode for client in clients] == [0] * 8
     assert [output.count("(Pending)") for output in outputs] == [5] * 8
+
+
+def test_answer_shape_keeps_sequence_values_not_top_level_values() -> None:
+    """The response cache key: sequence values select sub-items, top-level ones do not."""
+    from echoes.mwl import answer_shape
+    from echoes.mwl_match import QueryKey
+
+    def query(patient: str, modality: str) -> dict:
+        return {0x00100020: QueryKey("LO", patient),
+                0x00400100: QueryKey("SQ", [{0x00080060: QueryKey("CS", modality)}])}
+
+    assert answer_shape(query("P1", "CT")) == answer_shape(query("P2", "CT"))
+    assert answer_shape(query("P1", "CT")) != answer_shape(query("P1", "MR"))
