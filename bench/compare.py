@@ -1067,7 +1067,7 @@ def first_line(argv: list[str]) -> str:
     return lines[0].strip() if lines else "?"
 
 
-def header(sizes: Sizes, quick: bool) -> list[str]:
+def header(sizes: Sizes, quick: bool, work: Path) -> list[str]:
     """Where and with what the figures were taken."""
     root = Path(__file__).resolve().parent.parent
     commit = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h %s"],
@@ -1089,6 +1089,7 @@ def header(sizes: Sizes, quick: bool) -> list[str]:
         f"worklist plugin {ORTHANC_WORKLIST_PLUGIN}",
         "each system runs alone with a fresh empty store, started and idle before its clock "
         f"starts; figures are one run each; load average at start {os.getloadavg()[0]:.2f}",
+        f"stores under {work} (one file system for all)",
     ]
 
 
@@ -1107,7 +1108,10 @@ def main() -> int:
     parser.add_argument("--only", action="append", choices=ROWS, metavar="ROW",
                         help=f"run only this row (repeatable): {', '.join(ROWS)}")
     parser.add_argument("--keep", action="store_true",
-                        help="keep the servers' folders (logs, stores) in bench/out/compare-*")
+                        help="keep the servers' folders (logs, stores) after the run")
+    parser.add_argument("--workdir", default=None,
+                        help="where every server's store goes (default: the system temp "
+                             "folder; the same for every system)")
     args = parser.parse_args()
     global KEEP
     KEEP = args.keep
@@ -1119,10 +1123,13 @@ def main() -> int:
         print(f"compare.py: {exc}", file=sys.stderr)
         return 2
     OUT.mkdir(exist_ok=True)
-    top = header(sizes, args.quick)
+    # The stores live in the system temp folder, not in the checkout: a
+    # checkout may sit on a watched or synced folder (here /work creates a
+    # file 10x slower than /tmp), which would measure the folder, not the server.
+    work = Path(tempfile.mkdtemp(prefix="echoes-compare-", dir=args.workdir))
+    top = header(sizes, args.quick, work)
     started = time.monotonic()
     figures: list[Figure] = []
-    work = Path(tempfile.mkdtemp(prefix="compare-", dir=OUT))
     try:
         for row in rows:
             figures += RUNNERS[row](sizes, work)
