@@ -328,11 +328,15 @@ def home_files(server: Server) -> set[Path]:
 
 
 def receive_leftovers(server: Server) -> list[Path]:
-    """Receive files of the store workers, after a short grace for the handler."""
+    """Receive files of the store workers, after a short grace for the handler.
+
+    Empty files are the workers' spares (store.SpareFiles); a receive file
+    always holds at least its File Meta.
+    """
     deadline = time.monotonic() + 2
     while True:
         left = list((server.config.spool_dir / "tmp").rglob("*"))
-        left = [p for p in left if not p.is_dir()]
+        left = [p for p in left if not p.is_dir() and p.stat().st_size > 0]
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
