@@ -20,7 +20,8 @@ goes on.
 Cost per object (it shares two cores with the store workers): watchdog asks
 the kernel for arrivals only (:class:`_ArrivalsEmitter`), an idle ingester
 that is woken gathers the objects right behind the first for
-:data:`GATHER_SECONDS` so that the fsyncs of a batch are shared, and
+:data:`GATHER_SECONDS`, and during a stream batches start at most that
+often, so that the fsyncs of a batch are shared, and
 ``index.apply`` writes in proportion to the batch, not to the study.
 """
 
@@ -185,13 +186,23 @@ class Ingester:
             for record in records for destination in destinations)
 
     def drain(self, stop: threading.Event | None = None) -> int:
-        """Ingest everything now in the spool; return the count."""
+        """Ingest everything now in the spool; return the count.
+
+        While a stream goes on (``stop`` given), a batch that was not full
+        starts the next one no sooner than GATHER_SECONDS after it began:
+        otherwise an ingester that keeps up takes the objects one or two at
+        a time, and its journal commits (0.7 per object, strace) queue up
+        with the store workers' fsyncs, which the senders wait for.
+        """
         total = 0
         while stop is None or not stop.is_set():
+            started = time.monotonic()
             pending = spool.pending_incoming(self.layout)[:BATCH_MAX]
             if not pending:
                 break
             total += self.ingest_batch(pending)
+            if stop is not None and len(pending) < BATCH_MAX:
+                stop.wait(max(0.0, GATHER_SECONDS - (time.monotonic() - started)))
         return total
 
 

@@ -106,6 +106,17 @@ def commit_incoming(tmp_file: Path, layout: SpoolLayout) -> Path:
     return target
 
 
+def publish_incoming(synced_file: Path, layout: SpoolLayout, incoming_fd: int) -> Path:
+    """Move an already fsynced file into ``incoming/`` and make the rename
+    durable, fsyncing the folder through a descriptor the caller keeps open
+    (the store worker's per-object path: no open() per object).
+    """
+    target = layout.incoming / incoming_name()
+    os.replace(synced_file, target)
+    os.fsync(incoming_fd)
+    return target
+
+
 def pending_incoming(layout: SpoolLayout) -> list[Path]:
     """Files waiting for the ingester, oldest first."""
     try:

@@ -12,7 +12,7 @@ An object's path through this module::
                                the calling AE as Source AE Title)
     P-DATA data fragments   -> appended to that file as they arrive
     last fragment           -> check_object()           (free space, structure, UIDs)
-                            -> spool.commit_incoming()  (fsync, rename, fsync dir)
+                            -> fsync, spool.publish_incoming()  (rename, fsync dir)
                             -> Success 0x0000           (only now)
 
 The upper layer is our own (:mod:`echoes.association`, :mod:`echoes.pdu`),
@@ -85,19 +85,25 @@ REQUIRED_UID_TAGS = {0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID",
                      0x0020000E: "SeriesInstanceUID", 0x0020000D: "StudyInstanceUID"}
 
 
-def object_uids(path: Path) -> dict[str, str | None]:
+def object_uids(path: Path, fd: int | None = None) -> dict[str, str | None]:
     """Walk the whole file (check_part10) and return its four UIDs by keyword.
 
     The walk keeps the UIDs' raw values as it passes them, so no second
     parse is needed; a deflated data set is inflated by pydicom instead.
+    With ``fd`` (the receive descriptor, open for reading too) a small file
+    is read back without opening it again.
     """
-    size = path.stat().st_size
+    size = os.fstat(fd).st_size if fd is not None else path.stat().st_size
     found = dict.fromkeys(REQUIRED_UID_TAGS, b"")
-    with open(path, "rb") as handle:
-        if size <= WALK_IN_MEMORY:
-            # One read instead of a seek per element (62 lseeks for a tiny object).
-            syntax = check_part10(io.BytesIO(handle.read()), size, found)
+    if size <= WALK_IN_MEMORY:
+        # One read instead of a seek per element (62 lseeks for a tiny object).
+        if fd is not None:
+            data = os.pread(fd, size, 0)
         else:
+            data = path.read_bytes()
+        syntax = check_part10(io.BytesIO(data), len(data), found)
+    else:
+        with open(path, "rb") as handle:
             syntax = check_part10(handle, size, found)
     if syntax in DEFLATED_SYNTAXES:
         header = dcmread(path, stop_before_pixels=True, specific_tags=list(REQUIRED_UIDS))
@@ -106,10 +112,11 @@ def object_uids(path: Path) -> dict[str, str | None]:
             for tag, keyword in REQUIRED_UID_TAGS.items()}
 
 
-def check_object(path: Path, request_class: str, request_instance: str) -> dict[str, str | None]:
+def check_object(path: Path, request_class: str, request_instance: str,
+                 fd: int | None = None) -> dict[str, str | None]:
     """Decide whether a received file may be stored; raise StoreRefused if not."""
     try:
-        uids = object_uids(path)
+        uids = object_uids(path, fd)
     except MalformedDataset as exc:
         raise StoreRefused(CANNOT_UNDERSTAND, f"Cannot understand: {exc}") from None
     except (InvalidDicomError, ValueError, EOFError, OSError) as exc:
@@ -147,9 +154,9 @@ class SpareFiles:
         threading.Thread(target=self._fill, name="spare-files", daemon=True).start()
 
     def create(self) -> tuple[Path, int]:
-        """A new empty receive file: (path, descriptor open for writing)."""
+        """A new empty receive file: (path, descriptor open for writing and reading back)."""
         path = self.folder / f"{next(self.numbers):09d}.part"
-        return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        return path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
 
     def take(self) -> tuple[Path, int]:
         """A spare if one is ready, else a file made now."""
@@ -220,8 +227,10 @@ class SpoolReceiver:
 
     def finish(self) -> tuple[int, str]:
         """The whole data set is here: check, commit, answer."""
-        self._close()
-        return self.service.commit(self)
+        try:
+            return self.service.commit(self)
+        finally:
+            self._close()
 
     def discard(self) -> None:
         """The association ended mid-object: it was never acknowledged."""
@@ -237,6 +246,7 @@ class StoreService:
         self.layout = layout
         self.folder = folder
         self.spares = SpareFiles(folder)
+        self.incoming_fd = os.open(layout.incoming, os.O_RDONLY | os.O_DIRECTORY)
         self.accepted = accepted_contexts()
 
     def receiver(self, association_: association.Association, context: pdu.ContextResult,
@@ -263,10 +273,13 @@ class StoreService:
                     OUT_OF_RESOURCES,
                     f"Out of resources: {free:.0f} MB free, floor {self.config.min_free_mb} MB",
                 )
-            check_object(path, receiver.sop_class, receiver.sop_instance)
-            size = path.stat().st_size
+            check_object(path, receiver.sop_class, receiver.sop_instance, receiver.fd)
+            size = os.fstat(receiver.fd).st_size
             try:
-                spool.commit_incoming(path, self.layout)
+                # The receive descriptor is fsynced, then the file renamed and
+                # the incoming folder (kept open) fsynced: no open() per object.
+                os.fsync(receiver.fd)
+                spool.publish_incoming(path, self.layout, self.incoming_fd)
             except OSError as exc:
                 raise StoreRefused(
                     OUT_OF_RESOURCES, f"Out of resources: {exc.strerror}"
