@@ -89,6 +89,10 @@ class AssociationServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     def server_bind(self) -> None:
         self.socket.close()  # type: ignore[has-type]
         self.socket = socket.socket(fileno=os.dup(self.listen_fd))
+        # One descriptor of the listener per worker: when the worker stops
+        # accepting (SIGTERM) the port is free for a restarted supervisor at
+        # once, while open associations drain.
+        os.close(self.listen_fd)
         # Several workers may accept on this socket: whoever loses the race
         # must not block in accept(), so the listener is non-blocking.
         self.socket.setblocking(False)

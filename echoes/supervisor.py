@@ -119,18 +119,28 @@ def bind_with_patience(config: Config, port: int) -> socket.socket:
 
 
 def _held_by_old_echoes(port: int) -> bool:
-    """Whether an orphaned echoes worker still listens on ``port``."""
+    """Whether ``port`` may still be held by an orphaned echoes worker.
+
+    False only when its listener belongs to a process that is positively
+    not ours; an owner that cannot be told (exiting, no pid, no access) or
+    a listener already gone counts as ours, so a restarted supervisor goes
+    on waiting instead of giving up while the old workers exit (soak seed 2:
+    "cannot start: ... Address already in use" right after a kill -9).
+    """
     try:
         import psutil
 
         for connection in psutil.net_connections("tcp"):
-            if connection.laddr and connection.laddr.port == port and connection.pid and \
-                    connection.status == psutil.CONN_LISTEN:
-                name = " ".join(psutil.Process(connection.pid).cmdline())
-                return name.startswith("echoes: ")
+            if not (connection.laddr and connection.laddr.port == port
+                    and connection.status == psutil.CONN_LISTEN):
+                continue
+            if not connection.pid:
+                return True
+            name = " ".join(psutil.Process(connection.pid).cmdline())
+            return not name or name.startswith("echoes: ")
     except (psutil.Error, OSError):
-        return False
-    return False
+        return True
+    return True
 
 
 class StartError(RuntimeError):
