@@ -142,7 +142,7 @@ class _Walker:
                 self._skip(length)
 
 
-def _read_meta(fp: BinaryIO, end: int) -> tuple[dict[int, bytes], int]:
+def read_meta(fp: BinaryIO, end: int) -> tuple[dict[int, bytes], int]:
     """Read the File Meta group; return its values by tag and the data set offset."""
     fp.seek(0)
     preamble = fp.read(132)
@@ -174,7 +174,7 @@ def check_part10(fp: BinaryIO, size: int, capture: dict[int, bytes] | None = Non
     values up to 1 KiB) replace its values on the way, so the caller needs no
     second parse of the file (not for deflated data sets).
     """
-    meta, offset = _read_meta(fp, size)
+    meta, offset = read_meta(fp, size)
     raw_syntax = meta.get(0x00020010)
     if not raw_syntax:
         raise MalformedDataset("file meta has no transfer syntax")
