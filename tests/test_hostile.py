@@ -318,13 +318,16 @@ def send_raw(port: int, path: Path, sop_class: str) -> Dataset:
 
 
 def home_files(server: Server) -> set[Path]:
-    """Every file in the home but the spool and the log (checked on their own),
-    and the index's journals (``*.jnl``), which come and go as the ingester
-    compacts them after earlier, legitimate objects.
+    """Every file in the home but the spool and the log, and the index's own
+    files (catalog, shards, journals), which the ingester writes or compacts
+    on its own schedule after earlier, legitimate objects; all are checked on
+    their own (indexed_sops, archived_sops, receive_leftovers).
     """
     skip = (server.config.spool_dir, server.config.log_file.parent)
+    index_name = server.config.index_path.name
     return {p for p in server.home.rglob("*")
-            if not p.is_dir() and p.suffix != ".jnl" and not any(s in p.parents for s in skip)}
+            if not p.is_dir() and not any(s in p.parents for s in skip)
+            and not p.name.startswith(index_name) and p.parent.name != f"{index_name}.d"}
 
 
 def receive_leftovers(server: Server) -> list[Path]:
