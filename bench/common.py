@@ -153,3 +153,24 @@ def stop_process(process: subprocess.Popen, timeout: float = 60.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def storescu_acknowledged(port: int, files: list[Path], sop_of: dict[str, str]) -> dict[str, float]:
+    """Send ``files`` with ``storescu -v``; SOP Instance UID -> when its Success came.
+
+    storescu -v prints "Sending file: X" then the response: the moment the
+    response line arrives is the moment the receiver acknowledged X.
+    """
+    responses: dict[str, float] = {}
+    client = subprocess.Popen([tool("storescu"), "-v", "-xe", "127.0.0.1", str(port),
+                               *map(str, files)], env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, bufsize=1)
+    current = ""
+    assert client.stdout is not None
+    for line in client.stdout:
+        if "Sending file: " in line:
+            current = line.split("Sending file: ", 1)[1].strip()
+        elif "Received Store Response (Success)" in line:
+            responses[sop_of[current]] = time.time()
+    client.wait()
+    return responses

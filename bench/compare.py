@@ -49,6 +49,7 @@ from common import (
     free_port,
     nagle_env,
     stop_process,
+    storescu_acknowledged,
     tool,
     vm_hwm,
     wait_idle,
@@ -993,20 +994,7 @@ def forwarded(files: list[Path], folder: Path) -> tuple[Cell, Cell]:
             responses: dict[str, float] = {}
             started = time.time()
             try:
-                # storescu -v prints "Sending file: X" then the response: the moment
-                # the response line arrives is the moment echoes acknowledged X.
-                client = subprocess.Popen([tool("storescu"), "-v", "-xe", "127.0.0.1",
-                                           str(target.port), *map(str, files)], env=ENV,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                          text=True, bufsize=1)
-                current = ""
-                assert client.stdout is not None
-                for line in client.stdout:
-                    if "Sending file: " in line:
-                        current = line.split("Sending file: ", 1)[1].strip()
-                    elif "Received Store Response (Success)" in line:
-                        responses[sop_of[current]] = time.time()
-                client.wait()
+                responses.update(storescu_acknowledged(target.port, files, sop_of))
                 watcher.join(SETTLE_SECONDS)
             finally:
                 stop.set()

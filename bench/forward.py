@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import ENV, OUT, free_port, tool  # bench/common.py
+from common import ENV, OUT, free_port, storescu_acknowledged, tool  # bench/common.py
 from ingest import corpus, wait_port  # bench/ingest.py
 from pydicom import dcmread
 
@@ -90,18 +90,8 @@ def forwarded(files: list[Path], work: Path) -> tuple[list[float], float, int]:
         # moment each response line arrives is the moment echoes acknowledged.
         sop_of = {str(path): dcmread(path, stop_before_pixels=True).SOPInstanceUID
                   for path in files}
-        responses: dict[str, float] = {}
         started = time.time()
-        client = subprocess.Popen([tool("storescu"), "-v", "-xe", "127.0.0.1", str(store_port),
-                                   *map(str, files)], env=ENV, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True, bufsize=1)
-        current = ""
-        for line in client.stdout:
-            if "Sending file: " in line:
-                current = line.split("Sending file: ", 1)[1].strip()
-            elif "Received Store Response (Success)" in line:
-                responses[sop_of[current]] = time.time()
-        client.wait()
+        responses = storescu_acknowledged(store_port, files, sop_of)
         if len(responses) != len(files):
             raise SystemExit(f"echoes acknowledged {len(responses)} of {len(files)}")
         watcher.join(120)

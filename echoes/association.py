@@ -27,14 +27,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from echoes import encoding, pdu
+from echoes import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, encoding, pdu
+from echoes.config import Config
 
 log = logging.getLogger("echoes.association")
 
-C_STORE_RQ = 0x0001
-C_ECHO_RQ = 0x0030
-C_CANCEL_RQ = 0x0FFF
-RESPONSE_BIT = 0x8000
 
 SUCCESS = 0x0000
 UNRECOGNIZED_OPERATION = 0x0211
@@ -83,6 +80,22 @@ class Settings:
     allowed_calling_aes: frozenset[str] = frozenset()
     require_called_ae: bool = False
     role: str = "store"
+
+    @classmethod
+    def for_port(cls, config: Config, role: str, maximum_length: int) -> Settings:
+        """The rules of the port of ``role`` ("store" or "mwl") from the configuration."""
+        return cls(
+            ae_title=config.ae_title,
+            acse_timeout=config.acse_timeout,
+            network_timeout=config.network_timeout,
+            maximum_length=maximum_length,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            max_associations=config.max_associations,
+            allowed_calling_aes=frozenset(config.calling_aes_for(role)),
+            require_called_ae=config.require_called_ae,
+            role=role,
+        )
 
 
 @dataclass
@@ -138,7 +151,7 @@ class Association:
                 command = encoding.parse_command(bytes(fragment))
             except ValueError as exc:
                 raise pdu.PDUError(f"command set: {exc}") from None
-            if encoding.command_us(command, encoding.COMMAND_FIELD) != C_CANCEL_RQ:
+            if encoding.command_us(command, encoding.COMMAND_FIELD) != encoding.C_CANCEL_RQ:
                 raise pdu.PDUError("a request other than C-CANCEL during an operation")
             self.cancelled = True
         return self.cancelled
@@ -363,7 +376,7 @@ def _respond(sock: socket.socket, association: Association, message: _Message,
     """Send the response to a complete request (none to a C-CANCEL or a response)."""
     command = message.command or {}
     field_ = encoding.command_us(command, encoding.COMMAND_FIELD)
-    if field_ < 0 or field_ & RESPONSE_BIT or field_ == C_CANCEL_RQ:
+    if field_ < 0 or field_ & encoding.RESPONSE_BIT or field_ == encoding.C_CANCEL_RQ:
         return
     message_id = encoding.command_us(command, encoding.MESSAGE_ID, 0)
     sop_class = encoding.command_uid(command, encoding.AFFECTED_SOP_CLASS)
@@ -371,12 +384,12 @@ def _respond(sock: socket.socket, association: Association, message: _Message,
     comment = ""
     if receiver is not None:
         status, comment = receiver.finish()
-    elif field_ == C_ECHO_RQ:
+    elif field_ == encoding.C_ECHO_RQ:
         status = SUCCESS
     else:
         status = UNRECOGNIZED_OPERATION
         comment = f"operation 0x{field_:04X} not served on this port"
-    response = encoding.response_command(field_ | RESPONSE_BIT, sop_class, message_id,
+    response = encoding.response_command(field_ | encoding.RESPONSE_BIT, sop_class, message_id,
                                          status, sop_instance, comment)
     sock.sendall(pdu.p_data_command(message.context.context_id, response))
 

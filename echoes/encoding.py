@@ -170,7 +170,13 @@ def p_data_pdus(context_id: int, command: bytes, data_set: bytes, max_pdu: int) 
     return b"".join(pdus)
 
 
+#: DIMSE-C command fields (PS3.7 E.1) and the bit that marks a response.
 C_STORE_RQ = 0x0001
+C_STORE_RSP = 0x8001
+C_FIND_RQ = 0x0020
+C_ECHO_RQ = 0x0030
+C_CANCEL_RQ = 0x0FFF
+RESPONSE_BIT = 0x8000
 MEDIUM_PRIORITY = 0x0000
 
 
@@ -207,6 +213,7 @@ COMMAND_FIELD = 0x0100
 MESSAGE_ID = 0x0110
 DATA_SET_TYPE = 0x0800
 AFFECTED_SOP_INSTANCE = 0x1000
+STATUS = 0x0900
 ERROR_COMMENT = 0x0902
 
 

@@ -52,7 +52,7 @@ from watchdog.observers.inotify_c import InotifyConstants, Mask
 from echoes import archive, integrity, jobs, logs, spool
 from echoes.config import Config, Reloader
 from echoes.index import ArchiveIndex, InstanceRecord
-from echoes.validation import MalformedDataset, check_part10, read_meta
+from echoes.validation import DEFLATED_SYNTAXES, MalformedDataset, check_part10, read_meta
 
 log = logging.getLogger("echoes.ingester")
 
@@ -80,7 +80,6 @@ _HEADER_TAGS = [tag_for_keyword("SpecificCharacterSet"), *(tag for _, tag in _HE
 _HEADER_VRS = {name: dictionary_VR(tag) for name, tag in _HEADER_FIELDS}
 _CHARSET_TAG = 0x00080005
 _CAPTURE_TAGS = (_CHARSET_TAG, *(tag for _, tag in _HEADER_FIELDS))
-_DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
 
 
 def _text(value: object) -> str:
@@ -117,7 +116,7 @@ def read_record(path: Path) -> InstanceRecord:
         with open(path, "rb") as handle:
             meta, _offset = read_meta(handle, size)
             syntax = _meta_text(meta, 0x00020010)
-            if syntax in _DEFLATED:
+            if syntax in DEFLATED_SYNTAXES:
                 return _read_record_with_dcmread(path)
             captured = dict.fromkeys(_CAPTURE_TAGS, b"")
             check_part10(handle, size, captured)

@@ -46,7 +46,7 @@ from typing import Any
 
 from tinydb.storages import Storage
 
-from echoes.spool import fsync_dir
+from echoes.spool import atomic_write_bytes, fsync_dir
 
 GENERATION = "_generation"
 
@@ -92,19 +92,6 @@ def _tables(tables: dict[str, Iterable[bytes]], head: bytes = b"") -> list[bytes
         chunks += [encode(table), b":{", b",".join(entries), b"}"]
     chunks.append(b"}")
     return chunks
-
-
-def _write_atomic(path: Path, chunks: list[bytes], durable: bool) -> None:
-    """Replace ``path`` by the chunks (temporary name, fsync, rename, fsync folder)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.writelines(chunks)
-        if durable:
-            handle.flush()
-            os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    if durable:
-        fsync_dir(path.parent)
 
 
 def encode_line(changes: Changes) -> bytes:
@@ -335,7 +322,7 @@ class JournalStorage(Storage):
             tables[table] = cache.values()
         self.generation = self._highest = self._highest + 1
         chunks = _tables(tables, head=encode(GENERATION) + b":%d" % self.generation)
-        _write_atomic(self.path, chunks, self.durable)
+        atomic_write_bytes(self.path, chunks, self.durable)
         self.base_bytes = sum(map(len, chunks))
         self.journal_bytes = 0
         self._journal_current = False
@@ -343,7 +330,7 @@ class JournalStorage(Storage):
     def _start_journal(self, first_line: bytes) -> None:
         """A new journal for this generation, replacing any older one by rename."""
         chunks = [_header(self.generation or 0), first_line]
-        _write_atomic(self.journal, chunks, self.durable)
+        atomic_write_bytes(self.journal, chunks, self.durable)
         self._journal_current = True
         self.journal_bytes = sum(map(len, chunks))
 

@@ -172,45 +172,34 @@ def _refuse_connection(request: socket.socket, client_address: tuple, role: str)
                 "allowed_networks", client_address[0], client_address[1], role)
 
 
-def _configure_server_class(cls: type, listen_fd: int, config: Config | None,
-                            role: str) -> None:
-    import ipaddress
-
-    cls.listen_fd = listen_fd
-    if config is not None:
-        cls.allowed_networks = tuple(ipaddress.ip_network(n) for n in config.allowed_networks)
-        cls.role = role
-        cls.read_timeout = config.network_timeout
-
-
-def serve(
-    service: Any,
-    settings: Any,
-    listen_fd: int,
-    drain_seconds: float,
-    on_hangup: Callable[[], None] | None = None,
-    config: Config | None = None,
-    role: str = "",
-) -> AssociationServer:
-    """Serve ``service`` until SIGTERM/SIGINT, then let open associations finish.
+def serve(service: Any, config: Config, role: str, maximum_length: int, listen_fd: int,
+          on_hangup: Callable[[], None] | None = None) -> AssociationServer:
+    """Serve ``service`` on the port of ``role`` until SIGTERM/SIGINT, then let
+    open associations finish (up to ``dimse_timeout``).
 
     ``on_hangup`` runs on SIGHUP (which is otherwise ignored, so a reload
     signal from the supervisor never kills a worker).  Returns the stopped
     server.
     """
+    import ipaddress
+
     from echoes import tls
 
-    _configure_server_class(AssociationServer, listen_fd, config, role)
+    settings = association.Settings.for_port(config, role, maximum_length)
+    AssociationServer.listen_fd = listen_fd
+    AssociationServer.allowed_networks = tuple(
+        ipaddress.ip_network(n) for n in config.allowed_networks)
+    AssociationServer.role = role
+    AssociationServer.read_timeout = config.network_timeout
     AssociationServer.service = service
     AssociationServer.settings = settings
-    AssociationServer.ssl_context = tls.server_context(config) if config else None
+    AssociationServer.ssl_context = tls.server_context(config)
     server = AssociationServer()
-    _run_until_stopped(server, settings.ae_title, drain_seconds, None, 30.0, on_hangup)
+    _run_until_stopped(server, settings.ae_title, config.dimse_timeout, on_hangup)
     return server
 
 
 def _run_until_stopped(server: Any, ae_title: str, drain_seconds: float,
-                       tick: Callable[[], None] | None, tick_seconds: float,
                        on_hangup: Callable[[], None] | None) -> None:
     """Accept in a thread; in the main thread wait for signals, then drain."""
     stop = threading.Event()
@@ -226,20 +215,15 @@ def _run_until_stopped(server: Any, ae_title: str, drain_seconds: float,
     thread = threading.Thread(target=server.serve_forever, name="accept", daemon=True)
     thread.start()
     log.info("%s serving on %s:%d (pid %d)", ae_title, *server.server_address[:2], os.getpid())
-    next_tick = time.monotonic() + tick_seconds
     while True:
-        stop.wait(max(0.0, next_tick - time.monotonic()))
+        stop.wait()
         if hangup.is_set():
             hangup.clear()
             stop.clear()
             if on_hangup is not None:
                 on_hangup()
             continue
-        if stop.is_set():
-            break
-        if tick is not None:
-            tick()
-        next_tick = time.monotonic() + tick_seconds
+        break
     server.shutdown()
     server.server_close()
     deadline = time.monotonic() + drain_seconds

@@ -31,8 +31,6 @@ from pydicom.multival import MultiValue
 from pynetdicom.dsutils import decode
 
 from echoes import (
-    IMPLEMENTATION_CLASS_UID,
-    IMPLEMENTATION_VERSION_NAME,
     association,
     encoding,
     listener,
@@ -52,8 +50,6 @@ PENDING = 0xFF00
 CANCEL = 0xFE00
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 UNABLE_TO_PROCESS = 0xC001
-
-C_FIND_RQ = 0x0020
 
 #: How often (in responses) a long answer looks for a C-CANCEL.
 CANCEL_CHECK_EVERY = 16
@@ -243,7 +239,7 @@ class WorklistService:
     def receiver(self, association_: association.Association, context: pdu.ContextResult,
                  command: dict[int, bytes]) -> FindRequest | None:
         """A C-FIND-RQ collector (None for anything else: answered "unrecognized")."""
-        if encoding.command_us(command, encoding.COMMAND_FIELD) != C_FIND_RQ:
+        if encoding.command_us(command, encoding.COMMAND_FIELD) != encoding.C_FIND_RQ:
             return None
         return FindRequest(self, association_, context, command)
 
@@ -315,22 +311,6 @@ def _keyword(tag: int) -> str:
     return keyword_for_tag(tag) or f"{tag:08X}"
 
 
-def settings(config: Config) -> association.Settings:
-    """The MWL port's association rules from the configuration."""
-    return association.Settings(
-        ae_title=config.ae_title,
-        acse_timeout=config.acse_timeout,
-        network_timeout=config.network_timeout,
-        maximum_length=RECEIVE_MAX_PDU,
-        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
-        max_associations=config.max_associations,
-        allowed_calling_aes=frozenset(config.calling_aes_for("mwl")),
-        require_called_ae=config.require_called_ae,
-        role="mwl",
-    )
-
-
 def load_directory(config: Config) -> worklist.WorklistDirectory:
     """Read the worklist folder once, logging what it holds."""
     started = time.monotonic()
@@ -356,8 +336,8 @@ def run(config: Config, listen_fd: int) -> int:
         log.info("worklist re-read on SIGHUP: %d items", len(directory))
 
     try:
-        listener.serve(service, settings(config), listen_fd, config.dimse_timeout,
-                           on_hangup=reload, config=config, role="mwl")
+        listener.serve(service, config, "mwl", RECEIVE_MAX_PDU, listen_fd,
+                       on_hangup=reload)
     finally:
         watcher.stop()
     return 0

@@ -203,6 +203,16 @@ def _even_uid(uid: str) -> bytes:
     return uid.encode("ascii")
 
 
+def _user_information(maximum_length: int, implementation_class_uid: str,
+                      implementation_version_name: str) -> bytes:
+    """The User Information item both sides send: maximum length and our identity."""
+    return _item(USER_INFORMATION_ITEM,
+                 _item(MAXIMUM_LENGTH_ITEM, struct.pack(">I", maximum_length))
+                 + _item(IMPLEMENTATION_CLASS_UID_ITEM, _even_uid(implementation_class_uid))
+                 + _item(IMPLEMENTATION_VERSION_NAME_ITEM,
+                         implementation_version_name.encode("ascii")[:16]))
+
+
 def associate_ac(request: AssociateRequest, results: list[ContextResult], maximum_length: int,
                  implementation_class_uid: str, implementation_version_name: str) -> bytes:
     """The A-ASSOCIATE-AC for ``request`` with the negotiated ``results``."""
@@ -218,11 +228,8 @@ def associate_ac(request: AssociateRequest, results: list[ContextResult], maximu
                                                        "1.2.840.10008.1.2"))
         parts.append(_item(PRESENTATION_CONTEXT_AC_ITEM,
                            bytes((result.context_id, 0, result.result, 0)) + syntax))
-    user = (_item(MAXIMUM_LENGTH_ITEM, struct.pack(">I", maximum_length))
-            + _item(IMPLEMENTATION_CLASS_UID_ITEM, _even_uid(implementation_class_uid))
-            + _item(IMPLEMENTATION_VERSION_NAME_ITEM,
-                    implementation_version_name.encode("ascii")[:16]))
-    parts.append(_item(USER_INFORMATION_ITEM, user))
+    parts.append(_user_information(maximum_length, implementation_class_uid,
+                                   implementation_version_name))
     return _pdu(ASSOCIATE_AC, b"".join(parts))
 
 
@@ -278,11 +285,8 @@ def associate_rq(calling_ae: str, called_ae: str,
             _item(TRANSFER_SYNTAX_ITEM, _even_uid(ts)) for ts in context.transfer_syntaxes)
         parts.append(_item(PRESENTATION_CONTEXT_RQ_ITEM,
                            bytes((context.context_id, 0, 0, 0)) + subitems))
-    user = (_item(MAXIMUM_LENGTH_ITEM, struct.pack(">I", maximum_length))
-            + _item(IMPLEMENTATION_CLASS_UID_ITEM, _even_uid(implementation_class_uid))
-            + _item(IMPLEMENTATION_VERSION_NAME_ITEM,
-                    implementation_version_name.encode("ascii")[:16]))
-    parts.append(_item(USER_INFORMATION_ITEM, user))
+    parts.append(_user_information(maximum_length, implementation_class_uid,
+                                   implementation_version_name))
     return _pdu(ASSOCIATE_RQ, b"".join(parts))
 
 

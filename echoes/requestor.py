@@ -24,10 +24,6 @@ from echoes import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, encodi
 from echoes.association import PDUReader, PeerGone
 from echoes.listener import QuickAckSocket
 
-#: Status and Error Comment of a C-STORE-RSP.
-STATUS = 0x0900
-C_STORE_RSP = 0x8001
-
 
 class AssociationFailed(ConnectionError):
     """No association: the connection was refused, or the peer rejected or aborted."""
@@ -142,10 +138,11 @@ class Requestor:
                 command += fragment
                 if control & pdu.LAST_BIT:
                     elements = encoding.parse_command(bytes(command))
-                    if encoding.command_us(elements, encoding.COMMAND_FIELD) != C_STORE_RSP:
+                    field_ = encoding.command_us(elements, encoding.COMMAND_FIELD)
+                    if field_ != encoding.C_STORE_RSP:
                         raise pdu.PDUError("not a C-STORE-RSP")
                     comment = elements.get(encoding.ERROR_COMMENT, b"")
-                    return StoreResult(encoding.command_us(elements, STATUS, 0xC000),
+                    return StoreResult(encoding.command_us(elements, encoding.STATUS, 0xC000),
                                        comment.decode("ascii", "replace").strip())
 
     def release(self) -> None:

@@ -76,11 +76,16 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
-    """Replace ``path`` with ``data`` so a reader sees the old or the new file, whole."""
+def atomic_write_bytes(path: Path, data: bytes | list[bytes], durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` (bytes, or chunks written in turn) so a
+    reader sees the old or the new file, whole.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as handle:
-        handle.write(data)
+        if isinstance(data, bytes):
+            handle.write(data)
+        else:
+            handle.writelines(data)
         if durable:
             handle.flush()
             os.fsync(handle.fileno())

@@ -47,7 +47,7 @@ from echoes import (
     spool,
 )
 from echoes.config import Config
-from echoes.validation import MalformedDataset, check_part10, uid_problem
+from echoes.validation import DEFLATED_SYNTAXES, MalformedDataset, check_part10, uid_problem
 
 log = logging.getLogger("echoes.store")
 
@@ -64,11 +64,6 @@ CANNOT_UNDERSTAND = 0xC000
 #: Objects up to this size are walked from memory, bigger ones from the file.
 WALK_IN_MEMORY = 4 << 20
 
-#: Deflated data sets: the walk cannot read their UIDs (pydicom inflates them).
-DEFLATED_SYNTAXES = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
-
-#: The UIDs an object must carry, checked in this order.
-REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
 
 
 class StoreRefused(Exception):
@@ -80,9 +75,11 @@ class StoreRefused(Exception):
         self.reason = reason
 
 
-#: The same UIDs by tag, read during the structural walk.
+#: The UIDs an object must carry, by tag (read during the structural walk),
+#: checked in this order.
 REQUIRED_UID_TAGS = {0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID",
                      0x0020000E: "SeriesInstanceUID", 0x0020000D: "StudyInstanceUID"}
+REQUIRED_UIDS = tuple(REQUIRED_UID_TAGS.values())
 
 
 def object_uids(path: Path, fd: int | None = None) -> dict[str, str | None]:
@@ -105,7 +102,7 @@ def object_uids(path: Path, fd: int | None = None) -> dict[str, str | None]:
     else:
         with open(path, "rb") as handle:
             syntax = check_part10(handle, size, found)
-    if syntax in DEFLATED_SYNTAXES:
+    if syntax in DEFLATED_SYNTAXES:  # the walk cannot read inside; pydicom inflates
         header = dcmread(path, stop_before_pixels=True, specific_tags=list(REQUIRED_UIDS))
         return {keyword: header.get(keyword) for keyword in REQUIRED_UIDS}
     return {keyword: found[tag].rstrip(b"\x00 ").decode("ascii", "replace")
@@ -252,7 +249,7 @@ class StoreService:
     def receiver(self, association_: association.Association, context: pdu.ContextResult,
                  command: dict[int, bytes]) -> SpoolReceiver | None:
         """A spool file for a C-STORE-RQ's data set (None for anything else)."""
-        if encoding.command_us(command, encoding.COMMAND_FIELD) != association.C_STORE_RQ:
+        if encoding.command_us(command, encoding.COMMAND_FIELD) != encoding.C_STORE_RQ:
             return None
         return SpoolReceiver(self, association_,
                              encoding.command_uid(command, encoding.AFFECTED_SOP_CLASS),
@@ -313,22 +310,6 @@ def accepted_contexts() -> dict[str, frozenset[str]]:
     return table
 
 
-def settings(config: Config) -> association.Settings:
-    """The store port's association rules from the configuration."""
-    return association.Settings(
-        ae_title=config.ae_title,
-        acse_timeout=config.acse_timeout,
-        network_timeout=config.network_timeout,
-        maximum_length=RECEIVE_MAX_PDU,
-        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
-        max_associations=config.max_associations,
-        allowed_calling_aes=frozenset(config.calling_aes_for("store")),
-        require_called_ae=config.require_called_ae,
-        role="store",
-    )
-
-
 def run(config: Config, listen_fd: int) -> int:
     """Serve associations on ``listen_fd`` until SIGTERM; return the exit code."""
     layout = spool.SpoolLayout(config.spool_dir)
@@ -337,9 +318,8 @@ def run(config: Config, listen_fd: int) -> int:
     folder = layout.worker_tmp(os.getpid())
     folder.mkdir(parents=True, exist_ok=True)
     service = StoreService(config, layout, folder)
-    listener.serve(service, settings(config), listen_fd, config.dimse_timeout,
-                   on_hangup=lambda: logs.reload(config, "store") and None,
-                   config=config, role="store")
+    listener.serve(service, config, "store", RECEIVE_MAX_PDU, listen_fd,
+                   on_hangup=lambda: logs.reload(config, "store") and None)
     service.spares.close()
     for leftover in folder.glob("*.part"):
         leftover.unlink(missing_ok=True)

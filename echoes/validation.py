@@ -36,7 +36,8 @@ _UNDEFINED = 0xFFFFFFFF
 
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_BE = "1.2.840.10008.1.2.2"
-_DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
+#: Deflated syntaxes: checked by inflating, not by walking.
+DEFLATED_SYNTAXES = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
 
 
 class MalformedDataset(ValueError):
@@ -181,7 +182,7 @@ def check_part10(fp: BinaryIO, size: int, capture: dict[int, bytes] | None = Non
     syntax = raw_syntax.rstrip(b"\x00 ").decode("ascii", "replace")
     if offset >= size:
         raise MalformedDataset("empty data set")
-    if syntax in _DEFLATED:
+    if syntax in DEFLATED_SYNTAXES:
         _check_deflated(fp, offset)
         return syntax
     walker = _Walker(
