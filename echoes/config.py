@@ -146,6 +146,14 @@ def _parse_networks(text: str) -> tuple[str, ...]:
     return tuple(networks)
 
 
+def _parse_user(text: str) -> str:
+    """A login name: 1-64 printable characters, no spaces."""
+    user = text.strip()
+    if not 1 <= len(user) <= 64 or any(c.isspace() or not c.isprintable() for c in user):
+        raise ValueError(f"must be 1-64 printable characters without spaces, got {text!r}")
+    return user
+
+
 def _parse_optional(text: str) -> str:
     return text.strip()
 
@@ -186,6 +194,11 @@ KEYS: dict[str, tuple[Callable[[str], Any], str | None, bool]] = {
     "tls_certificate": (_parse_optional, "", True),
     "tls_private_key": (_parse_optional, "", True),
     "tls_ca_certificates": (_parse_optional, "", True),
+    "http_bind": (_parse_bind, "127.0.0.1", False),
+    "http_port": (_port, "8080", False),
+    "http_user": (_parse_user, "admin", False),
+    "http_password_hash": (_parse_optional, "", False),
+    "http_session_minutes": (_parse_int(1, 7 * 24 * 60), "60", False),
 }
 
 AE_KEYS: dict[str, tuple[Callable[[str], Any], str | None]] = {
@@ -244,6 +257,11 @@ class Config:
     tls_certificate: Path | None
     tls_private_key: Path | None
     tls_ca_certificates: Path | None
+    http_bind: str
+    http_port: int
+    http_user: str
+    http_password_hash: str
+    http_session_minutes: int
     remote_aes: dict[str, RemoteAE] = field(default_factory=dict)
 
     @property
@@ -352,6 +370,8 @@ def from_parser(parser: configparser.ConfigParser, config_path: Path) -> Config:
 
     if values["store_port"] == values["mwl_port"]:
         raise ConfigError("mwl_port: must differ from store_port")
+    if values["http_port"] in (values["store_port"], values["mwl_port"]):
+        raise ConfigError("http_port: must differ from store_port and mwl_port")
     return Config(path=config_path.resolve(), home=home, remote_aes=remote_aes, **values)
 
 
