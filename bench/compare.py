@@ -295,7 +295,7 @@ class Echoes(Receiver):
         self.home = home
         self.ini = home / "etc" / "echoes.ini"
         lines = ["[echoes]", "bind = 127.0.0.1", f"store_port = {free_port()}",
-                 f"mwl_port = {free_port()}", "min_free_mb = 100"]
+                 f"mwl_port = {free_port()}", f"http_port = {free_port()}", "min_free_mb = 100"]
         if worklist_dir is not None:
             lines.append(f"worklist_dir = {worklist_dir}")
         self.ini.write_text("\n".join(lines) + "\n" + extra)

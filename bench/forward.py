@@ -74,6 +74,7 @@ def forwarded(files: list[Path], work: Path) -> tuple[list[float], float, int]:
     store_port = free_port()
     (home / "etc" / "echoes.ini").write_text(
         f"[echoes]\nbind = 127.0.0.1\nstore_port = {store_port}\nmwl_port = {free_port()}\n"
+        f"http_port = {free_port()}\n"
         f"min_free_mb = 100\n\n[ae:DEST]\nhost = 127.0.0.1\nport = {scp_port}\nforward = yes\n")
     echoes = subprocess.Popen([sys.executable, "-m", "echoes", "--config",
                                str(home / "etc" / "echoes.ini"), "start"],

@@ -113,7 +113,7 @@ def start_echoes(home: Path) -> tuple[subprocess.Popen, config_module.Config]:
     (home / "etc").mkdir(parents=True)
     ini = home / "etc" / "echoes.ini"
     ini.write_text(f"[echoes]\nbind = 127.0.0.1\nstore_port = {free_port()}\n"
-                   f"mwl_port = {free_port()}\nmin_free_mb = 100\n")
+                   f"mwl_port = {free_port()}\nhttp_port = {free_port()}\nmin_free_mb = 100\n")
     config = config_module.load(ini)
     process = subprocess.Popen([sys.executable, "-m", "echoes", "--config", str(ini), "start"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -154,6 +154,7 @@ def start_echoes(json_dir: Path, home: Path) -> tuple[subprocess.Popen, int]:
     (home / "etc").mkdir(parents=True)
     (home / "etc" / "echoes.ini").write_text(
         f"[echoes]\nbind = 127.0.0.1\nstore_port = {store_port}\nmwl_port = {port}\n"
+        f"http_port = {free_port()}\n"
         f"store_workers = 1\nworklist_dir = {json_dir}\n")
     process = subprocess.Popen(
         [sys.executable, "-m", "echoes", "--config", str(home / "etc" / "echoes.ini"), "start"],

@@ -126,7 +126,8 @@ class Server:
 
 def write_config(home: Path, **extra: object) -> Path:
     (home / "etc").mkdir(parents=True, exist_ok=True)
-    values = {"store_port": free_port(), "mwl_port": free_port(), "min_free_mb": 10,
+    values = {"store_port": free_port(), "mwl_port": free_port(), "http_port": free_port(),
+              "min_free_mb": 10,
               "bind": "127.0.0.1", **extra}
     path = home / "etc" / "echoes.ini"
     path.write_text("[echoes]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()))
