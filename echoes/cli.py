@@ -68,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
                           help="list only invalid files and why; exit 1 if there are any")
     worklist.add_argument("--json", action="store_true", help="print JSON")
 
+    passwd = commands.add_parser("passwd", parents=[common],
+                                 help="set the Browser's password (http_password_hash)")
+    passwd.add_argument("--user", metavar="NAME", help="also set the login name (http_user)")
+
     worker = commands.add_parser("_worker", parents=[common])  # internal: supervisor's children
     worker.add_argument("role")
     worker.add_argument("--listen-fd", type=int, default=-1)
@@ -407,6 +411,61 @@ def cmd_worklist(args: argparse.Namespace, config: config_module.Config) -> int:
     return 0
 
 
+#: The shortest password ``echoes passwd`` accepts.
+MIN_PASSWORD_LENGTH = 8
+
+
+def _read_password() -> str:
+    """The new password: typed twice at a terminal, else one line from stdin (scripts)."""
+    import getpass
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("New password: ")
+        if getpass.getpass("Again: ") != password:
+            raise ValueError("the two passwords differ")
+    else:
+        line = sys.stdin.readline()
+        if not line:
+            raise ValueError("no password on stdin")
+        password = line.rstrip("\r\n")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValueError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+    return password
+
+
+def cmd_passwd(args: argparse.Namespace, config: config_module.Config) -> int:
+    """Store a scrypt hash of a new Browser password (and the login name) in the config.
+
+    Only the hash is kept, written with config_edit so the admin's comments
+    survive; running processes re-read the file when it changes, so the new
+    password works without a restart.
+    """
+    from werkzeug.security import generate_password_hash
+
+    from echoes import config_edit
+
+    try:
+        password = _read_password()
+    except ValueError as exc:
+        print(f"echoes: {exc}", file=sys.stderr)
+        return 1
+    except EOFError:
+        print("echoes: no password given", file=sys.stderr)
+        return 1
+    values = {"http_password_hash": generate_password_hash(password, method="scrypt")}
+    if args.user is not None:
+        values["http_user"] = args.user
+    try:
+        config_edit.set_options(config.path, values)
+    except config_module.ConfigError as exc:
+        print(f"echoes: {exc}", file=sys.stderr)
+        return 1
+    user = args.user if args.user is not None else config.http_user
+    print(f"echoes: Browser password set for user {user} in {config.path}; "
+          "a running server picks it up without restart")
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace, config: config_module.Config) -> int:
     """Entry point of a supervised child (not for people)."""
     from echoes import supervisor
@@ -452,6 +511,7 @@ COMMANDS = {
     "push": cmd_push,
     "queue": cmd_queue,
     "retry": cmd_retry,
+    "passwd": cmd_passwd,
     "_worker": cmd_worker,
 }
 
