@@ -30,29 +30,63 @@ class Problem:
     message: str
 
 
-def processes(config: Config) -> list[Problem]:
-    """The supervisor runs, and every role has its processes."""
+@dataclass(frozen=True)
+class ProcessState:
+    """One process echoes should be running: its role, pid, and whether it runs."""
+
+    role: str
+    pid: int | None
+    running: bool
+
+
+def process_table(config: Config) -> tuple[list[ProcessState], str | None]:
+    """The supervisor and every process ``ROLES`` asks for, found or missing.
+
+    The second item says why nothing could be looked at (echoes not running,
+    supervisor not inspectable); the Browser's health page shows the table,
+    ``processes`` turns it into problems.
+    """
     from echoes.supervisor import ROLES
 
+    wanted = [(role, count(config)) for role, count in ROLES.items()]
+    missing = [ProcessState(role, None, False) for role, count in wanted for _ in range(count)]
     pid = daemon.running_pid(config.pid_file)
     if pid is None:
-        return [Problem(CRITICAL, f"echoes is not running (no lock on {config.pid_file})")]
+        return ([ProcessState("supervisor", None, False)] + missing,
+                f"echoes is not running (no lock on {config.pid_file})")
     import psutil
 
     try:
         children = psutil.Process(pid).children()
     except psutil.Error as exc:
-        return [Problem(CRITICAL, f"cannot inspect supervisor pid {pid}: {exc}")]
-    titles: Counter[str] = Counter()
+        return ([ProcessState("supervisor", pid, True)] + missing,
+                f"cannot inspect supervisor pid {pid}: {exc}")
+    pids: dict[str, list[int]] = {}
     for child in children:
         try:
             if child.status() != psutil.STATUS_ZOMBIE:
-                titles[" ".join(child.cmdline()).strip()] += 1
+                pids.setdefault(" ".join(child.cmdline()).strip(), []).append(child.pid)
         except psutil.Error:
             continue  # gone or a zombie: not running
+    table = [ProcessState("supervisor", pid, True)]
+    for role, count in wanted:
+        found = sorted(pids.get(f"echoes: {role}", []))
+        table += [ProcessState(role, child_pid, True) for child_pid in found]
+        table += [ProcessState(role, None, False)] * max(0, count - len(found))
+    return table, None
+
+
+def processes(config: Config) -> list[Problem]:
+    """The supervisor runs, and every role has its processes."""
+    from echoes.supervisor import ROLES
+
+    table, why_not = process_table(config)
+    if why_not is not None:
+        return [Problem(CRITICAL, why_not)]
     problems = []
     for role, count in ROLES.items():
-        wanted, running = count(config), titles.get(f"echoes: {role}", 0)
+        wanted = count(config)
+        running = sum(1 for entry in table if entry.role == role and entry.running)
         if running < wanted:
             problems.append(Problem(CRITICAL, f"{role}: {running} of {wanted} processes running"))
     return problems
