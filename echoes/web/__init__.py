@@ -1,0 +1,162 @@
+"""The echoes Browser: a Flask app served by waitress in the supervisor's ``web`` process.
+
+Why Flask and waitress: Flask is small and well kept, and waitress is a
+production WSGI server made of threads in one process, with no forking of
+its own, so it fits under the supervisor like the other roles (the
+supervisor binds ``http_bind:http_port`` once and passes the socket; a
+restarted web process serves on the same socket).  Nothing is served on an
+address other than ``http_bind``: :func:`run` refuses a socket bound
+elsewhere.
+
+Layout: :mod:`auth` (login, sessions, CSRF, security headers), :mod:`api`
+(JSON under ``/api/``), :mod:`pages` (HTML), :mod:`catalog` (the pure read
+models), :mod:`state` (what the process keeps between requests).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from typing import Any
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from echoes import logs
+from echoes.config import Config
+from echoes.web import api, auth, pages
+from echoes.web.state import WebState
+
+log = logging.getLogger("echoes.web")
+
+#: Largest request body (JSON bodies here are a few hundred bytes).
+MAX_BODY_BYTES = 64 * 1024
+THREADS = 4
+
+#: Messages for errors Flask raises itself, worded for a script's author.
+_API_MESSAGES = {
+    404: "no such API endpoint: {method} {path}",
+    405: "method {method} is not allowed on {path}",
+    413: f"request body too large (at most {MAX_BODY_BYTES // 1024} KB)",
+}
+
+
+def create_app(config: Config, reload_interval: float = 1.0) -> Flask:
+    """The Browser app for ``config`` (re-read from its file while running)."""
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["echoes"] = WebState(config, reload_interval)
+    auth.install(app, config)
+    app.register_blueprint(api.blueprint)
+    app.register_blueprint(pages.blueprint)
+    pages.install_filters(app)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(500, _internal_error)
+    return app
+
+
+def _http_error(exc: HTTPException) -> Any:
+    if not auth.is_api():
+        return pages.html_error(exc)
+    code = exc.code or 500
+    if isinstance(exc, api.ApiError):
+        message = exc.description or "refused"
+    else:
+        template = _API_MESSAGES.get(code)
+        message = (template.format(method=request.method, path=request.path) if template
+                   else f"{exc.name}: {exc.description}")
+    response = auth.error(code, message)
+    allowed = exc.get_response().headers.get("Allow")
+    if allowed:
+        response.headers["Allow"] = allowed
+    return response
+
+
+def _internal_error(exc: Exception) -> Any:
+    log.error("internal error on %s %s", request.method, request.path,
+              exc_info=getattr(exc, "original_exception", exc))
+    if auth.is_api():
+        return auth.error(500, "internal error (see the echoes log)")
+    return Response("Internal error (see the echoes log).", 500, mimetype="text/plain")
+
+
+def listen(config: Config) -> socket.socket:
+    """A socket listening on ``http_bind:http_port`` (what the supervisor passes on)."""
+    family = socket.AF_INET6 if ":" in config.http_bind else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((config.http_bind, config.http_port))
+    sock.listen(128)
+    return sock
+
+
+def make_server(app: Flask, sock: socket.socket) -> Any:
+    """A waitress server on an already bound, listening socket (not started)."""
+    import waitress
+
+    return waitress.create_server(app, sockets=[sock], threads=THREADS, ident="echoes",
+                                  channel_timeout=60, connection_limit=100,
+                                  clear_untrusted_proxy_headers=True)
+
+
+def stop_server(server: Any) -> None:
+    """Stop a server of :func:`make_server` that runs in another thread (tests, bench).
+
+    Its sockets are closed by its own loop thread (through waitress's
+    trigger), never under a ``select`` that is still watching them.
+    """
+    from waitress import wasyncore
+
+    server.task_dispatcher.shutdown()
+    server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+
+
+def run(config: Config, listen_fd: int) -> int:
+    """Serve the Browser on the supervisor's socket until SIGTERM; the ``web`` role.
+
+    Refuses (exit 1, logged) a socket bound to another address than
+    ``http_bind``, so a wiring mistake never serves patient data to the
+    network.
+    """
+    sock = socket.socket(fileno=os.dup(listen_fd))
+    os.close(listen_fd)
+    bound = sock.getsockname()[0]
+    if bound != config.http_bind:
+        log.error("web: socket bound to %s, but http_bind is %s: not serving", bound,
+                  config.http_bind)
+        sock.close()
+        return 1
+    app = create_app(config)
+    app.extensions["echoes"].catalog.warm_up()
+    server = make_server(app, sock)
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise SystemExit(0)  # waitress's loop catches it and shuts its threads down
+
+    hangup = threading.Event()
+
+    def reopen() -> None:  # logging takes locks: not from inside the signal handler
+        while True:
+            hangup.wait()
+            hangup.clear()
+            logs.reload(config, "web")
+
+    def request_reload(_signum: int, _frame: object) -> None:
+        app.extensions["echoes"].config_changed()
+        hangup.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, request_reload)
+    threading.Thread(target=reopen, name="web-hangup", daemon=True).start()
+    log.info("Browser on http://%s:%d/", config.http_bind, sock.getsockname()[1])
+    try:
+        server.run()
+    finally:
+        server.close()
+    log.info("web stopped")
+    return 0

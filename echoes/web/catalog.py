@@ -1,0 +1,560 @@
+"""Read models of the Browser: studies, queue, worklist day, as plain data.
+
+Why a module of its own.  The Browser must answer a study search in well
+under 300 ms on a big archive, and every rule of it (wildcards, date ranges,
+sort order, paging, what counts as "in progress") must be testable without a
+web server.  So the search, sort and paging, the queue summaries and the
+worklist grouping are pure functions over dicts and ``Job`` objects; the two
+small classes at the end (:class:`StudyCatalog`, :class:`StudyReader`) only
+decide *when* to read the index files again, by their stat signatures.
+
+The catalog (``index_path`` and its journal) holds one summary per study; it
+is read whole into memory once per change, with a search key per study
+precomputed, and each sort order is computed once per version of the
+catalog.  A search is then one pass over the studies in the wanted order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from echoes import index, jobs
+from echoes.config import RemoteAE
+from echoes.journal import JournalStorage, journal_path
+
+#: Sort keys of GET /api/studies, and the order each takes when none is given.
+SORT_KEYS = ("date", "patient_name", "patient_id", "accession", "modality", "instances")
+DEFAULT_ORDER = {"date": "desc", "instances": "desc"}
+DEFAULT_PER_PAGE = 50
+MAX_PER_PAGE = 200
+#: Query parameters of GET /api/studies (anything else is a typo: refused).
+STUDY_PARAMETERS = frozenset({"patient_name", "patient_id", "accession", "date_from",
+                              "date_to", "modality", "sort", "order", "page", "per_page"})
+#: Longest text accepted in a search field (a DICOM LO is 64 characters).
+MAX_FIELD = 128
+
+
+class QueryError(ValueError):
+    """A search parameter that cannot be used, worded for the caller (HTTP 400)."""
+
+
+# -- study search: parsing -----------------------------------------------------------
+
+
+def parse_date(text: str, name: str) -> str:
+    """``YYYYMMDD`` (or ``YYYY-MM-DD``, what a date input sends) as ``YYYYMMDD``."""
+    compact = text.strip().replace("-", "") if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()) \
+        else text.strip()
+    if not re.fullmatch(r"\d{8}", compact):
+        raise QueryError(f"{name}: not a date (YYYYMMDD): {text!r}")
+    try:
+        datetime.strptime(compact, "%Y%m%d")
+    except ValueError:
+        raise QueryError(f"{name}: no such day: {text!r}") from None
+    return compact
+
+
+def _parse_int(text: str, name: str, low: int, high: int) -> int:
+    try:
+        value = int(text.strip(), 10)
+    except ValueError:
+        raise QueryError(f"{name}: not a whole number: {text!r}") from None
+    if not low <= value <= high:
+        raise QueryError(f"{name}: must be between {low} and {high}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class StudyQuery:
+    """One search of the study list: filters, order and page."""
+
+    patient_name: str = ""
+    patient_id: str = ""
+    accession: str = ""
+    date_from: str = ""
+    date_to: str = ""
+    modality: str = ""
+    sort: str = "date"
+    order: str = "desc"
+    page: int = 1
+    per_page: int = DEFAULT_PER_PAGE
+
+    def filtered(self) -> bool:
+        """Whether any filter is set (else every study is in the result)."""
+        return any((self.patient_name, self.patient_id, self.accession, self.date_from,
+                    self.date_to, self.modality))
+
+    def as_params(self, **changes: Any) -> dict[str, str]:
+        """Non-default parameters (with ``changes``), for links to other pages or orders."""
+        values = {**self.__dict__, **changes}
+        defaults = StudyQuery()
+        return {key: str(value) for key, value in values.items()
+                if value != getattr(defaults, key) or key in changes}
+
+
+def parse_study_query(args: Mapping[str, str]) -> StudyQuery:
+    """A :class:`StudyQuery` from request parameters; QueryError says what is wrong."""
+    unknown = sorted(set(args) - STUDY_PARAMETERS)
+    if unknown:
+        raise QueryError(f"unknown parameter {unknown[0]!r} (known: "
+                         f"{', '.join(sorted(STUDY_PARAMETERS))})")
+    text = {key: (args.get(key) or "").strip() for key in STUDY_PARAMETERS}
+    for key in ("patient_name", "patient_id", "accession", "modality"):
+        if len(text[key]) > MAX_FIELD:
+            raise QueryError(f"{key}: longer than {MAX_FIELD} characters")
+    sort = text["sort"] or "date"
+    if sort not in SORT_KEYS:
+        raise QueryError(f"sort: must be one of {', '.join(SORT_KEYS)}, got {sort!r}")
+    order = text["order"].lower() or DEFAULT_ORDER.get(sort, "asc")
+    if order not in ("asc", "desc"):
+        raise QueryError(f"order: must be asc or desc, got {text['order']!r}")
+    date_from = parse_date(text["date_from"], "date_from") if text["date_from"] else ""
+    date_to = parse_date(text["date_to"], "date_to") if text["date_to"] else ""
+    if date_from and date_to and date_from > date_to:
+        raise QueryError(f"date_from {date_from} is after date_to {date_to}")
+    return StudyQuery(
+        patient_name=text["patient_name"], patient_id=text["patient_id"],
+        accession=text["accession"], date_from=date_from, date_to=date_to,
+        modality=text["modality"].upper(), sort=sort, order=order,
+        page=_parse_int(text["page"], "page", 1, 10**6) if text["page"] else 1,
+        per_page=(_parse_int(text["per_page"], "per_page", 1, MAX_PER_PAGE)
+                  if text["per_page"] else DEFAULT_PER_PAGE))
+
+
+def wildcard_matcher(pattern: str, fold: bool) -> Callable[[str], bool]:
+    """A test of a whole value against ``pattern`` with ``*`` and ``?`` (DICOM style).
+
+    ``fold`` compares case-insensitively (``casefold``: ``müller`` finds
+    ``MÜLLER``); the caller folds the values it passes in the same way.
+    """
+    if fold:
+        pattern = pattern.casefold()
+    if "*" not in pattern and "?" not in pattern:
+        return pattern.__eq__
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile(regex + r"\Z", re.DOTALL).match  # type: ignore[return-value]
+
+
+# -- study search: the snapshot --------------------------------------------------------
+
+
+def _number(text: str) -> tuple[int, str]:
+    """Sort key of a DICOM IS value: numbers in numeric order, others after."""
+    try:
+        return (int(text), "")
+    except (TypeError, ValueError):
+        return (2**62, text or "")
+
+
+def _sort_key(sort: str) -> Callable[[dict], tuple]:
+    uid = "StudyInstanceUID"
+    return {
+        "date": lambda s: (s.get("StudyDate", ""), s.get("StudyTime", ""), s[uid]),
+        "patient_name": lambda s: (s.get("PatientName", "").casefold(), s[uid]),
+        "patient_id": lambda s: (s.get("PatientID", ""), s[uid]),
+        "accession": lambda s: (s.get("AccessionNumber", ""), s[uid]),
+        "modality": lambda s: ("\\".join(s.get("ModalitiesInStudy", [])), s[uid]),
+        "instances": lambda s: (s.get("NumberOfInstances", 0), s[uid]),
+    }[sort]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One page of a study search and the number of matches in all."""
+
+    total: int
+    page: int
+    per_page: int
+    studies: list[dict]
+
+    @property
+    def pages(self) -> int:
+        """Pages in all (at least 1, for "page 1 of 1" on an empty result)."""
+        return max(1, -(-self.total // self.per_page))
+
+
+class CatalogSnapshot:
+    """Every study summary of one version of the catalog, ready to search."""
+
+    def __init__(self, studies: Iterable[dict]) -> None:
+        self.studies: list[dict] = list(studies)
+        self.by_uid = {s["StudyInstanceUID"]: s for s in self.studies}
+        self.instances = sum(s.get("NumberOfInstances", 0) for s in self.studies)
+        # Search keys, computed once per catalog version: casefolded name, and
+        # the modalities as a set, so one search is one cheap pass.
+        self._names = [s.get("PatientName", "").casefold() for s in self.studies]
+        self._modalities = [frozenset(m.upper() for m in s.get("ModalitiesInStudy", []))
+                            for s in self.studies]
+        self._orders: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.studies)
+
+    def order(self, sort: str) -> list[int]:
+        """Positions of the studies in ascending ``sort`` order (cached)."""
+        positions = self._orders.get(sort)
+        if positions is None:
+            with self._lock:
+                positions = self._orders.get(sort)
+                if positions is None:
+                    key = _sort_key(sort)
+                    positions = sorted(range(len(self.studies)),
+                                       key=lambda n: key(self.studies[n]))
+                    self._orders[sort] = positions
+        return positions
+
+    def _predicate(self, query: StudyQuery) -> Callable[[int], bool]:
+        tests: list[Callable[[int], bool]] = []
+        studies = self.studies
+        if query.patient_name:
+            pattern = query.patient_name
+            if "*" not in pattern and "?" not in pattern:
+                pattern += "*"  # a name typed plainly finds the names it begins
+            name_matches = wildcard_matcher(pattern, fold=True)
+            names = self._names
+            tests.append(lambda n: bool(name_matches(names[n])))
+        for value, key in ((query.patient_id, "PatientID"),
+                           (query.accession, "AccessionNumber")):
+            if value:
+                matches = wildcard_matcher(value, fold=False)
+                tests.append(lambda n, m=matches, k=key: bool(m(studies[n].get(k, ""))))
+        if query.date_from or query.date_to:
+            low, high = query.date_from or "00000000", query.date_to or "99999999"
+            tests.append(lambda n: low <= (studies[n].get("StudyDate") or "-") <= high)
+        if query.modality:
+            modalities, wanted = self._modalities, query.modality
+            tests.append(lambda n: wanted in modalities[n])
+        return lambda n: all(test(n) for test in tests)
+
+    def search(self, query: StudyQuery) -> SearchResult:
+        """The page ``query`` asks for, and how many studies match in all."""
+        positions: Sequence[int] = self.order(query.sort)
+        if query.order == "desc":
+            positions = positions[::-1]
+        start = (query.page - 1) * query.per_page
+        end = start + query.per_page
+        if not query.filtered():
+            page = positions[start:end]
+            return SearchResult(len(positions), query.page, query.per_page,
+                                [self.studies[n] for n in page])
+        matches = self._predicate(query)
+        found: list[dict] = []
+        total = 0
+        for n in positions:
+            if matches(n):
+                if start <= total < end:
+                    found.append(self.studies[n])
+                total += 1
+        return SearchResult(total, query.page, query.per_page, found)
+
+
+# -- one study ----------------------------------------------------------------------------
+
+
+def series_list(study: dict) -> list[dict]:
+    """The series of a ``read_study`` result, by series number, with counts."""
+    series = sorted(study["series"],
+                    key=lambda s: (_number(s.get("SeriesNumber", "")), s["SeriesInstanceUID"]))
+    return [{
+        "SeriesInstanceUID": s["SeriesInstanceUID"],
+        "SeriesNumber": s.get("SeriesNumber", ""),
+        "SeriesDescription": s.get("SeriesDescription", ""),
+        "Modality": s.get("Modality", ""),
+        "NumberOfSeriesRelatedInstances": s.get("NumberOfSeriesRelatedInstances", 0),
+    } for s in series]
+
+
+def middle_instance(instances: Iterable[dict], series_uid: str) -> dict | None:
+    """The instance in the middle of a series by InstanceNumber (the thumbnail's)."""
+    members = sorted((i for i in instances if i["SeriesInstanceUID"] == series_uid),
+                     key=lambda i: (_number(i.get("InstanceNumber", "")), i["SOPInstanceUID"]))
+    return members[len(members) // 2] if members else None
+
+
+# -- outbound queue -----------------------------------------------------------------------
+
+
+def iso(epoch: float) -> str | None:
+    """Local ISO 8601 time of ``epoch`` with its offset (None for 0: never)."""
+    if not epoch:
+        return None
+    return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
+
+
+def job_view(job: jobs.Job) -> dict:
+    """What the Browser shows of one job (both ISO 8601 and epoch times)."""
+    return {
+        "id": job.id, "destination": job.destination, "state": job.state,
+        "origin": job.origin, "attempts": job.attempts, "last_error": job.last_error,
+        "next_attempt": iso(job.next_attempt) if job.state in jobs.ACTIVE else None,
+        "next_attempt_epoch": job.next_attempt if job.state in jobs.ACTIVE else None,
+        "created": iso(job.created), "updated": iso(job.updated),
+        "study_instance_uid": job.study_instance_uid,
+        "sop_instance_uid": job.sop_instance_uid,
+    }
+
+
+def _counts(group: Iterable[jobs.Job], states: Sequence[str]) -> dict[str, int]:
+    counts = dict.fromkeys(states, 0)
+    for job in group:
+        counts[job.state] = counts.get(job.state, 0) + 1
+    return counts
+
+
+#: Job states listed by default: those that still need something.
+OPEN_STATES = (jobs.FAILED, jobs.RETRYING, jobs.PENDING)
+MAX_LISTED_JOBS = 1000
+
+
+def queue_summary(all_jobs: Iterable[jobs.Job], remote_aes: Mapping[str, RemoteAE],
+                  destination: str = "", state: str = "",
+                  limit: int = MAX_LISTED_JOBS) -> dict:
+    """Per destination counts by state, and the open (or ``state``) jobs, worst first.
+
+    Every configured AE has a row, even with no jobs; a destination no longer
+    configured still has one while jobs for it exist.  ``limit`` bounds the
+    listed jobs (a backlog can hold hundreds of thousands); ``listed_total``
+    says how many matched.
+    """
+    states = jobs.STATES
+    groups: dict[str, list[jobs.Job]] = {title: [] for title in remote_aes}
+    for job in all_jobs:
+        groups.setdefault(job.destination, []).append(job)
+    rows = []
+    for title in sorted(groups):
+        remote = remote_aes.get(title)
+        rows.append({
+            "destination": title, "configured": remote is not None,
+            "host": remote.host if remote else None, "port": remote.port if remote else None,
+            "forward": remote.forward if remote else False,
+            "counts": _counts(groups[title], states),
+        })
+    wanted_states = (state,) if state else OPEN_STATES
+    rank = {name: n for n, name in enumerate(OPEN_STATES)}
+    listed = [job for title, group in groups.items() if not destination or title == destination
+              for job in group if job.state in wanted_states]
+    listed.sort(key=lambda job: (job.destination, rank.get(job.state, 9), job.next_attempt,
+                                 job.created, job.id))
+    return {"destinations": [row for row in rows
+                             if not destination or row["destination"] == destination],
+            "jobs": [job_view(job) for job in listed[:limit]],
+            "listed_total": len(listed)}
+
+
+def study_progress(all_jobs: Iterable[jobs.Job], study_uid: str) -> dict:
+    """Per destination counts of one study's jobs; ``finished`` once none is pending.
+
+    What the study page polls after a push: a destination is finished when
+    every job is done, failed or cancelled.
+    """
+    states = jobs.STATES
+    groups: dict[str, list[jobs.Job]] = {}
+    for job in all_jobs:
+        if job.study_instance_uid == study_uid:
+            groups.setdefault(job.destination, []).append(job)
+    rows = []
+    for title in sorted(groups):
+        group = groups[title]
+        counts = _counts(group, states)
+        errors = sorted((job for job in group if job.last_error and job.state != jobs.DONE),
+                        key=lambda job: job.updated)
+        rows.append({"destination": title, "counts": counts, "total": len(group),
+                     "finished": not any(job.state in jobs.ACTIVE for job in group),
+                     "last_error": errors[-1].last_error if errors else ""})
+    return {"study": study_uid, "destinations": rows,
+            "finished": all(row["finished"] for row in rows)}
+
+
+# -- worklist of one day ------------------------------------------------------------------
+
+PATIENT_NAME, PATIENT_ID, ACCESSION = 0x00100010, 0x00100020, 0x00080050
+REQUESTED_PROCEDURE_DESCRIPTION = 0x00321060
+STEP_SEQUENCE = 0x00400100
+STATION, START_DATE, START_TIME = 0x00400001, 0x00400002, 0x00400003
+MODALITY, STEP_DESCRIPTION, STEP_ID, PERFORMING = 0x00080060, 0x00400007, 0x00400009, 0x00400006
+NO_STATION = "(no station)"
+
+
+def _text(tree: Mapping[int, Any], tag: int) -> str:
+    value = tree.get(tag, "")
+    return value if isinstance(value, str) else ""
+
+
+def worklist_day(items: Iterable[Any], day: str) -> list[dict]:
+    """Scheduled steps starting on ``day`` (YYYYMMDD), grouped by station, by time.
+
+    ``items`` are :class:`echoes.worklist.WorklistItem` (``name``, ``tree``);
+    one file may hold several steps, each listed on its own.
+    """
+    stations: dict[str, list[dict]] = {}
+    for item in items:
+        tree = item.tree
+        steps = tree.get(STEP_SEQUENCE)
+        for step in steps if isinstance(steps, list) else []:
+            if _text(step, START_DATE) != day:
+                continue
+            station = _text(step, STATION) or NO_STATION
+            stations.setdefault(station, []).append({
+                "file": item.name,
+                "start_time": _text(step, START_TIME),
+                "modality": _text(step, MODALITY),
+                "patient_name": _text(tree, PATIENT_NAME),
+                "patient_id": _text(tree, PATIENT_ID),
+                "accession": _text(tree, ACCESSION),
+                "procedure": (_text(step, STEP_DESCRIPTION)
+                              or _text(tree, REQUESTED_PROCEDURE_DESCRIPTION)),
+                "step_id": _text(step, STEP_ID),
+                "performing_physician": _text(step, PERFORMING),
+            })
+    return [{"station": station,
+             "steps": sorted(steps, key=lambda s: (s["start_time"], s["file"]))}
+            for station, steps in sorted(stations.items(),
+                                         key=lambda kv: (kv[0] == NO_STATION, kv[0]))]
+
+
+def today() -> str:
+    """Today's date, local time, as YYYYMMDD (the worklist's own form)."""
+    return date.today().strftime("%Y%m%d")
+
+
+# -- received lately ----------------------------------------------------------------------
+
+
+def _epoch(text: str) -> float | None:
+    try:
+        moment = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def updated_since(studies: Iterable[dict], cutoff: float) -> list[str]:
+    """UIDs of the studies whose newest object arrived at ``cutoff`` or later."""
+    return [s["StudyInstanceUID"] for s in studies
+            if (when := _epoch(s.get("updated", ""))) is not None and when >= cutoff]
+
+
+def received_since(instances: Iterable[dict], cutoff: float) -> int:
+    """How many of ``instances`` arrived at ``cutoff`` or later."""
+    return sum(1 for i in instances
+               if (when := _epoch(i.get("received", ""))) is not None and when >= cutoff)
+
+
+# -- reading the index again when it changed (the only I/O here) -------------------------------
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+def signature(path: Path) -> tuple:
+    """Stat signature of a TinyDB file and its journal: changes with every write."""
+    return (_stat(path), _stat(journal_path(path)))
+
+
+#: A catalog that took longer than this to read is read again in the background:
+#: requests meanwhile get the previous version (a second or two old) at once.
+SYNC_LOAD_SECONDS = 0.15
+
+
+class StudyCatalog:
+    """The catalog in memory, read again when its file or journal changed.
+
+    A small catalog is read again before the request that noticed the
+    change.  A big one (100,000 studies take ~1.5 s to read and index) is
+    read again by a background thread while requests go on with the previous
+    version, so a search never waits for it, even while images keep arriving;
+    only the very first request of the process does (see :meth:`warm_up`).
+    """
+
+    def __init__(self, index_path: Path) -> None:
+        self.index_path = index_path
+        self._signature: tuple | None = None
+        self._snapshot = CatalogSnapshot([])
+        self._loaded = False
+        self._load_seconds = 0.0
+        self._refreshing = False
+        self._lock = threading.Lock()
+
+    def current(self) -> CatalogSnapshot:
+        """The catalog as of the last whole write (one stat pair when unchanged)."""
+        now = signature(self.index_path)
+        if now == self._signature:
+            return self._snapshot
+        if self._loaded and self._load_seconds > SYNC_LOAD_SECONDS:
+            with self._lock:
+                if not self._refreshing:
+                    self._refreshing = True
+                    threading.Thread(target=self._load, name="catalog-refresh",
+                                     daemon=True).start()
+            return self._snapshot
+        self._load()
+        return self._snapshot
+
+    def warm_up(self) -> None:
+        """Read the catalog now, in the background (at process start)."""
+        threading.Thread(target=self.current, name="catalog-warm-up", daemon=True).start()
+
+    def _load(self) -> None:
+        with self._lock:
+            try:
+                now = signature(self.index_path)  # taken before reading: a later write shows
+                if now == self._signature:
+                    return
+                started = time.perf_counter()
+                data = JournalStorage(self.index_path).read() or {}
+                snapshot = CatalogSnapshot(data.get(index.STUDIES, {}).values())
+                snapshot.order("date")  # the default order, before anybody waits for it
+                self._snapshot, self._signature = snapshot, now
+                self._load_seconds = time.perf_counter() - started
+                self._loaded = True
+            finally:
+                self._refreshing = False
+
+
+class StudyReader:
+    """``index.read_study`` with the last few studies kept while their shard is unchanged.
+
+    The study page asks for one thumbnail per series, and each needs the
+    study's instances: a big study is read once, not once per series.
+    """
+
+    def __init__(self, index_path: Path, keep: int = 8) -> None:
+        self.index_path = index_path
+        self.keep = keep
+        self._cache: OrderedDict[str, tuple[tuple, dict]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def read(self, study_uid: str) -> dict | None:
+        """The study (summary, series, instances) or None when it is not archived."""
+        shard = index.shard_path(self.index_path, study_uid)
+        now = signature(shard)
+        with self._lock:
+            cached = self._cache.get(study_uid)
+            if cached is not None and cached[0] == now:
+                self._cache.move_to_end(study_uid)
+                return cached[1]
+        study = index.read_study(self.index_path, study_uid)
+        if study is None or not study["instances"]:
+            return None
+        with self._lock:
+            self._cache[study_uid] = (now, study)
+            while len(self._cache) > self.keep:
+                self._cache.popitem(last=False)
+        return study

@@ -1,0 +1,127 @@
+"""What the Browser process keeps between requests, in one object per app.
+
+The configuration is read per request through a :class:`~echoes.config.Reloader`
+(so ``echoes passwd`` and AE edits take effect without a restart); the
+catalog, study shards, job files and worklist folder are each read again
+only when they changed.  Every piece is safe to use from waitress's threads.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from flask import current_app
+
+from echoes import jobs, spool, worklist
+from echoes.config import Config, Reloader
+from echoes.web.catalog import StudyCatalog, StudyReader
+
+#: The job list is scanned again at least this often, even if the folder looks unchanged.
+JOBS_RESCAN_SECONDS = 2.0
+#: Thumbnails kept in memory (a 128-pixel PNG is a few KB).
+THUMBNAIL_CACHE = 512
+
+
+class ThumbnailCache:
+    """PNG bytes by (file path, mtime, size): an object replaced in place is drawn again."""
+
+    def __init__(self, limit: int = THUMBNAIL_CACHE) -> None:
+        self.limit = limit
+        self._items: OrderedDict[tuple, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> bytes | None:
+        with self._lock:
+            png = self._items.get(key)
+            if png is not None:
+                self._items.move_to_end(key)
+            return png
+
+    def put(self, key: tuple, png: bytes) -> None:
+        with self._lock:
+            self._items[key] = png
+            while len(self._items) > self.limit:
+                self._items.popitem(last=False)
+
+
+class WebState:
+    """The app's long-lived readers, all built from the configuration at start."""
+
+    def __init__(self, config: Config, reload_interval: float = 1.0) -> None:
+        self.reloader = Reloader(config, interval=reload_interval)
+        self._reload_lock = threading.Lock()
+        self.catalog = StudyCatalog(config.index_path)
+        self.studies = StudyReader(config.index_path)
+        self.thumbnails = ThumbnailCache()
+        self._jobs = jobs.JobStore(spool.SpoolLayout(config.spool_dir).outgoing)
+        self._jobs_lock = threading.Lock()
+        self._jobs_list: list[jobs.Job] = []
+        self._jobs_folder: tuple[int, int] | None = None
+        self._jobs_scanned = -JOBS_RESCAN_SECONDS
+        self._worklist: worklist.WorklistDirectory | None = None
+        self._worklist_lock = threading.Lock()
+        self._worklist_loaded = 0.0
+
+    @property
+    def config(self) -> Config:
+        """The configuration now (the file is re-read when it changed)."""
+        with self._reload_lock:
+            return self.reloader.current()
+
+    def config_changed(self) -> None:
+        """We just wrote the file: read it at the next request, whatever the interval."""
+        self.reloader.request()
+
+    @property
+    def job_store(self) -> jobs.JobStore:
+        return self._jobs
+
+    def all_jobs(self) -> list[jobs.Job]:
+        """Every job now (files re-read only when changed; one scan at a time).
+
+        Every job write renames a file into the folder, which moves the
+        folder's mtime: while it stands still (and for at most
+        ``JOBS_RESCAN_SECONDS``, as an mtime can miss two writes in one clock
+        tick) the last scan is reused, so pages polling every second do not
+        stat a big backlog file by file each time.
+        """
+        with self._jobs_lock:
+            try:
+                info = os.stat(self._jobs.folder)
+                folder = (info.st_ino, info.st_mtime_ns)
+            except FileNotFoundError:
+                folder = None
+            now = time.monotonic()
+            if folder is None or folder != self._jobs_folder \
+                    or now - self._jobs_scanned >= JOBS_RESCAN_SECONDS:
+                self._jobs_list = self._jobs.all()
+                self._jobs_folder, self._jobs_scanned = folder, now
+            return self._jobs_list
+
+    def worklist(self) -> worklist.WorklistDirectory:
+        """The worklist folder, loaded on first use, then polled for changes.
+
+        The same rhythm as the MWL process's watcher without its threads:
+        ``poll`` per request (cheap: one stat of the folder) and a full
+        rescan each ``RESCAN_SECONDS``.
+        """
+        with self._worklist_lock:
+            now = time.monotonic()
+            if self._worklist is None or now - self._worklist_loaded >= worklist.RESCAN_SECONDS:
+                if self._worklist is None:
+                    self._worklist = worklist.WorklistDirectory(
+                        Path(self.config.worklist_dir), quiet=True)
+                self._worklist.load()  # also catches files rewritten in place
+                self._worklist_loaded = now
+            else:
+                self._worklist.poll()  # a file renamed in or out moves the folder's mtime
+            return self._worklist
+
+
+def state() -> WebState:
+    """The running app's :class:`WebState`."""
+    return current_app.extensions["echoes"]
