@@ -668,6 +668,21 @@ def test_session_expires_when_idle(serve, archive: Archive) -> None:
     assert client.get("/queue").headers["Location"].startswith("/login")
 
 
+def test_automatic_refreshes_do_not_keep_a_session_alive(serve, archive: Archive) -> None:
+    running = serve(archive, http_session_minutes=1)
+    serializer = running.app.session_interface.get_signing_serializer(running.app)
+    client = running.anonymous()
+    seen = time.time() - 50
+    client.cookies["echoes_session"] = serializer.dumps({
+        auth.USER: "admin", auth.SEEN: seen, auth.CSRF: "t",
+        auth.PASSWORD: auth.password_fingerprint(running.config.http_password_hash)})
+    reply = client.get("/api/queue", headers={auth.POLL_HEADER: "1"})
+    assert reply.status == 200 and "Set-Cookie" not in reply.headers
+    assert serializer.loads(client.cookies["echoes_session"])[auth.SEEN] == seen
+    client.get("/api/queue")  # a person's request: the idle clock starts again
+    assert serializer.loads(client.cookies["echoes_session"])[auth.SEEN] > seen
+
+
 def test_changing_the_password_logs_everybody_out(site: Site) -> None:
     assert site.client.get("/api/studies").status == 200
     config_edit.set_option(site.config.path, "http_password_hash",

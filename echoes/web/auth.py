@@ -13,10 +13,11 @@ of the web process.
 Every page and API call needs a login: pages redirect to ``/login``, the API
 answers 401 JSON.  Scripts may use HTTP Basic auth on ``/api/`` instead of
 the cookie; no ``WWW-Authenticate`` challenge is ever sent, so browsers never
-remember a password on their own.  A POST, PUT or DELETE made with the
-session cookie must carry the session's CSRF token (``X-CSRF-Token`` header
-from JavaScript, ``csrf_token`` field in HTML forms), which a page of another
-site cannot read.
+remember a password on their own.  The pages' automatic refreshes (queue,
+push progress) say so in a header and do not extend the session.  A POST,
+PUT or DELETE made with the session cookie must carry the session's CSRF
+token (``X-CSRF-Token`` header from JavaScript, ``csrf_token`` field in HTML
+forms), which a page of another site cannot read.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ USER, SEEN, CSRF, PASSWORD = "user", "seen", "csrf", "pw"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
+#: Sent by the pages' automatic refreshes: they do not count as activity, so a
+#: queue page left open on a screen does not keep its session alive for ever.
+POLL_HEADER = "X-Echoes-Poll"
 NO_PASSWORD = "No password is set: run `echoes passwd`"
 WRONG = "Wrong user name or password"
 #: Endpoints reachable without a login (the login itself, and the CSS/JS it uses).
@@ -267,7 +271,8 @@ def guard() -> Response | None:
         return _login_redirect()
     if request.method in UNSAFE_METHODS and not _csrf_ok():
         return error(403, "missing or wrong CSRF token (send the X-CSRF-Token header)")
-    session[SEEN] = _clock()
+    if request.headers.get(POLL_HEADER) != "1":
+        session[SEEN] = _clock()  # a person did something: the idle clock starts again
     g.user, g.via = session[USER], "session"
     return None
 

@@ -10,8 +10,9 @@
 
 const csrfToken = () => (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
 
-async function api(method, url, body) {
+async function api(method, url, body, poll) {
   const options = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+  if (poll) options.headers["X-Echoes-Poll"] = "1";  // not activity: the session may expire
   if (method !== "GET") options.headers["X-CSRF-Token"] = csrfToken();
   if (body !== undefined) {
     options.headers["Content-Type"] = "application/json";
@@ -78,7 +79,7 @@ function setupStudy() {
     timer = null;
     let progress;
     try {
-      progress = await api("GET", url);
+      progress = await api("GET", url, undefined, true);
     } catch (error) {
       showMessage(error.message, "error");
       timer = setTimeout(poll, 3000);
@@ -241,7 +242,7 @@ function setupQueue() {
     if (destination) params.set("destination", destination);
     if (state) params.set("state", state);
     try {
-      const queue = await api("GET", `${filter.dataset.api}?${params}`);
+      const queue = await api("GET", `${filter.dataset.api}?${params}`, undefined, true);
       render(queue);
       document.getElementById("queue-updated").textContent = new Date().toLocaleTimeString();
     } catch (error) {
