@@ -494,6 +494,10 @@ def cmd_worker(args: argparse.Namespace, config: config_module.Config) -> int:
         from echoes import sender
 
         return sender.run(config)
+    if args.role == "web":
+        from echoes import web
+
+        return web.run(config, args.listen_fd)
     print(f"echoes: unknown worker role {args.role!r}", file=sys.stderr)
     return 2
 

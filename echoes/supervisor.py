@@ -34,10 +34,21 @@ ROLES: dict[str, object] = {
     "mwl": lambda config: 1,
     "ingester": lambda config: 1,
     "sender": lambda config: 1,
+    "web": lambda config: 1,
 }
 
-#: role -> the config key of the port the supervisor binds and passes to it.
-LISTENING_ROLES: dict[str, str] = {"store": "store_port", "mwl": "mwl_port"}
+#: role -> the config keys of the address and port the supervisor binds and
+#: passes to it.
+LISTENING_ROLES: dict[str, tuple[str, str]] = {
+    "store": ("bind", "store_port"),
+    "mwl": ("bind", "mwl_port"),
+    "web": ("http_bind", "http_port"),
+}
+
+#: Roles the server can run without: when their port cannot be bound, the
+#: supervisor logs why and runs everything else (images keep flowing while
+#: the admin frees port 8080); ``echoes check`` reports the role missing.
+OPTIONAL_ROLES = frozenset({"web"})
 
 #: A child that lived shorter than this is restarted after a back-off.
 HEALTHY_SECONDS = 5.0
@@ -88,12 +99,12 @@ class Child:
     argv: list[str] = field(default_factory=list)
 
 
-def bind_socket(config: Config, port: int) -> socket.socket:
+def bind_socket(address: str, port: int) -> socket.socket:
     """A listening port, bound once for all the workers of a role."""
-    family = socket.AF_INET6 if ":" in config.bind else socket.AF_INET
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((config.bind, port))
+    listener.bind((address, port))
     listener.listen(128)
     listener.set_inheritable(True)
     return listener
@@ -104,12 +115,12 @@ def bind_socket(config: Config, port: int) -> socket.socket:
 BIND_PATIENCE_SECONDS = 30.0
 
 
-def bind_with_patience(config: Config, port: int) -> socket.socket:
+def bind_with_patience(address: str, port: int) -> socket.socket:
     """bind_socket, retried while the port is busy (old workers draining)."""
     deadline = time.monotonic() + BIND_PATIENCE_SECONDS
     while True:
         try:
-            return bind_socket(config, port)
+            return bind_socket(address, port)
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
                 raise
@@ -155,6 +166,7 @@ class Supervisor:
         self.children: list[Child] = []
         self.stopping = False
         self.sockets: dict[str, socket.socket] = {}
+        self.skipped: set[str] = set()
 
     def _argv(self, role: str) -> list[str]:
         argv = [sys.executable, "-m", "echoes", "--config", str(self.config.path),
@@ -174,16 +186,22 @@ class Supervisor:
         for folder in self.config.directories:
             folder.mkdir(parents=True, exist_ok=True)
         spool.SpoolLayout(self.config.spool_dir).create()
-        for role, port_key in LISTENING_ROLES.items():
-            port = getattr(self.config, port_key)
+        for role, (address_key, port_key) in LISTENING_ROLES.items():
+            address, port = getattr(self.config, address_key), getattr(self.config, port_key)
             try:
-                self.sockets[role] = bind_with_patience(self.config, port)
+                self.sockets[role] = bind_with_patience(address, port)
             except OSError as exc:
+                why = f"{port_key}: cannot listen on {address}:{port}: {exc.strerror}"
+                if role in OPTIONAL_ROLES:
+                    log.error("%s; running without the %s process", why, role)
+                    self.skipped.add(role)
+                    continue
                 for listening in self.sockets.values():
                     listening.close()
-                raise StartError(f"{port_key}: cannot listen on {self.config.bind}:{port}: "
-                                 f"{exc.strerror}") from None
+                raise StartError(why) from None
         for role, count in ROLES.items():
+            if role in self.skipped:
+                continue
             for slot in range(count(self.config)):
                 child = Child(role, slot)
                 self.children.append(child)
@@ -261,8 +279,9 @@ def run(config: Config, on_started: Callable[[], None] | None = None) -> int:
         return 1
     if on_started is not None:
         on_started()
-    log.info("echoes %s: store port %d, worklist port %d, pid %d",
-             config.ae_title, config.store_port, config.mwl_port, os.getpid())
+    log.info("echoes %s: store port %d, worklist port %d, Browser http://%s:%d/, pid %d",
+             config.ae_title, config.store_port, config.mwl_port, config.http_bind,
+             config.http_port, os.getpid())
     reloader = Reloader(config)
     while True:
         while received:
