@@ -177,7 +177,7 @@ function setupAes() {
         const echo = await api("POST", `${aeUrl(title)}/echo`);
         result.className = "echo-result " + (echo.ok ? "ok" : "bad");
         result.dataset.ok = String(echo.ok);
-        result.textContent = echo.ok ? `OK (${echo.ms} ms)` : `Failed: ${echo.message}`;
+        result.textContent = (echo.ok ? "✓ " : "✗ ") + echo.message;
       } catch (error) {
         result.className = "echo-result bad";
         result.dataset.ok = "false";
