@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -102,10 +103,17 @@ def _at_terminal(ini: Path, answers: list[str]) -> tuple[int, str]:
             if not chunk:
                 break
             output += chunk
-            if pending and output.rstrip().endswith(b":"):
+            prompts = output.count(b"New password: ") + output.count(b"Again: ")
+            if pending and prompts > len(answers) - len(pending):  # a prompt not answered yet
                 os.write(master, pending.pop(0).encode() + b"\n")
-                output += b"\n"
-    _pid, status = os.waitpid(pid, 0)
+    done, status = os.waitpid(pid, os.WNOHANG)
+    patience = time.monotonic() + 10
+    while not done and time.monotonic() < patience:
+        time.sleep(0.05)
+        done, status = os.waitpid(pid, os.WNOHANG)
+    if not done:  # still waiting for input: a failure, not a hang
+        os.kill(pid, signal.SIGKILL)
+        _pid, status = os.waitpid(pid, 0)
     os.close(master)
     return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
 
