@@ -54,7 +54,11 @@ def _parser() -> argparse.ArgumentParser:
                                 help="send failed jobs again (all with --failed, or one)")
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("--failed", action="store_true", help="every failed job")
-    which.add_argument("job_id", nargs="?", metavar="JOB_ID", help="one job (see echoes queue)")
+    which.add_argument("job_id", nargs="?", metavar="JOB_ID",
+                       help="one job, failed or cancelled (see echoes queue)")
+    cancel = commands.add_parser("cancel", parents=[common],
+                                 help="withdraw an outbound job that is not done")
+    cancel.add_argument("job_id", metavar="JOB_ID", help="the job (see echoes queue)")
     fsck = commands.add_parser("fsck", parents=[common],
                                help="check the index against the archive tree (read-only)")
     fsck.add_argument("--quick", action="store_true",
@@ -229,8 +233,6 @@ def _job_store(config: config_module.Config):
 
 def cmd_push(args: argparse.Namespace, config: config_module.Config) -> int:
     """Queue every object of an archived study for one configured AE."""
-    from echoes import jobs
-
     if args.ae_title not in config.remote_aes:
         known = ", ".join(sorted(config.remote_aes)) or "none"
         print(f"echoes: unknown AE {args.ae_title!r} (configured: {known})", file=sys.stderr)
@@ -239,10 +241,7 @@ def cmd_push(args: argparse.Namespace, config: config_module.Config) -> int:
     if study is None or not study["instances"]:
         print(f"echoes: no archived study {args.study_uid}", file=sys.stderr)
         return 1
-    now = time.time()
-    store = _job_store(config)
-    count = store.write_many(jobs.new_job(args.ae_title, instance, "push", now)
-                             for instance in study["instances"])
+    count = _job_store(config).queue(args.ae_title, study["instances"], "push", time.time())
     print(f"queued {count} objects of study {args.study_uid} for {args.ae_title}")
     return 0
 
@@ -282,6 +281,8 @@ def cmd_queue(args: argparse.Namespace, config: config_module.Config) -> int:
                       f": {job.last_error}")
             elif job.state == jobs.FAILED:
                 print(f"  failed   {job.id} after {job.attempts} attempts: {job.last_error}")
+            elif job.state == jobs.CANCELLED:
+                print(f"  cancelled {job.id} {_when(job.updated)} after {job.attempts} attempts")
     return 0
 
 
@@ -301,6 +302,22 @@ def cmd_retry(args: argparse.Namespace, config: config_module.Config) -> int:
         chosen = [job for job in store.all() if job.state == jobs.FAILED]
     count = store.write_many(jobs.retried(job, now) for job in chosen)
     print(f"{count} jobs queued again")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, config: config_module.Config) -> int:
+    """Withdraw one job: the sender never sends it (echoes retry JOB_ID brings it back)."""
+    from echoes import jobs
+
+    job = _job_store(config).cancel(args.job_id, time.time())
+    if job is None:
+        print(f"echoes: no job {args.job_id}", file=sys.stderr)
+        return 1
+    if job.state == jobs.DONE:
+        print(f"echoes: job {job.id} is done already (delivered {_when(job.updated)})",
+              file=sys.stderr)
+        return 1
+    print(f"job {job.id} ({job.sop_instance_uid} to {job.destination}) cancelled")
     return 0
 
 
@@ -515,6 +532,7 @@ COMMANDS = {
     "push": cmd_push,
     "queue": cmd_queue,
     "retry": cmd_retry,
+    "cancel": cmd_cancel,
     "passwd": cmd_passwd,
     "_worker": cmd_worker,
 }

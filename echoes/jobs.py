@@ -13,12 +13,16 @@ State machine (pure functions, tested without files)::
     pending/retrying --attempt failed--> retrying (next attempt after
                                          retry_interval) | failed (max_attempts)
     pending/retrying --refused--> failed   (retrying cannot help)
-    failed --retry--> pending              (by hand: echoes retry)
+    pending/retrying/failed --cancel--> cancelled   (by hand: echoes cancel,
+                                         the Browser; never sent, not an alarm)
+    failed/cancelled --retry--> pending    (by hand: echoes retry)
 
-Writers: the ingester (new forward jobs), ``echoes push`` and ``echoes retry``
-(new or reset jobs), the sender (state after each attempt).  ``JobStore``
-caches parsed files by (mtime, size), so the sender's once-a-second look at
-the queue reads only what changed.
+Writers: the ingester (new forward jobs), ``echoes push``, the Browser's push,
+``echoes retry`` and ``echoes cancel`` (new, reset or cancelled jobs), the
+sender (state after each attempt; it keeps a cancel made while it was sending,
+see ``Sender._record``).  ``JobStore`` caches parsed files by (mtime, size,
+inode), so the sender's twice-a-second look at the queue reads only what
+changed.
 """
 
 from __future__ import annotations
@@ -36,8 +40,13 @@ from echoes import spool
 log = logging.getLogger("echoes.jobs")
 
 PENDING, RETRYING, FAILED, DONE = "pending", "retrying", "failed", "done"
-STATES = (PENDING, RETRYING, FAILED, DONE)
+CANCELLED = "cancelled"
+#: Every state, in the order ``echoes queue`` lists them.
+STATES = (PENDING, RETRYING, FAILED, CANCELLED, DONE)
+#: Waiting to be sent.
 ACTIVE = frozenset({PENDING, RETRYING})
+#: Where a job ends up (done and cancelled ones are pruned after keep_done_hours).
+FINISHED = frozenset({DONE, CANCELLED})
 
 
 def job_id(destination: str, sop_instance_uid: str) -> str:
@@ -111,9 +120,21 @@ def refused(job: Job, reason: str, now: float) -> Job:
 
 
 def retried(job: Job, now: float) -> Job:
-    """Sent back to the queue by hand: a fresh start."""
+    """Sent back to the queue by hand (a failed or cancelled job): a fresh start."""
     return replace(job, state=PENDING, attempts=0, last_error="", next_attempt=now,
                    updated=now)
+
+
+def cancelled(job: Job, now: float) -> Job:
+    """Withdrawn by hand before it was delivered: never sent, not counted as failed.
+
+    A done job stays done (it was delivered; there is nothing to take back)
+    and a cancelled one unchanged, so cancelling twice changes nothing.
+    Attempts and the last error are kept: they say how far it got.
+    """
+    if job.state in FINISHED:
+        return job
+    return replace(job, state=CANCELLED, next_attempt=0.0, updated=now)
 
 
 def deferred(job: Job, until: float) -> Job:
@@ -141,6 +162,16 @@ def decode(data: bytes) -> Job:
     return job
 
 
+#: What tells a job file changed: (mtime, size, inode).  Every write renames a
+#: new file into place, so the inode changes even when two writes fall in one
+#: tick of the file system's clock and happen to have the same size.
+Signature = tuple[int, int, int]
+
+
+def _signature(info: os.stat_result) -> Signature:
+    return (info.st_mtime_ns, info.st_size, info.st_ino)
+
+
 class JobStore:
     """The jobs in ``spool/outgoing``: atomic writes, cached reads."""
 
@@ -148,7 +179,8 @@ class JobStore:
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self._cache: dict[str, tuple[tuple[int, int], Job]] = {}
+        #: job id -> (signature of the file it was read from, the job)
+        self._cache: dict[str, tuple[Signature, Job]] = {}
 
     def path_for(self, identifier: str) -> Path:
         """Where the job ``identifier`` lives."""
@@ -170,6 +202,17 @@ class JobStore:
             spool.fsync_dir(self.folder)
         return count
 
+    def queue(self, destination: str, records: Iterable[dict], origin: str, now: float) -> int:
+        """Queue index instance records for ``destination`` (``origin``: "push" or
+        "forward"); return how many.
+
+        One durable write per object and one folder fsync for all, so a push
+        of a whole study costs one fsync of the folder.  An object already
+        queued for that destination is queued anew (same job id), whatever
+        its state, so pushing again also revives a failed or cancelled job.
+        """
+        return self.write_many(new_job(destination, record, origin, now) for record in records)
+
     def read(self, identifier: str) -> Job | None:
         """One job, or None when there is no such job (or its file is broken)."""
         try:
@@ -180,6 +223,32 @@ class JobStore:
             log.error("job file %s unreadable: %s", identifier, exc)
             return None
 
+    def current(self, job: Job) -> Job | None:
+        """``job`` as its file says now: ``job`` itself, for the price of one stat,
+        while the file is the one :meth:`all` last read it from, else read again
+        (None: gone).  For a long-running reader (the sender) to notice a cancel.
+        """
+        try:
+            info = os.stat(self.path_for(job.id))
+        except FileNotFoundError:
+            return None
+        cached = self._cache.get(job.id)
+        if cached is not None and cached[1] is job and cached[0] == _signature(info):
+            return job
+        return self.read(job.id)
+
+    def cancel(self, identifier: str, now: float) -> Job | None:
+        """Cancel one job by id (see :func:`cancelled`); the job as written, None if
+        there is no such job.
+        """
+        job = self.read(identifier)
+        if job is None:
+            return None
+        withdrawn = cancelled(job, now)
+        if withdrawn is not job:
+            self.write(withdrawn)
+        return withdrawn
+
     def remove(self, identifier: str) -> None:
         """Forget a job (pruning done jobs)."""
         self.path_for(identifier).unlink(missing_ok=True)
@@ -187,7 +256,7 @@ class JobStore:
 
     def all(self) -> list[Job]:
         """Every job now, re-reading only files that changed since last call."""
-        seen: dict[str, tuple[tuple[int, int], Job]] = {}
+        seen: dict[str, tuple[Signature, Job]] = {}
         for identifier, signature in self._scan():
             cached = self._cache.get(identifier)
             if cached is not None and cached[0] == signature:
@@ -199,7 +268,7 @@ class JobStore:
         self._cache = seen
         return [job for _signature, job in seen.values()]
 
-    def _scan(self) -> Iterator[tuple[str, tuple[int, int]]]:
+    def _scan(self) -> Iterator[tuple[str, Signature]]:
         try:
             entries = os.scandir(self.folder)
         except FileNotFoundError:
@@ -212,4 +281,4 @@ class JobStore:
                     stat = entry.stat()
                 except FileNotFoundError:
                     continue
-                yield entry.name[: -len(self.SUFFIX)], (stat.st_mtime_ns, stat.st_size)
+                yield entry.name[: -len(self.SUFFIX)], _signature(stat)

@@ -71,6 +71,8 @@ LINGER_POLL_SECONDS = 0.05
 CONNECT_ATTEMPTS = 3
 
 DELIVERED, TRANSIENT, PERMANENT = "delivered", "transient", "permanent"
+#: Not attempted: the job was cancelled (or re-queued elsewhere) after it was planned.
+SKIPPED = "skipped"
 
 #: C-STORE response status ranges -> outcome, first match wins (PS3.4 B.2.3,
 #: PS3.7 C).  Anything not listed is treated as transient.
@@ -315,7 +317,7 @@ class Sender:
         self._pruned = now
         horizon = now - config.keep_done_hours * 3600
         for job in self.all_jobs():
-            if job.state == jobs.DONE and job.updated <= horizon:
+            if job.state in jobs.FINISHED and job.updated <= horizon:
                 with self._store_lock:
                     self.store.remove(job.id)
 
@@ -380,7 +382,7 @@ class Sender:
                     outcome = self.send_one(assoc, config, batch[position], accepted)
                     position += 1
                     sent += outcome == DELIVERED
-                    failed += outcome != DELIVERED
+                    failed += outcome not in (DELIVERED, SKIPPED)
                 if not assoc.is_established and not self.stopping.is_set():
                     now = time.time()
                     for job in batch[position:]:
@@ -422,7 +424,18 @@ class Sender:
 
     def send_one(self, assoc: Requestor, config: Config, job: jobs.Job,
                  accepted: set[tuple[str, str]]) -> str:
-        """C-STORE one job's object; record and return the outcome."""
+        """C-STORE one job's object; record and return the outcome.
+
+        The job may have been cancelled since the batch was planned (up to
+        BATCH_MAX objects ago): one stat of its file tells whether it changed,
+        and a job no longer waiting is SKIPPED, never sent.
+        """
+        with self._store_lock:
+            current = self.store.current(job)
+        if current is not job:
+            if current is None or current.state not in jobs.ACTIVE:
+                return SKIPPED
+            job = current  # queued anew meanwhile: send it as it is now
         route = choose_route(job.sop_class_uid, job.transfer_syntax, accepted)
         now = time.time()
         if route.kind == "refuse":
@@ -470,8 +483,10 @@ class Sender:
         return outcome
 
     def _record(self, job: jobs.Job) -> None:
-        """Write a job's new state, unless it was queued anew meanwhile.
+        """Write a job's new state, unless it was queued anew or cancelled meanwhile.
 
+        The file is read again here anyway (to see a re-queue), so a cancel
+        made while the object was on its way costs nothing extra to keep.
         Every state is written atomically; all but ``done`` also durably.
         A ``done`` lost to a power cut means the object is sent once more,
         which the destination absorbs (same SOP Instance UID): not worth an
@@ -479,8 +494,9 @@ class Sender:
         """
         with self._store_lock:
             current = self.store.read(job.id)
-            if current is not None and current.created != job.created:
-                return  # re-queued (received or pushed again) while we worked
+            if current is not None and (current.created != job.created
+                                        or current.state == jobs.CANCELLED):
+                return  # re-queued (received or pushed again) or cancelled while we worked
             self.store.write(job, durable=job.state != jobs.DONE)
         if current is None or current.state != job.state:  # a change, not each retry
             level = logging.INFO if job.state in (jobs.DONE, jobs.PENDING) else logging.WARNING

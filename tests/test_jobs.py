@@ -175,6 +175,39 @@ def test_retried_resets_to_pending():
     assert again.is_due(NOW + 100)
 
 
+@pytest.mark.parametrize("state", [jobs.PENDING, jobs.RETRYING, jobs.FAILED])
+def test_cancelled_from_a_job_not_delivered(state):
+    job = make_job(state=state, attempts=2, last_error="0xA700 out of resources",
+                   next_attempt=NOW + 30)
+    withdrawn = jobs.cancelled(job, NOW + 40)
+    assert withdrawn.state == jobs.CANCELLED
+    assert withdrawn.next_attempt == 0.0
+    assert withdrawn.updated == NOW + 40
+    assert (withdrawn.attempts, withdrawn.last_error) == (2, "0xA700 out of resources")
+    assert withdrawn.created == job.created
+    assert not withdrawn.is_due(NOW + 1e9)
+
+
+@pytest.mark.parametrize("state", [jobs.DONE, jobs.CANCELLED])
+def test_cancelled_leaves_finished_jobs_alone(state):
+    job = make_job(state=state, updated=NOW + 5)
+    assert jobs.cancelled(job, NOW + 40) is job
+
+
+def test_cancelled_is_terminal_but_not_failed():
+    assert jobs.CANCELLED in jobs.STATES
+    assert jobs.CANCELLED not in jobs.ACTIVE
+    assert jobs.CANCELLED in jobs.FINISHED
+    assert jobs.CANCELLED != jobs.FAILED
+
+
+def test_retried_brings_a_cancelled_job_back():
+    job = jobs.cancelled(make_job(attempts=3, last_error="e"), NOW + 1)
+    again = jobs.retried(job, NOW + 2)
+    assert (again.state, again.attempts, again.last_error) == (jobs.PENDING, 0, "")
+    assert again.is_due(NOW + 2)
+
+
 def test_deferred_only_moves_next_attempt():
     job = make_job(state=jobs.RETRYING, attempts=2, last_error="e", updated=NOW + 1)
     later = jobs.deferred(job, NOW + 500)
@@ -194,7 +227,7 @@ def test_active_jobs_due_when_their_time_has_come(state):
     assert job.is_due(NOW + 1000)
 
 
-@pytest.mark.parametrize("state", [jobs.FAILED, jobs.DONE])
+@pytest.mark.parametrize("state", [jobs.FAILED, jobs.CANCELLED, jobs.DONE])
 def test_finished_jobs_never_due(state):
     job = make_job(state=state, next_attempt=0.0)
     assert not job.is_due(NOW)
@@ -449,3 +482,173 @@ def test_atomic_write_leaves_no_temporary_files(store):
     store.write_many(batch)
     names = sorted(p.name for p in store.folder.iterdir())
     assert names == sorted(f"{job.id}.json" for job in batch)
+
+
+# -- JobStore.queue, current, cancel ---------------------------------------------
+
+
+def records(count: int) -> list[dict]:
+    return [{**RECORD, "SOPInstanceUID": f"1.2.3.4.5.{n}", "path": f"1.2/{n}.dcm"}
+            for n in range(count)]
+
+
+def test_queue_writes_a_pending_job_per_record(store):
+    assert store.queue("PACS", records(3), "push", NOW) == 3
+    found = sorted(store.all(), key=lambda job: job.sop_instance_uid)
+    assert found == [jobs.new_job("PACS", record, "push", NOW) for record in records(3)]
+    assert all(job.is_due(NOW) for job in found)
+
+
+def test_queue_accepts_a_generator_and_nothing(store):
+    assert store.queue("PACS", (r for r in records(2)), "forward", NOW) == 2
+    assert store.queue("PACS", [], "push", NOW) == 0
+
+
+def test_queue_again_revives_cancelled_and_failed_jobs(store):
+    store.queue("PACS", records(2), "push", NOW)
+    first, second = sorted(store.all(), key=lambda job: job.sop_instance_uid)
+    store.cancel(first.id, NOW + 1)
+    store.write(jobs.refused(second, "no", NOW + 1))
+    store.queue("PACS", records(2), "push", NOW + 2)
+    assert {job.state for job in store.all()} == {jobs.PENDING}
+    assert len(store.all()) == 2
+
+
+def test_queue_for_two_destinations_keeps_both(store):
+    store.queue("PACS", records(2), "push", NOW)
+    store.queue("VIEWER", records(2), "push", NOW)
+    assert sorted(job.destination for job in store.all()) == ["PACS", "PACS", "VIEWER", "VIEWER"]
+
+
+def test_current_costs_no_read_while_unchanged(store, monkeypatch):
+    store.queue("PACS", records(1), "push", NOW)
+    (job,) = store.all()
+    calls = count_reads(monkeypatch)
+    assert store.current(job) is job
+    assert calls == []
+
+
+def test_current_sees_a_cancel(store):
+    store.queue("PACS", records(1), "push", NOW)
+    (job,) = store.all()
+    other = jobs.JobStore(store.folder)  # another process, as far as files go
+    other.cancel(job.id, NOW + 1)
+    current = store.current(job)
+    assert current is not None and current.state == jobs.CANCELLED
+
+
+def test_current_sees_a_rewrite_of_same_size_and_mtime(store):
+    job = make_job(attempts=1)
+    store.write(job)
+    (cached,) = store.all()
+    path = store.path_for(job.id)
+    before = path.stat()
+    store.write(replace(job, attempts=2))  # same length
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    current = store.current(cached)
+    assert current is not None and current.attempts == 2
+
+
+def test_current_of_a_removed_job_is_none(store):
+    store.queue("PACS", records(1), "push", NOW)
+    (job,) = store.all()
+    store.path_for(job.id).unlink()
+    assert store.current(job) is None
+
+
+def test_current_of_a_job_never_listed_reads_it(store):
+    job = make_job()
+    store.write(job)
+    assert store.current(job) == job
+
+
+def test_cancel_by_id(store):
+    store.queue("PACS", records(1), "push", NOW)
+    (job,) = store.all()
+    withdrawn = store.cancel(job.id, NOW + 3)
+    assert withdrawn == jobs.cancelled(job, NOW + 3)
+    assert store.read(job.id) == withdrawn
+    assert store.cancel(job.id, NOW + 4) == withdrawn  # twice: unchanged
+    assert store.cancel("0123456789abcdef0123", NOW) is None
+
+
+def test_cancel_leaves_a_done_job_done(store):
+    done = jobs.delivered(make_job(), NOW + 1)
+    store.write(done)
+    assert store.cancel(done.id, NOW + 2) == done
+    assert store.read(done.id) == done
+
+
+# -- cancel across the commands: echoes cancel, queue, retry, check ----------------
+
+
+@pytest.fixture
+def home(tmp_path: Path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import write_config
+
+    from echoes import config as config_module
+
+    path = write_config(tmp_path / "home")
+    path.write_text(path.read_text() + "\n[ae:PACS]\nhost = 127.0.0.1\nport = 104\n")
+    return config_module.load(path)
+
+
+def echoes(config, *args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "echoes", "--config", str(config.path), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cancel_command_queue_and_retry(home):
+    from echoes import spool
+
+    store = jobs.JobStore(spool.SpoolLayout(home.spool_dir).outgoing)
+    store.queue("PACS", records(3), "push", NOW)
+    first, second, third = sorted(store.all(), key=lambda job: job.sop_instance_uid)
+    store.write(jobs.delivered(third, NOW + 1))
+
+    done = echoes(home, "cancel", first.id)
+    assert done.returncode == 0, done.stderr
+    assert first.id in done.stdout and "cancelled" in done.stdout
+    assert store.read(first.id).state == jobs.CANCELLED
+
+    refused = echoes(home, "cancel", third.id)
+    assert refused.returncode == 1
+    assert "done already" in refused.stderr
+    assert store.read(third.id).state == jobs.DONE
+    missing = echoes(home, "cancel", "0123456789abcdef0123")
+    assert (missing.returncode, missing.stderr.strip()) == (1, "echoes: no job "
+                                                              "0123456789abcdef0123")
+
+    listing = echoes(home, "queue")
+    assert "PACS (127.0.0.1:104): 1 pending, 0 retrying, 0 failed, 1 cancelled, 1 done" \
+        in listing.stdout
+    assert f"cancelled {first.id}" in listing.stdout
+    document = json.loads(echoes(home, "queue", "--json").stdout)["PACS"]
+    assert (document["pending"], document["failed"], document["cancelled"]) == (1, 0, 1)
+    assert {job["id"]: job["state"] for job in document["jobs"]} == {
+        first.id: jobs.CANCELLED, second.id: jobs.PENDING}
+
+    assert echoes(home, "retry", "--failed").stdout.strip() == "0 jobs queued again"
+    assert store.read(first.id).state == jobs.CANCELLED
+    assert echoes(home, "retry", first.id).returncode == 0
+    assert store.read(first.id).state == jobs.PENDING
+
+
+def test_check_does_not_alarm_on_cancelled_jobs(home):
+    from echoes import health, spool
+
+    store = jobs.JobStore(spool.SpoolLayout(home.spool_dir).outgoing)
+    store.queue("PACS", records(2), "push", NOW)
+    first, second = store.all()
+    store.cancel(first.id, NOW + 1)
+    store.cancel(second.id, NOW + 1)
+    assert health.outbound_queue(home) == []  # old (created long ago) but cancelled
+    store.write(jobs.refused(store.read(second.id), "no", NOW + 2))
+    assert [p.severity for p in health.outbound_queue(home)] == [health.CRITICAL]
