@@ -182,6 +182,10 @@ class PeerGone(Exception):
     """The connection closed, timed out or broke."""
 
 
+class PeerTimedOut(PeerGone):
+    """Nothing came within the socket's timeout (a requestor tells the admin so)."""
+
+
 class PDUReader:
     """Reads whole PDUs from a socket into one reusable buffer."""
 
@@ -196,7 +200,9 @@ class PDUReader:
         while view:
             try:
                 count = sock.recv_into(view)
-            except (TimeoutError, OSError) as exc:
+            except TimeoutError:
+                raise PeerTimedOut("timed out") from None
+            except OSError as exc:
                 raise PeerGone(str(exc) or type(exc).__name__) from None
             if not count:
                 raise PeerGone("connection closed")

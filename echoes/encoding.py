@@ -175,6 +175,7 @@ C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 C_FIND_RQ = 0x0020
 C_ECHO_RQ = 0x0030
+C_ECHO_RSP = 0x8030
 C_CANCEL_RQ = 0x0FFF
 RESPONSE_BIT = 0x8000
 MEDIUM_PRIORITY = 0x0000
@@ -204,6 +205,16 @@ def store_request_command(sop_class: str, sop_instance: str, message_id: int) ->
         _command_us(0x0700, MEDIUM_PRIORITY),
         _command_us(0x0800, DATA_SET_PRESENT),
         _command_uid(0x1000, sop_instance),
+    )))
+
+
+def echo_request_command(sop_class: str, message_id: int) -> bytes:
+    """The command set of a C-ECHO-RQ (no data set), for the Browser's verify button."""
+    return _command_set(b"".join((
+        _command_uid(0x0002, sop_class),
+        _command_us(0x0100, C_ECHO_RQ),
+        _command_us(0x0110, message_id),
+        _command_us(0x0800, NO_DATA_SET),
     )))
 
 

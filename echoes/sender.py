@@ -47,14 +47,14 @@ from pynetdicom.dsutils import encode as encode_dataset
 from pynetdicom.dsutils import split_dataset
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from echoes import jobs, logs, sopclasses, spool, tls
+from echoes import jobs, logs, requestor, sopclasses, spool
 from echoes.config import Config, Reloader, RemoteAE
 from echoes.requestor import AssociationFailed, Requestor
 
 log = logging.getLogger("echoes.sender")
 
 #: Associations echoes starts offer this maximum PDU (SPEC, statement 3.4.1).
-SEND_MAX_PDU = 49152
+SEND_MAX_PDU = requestor.SEND_MAX_PDU
 #: How often due jobs are looked for.
 DISPATCH_SECONDS = 0.5
 #: Objects per association at most, and presentation contexts (PS3.8: 128 ids).
@@ -407,20 +407,13 @@ class Sender:
     def associate(self, config: Config, remote: RemoteAE,
                   contexts: list[tuple[str, list[str]]]) -> Requestor:
         """An association to ``remote`` with ``contexts``; NotAssociated after a few tries."""
-        ssl_context = tls.client_context(config) if remote.tls else None
-
-        def attempt() -> Requestor:
-            return Requestor.connect(remote.host, remote.port, config.ae_title, remote.title,
-                                     contexts, SEND_MAX_PDU, config.acse_timeout,
-                                     config.dimse_timeout, ssl_context)
-
         retrying = Retrying(
             stop=stop_after_attempt(CONNECT_ATTEMPTS),
             wait=wait_exponential(multiplier=0.25, max=2),
             retry=retry_if_exception_type(NotAssociated),
             reraise=True,
         )
-        return retrying(attempt)
+        return retrying(requestor.associate, config, remote, contexts)
 
     def send_one(self, assoc: Requestor, config: Config, job: jobs.Job,
                  accepted: set[tuple[str, str]]) -> str:
