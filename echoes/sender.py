@@ -274,8 +274,15 @@ class Sender:
 
     # -- dispatch ----------------------------------------------------------------
 
+    def open_jobs(self) -> list[jobs.Job]:
+        """Every job not delivered (the store's cache is not thread-safe: one
+        reader at a time).
+        """
+        with self._store_lock:
+            return self.store.open_jobs()
+
     def all_jobs(self) -> list[jobs.Job]:
-        """Every job (the store's cache is not thread-safe: one reader at a time)."""
+        """Every job, delivered ones included (for pruning, once a minute)."""
         with self._store_lock:
             return self.store.all()
 
@@ -286,7 +293,7 @@ class Sender:
         config = self.reloader.current()
         now = time.time()
         due: dict[str, int] = defaultdict(int)
-        for job in self.all_jobs():
+        for job in self.open_jobs():
             if job.is_due(now):
                 due[job.destination] += 1
         self._prune(config, now)
@@ -331,7 +338,7 @@ class Sender:
         failed if the file is still missing after MISSING_FILE_GRACE.
         """
         now = time.time()
-        due = sorted((job for job in self.all_jobs()
+        due = sorted((job for job in self.open_jobs()
                       if job.destination == title and job.is_due(now)),
                      key=lambda job: (job.created, job.id))
         ready = []

@@ -310,13 +310,13 @@ def store(tmp_path: Path) -> jobs.JobStore:
 
 def count_reads(monkeypatch) -> list[str]:
     calls: list[str] = []
-    original = jobs.JobStore.read
+    original = jobs.JobStore._load
 
-    def counting(self, identifier):
+    def counting(self, folder, identifier):
         calls.append(identifier)
-        return original(self, identifier)
+        return original(self, folder, identifier)
 
-    monkeypatch.setattr(jobs.JobStore, "read", counting)
+    monkeypatch.setattr(jobs.JobStore, "_load", counting)
     return calls
 
 
@@ -480,8 +480,35 @@ def test_atomic_write_leaves_no_temporary_files(store):
         store.write(job)
         store.write(jobs.delivered(job, NOW + 1), durable=False)
     store.write_many(batch)
-    names = sorted(p.name for p in store.folder.iterdir())
+    names = sorted(p.name for p in store.folder.iterdir() if p.is_file())
     assert names == sorted(f"{job.id}.json" for job in batch)
+    done = sorted(p.name for p in store.done_folder.iterdir())
+    assert done == sorted(f"{job.id}.json" for job in batch)
+
+
+def test_delivered_jobs_leave_the_folder_the_sender_watches(store):
+    first, second = make_job(sop="1.2.1"), make_job(sop="1.2.2")
+    store.write_many([first, second])
+    delivered = jobs.delivered(first, NOW + 1)
+    store.write(delivered, durable=False)
+    assert not store.path_for(first.id).exists()
+    assert store.done_path_for(first.id).exists()
+    assert store.open_jobs() == [second]
+    assert sorted(store.all(), key=lambda j: j.id) == sorted([delivered, second],
+                                                             key=lambda j: j.id)
+    assert store.read(first.id) == delivered
+
+
+def test_a_delivered_job_queued_again_is_the_open_one(store):
+    job = make_job()
+    store.write(jobs.delivered(job, NOW + 1))
+    again = jobs.new_job(job.destination, {**RECORD, "SOPInstanceUID": job.sop_instance_uid},
+                         "push", NOW + 5)
+    store.write(again)
+    assert store.read(job.id) == again
+    assert store.all() == [again] and store.open_jobs() == [again]
+    store.remove(job.id)
+    assert store.read(job.id) is None and store.all() == []
 
 
 # -- JobStore.queue, current, cancel ---------------------------------------------
