@@ -163,15 +163,14 @@ def test_query_params_for_links_keep_only_what_differs() -> None:
         "patient_name": "DOE", "sort": "date", "order": "desc", "page": "1"}
 
 
-def test_a_search_of_ten_thousand_studies_is_fast() -> None:
+def test_a_search_of_ten_thousand_studies_finds_every_match() -> None:
+    # How fast it is, is bench/web.py's business (tests assert no wall-clock times).
     big = catalog.CatalogSnapshot(
         study_doc(f"2.{n}", f"NAME^{n}", f"P{n % 700}", f"A{n}", f"2026{n % 12 + 1:02d}01",
                   modalities=(("CT", "MR", "US")[n % 3],)) for n in range(10_000))
     big.order("patient_name")  # what the first request of a catalog version pays
-    started = time.perf_counter()
     result = big.search(catalog.parse_study_query(
         {"patient_name": "name^1*", "modality": "CT", "sort": "patient_name"}))
-    assert time.perf_counter() - started < 0.1
     assert result.total == len([n for n in range(10_000)
                                 if str(n).startswith("1") and n % 3 == 0])
 
