@@ -4,11 +4,12 @@ For each seed: four dcmtk ``storescu`` clients keep sending their share of
 2,000 objects (re-sending what was not yet acknowledged after an abort) while
 a killer sends SIGKILL, at random moments, to each kind of process in turn --
 store worker, ingester, sender, MWL SCP, the Browser's web process and the
-supervisor itself (which is then started again) -- and the forwarding destination (a dcmtk storescp) is
-stopped and started.  At the end it counts objects sent, acknowledged,
-archived, indexed and forwarded, duplicates in the index and files outside
-the archive and spool, and requires acknowledged = archived = indexed =
-forwarded with nothing lost and nothing doubled.
+supervisor itself (which is then started again) -- and the forwarding
+destination (a dcmtk storescp) is stopped and started.  At the end it counts
+objects sent, acknowledged, archived, indexed and forwarded, duplicates in
+the index and files outside the archive and spool, and requires
+acknowledged = archived = indexed = forwarded with nothing lost and nothing
+doubled.
 
 Run: ``bin/test -m soak tests/soak -s`` (about a minute per seed).
 """
