@@ -145,6 +145,17 @@ def echo_ok(port: int) -> bool:
     return bool(status) and status.Status == 0
 
 
+def web_ok(port: int) -> bool:
+    """The Browser answers (its login page): the web process runs and made its secret."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=2) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
 def start_server(home: Path, **extra: object) -> Server:
     config_path = write_config(home, **extra)
     config = config_module.load(config_path)
@@ -157,7 +168,8 @@ def start_server(home: Path, **extra: object) -> Server:
         if process.poll() is not None:
             raise AssertionError((home.with_name(home.name + ".out")).read_text())
         if (len(server.children("store")) == config.store_workers
-                and echo_ok(config.store_port) and echo_ok(config.mwl_port)):
+                and echo_ok(config.store_port) and echo_ok(config.mwl_port)
+                and web_ok(config.http_port)):
             return server
         time.sleep(0.2)
     output = home.with_name(home.name + ".out").read_text()

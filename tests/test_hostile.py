@@ -45,7 +45,7 @@ from echoes.worklist import MAX_FILE_BYTES, MAX_SEQUENCE_DEPTH
 SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 MWL_FIND = "1.2.840.10008.5.1.4.31"
-ROLES = ("store", "mwl", "ingester", "sender")
+ROLES = ("store", "mwl", "ingester", "sender", "web")
 SUCCESS = 0x0000
 CANNOT_UNDERSTAND = 0xC000
 DOES_NOT_MATCH_SOP_CLASS = 0xA900
