@@ -387,16 +387,22 @@ class Reloader:
     def __init__(self, config: Config, interval: float = 2.0) -> None:
         self.config = config
         self.interval = interval
-        self._stamp = self._signature()
+        # Unknown, not "the file now": the file may have changed between the
+        # load that made ``config`` and this moment (``echoes passwd`` right
+        # after start: the web process then never saw the password), so the
+        # first check reads it again.
+        self._stamp: tuple[int, int, int] | None = None
         self._checked = 0.0
         self._requested = False
 
-    def _signature(self) -> tuple[int, int] | None:
+    def _signature(self) -> tuple[int, int, int] | None:
         try:
             stat = os.stat(self.config.path)
         except OSError:
             return None
-        return (stat.st_mtime_ns, stat.st_size)
+        # The inode too: an atomic replace (config_edit) of the same size
+        # within one tick of the file system's clock still shows.
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
     def request(self) -> None:
         """Re-read at the next ``current()`` (safe from a signal handler)."""

@@ -1,6 +1,7 @@
 """Config parsing: defaults, path resolution, one-line errors naming the key."""
 
 import configparser
+import os
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,29 @@ def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("echoes: config: store_workers:") and "\n" not in err
     assert cli.main(["studies", "--config", str(tmp_path / "missing.ini")]) == 2
+
+
+def test_reloader_sees_a_change_made_before_it_was_made(tmp_path: Path) -> None:
+    # echoes passwd right after start: the file changed between the worker's
+    # load and the Reloader's creation; the first check must still read it.
+    path = tmp_path / "etc" / "echoes.ini"
+    path.parent.mkdir()
+    path.write_text("[echoes]\nhttp_user = admin\n")
+    loaded = config.load(path)
+    path.write_text("[echoes]\nhttp_user = someone\n")
+    reloader = config.Reloader(loaded, interval=0.0)
+    assert reloader.current().http_user == "someone"
+
+
+def test_reloader_sees_a_same_size_atomic_replace(tmp_path: Path) -> None:
+    path = tmp_path / "etc" / "echoes.ini"
+    path.parent.mkdir()
+    path.write_text("[echoes]\nhttp_user = aaaaa\n")
+    reloader = config.Reloader(config.load(path), interval=0.0)
+    assert reloader.current().http_user == "aaaaa"
+    stamp = path.stat().st_mtime_ns
+    replacement = path.with_name("new.ini")
+    replacement.write_text("[echoes]\nhttp_user = bbbbb\n")
+    os.utime(replacement, ns=(stamp, stamp))  # same size, same mtime: only the inode differs
+    os.replace(replacement, path)
+    assert reloader.current().http_user == "bbbbb"
