@@ -4,8 +4,9 @@ Each probe returns problems as (severity, message); the worst severity is
 the exit code (0 OK, 1 WARNING, 2 CRITICAL), the first line a summary, then
 one line per problem.  CRITICAL is what stops images or worklists flowing
 (a process or port down, a disk under ``min_free_mb``, failed outbound jobs);
-WARNING is what needs a look soon (disk under ``disk_warning_mb``, jobs
-waiting long, invalid worklist files, rejected spool files).
+WARNING is what needs a look soon (the Browser down, disk under
+``disk_warning_mb``, jobs waiting long, invalid worklist files, rejected
+spool files).
 """
 
 from __future__ import annotations
@@ -77,8 +78,12 @@ def process_table(config: Config) -> tuple[list[ProcessState], str | None]:
 
 
 def processes(config: Config) -> list[Problem]:
-    """The supervisor runs, and every role has its processes."""
-    from echoes.supervisor import ROLES
+    """The supervisor runs, and every role has its processes.
+
+    A missing Browser (web) process is a WARNING: images and worklists still
+    flow without it.
+    """
+    from echoes.supervisor import OPTIONAL_ROLES, ROLES
 
     table, why_not = process_table(config)
     if why_not is not None:
@@ -88,18 +93,41 @@ def processes(config: Config) -> list[Problem]:
         wanted = count(config)
         running = sum(1 for entry in table if entry.role == role and entry.running)
         if running < wanted:
-            problems.append(Problem(CRITICAL, f"{role}: {running} of {wanted} processes running"))
+            severity = WARNING if role in OPTIONAL_ROLES else CRITICAL
+            problems.append(Problem(severity, f"{role}: {running} of {wanted} processes running"))
     return problems
 
 
 def ports(config: Config) -> list[Problem]:
-    """The store and worklist ports answer C-ECHO."""
+    """The store and worklist ports answer C-ECHO; the Browser answers HTTP."""
     problems = []
     for name, port in (("store", config.store_port), ("worklist", config.mwl_port)):
         why = daemon.answers(config, port)
         if why:
             problems.append(Problem(CRITICAL, f"{name} port {port} does not answer C-ECHO: {why}"))
+    why = browser_answers(config)
+    if why:
+        problems.append(Problem(WARNING, f"Browser port {config.http_port} does not answer: "
+                                         f"{why}"))
     return problems
+
+
+def browser_answers(config: Config, timeout: float = 5.0) -> str | None:
+    """None when the Browser's login page answers 200, else why not."""
+    import http.client
+
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(config.http_bind, config.http_bind)
+    connection = http.client.HTTPConnection(host, config.http_port, timeout=timeout)
+    try:
+        connection.request("GET", "/login")
+        status = connection.getresponse().status
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    except http.client.HTTPException as exc:
+        return f"not HTTP ({type(exc).__name__})"
+    finally:
+        connection.close()
+    return None if status == 200 else f"HTTP status {status}"
 
 
 def disks(config: Config) -> list[Problem]:

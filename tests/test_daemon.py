@@ -316,6 +316,26 @@ def test_check_process_down_and_port_silent(running) -> None:
     assert check(running.config.path).returncode == 0
 
 
+def test_check_web_down_is_a_warning_not_critical(running) -> None:
+    supervisor = running.process.pid
+    [web] = running.children("web")
+    os.kill(supervisor, signal.SIGSTOP)  # so it cannot restart the child yet
+    try:
+        os.kill(web, signal.SIGKILL)
+        time.sleep(0.3)
+        done = check(running.config.path)
+        assert done.returncode == 1, done.stdout
+        assert "WARNING: web: 0 of 1 processes running" in done.stdout
+        assert f"WARNING: Browser port {running.config.http_port} does not answer" \
+            in done.stdout
+    finally:
+        os.kill(supervisor, signal.SIGCONT)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and check(running.config.path).returncode != 0:
+        time.sleep(0.5)
+    assert check(running.config.path).returncode == 0
+
+
 def test_check_rejected_spool_files_and_orphan_jobs(running) -> None:
     rejected = running.config.spool_dir / "rejected" / "0001-1-000001.dcm"
     rejected.write_bytes(b"not dicom")
