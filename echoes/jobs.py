@@ -224,10 +224,14 @@ class JobStore:
     def write_many(self, jobs: Iterable[Job]) -> int:
         """Write several open jobs durably with one folder fsync; return how many."""
         count = 0
+        self.folder.mkdir(parents=True, exist_ok=True)
         for job in jobs:
-            self.write(job, durable=False)
-            spool.fsync_file(self.path_for(job.id) if job.state != DONE
-                             else self.done_path_for(job.id))
+            if job.state == DONE:
+                self.write(job, durable=False)
+                spool.fsync_file(self.done_path_for(job.id))
+            else:  # data fsynced through the descriptor that wrote it
+                spool.atomic_write_bytes(self.path_for(job.id), encode(job), durable=True,
+                                         sync_folder=False)
             count += 1
         if count:
             spool.fsync_dir(self.folder)

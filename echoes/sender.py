@@ -470,7 +470,7 @@ class Sender:
         outcome, words = outcome_of(status)
         detail = f"0x{status:04X} {words}" + (f": {comment}" if comment else "")
         if outcome == DELIVERED:
-            self._record(jobs.delivered(job, now, detail if words else ""))
+            self._record(jobs.delivered(job, now, detail if words else ""), basis=job)
             if words:
                 log.warning("%s: %s stored with %s", job.destination, job.sop_instance_uid,
                             detail)
@@ -482,7 +482,7 @@ class Sender:
                                              config.max_attempts))
         return outcome
 
-    def _record(self, job: jobs.Job) -> None:
+    def _record(self, job: jobs.Job, basis: jobs.Job | None = None) -> None:
         """Write a job's new state, unless it was queued anew or cancelled meanwhile.
 
         The file is read again here anyway (to see a re-queue), so a cancel
@@ -493,7 +493,10 @@ class Sender:
         fsync per object.
         """
         with self._store_lock:
-            current = self.store.read(job.id)
+            # ``basis``: the job as the sender read it; while its file is
+            # unchanged one stat says so (no read and parse per object).
+            current = (self.store.current(basis) if basis is not None
+                       else self.store.read(job.id))
             if current is not None and (current.created != job.created
                                         or current.state == jobs.CANCELLED):
                 return  # re-queued (received or pushed again) or cancelled while we worked

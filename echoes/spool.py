@@ -76,9 +76,14 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes | list[bytes], durable: bool = True) -> None:
+def atomic_write_bytes(path: Path, data: bytes | list[bytes], durable: bool = True,
+                       sync_folder: bool = True) -> None:
     """Replace ``path`` with ``data`` (bytes, or chunks written in turn) so a
     reader sees the old or the new file, whole.
+
+    ``durable``: the data is fsynced before the rename, and the folder after
+    it unless ``sync_folder`` is False (a caller writing many files fsyncs
+    the folder once).
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as handle:
@@ -90,7 +95,7 @@ def atomic_write_bytes(path: Path, data: bytes | list[bytes], durable: bool = Tr
             handle.flush()
             os.fsync(handle.fileno())
     os.replace(tmp, path)
-    if durable:
+    if durable and sync_folder:
         fsync_dir(path.parent)
 
 
