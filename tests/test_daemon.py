@@ -296,44 +296,39 @@ def test_check_failed_and_stale_jobs(running, tmp_path: Path) -> None:
         store.remove(stale.id)
 
 
-def test_check_process_down_and_port_silent(running) -> None:
+def check_with_child_killed(running, role: str) -> subprocess.CompletedProcess:
+    """``echoes check`` while ``role``'s process is dead and not yet restarted,
+    then wait until check is clean again (the supervisor restarted it).
+    """
     supervisor = running.process.pid
-    [mwl] = running.children("mwl")
+    [child] = running.children(role)
     os.kill(supervisor, signal.SIGSTOP)  # so it cannot restart the child yet
     try:
-        os.kill(mwl, signal.SIGKILL)
+        os.kill(child, signal.SIGKILL)
         time.sleep(0.3)
         done = check(running.config.path)
-        assert done.returncode == 2
-        assert "CRITICAL: mwl: 0 of 1 processes running" in done.stdout
-        assert f"CRITICAL: worklist port {running.config.mwl_port} does not answer C-ECHO" \
-            in done.stdout
-    finally:
-        os.kill(supervisor, signal.SIGCONT)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not echo_ok(running.config.mwl_port):
-        time.sleep(0.2)
-    assert check(running.config.path).returncode == 0
-
-
-def test_check_web_down_is_a_warning_not_critical(running) -> None:
-    supervisor = running.process.pid
-    [web] = running.children("web")
-    os.kill(supervisor, signal.SIGSTOP)  # so it cannot restart the child yet
-    try:
-        os.kill(web, signal.SIGKILL)
-        time.sleep(0.3)
-        done = check(running.config.path)
-        assert done.returncode == 1, done.stdout
-        assert "WARNING: web: 0 of 1 processes running" in done.stdout
-        assert f"WARNING: Browser port {running.config.http_port} does not answer" \
-            in done.stdout
     finally:
         os.kill(supervisor, signal.SIGCONT)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and check(running.config.path).returncode != 0:
         time.sleep(0.5)
     assert check(running.config.path).returncode == 0
+    return done
+
+
+def test_check_process_down_and_port_silent(running) -> None:
+    done = check_with_child_killed(running, "mwl")
+    assert done.returncode == 2
+    assert "CRITICAL: mwl: 0 of 1 processes running" in done.stdout
+    assert f"CRITICAL: worklist port {running.config.mwl_port} does not answer C-ECHO" \
+        in done.stdout
+
+
+def test_check_web_down_is_a_warning_not_critical(running) -> None:
+    done = check_with_child_killed(running, "web")
+    assert done.returncode == 1, done.stdout
+    assert "WARNING: web: 0 of 1 processes running" in done.stdout
+    assert f"WARNING: Browser port {running.config.http_port} does not answer" in done.stdout
 
 
 def test_check_rejected_spool_files_and_orphan_jobs(running) -> None:
