@@ -97,11 +97,18 @@ def report_ready() -> None:
         _ready_fd = None
 
 
+def reachable_address(bind: str) -> str:
+    """Where a local client reaches a port bound on ``bind`` (the wildcard
+    addresses are not something to connect to: use loopback).
+    """
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bind, bind)
+
+
 def answers(config: Config, port: int, timeout: float = 5.0) -> str | None:
     """None when ``port`` answers C-ECHO, else why not (for start and check)."""
     from pynetdicom import AE
 
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(config.bind, config.bind)
+    host = reachable_address(config.bind)
     ae = AE(ae_title="ECHOES-CHECK")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context("1.2.840.10008.1.1")

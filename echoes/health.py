@@ -99,24 +99,28 @@ def processes(config: Config) -> list[Problem]:
 
 
 def ports(config: Config) -> list[Problem]:
-    """The store and worklist ports answer C-ECHO; the Browser answers HTTP."""
+    """The store and worklist ports answer C-ECHO."""
     problems = []
     for name, port in (("store", config.store_port), ("worklist", config.mwl_port)):
         why = daemon.answers(config, port)
         if why:
             problems.append(Problem(CRITICAL, f"{name} port {port} does not answer C-ECHO: {why}"))
+    return problems
+
+
+def browser_port(config: Config) -> list[Problem]:
+    """The Browser answers HTTP (a WARNING: images and worklists flow without it)."""
     why = browser_answers(config)
     if why:
-        problems.append(Problem(WARNING, f"Browser port {config.http_port} does not answer: "
-                                         f"{why}"))
-    return problems
+        return [Problem(WARNING, f"Browser port {config.http_port} does not answer: {why}")]
+    return []
 
 
 def browser_answers(config: Config, timeout: float = 5.0) -> str | None:
     """None when the Browser's login page answers 200, else why not."""
     import http.client
 
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(config.http_bind, config.http_bind)
+    host = daemon.reachable_address(config.http_bind)
     connection = http.client.HTTPConnection(host, config.http_port, timeout=timeout)
     try:
         connection.request("GET", "/login")
@@ -195,15 +199,22 @@ def outbound_queue(config: Config) -> list[Problem]:
 
 
 #: The probes, in the order their problems are listed.
-PROBES = (processes, ports, disks, spool_rejects, worklist_files, outbound_queue)
+PROBES = (processes, ports, browser_port, disks, spool_rejects, worklist_files, outbound_queue)
+#: Probes that talk to the running server's ports.
+PORT_PROBES = frozenset({ports, browser_port})
 
 
-def check(config: Config) -> list[Problem]:
-    """Every problem now, worst first (a port probe only when the server runs)."""
+def check(config: Config, probes: tuple = PROBES) -> list[Problem]:
+    """Every problem now, worst first (port probes only when the server runs).
+
+    The Browser's own health page leaves out ``browser_port``: it is the
+    answer, and asking itself over HTTP from a request thread could wait on
+    a thread the same page holds.
+    """
     problems: list[Problem] = []
     running = daemon.running_pid(config.pid_file) is not None
-    for probe in PROBES:
-        if probe is ports and not running:
+    for probe in probes:
+        if probe in PORT_PROBES and not running:
             continue
         problems += probe(config)
     return sorted(problems, key=lambda problem: -problem.severity)

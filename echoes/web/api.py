@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 from flask import Blueprint, Response, g, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from echoes import config_edit, health, jobs, spool
+from echoes import config_edit, daemon, health, jobs, spool
 from echoes.config import ConfigError, RemoteAE, parse_ae_title
 from echoes.validation import uid_problem
 from echoes.web import catalog
@@ -372,9 +372,8 @@ def worklist() -> Response:
 
 
 def _listening(host: str, port: int) -> bool:
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     try:
-        with socket.create_connection((host, port), timeout=0.5):
+        with socket.create_connection((daemon.reachable_address(host), port), timeout=0.5):
             return True
     except OSError:
         return False
@@ -400,7 +399,8 @@ def health_report() -> dict:
             entry["free_mb"] = round(spool.free_megabytes(folder))
             entry["total_mb"] = round(stats.f_blocks * stats.f_frsize / 2**20)
         disks.append(entry)
-    problems = health.check(config)
+    problems = health.check(config, tuple(p for p in health.PROBES
+                                          if p is not health.browser_port))
     code, summary = health.summary(problems)
     return {
         "status": health.NAMES[code], "summary": summary,
