@@ -179,6 +179,17 @@ def _signature(info: os.stat_result) -> Signature:
     return (info.st_mtime_ns, info.st_size, info.st_ino)
 
 
+def _put(path: Path, data: bytes, durable: bool, sync_folder: bool = True) -> None:
+    """atomic_write_bytes, creating the folder the first time it is missing
+    (not a mkdir per job on the sender's path).
+    """
+    try:
+        spool.atomic_write_bytes(path, data, durable=durable, sync_folder=sync_folder)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        spool.atomic_write_bytes(path, data, durable=durable, sync_folder=sync_folder)
+
+
 class JobStore:
     """The jobs in ``spool/outgoing`` (open) and ``outgoing/done`` (delivered):
     atomic writes, cached reads.
@@ -212,26 +223,23 @@ class JobStore:
         A delivered job is written into ``done/`` and its open file removed.
         """
         if job.state == DONE:
-            self.done_folder.mkdir(parents=True, exist_ok=True)
-            spool.atomic_write_bytes(self.done_path_for(job.id), encode(job), durable=durable)
+            _put(self.done_path_for(job.id), encode(job), durable)
             self.path_for(job.id).unlink(missing_ok=True)
             if durable:
                 spool.fsync_dir(self.folder)
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        spool.atomic_write_bytes(self.path_for(job.id), encode(job), durable=durable)
+        _put(self.path_for(job.id), encode(job), durable)
 
     def write_many(self, jobs: Iterable[Job]) -> int:
-        """Write several open jobs durably with one folder fsync; return how many."""
+        """Write several jobs durably with one fsync of the open jobs' folder;
+        return how many.
+        """
         count = 0
-        self.folder.mkdir(parents=True, exist_ok=True)
         for job in jobs:
-            if job.state == DONE:
-                self.write(job, durable=False)
-                spool.fsync_file(self.done_path_for(job.id))
+            if job.state == DONE:  # not what the writers of many jobs write
+                self.write(job)
             else:  # data fsynced through the descriptor that wrote it
-                spool.atomic_write_bytes(self.path_for(job.id), encode(job), durable=True,
-                                         sync_folder=False)
+                _put(self.path_for(job.id), encode(job), durable=True, sync_folder=False)
             count += 1
         if count:
             spool.fsync_dir(self.folder)

@@ -53,8 +53,6 @@ from echoes.requestor import AssociationFailed, Requestor
 
 log = logging.getLogger("echoes.sender")
 
-#: Associations echoes starts offer this maximum PDU (SPEC, statement 3.4.1).
-SEND_MAX_PDU = requestor.SEND_MAX_PDU
 #: How often due jobs are looked for.
 DISPATCH_SECONDS = 0.5
 #: Objects per association at most, and presentation contexts (PS3.8: 128 ids).
@@ -485,16 +483,16 @@ class Sender:
     def _record(self, job: jobs.Job, basis: jobs.Job | None = None) -> None:
         """Write a job's new state, unless it was queued anew or cancelled meanwhile.
 
-        The file is read again here anyway (to see a re-queue), so a cancel
-        made while the object was on its way costs nothing extra to keep.
+        The file is looked at again anyway (to see a re-queue), so a cancel
+        made while the object was on its way costs nothing extra to keep:
+        with ``basis`` (the job as the sender read it) one stat tells an
+        unchanged file, else the file is read.
         Every state is written atomically; all but ``done`` also durably.
         A ``done`` lost to a power cut means the object is sent once more,
         which the destination absorbs (same SOP Instance UID): not worth an
         fsync per object.
         """
         with self._store_lock:
-            # ``basis``: the job as the sender read it; while its file is
-            # unchanged one stat says so (no read and parse per object).
             current = (self.store.current(basis) if basis is not None
                        else self.store.read(job.id))
             if current is not None and (current.created != job.created
