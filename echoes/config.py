@@ -301,14 +301,18 @@ def home_for(config_path: Path) -> Path:
     return folder.parent if folder.name == "etc" else folder
 
 
+def new_parser() -> configparser.ConfigParser:
+    """The INI parser echoes reads its file with (config_edit checks edits with it)."""
+    return configparser.ConfigParser(
+        interpolation=None, inline_comment_prefixes=(";", "#"), strict=True)
+
+
 def load(path: Path | str | None = None) -> Config:
     """Read and validate the INI file at ``path``; raise ConfigError."""
     config_path = Path(path) if path is not None else default_config_path()
     if not config_path.is_file():
         raise ConfigError(f"{config_path}: configuration file not found")
-    parser = configparser.ConfigParser(
-        interpolation=None, inline_comment_prefixes=(";", "#"), strict=True
-    )
+    parser = new_parser()
     try:
         parser.read(config_path, encoding="utf-8")
     except (configparser.Error, UnicodeDecodeError) as exc:

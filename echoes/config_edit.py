@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from echoes import config as config_module
+from echoes import spool
 from echoes.config import ConfigError, RemoteAE
 
 #: configparser's own patterns (RawConfigParser._SECT_TMPL and _OPT_TMPL with
@@ -343,14 +344,8 @@ def _ae_values(ae: RemoteAE) -> dict[str, str]:
 Raw = dict[str, dict[str, str]]
 
 
-def _parser() -> configparser.ConfigParser:
-    """A parser set up exactly as :func:`echoes.config.load` sets it up."""
-    return configparser.ConfigParser(
-        interpolation=None, inline_comment_prefixes=(";", "#"), strict=True)
-
-
 def _parse(text: str, path: Path) -> configparser.ConfigParser:
-    parser = _parser()
+    parser = config_module.new_parser()
     try:  # newline=None: lines split as when the file is read
         parser.read_file(io.StringIO(text, newline=None), source=str(path))
     except configparser.Error as exc:
@@ -448,11 +443,7 @@ def _write_atomically(path: Path, text: str, like: os.stat_result) -> None:
         except FileNotFoundError:
             pass
         raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    spool.fsync_dir(path.parent)
 
 
 def _edit(config_path: Path | str,
