@@ -68,11 +68,20 @@ def tool(name: str) -> str:
                       f"name): install the Debian package '{package}' (apt-get install {package})")
 
 
+#: Ports this test process has handed out: the kernel may give a just-released port again,
+#: and a config with store_port == http_port is refused (a test run failed on exactly that).
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback TCP port free right now and not handed out before in this process."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def echo(port: int, called: str = "ANY-SCP") -> bool:

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
+from common import free_port  # bench/common.py
 from werkzeug.security import generate_password_hash
 
 from echoes import config as config_module
@@ -89,12 +90,6 @@ def build(index_path: Path, total: int, per_study: int) -> float:
         index.apply(batch)
     index.close()
     return time.perf_counter() - started
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Session:

@@ -28,10 +28,20 @@ TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
+#: Ports this test process has handed out: the kernel may give a just-released port again,
+#: and a config with store_port == http_port is refused (a CI run failed on exactly that).
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback TCP port free right now and not handed out before in this process."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def make_dataset(sop_class: str = "1.2.840.10008.5.1.4.1.1.7", study: str | None = None,
