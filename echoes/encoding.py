@@ -306,23 +306,25 @@ def p_data_stream(context_id: int, command: bytes, data_set: BinaryIO, max_pdu: 
                   group_bytes: int = 1 << 18) -> Iterator[bytes]:
     """A DIMSE message whose data set is read from a file, as groups of P-DATA-TF PDUs.
 
-    The data set is never held whole: it is read a fragment at a time, and
-    PDUs are yielded in groups of about ``group_bytes`` for few, large writes.
+    The data set is never held whole: it is read about ``group_bytes`` at a
+    time (one read for many PDUs: a 16 KiB peer PDU would otherwise mean a
+    read per 16 KiB) and each group is yielded as one buffer for one large
+    write, the data copied once into it (the sender's share of forwarding,
+    issue 7).
     """
     yield p_data_pdus(context_id, command, b"", max_pdu)
-    fragment = ((max_pdu or UNLIMITED_PDU_FRAGMENT) - 6)
-    group: list[bytes] = []
-    size = 0
-    chunk = data_set.read(fragment)
-    while chunk:
-        following = data_set.read(fragment)
-        control = 0 if following else LAST_FRAGMENT
-        pdv = struct.pack(">IBB", len(chunk) + 2, context_id, control) + chunk
-        group.append(struct.pack(">BxI", P_DATA_TF, len(pdv)) + pdv)
-        size += len(pdv) + 6
-        if size >= group_bytes:
-            yield b"".join(group)
-            group, size = [], 0
-        chunk = following
-    if group:
-        yield b"".join(group)
+    fragment = (max_pdu or UNLIMITED_PDU_FRAGMENT) - 6
+    per_read = max(1, group_bytes // fragment) * fragment
+    block = data_set.read(per_read)
+    while block:
+        following = data_set.read(per_read)
+        view = memoryview(block)
+        parts: list[bytes | memoryview] = []
+        for start in range(0, len(block), fragment):
+            chunk = view[start:start + fragment]
+            control = LAST_FRAGMENT if not following and start + fragment >= len(block) else 0
+            parts.append(struct.pack(">BxIIBB", P_DATA_TF, len(chunk) + 6, len(chunk) + 2,
+                                     context_id, control))
+            parts.append(chunk)
+        yield b"".join(parts)
+        block = following

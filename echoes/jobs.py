@@ -144,11 +144,6 @@ def cancelled(job: Job, now: float) -> Job:
     return replace(job, state=CANCELLED, next_attempt=0.0, updated=now)
 
 
-def deferred(job: Job, until: float) -> Job:
-    """Not attempted (e.g. the file is not archived yet): look again later."""
-    return replace(job, next_attempt=until)
-
-
 # -- on disk ---------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import signal
 import threading
 import time
@@ -44,12 +45,12 @@ from pydicom.uid import (
     JPEGLosslessSV1,
 )
 from pynetdicom.dsutils import encode as encode_dataset
-from pynetdicom.dsutils import split_dataset
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from echoes import jobs, logs, requestor, sopclasses, spool
 from echoes.config import Config, Reloader, RemoteAE
 from echoes.requestor import AssociationFailed, Requestor
+from echoes.validation import read_meta
 
 log = logging.getLogger("echoes.sender")
 
@@ -58,9 +59,13 @@ DISPATCH_SECONDS = 0.5
 #: Objects per association at most, and presentation contexts (PS3.8: 128 ids).
 BATCH_MAX = 1000
 MAX_CONTEXTS = 120
-#: A job whose archived file is missing is deferred this long, then failed
-#: after MISSING_FILE_GRACE (the ingester writes jobs just before the move).
-MISSING_FILE_RECHECK = 1.0
+#: A job whose archived file is missing is looked at again this long after
+#: (the ingester writes a batch's jobs just before it moves the batch's files,
+#: so the file is usually there a few milliseconds later), and failed after
+#: MISSING_FILE_GRACE.  The wait is kept in memory, not in the job file: a
+#: durable write per early job cost an fsync and held the object back a
+#: whole second (issue 7, receive-to-arrival latency).
+MISSING_FILE_RECHECK = 0.1
 MISSING_FILE_GRACE = 300.0
 #: An association with nothing more to send is kept this long for new jobs.
 LINGER_SECONDS = 1.0
@@ -69,7 +74,8 @@ LINGER_POLL_SECONDS = 0.05
 CONNECT_ATTEMPTS = 3
 
 DELIVERED, TRANSIENT, PERMANENT = "delivered", "transient", "permanent"
-#: Not attempted: the job was cancelled (or re-queued elsewhere) after it was planned.
+#: Not attempted: the job was cancelled (or re-queued elsewhere) after it was
+#: planned, or its archived file is not there (yet).
 SKIPPED = "skipped"
 
 #: C-STORE response status ranges -> outcome, first match wins (PS3.4 B.2.3,
@@ -232,9 +238,14 @@ def payload(job: jobs.Job, route: Route, prepared: Path | Dataset,
     prepared Dataset is encoded in the syntax of the context it goes over.
     """
     if isinstance(prepared, Path):
-        _meta, offset = split_dataset(prepared)
         handle = open(prepared, "rb")
-        handle.seek(offset)
+        try:  # echoes' own meta reader: pynetdicom's split_dataset parsed it with
+            # pydicom, ~20 small reads and seeks per object (strace, issue 7)
+            _meta, offset = read_meta(handle, os.fstat(handle.fileno()).st_size)
+            handle.seek(offset)
+        except BaseException:
+            handle.close()
+            raise
         return job.transfer_syntax, handle
     if route.kind == "relabel":
         syntax = JPEGLossless
@@ -269,6 +280,9 @@ class Sender:
         self._threads: list[threading.Thread] = []
         self.stopping = threading.Event()
         self._pruned = 0.0
+        #: job id -> time before which its missing file is not looked for again
+        self._file_awaited: dict[str, float] = {}
+        self._awaited_lock = threading.Lock()
 
     # -- dispatch ----------------------------------------------------------------
 
@@ -320,6 +334,9 @@ class Sender:
         if now - self._pruned < 60:
             return
         self._pruned = now
+        with self._awaited_lock:  # waits of jobs cancelled or removed meanwhile
+            self._file_awaited = {key: until for key, until in self._file_awaited.items()
+                                  if until > now}
         horizon = now - config.keep_done_hours * 3600
         for job in self.all_jobs():
             if job.state in jobs.FINISHED and job.updated <= horizon:
@@ -332,8 +349,9 @@ class Sender:
         """Due jobs of ``title`` whose file is archived, oldest first.
 
         A job whose file is not there yet (the ingester writes jobs just
-        before it moves the file) is looked at again a second later, and
-        failed if the file is still missing after MISSING_FILE_GRACE.
+        before it moves the files) is looked at again MISSING_FILE_RECHECK
+        later, and failed if the file is still missing after
+        MISSING_FILE_GRACE.
         """
         now = time.time()
         due = sorted((job for job in self.open_jobs()
@@ -341,13 +359,36 @@ class Sender:
                      key=lambda job: (job.created, job.id))
         ready = []
         for job in due:
+            if not self._file_expected(job, now):
+                continue
             if (config.archive_dir / job.path).exists():
                 ready.append(job)
             elif now - job.created > MISSING_FILE_GRACE:
+                self._forget_wait(job)
                 self._record(jobs.refused(job, f"archived file missing: {job.path}", now))
             else:
-                self._record(jobs.deferred(job, now + MISSING_FILE_RECHECK))
+                self._await_file(job, now)
         return ready
+
+    def _await_file(self, job: jobs.Job, now: float) -> None:
+        """Look for ``job``'s file again MISSING_FILE_RECHECK from ``now``."""
+        with self._awaited_lock:
+            self._file_awaited[job.id] = now + MISSING_FILE_RECHECK
+
+    def _file_expected(self, job: jobs.Job, now: float) -> bool:
+        """False while ``job`` waits for its file (see _await_file)."""
+        with self._awaited_lock:
+            until = self._file_awaited.get(job.id)
+            if until is None:
+                return True
+            if until > now:
+                return False
+            del self._file_awaited[job.id]
+            return True
+
+    def _forget_wait(self, job: jobs.Job) -> None:
+        with self._awaited_lock:
+            self._file_awaited.pop(job.id, None)
 
     def send_batch(self, title: str) -> int:
         """Send the due jobs of one destination over one association; return how many.
@@ -442,9 +483,9 @@ class Sender:
             return PERMANENT
         try:
             prepared = prepare(config.archive_dir / job.path, route)
-        except FileNotFoundError:
-            self._record(jobs.deferred(job, now + MISSING_FILE_RECHECK))
-            return TRANSIENT
+        except FileNotFoundError:  # moved away since ready_jobs saw it: look again soon
+            self._await_file(job, now)
+            return SKIPPED
         except Exception as exc:  # cannot decode or decompress: retrying will not help
             reason = f"cannot prepare for sending ({route.kind}): {type(exc).__name__}: {exc}"
             self._record(jobs.refused(job, reason[:300], now))

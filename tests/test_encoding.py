@@ -321,6 +321,20 @@ def test_p_data_pdus(max_pdu: int, data_set: bytes) -> None:
     check_framing(p_data_pdus(3, COMMAND, data_set, max_pdu), 3, COMMAND, data_set, max_pdu)
 
 
+@pytest.mark.parametrize("max_pdu", [0, 64, 16384, 49152])
+@pytest.mark.parametrize("size", [0, 1, 57, 58, 59, 16377, 16378, 16379, 262048, 262140, 262144,
+                                  524288 + 6, 3 << 20])
+def test_p_data_stream(max_pdu: int, size: int) -> None:
+    """Streamed from a file (the sender's C-STORE): framed as p_data_pdus frames,
+    whatever the data set's size against the fragment and the read size.
+    """
+    data_set = bytes(n % 251 for n in range(size))
+    groups = list(encoding.p_data_stream(5, COMMAND, io.BytesIO(data_set), max_pdu,
+                                         group_bytes=1 << 18))
+    check_framing(b"".join(groups), 5, COMMAND, data_set, max_pdu)
+    assert all(len(group) <= (1 << 18) + (1 << 20) for group in groups)
+
+
 def test_small_response_is_one_pdu() -> None:
     pdus = check_framing(p_data_pdus(1, COMMAND, DATA_SET, 16384), 1, COMMAND, DATA_SET, 16384)
     assert len(pdus) == 1

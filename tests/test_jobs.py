@@ -208,14 +208,6 @@ def test_retried_brings_a_cancelled_job_back():
     assert again.is_due(NOW + 2)
 
 
-def test_deferred_only_moves_next_attempt():
-    job = make_job(state=jobs.RETRYING, attempts=2, last_error="e", updated=NOW + 1)
-    later = jobs.deferred(job, NOW + 500)
-    assert later == replace(job, next_attempt=NOW + 500)
-    assert not later.is_due(NOW + 499)
-    assert later.is_due(NOW + 500)
-
-
 # -- is_due ----------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""The sender and cancelled jobs, over real associations to a pynetdicom SCP.
+"""The sender and jobs that change under it (cancelled, file not archived yet),
+over real associations to a pynetdicom SCP.
 
 The SCP's C-STORE handler is where "meanwhile" happens: it cancels jobs on
 disk (as ``echoes cancel`` or the Browser would, through another JobStore)
@@ -168,3 +169,45 @@ def test_nothing_cancelled_everything_sent(tmp_path: Path, peer_factory) -> None
     assert sender.Sender(config).send_batch("PEER") == 5
     assert {store.read(job.id).state for job in queued} == {jobs.DONE}
     assert len(peer.received) == 5
+
+
+def test_job_waits_for_its_file_without_writing(tmp_path: Path, peer_factory) -> None:
+    """The ingester writes a batch's jobs before it moves the files: a job whose
+    file is not there yet is not sent, not failed and its file not rewritten;
+    it goes out once the file arrives.
+    """
+    peer = peer_factory(lambda uid: None)
+    config, store, queued = setup(tmp_path, peer.port, 2)
+    archived = config.archive_dir / queued[1].path
+    parked = tmp_path / "not-moved-yet.dcm"
+    archived.rename(parked)
+    job_file = store.path_for(queued[1].id)
+    before = (job_file.read_bytes(), job_file.stat().st_ino)
+    worker = sender.Sender(config)
+    assert worker.send_batch("PEER") == 1
+    assert peer.received == [queued[0].sop_instance_uid]
+    assert (job_file.read_bytes(), job_file.stat().st_ino) == before  # untouched
+    assert worker.ready_jobs(config, "PEER") == []  # within MISSING_FILE_RECHECK
+    parked.rename(archived)
+    time.sleep(sender.MISSING_FILE_RECHECK)
+    assert worker.send_batch("PEER") == 1
+    assert peer.received == [queued[0].sop_instance_uid, queued[1].sop_instance_uid]
+    assert store.read(queued[1].id).state == jobs.DONE
+
+
+def test_file_missing_past_the_grace_fails_the_job(tmp_path: Path, peer_factory) -> None:
+    peer = peer_factory(lambda uid: None)
+    config, store, queued = setup(tmp_path, peer.port, 1)
+    (config.archive_dir / queued[0].path).unlink()
+    old = jobs.new_job("PEER", {"SOPInstanceUID": queued[0].sop_instance_uid,
+                                "StudyInstanceUID": queued[0].study_instance_uid,
+                                "SOPClassUID": queued[0].sop_class_uid,
+                                "path": queued[0].path}, "forward",
+                       time.time() - sender.MISSING_FILE_GRACE - 1)
+    store.write(old)
+    worker = sender.Sender(config)
+    assert worker.send_batch("PEER") == 0
+    failed = store.read(old.id)
+    assert failed.state == jobs.FAILED
+    assert failed.last_error == f"archived file missing: {old.path}"
+    assert peer.received == []
