@@ -977,11 +977,33 @@ def watch_arrivals(folder: Path, expected: int, stop: threading.Event,
         time.sleep(0.01)
 
 
-def forwarded(files: list[Path], folder: Path) -> tuple[Cell, Cell]:
-    """storescu -> echoes -> storescp: (total seconds, median latency) cells."""
+def pushed(target: Echoes, study: str, scp: StoreSCP, count: int) -> Cell:
+    """``echoes push`` of an archived study to ``scp``: seconds until all arrived.
+
+    The sender on its own (no receiving, no ingesting beside it), against
+    storescu reading the same files: where the forwarding time goes.
+    """
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "echoes", "--config", str(target.ini), "push",
+                           study, "PUSHDEST"], capture_output=True, text=True)
+    queued = time.perf_counter() - started
+    if done.returncode != 0:
+        return Cell(None, False, f"echoes push failed: {done.stderr.strip()[:200]}")
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while len(os.listdir(scp.folder)) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    arrived = len(os.listdir(scp.folder))
+    return Cell(time.perf_counter() - started, arrived == count,
+                f"{arrived} of {count} arrived; the push command (queueing) took {queued:.2f} s")
+
+
+def forwarded(files: list[Path], folder: Path) -> tuple[Cell, Cell, Cell]:
+    """storescu -> echoes -> storescp: (total seconds, median latency, push alone) cells."""
     destination = folder / "destination"
-    with StoreSCP(destination, log=folder / "destination.log") as scp:
-        extra = (f"\n[ae:DEST]\nhost = 127.0.0.1\nport = {scp.port}\nforward = yes\n")
+    with (StoreSCP(destination, log=folder / "destination.log") as scp,
+          StoreSCP(folder / "pushed") as push_scp):
+        extra = (f"\n[ae:DEST]\nhost = 127.0.0.1\nport = {scp.port}\nforward = yes\n"
+                 f"\n[ae:PUSHDEST]\nhost = 127.0.0.1\nport = {push_scp.port}\n")
         with Echoes(folder / "home", extra=extra) as target:
             time.sleep(1.0)  # let the sender process settle
             sop_of = {str(path): dcmread(path, stop_before_pixels=True).SOPInstanceUID
@@ -999,6 +1021,9 @@ def forwarded(files: list[Path], folder: Path) -> tuple[Cell, Cell]:
             finally:
                 stop.set()
                 watcher.join()
+            study = dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+            push = (pushed(target, study, push_scp, len(files)) if len(arrivals) == len(files)
+                    else Cell(None, False, "not measured: forwarding did not complete"))
     associations = (folder / "destination.log").read_text(errors="replace").count(
         "Association Received")
     complete = len(responses) == len(files) and len(arrivals) == len(files)
@@ -1007,12 +1032,12 @@ def forwarded(files: list[Path], folder: Path) -> tuple[Cell, Cell]:
     latencies = sorted(arrivals[name] - responses[name.split(".", 1)[1]]
                        for name in arrivals if name.split(".", 1)[1] in responses)
     if not arrivals or not latencies:
-        return Cell(None, False, note), Cell(None, False, note)
+        return Cell(None, False, note), Cell(None, False, note), push
     total = Cell(max(arrivals.values()) - started, complete, note)
     p95 = latencies[int(0.95 * (len(latencies) - 1))]
     latency = Cell(statistics.median(latencies), complete,
                    f"p95 {p95:.2f} s, max {latencies[-1]:.2f} s")
-    return total, latency
+    return total, latency, push
 
 
 def row_forward(sizes: Sizes, work: Path) -> list[Figure]:
@@ -1028,9 +1053,9 @@ def row_forward(sizes: Sizes, work: Path) -> list[Figure]:
     progress(f"6 echoes: storescu -> echoes -> storescp, {len(files):,} CT")
     try:
         with scratch(work, "echoes") as folder:
-            total, latency = forwarded(files, folder)
+            total, latency, push = forwarded(files, folder)
     except Exception as exc:
-        total, latency = failed(exc), failed(exc)
+        total, latency, push = failed(exc), failed(exc), failed(exc)
     total_fig = Figure("6a", f"forward {len(files):,} CT: until all at the destination", "s",
                        {"dcmtk": direct_cell, "echoes": total},
                        how="storescp column: storescu straight to storescp; echoes column: "
@@ -1042,7 +1067,15 @@ def row_forward(sizes: Sizes, work: Path) -> list[Figure]:
                          how="from storescu reading echoes' C-STORE response to the file "
                              "appearing in the destination folder (polled every 10 ms)")
     below(latency_fig, 1.0, "s")
-    return [total_fig, latency_fig]
+    if push.value is not None and direct_cell.value:
+        push = Cell(push.value, push.ok,
+                    f"{push.value / direct_cell.value:.2f}x storescu direct; {push.note}")
+    push_fig = Figure("6c", f"push {len(files):,} archived CT: until all at the destination",
+                      "s", {"dcmtk": direct_cell, "echoes": push},
+                      how="no target (where 6a's time goes): the sender alone, `echoes push` "
+                          "of the study forwarded in 6a to a second storescp, against "
+                          "storescu reading the same files")
+    return [total_fig, latency_fig, push_fig]
 
 
 RUNNERS: dict[str, Callable[[Sizes, Path], list[Figure]]] = {
