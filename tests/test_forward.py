@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -163,12 +164,27 @@ def test_study_forwarded_to_two_destinations(tmp_path: Path, cleanup: list,
     cleanup += [first.start("+xa"), second.start("+xa")]
     server = start_with(tmp_path / "home", ae_sections(first, second))
     cleanup.append(server)
-    storescu(server, study_files(tmp_path / "in", 20))
+    study = generate_uid()
+    storescu(server, study_files(tmp_path / "in", 20, study))
     wait_for(lambda: len(first.received()) == 20 and len(second.received()) == 20, 30,
              f"forwarded: {len(first.received())}, {len(second.received())} of 20")
     state = queue(server)
     assert (state["DEST1"]["done"], state["DEST2"]["done"]) == (20, 20)
     assert first.associations() <= 5 and second.associations() <= 5
+    # The log: a line per outbound association naming the study and its count
+    # (not a line per object).
+    for title in ("DEST1", "DEST2"):
+        wait_for(lambda title=title: logged_sent(server, title, study) == 20, 10,
+                 f"{title}: association lines for {study}")
+    assert not re.search(r"job \w+ \S+ to DEST\d: done", server.config.log_file.read_text())
+
+
+def logged_sent(server: Server, title: str, study: str) -> int:
+    """Objects of ``study`` the sender's association lines to ``title`` say it sent."""
+    pattern = re.compile(rf"{title}: \d+ sent, \d+ not, over one association .*; studies "
+                         rf".*\b{re.escape(study)} \((\d+)\)")
+    return sum(int(match.group(1)) for match in
+               pattern.finditer(server.config.log_file.read_text(errors="replace")))
 
 
 def test_destination_down_then_started_gets_everything(tmp_path: Path, cleanup: list,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from io import BytesIO
 from pathlib import Path
 
@@ -453,3 +454,14 @@ def test_done_jobs_are_pruned_after_keep_done_hours(tmp_path):
         worker.store.write(job)
     worker._prune(config, now)
     assert {job.destination for job in worker.all_jobs()} == {"VIEWER", "OTHER"}
+
+
+def test_studies_sent_names_each_study_and_count() -> None:
+    assert sender.studies_sent(Counter()) == ""
+    assert sender.studies_sent(Counter({"1.2.3": 20, "1.2.4": 1})) == (
+        "; studies 1.2.3 (20), 1.2.4 (1)")
+    many = Counter({f"1.2.{n}": 100 - n for n in range(sender.STUDIES_LOGGED + 3)})
+    line = sender.studies_sent(many)
+    assert line.startswith("; studies 1.2.0 (100), 1.2.1 (99)")
+    assert line.count("(") == sender.STUDIES_LOGGED
+    assert line.endswith(" and 3 more")
