@@ -33,7 +33,6 @@ import signal
 import struct
 import threading
 import time
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -235,9 +234,13 @@ class Ingester:
         if not destinations:
             return 0
         now = time.time()
+        # The fields a job takes, not dataclasses.asdict (a deep copy of every
+        # field: 12 % of the ingester's Python CPU while forwarding, issue 7).
+        wanted = [{name: getattr(record, name) for name in jobs.RECORD_FIELDS}
+                  for record in records]
         return self.jobs.write_many(
-            jobs.new_job(destination, asdict(record), "forward", now)
-            for record in records for destination in destinations)
+            jobs.new_job(destination, fields, "forward", now)
+            for fields in wanted for destination in destinations)
 
     def drain(self, stop: threading.Event | None = None) -> int:
         """Ingest everything now in the spool; return the count.

@@ -86,6 +86,10 @@ class Job:
         return self.state in ACTIVE and self.next_attempt <= now
 
 
+#: The index record fields a job is made from (what new_job reads).
+RECORD_FIELDS = ("SOPInstanceUID", "StudyInstanceUID", "SOPClassUID", "TransferSyntaxUID", "path")
+
+
 def new_job(destination: str, record: dict, origin: str, now: float) -> Job:
     """A pending job for an archived object (``record``: its index record)."""
     return Job(

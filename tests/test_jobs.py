@@ -671,3 +671,13 @@ def test_check_does_not_alarm_on_cancelled_jobs(home):
     assert health.outbound_queue(home) == []  # old (created long ago) but cancelled
     store.write(jobs.refused(store.read(second.id), "no", NOW + 2))
     assert [p.severity for p in health.outbound_queue(home)] == [health.CRITICAL]
+
+
+def test_new_job_reads_only_the_record_fields() -> None:
+    """The ingester hands new_job only jobs.RECORD_FIELDS of an index record."""
+    record = {"SOPInstanceUID": "1.2.3", "StudyInstanceUID": "1.2", "SOPClassUID": "1.2.840.1",
+              "TransferSyntaxUID": "1.2.840.10008.1.2.1", "path": "a/b/c.dcm",
+              "PatientName": "ignored"}
+    narrow = {name: record[name] for name in jobs.RECORD_FIELDS}
+    assert jobs.new_job("PACS", narrow, "forward", NOW) == jobs.new_job("PACS", record,
+                                                                       "forward", NOW)
