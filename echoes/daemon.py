@@ -105,26 +105,33 @@ def reachable_address(bind: str) -> str:
 
 
 def answers(config: Config, port: int, timeout: float = 5.0) -> str | None:
-    """None when ``port`` answers C-ECHO, else why not (for start and check)."""
-    from pynetdicom import AE
+    """None when ``port`` answers C-ECHO, else why not in words (for start and check).
 
-    host = reachable_address(config.bind)
-    ae = AE(ae_title="ECHOES-CHECK")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context("1.2.840.10008.1.1")
-    from echoes import tls
+    Through echoes' own requestor (as the sender and the Browser's verify
+    button), with TLS when the server's ports use it; no pynetdicom import.
+    """
+    from echoes import requestor, tls
+    from echoes.sopclasses import VERIFICATION
 
-    tls_args = (tls.client_context(config), None) if config.tls else None
-    assoc = ae.associate(host, port, ae_title=config.ae_title, tls_args=tls_args)
-    if not assoc.is_established:
-        return "association " + ("rejected" if assoc.is_rejected else "failed")
+    try:
+        ssl_context = tls.client_context(config) if config.tls else None
+        assoc = requestor.Requestor.connect(
+            reachable_address(config.bind), port, "ECHOES-CHECK", config.ae_title,
+            [(VERIFICATION, requestor.VERIFICATION_SYNTAXES)], requestor.SEND_MAX_PDU,
+            timeout, timeout, ssl_context)
+    except requestor.AssociationFailed as exc:
+        return str(exc)
+    except (ValueError, OSError) as exc:  # TLS configured but not usable
+        return f"TLS not usable: {exc}"
     try:
         status = assoc.send_c_echo()
-    finally:
+    except ValueError:
         assoc.release()
-    if not status or status.get("Status") != 0:
-        return "no C-ECHO response"
-    return None
+        return "Verification not accepted"
+    except requestor.NoResponse as exc:
+        return str(exc)
+    assoc.release()
+    return None if status == 0x0000 else f"C-ECHO answered with status 0x{status:04X}"
 
 
 def wait_until_serving(config: Config, ready_fd: int) -> tuple[bool, str]:

@@ -64,6 +64,9 @@ def test_inbound_tls_with_dcmtk(tmp_path: Path, dcmtk: None) -> None:
     pki = make_pki(tmp_path / "pki")
     config, path = start_tls_server(tmp_path / "home", pki)
     try:
+        check = subprocess.run([sys.executable, "-m", "echoes", "--config", str(path), "check"],
+                               capture_output=True, text=True, timeout=120)
+        assert check.returncode == 0, check.stdout + check.stderr  # its C-ECHOs over TLS
         for port in (config.store_port, config.mwl_port):
             echo = subprocess.run(["echoscu", *dcmtk_tls(pki), "127.0.0.1", str(port)],
                                   env=DCMTK_ENV, capture_output=True, text=True, timeout=30)
