@@ -58,7 +58,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="one job, failed or cancelled (see echoes queue)")
     cancel = commands.add_parser("cancel", parents=[common],
                                  help="withdraw an outbound job that is not done")
-    cancel.add_argument("job_id", metavar="JOB_ID", help="the job (see echoes queue)")
+    withdraw = cancel.add_mutually_exclusive_group(required=True)
+    withdraw.add_argument("job_id", nargs="?", metavar="JOB_ID", help="the job (see echoes queue)")
+    withdraw.add_argument("--destination", metavar="AE_TITLE",
+                          help="every job of this AE that is not done")
     fsck = commands.add_parser("fsck", parents=[common],
                                help="check the index against the archive tree (read-only)")
     fsck.add_argument("--quick", action="store_true",
@@ -306,9 +309,15 @@ def cmd_retry(args: argparse.Namespace, config: config_module.Config) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace, config: config_module.Config) -> int:
-    """Withdraw one job: the sender never sends it (echoes retry JOB_ID brings it back)."""
+    """Withdraw one job, or all of one AE: the sender never sends them
+    (echoes retry JOB_ID brings one back).
+    """
     from echoes import jobs
 
+    if args.destination:
+        count = _job_store(config).cancel_destination(args.destination, time.time())
+        print(f"{count} jobs to {args.destination} cancelled")
+        return 0
     job = _job_store(config).cancel(args.job_id, time.time())
     if job is None:
         print(f"echoes: no job {args.job_id}", file=sys.stderr)

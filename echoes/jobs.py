@@ -255,6 +255,33 @@ class JobStore:
         """
         return self.write_many(new_job(destination, record, origin, now) for record in records)
 
+    def cancel_destination(self, destination: str, now: float) -> int:
+        """Cancel every job of ``destination`` not done or cancelled yet; how many
+        (for an AE taken out of service: ``echoes cancel --destination``).
+        """
+        withdrawn = [cancelled(job, now) for job in self.open_jobs()
+                     if job.destination == destination and job.state not in FINISHED]
+        return self.write_many(withdrawn)
+
+    def rename_destination(self, old: str, new: str) -> int:
+        """Move the open jobs of AE ``old`` to AE ``new`` (the AE was renamed); how many.
+
+        Each job keeps its state, attempts and history under its new id
+        (written durably first, then the old file removed, so a crash in
+        between leaves the job twice, never lost: the old one then waits for
+        an AE that is no longer configured, which ``echoes check`` reports).
+        Delivered jobs stay under the old title: they are history.
+        """
+        moving = [job for job in self.open_jobs() if job.destination == old]
+        self.write_many(replace(job, id=job_id(new, job.sop_instance_uid), destination=new)
+                        for job in moving)
+        for job in moving:
+            self.path_for(job.id).unlink(missing_ok=True)
+            self._cache.pop(job.id, None)
+        if moving:
+            spool.fsync_dir(self.folder)
+        return len(moving)
+
     def read(self, identifier: str) -> Job | None:
         """One job (open before delivered), or None when there is no such job
         (or its file is broken).

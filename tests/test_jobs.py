@@ -681,3 +681,49 @@ def test_new_job_reads_only_the_record_fields() -> None:
     narrow = {name: record[name] for name in jobs.RECORD_FIELDS}
     assert jobs.new_job("PACS", narrow, "forward", NOW) == jobs.new_job("PACS", record,
                                                                        "forward", NOW)
+
+
+def test_cancel_a_whole_destination(home):
+    from echoes import spool
+
+    store = jobs.JobStore(spool.SpoolLayout(home.spool_dir).outgoing)
+    store.queue("PACS", records(4), "push", NOW)
+    store.queue("OTHER", records(1), "push", NOW)
+    first, second, third, fourth = sorted(
+        (job for job in store.all() if job.destination == "PACS"),
+        key=lambda job: job.sop_instance_uid)
+    store.write(jobs.delivered(first, NOW + 1))
+    store.write(jobs.refused(second, "0xA900 data set does not match", NOW + 1))
+    store.write(jobs.cancelled(third, NOW + 1))
+
+    done = echoes(home, "cancel", "--destination", "PACS")
+    assert (done.returncode, done.stdout.strip()) == (0, "2 jobs to PACS cancelled")
+    states = {job.id: job.state for job in store.all()}
+    assert states[first.id] == jobs.DONE  # delivered stays delivered
+    assert states[second.id] == states[third.id] == states[fourth.id] == jobs.CANCELLED
+    assert store.read(second.id).last_error == "0xA900 data set does not match"
+    assert [job.state for job in store.all() if job.destination == "OTHER"] == [jobs.PENDING]
+    again = echoes(home, "cancel", "--destination", "PACS")
+    assert again.stdout.strip() == "0 jobs to PACS cancelled"
+    neither = echoes(home, "cancel")
+    assert neither.returncode == 2 and "JOB_ID" in neither.stderr
+
+
+def test_rename_destination_moves_open_jobs(tmp_path):
+    store = jobs.JobStore(tmp_path / "outgoing")
+    store.queue("OLD", records(3), "forward", NOW)
+    first, second, third = sorted(store.all(), key=lambda job: job.sop_instance_uid)
+    store.write(jobs.delivered(first, NOW + 1))
+    store.write(jobs.attempt_failed(second, "Connection refused", NOW + 1, 30, 20))
+
+    assert store.rename_destination("OLD", "NEW") == 2
+    after = {(job.destination, job.sop_instance_uid): job for job in store.all()}
+    assert after[("OLD", first.sop_instance_uid)].state == jobs.DONE  # history stays
+    moved = after[("NEW", second.sop_instance_uid)]
+    assert moved.id == jobs.job_id("NEW", second.sop_instance_uid)
+    assert (moved.state, moved.attempts, moved.last_error) == (jobs.RETRYING, 1,
+                                                               "Connection refused")
+    assert after[("NEW", third.sop_instance_uid)].state == jobs.PENDING
+    assert not store.path_for(second.id).exists() and not store.path_for(third.id).exists()
+    assert jobs.JobStore(tmp_path / "outgoing").read(moved.id) == moved  # on disk
+    assert store.rename_destination("OLD", "NEW") == 0

@@ -947,10 +947,17 @@ def test_aes_add_edit_rename_remove_keep_the_comments(site: Site) -> None:
     toggled = client.put("/api/aes/PACS", {"forward": False})
     assert toggled.status == 200 and toggled.json()["forward"] is False
     assert config_module.load(path).remote_aes["PACS"].forward is False
+    waiting = {"SOPInstanceUID": "1.2.3.4", "StudyInstanceUID": "1.2.3",
+               "SOPClassUID": "1.2.840.10008.5.1.4.1.1.7", "path": "a/b/c.dcm"}
+    site.job_store().queue("PACS", [waiting], "push", time.time())
     renamed = client.put("/api/aes/PACS", {"title": "ARCHIVE2", "port": 11112})
     assert renamed.json() == {"title": "ARCHIVE2", "host": "10.0.0.5", "port": 11112,
-                              "forward": False, "tls": False}
+                              "forward": False, "tls": False, "jobs_moved": 1}
     assert [ae["title"] for ae in client.get("/api/aes").json()["aes"]] == ["ARCHIVE2"]
+    assert [(job.destination, job.state) for job in site.job_store().all()] == [
+        ("ARCHIVE2", "pending")]  # the queue follows the rename
+    same = client.put("/api/aes/ARCHIVE2", {"port": 11113})
+    assert same.json()["jobs_moved"] == 0
     assert client.delete("/api/aes/ARCHIVE2").json() == {"removed": "ARCHIVE2"}
     assert client.get("/api/aes").json() == {"aes": []}
     assert path.read_text().startswith("# the Browser's test configuration\n")

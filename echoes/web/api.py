@@ -275,7 +275,12 @@ def edit_ae(title: str) -> Response:
     _edit_config(config_edit.save_remote_ae, remote, title)
     log.info("AE %s changed to %s %s:%d, forward %s, by %s", title, remote.title, remote.host,
              remote.port, remote.forward, g.user)
-    return jsonify(ae_view(remote))
+    moved = 0
+    if remote.title != title:  # the queue follows a renamed AE
+        moved = state().move_jobs(title, remote.title)
+        if moved:
+            log.info("%d queued jobs moved from %s to %s", moved, title, remote.title)
+    return jsonify({**ae_view(remote), "jobs_moved": moved})
 
 
 @blueprint.delete("/aes/<title>")

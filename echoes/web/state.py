@@ -80,6 +80,11 @@ class WebState:
     def job_store(self) -> jobs.JobStore:
         return self._jobs
 
+    def move_jobs(self, old: str, new: str) -> int:
+        """The open jobs of AE ``old`` now wait for ``new`` (a rename); how many."""
+        with self._jobs_lock:  # the store's read cache is shared with all_jobs
+            return self._jobs.rename_destination(old, new)
+
     def all_jobs(self) -> list[jobs.Job]:
         """Every job now (files re-read only when changed; one scan at a time).
 
