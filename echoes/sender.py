@@ -540,7 +540,7 @@ class Sender:
         return outcome
 
     def _record(self, job: jobs.Job, basis: jobs.Job | None = None) -> None:
-        """Write a job's new state, unless it was queued anew or cancelled meanwhile.
+        """Write a job's new state, unless it was removed, queued anew or cancelled meanwhile.
 
         The file is looked at again anyway (to see a re-queue), so a cancel
         made while the object was on its way costs nothing extra to keep:
@@ -554,11 +554,13 @@ class Sender:
         with self._store_lock:
             current = (self.store.current(basis) if basis is not None
                        else self.store.read(job.id))
-            if current is not None and (current.created != job.created
-                                        or current.state == jobs.CANCELLED):
-                return  # re-queued (received or pushed again) or cancelled while we worked
+            if (current is None or current.created != job.created
+                    or current.state == jobs.CANCELLED):
+                # Gone (its AE renamed, the jobs moved), re-queued (received or
+                # pushed again) or cancelled while we worked: not ours to write.
+                return
             self.store.write(job, durable=job.state != jobs.DONE)
-        if current is None or current.state != job.state:  # a change, not each retry
+        if current.state != job.state:  # a change, not each retry
             # done: DEBUG, the association's line names the studies and counts
             # (a line per object was a quarter of the sender's CPU, issue 7)
             level = LOG_LEVELS.get(job.state, logging.WARNING)

@@ -211,3 +211,23 @@ def test_file_missing_past_the_grace_fails_the_job(tmp_path: Path, peer_factory)
     assert failed.state == jobs.FAILED
     assert failed.last_error == f"archived file missing: {old.path}"
     assert peer.received == []
+
+
+def test_rename_while_on_the_wire_leaves_no_job_behind(tmp_path: Path, peer_factory) -> None:
+    """The AE is renamed (its jobs moved) while the sender is sending one of them:
+    the sender must not write the old job back, nor send the moved ones.
+    """
+    holder: dict[str, object] = {}
+
+    def meanwhile(uid: str) -> None:
+        if uid == holder["first"]:
+            jobs.JobStore(holder["folder"]).rename_destination("PEER", "RENAMED")  # type: ignore[arg-type]
+
+    peer = peer_factory(meanwhile)
+    config, store, queued = setup(tmp_path, peer.port, 3)
+    holder.update(first=queued[0].sop_instance_uid, folder=store.folder)
+    assert sender.Sender(config).send_batch("PEER") == 1  # delivered, moved meanwhile
+    assert peer.received == [queued[0].sop_instance_uid]
+    assert all(store.read(job.id) is None for job in queued)  # nothing left under PEER
+    moved = sorted(store.all(), key=lambda job: job.created)
+    assert [(job.destination, job.state) for job in moved] == [("RENAMED", jobs.PENDING)] * 3
