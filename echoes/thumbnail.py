@@ -12,8 +12,9 @@ middle frame are read: ``pydicom.pixels.pixel_array(path, index=...)`` seeks to 
 frame in the file, native or encapsulated. Deflated and meta-less files cannot be read in
 place; they are read whole, and only below ``IN_MEMORY_LIMIT``.
 
-Grey images go through the chain a viewer applies (PS3.3 C.11: Modality LUT, VOI window,
-then MONOCHROME1 inverted), so the thumbnail looks like the image the user will open.
+Grey images go through the chain a viewer applies (PS3.3 C.11: Modality LUT, VOI window
+or else VOI LUT, then MONOCHROME1 or Presentation LUT Shape INVERSE inverted), so the
+thumbnail looks like the image the user will open.
 Files without a window get the 1st-99th percentile of their values instead: a CT without
 window tags still looks like a CT rather than a black square.
 
@@ -38,7 +39,7 @@ import pydicom
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -292,11 +293,19 @@ def _decode_whole(path: Path, index: int) -> np.ndarray:
 # (0028,0004) Photometric Interpretation in _CONVERTERS below.
 
 def _monochrome2(pixels: np.ndarray, header: Dataset, index: int, size: int) -> Image.Image:
-    return Image.fromarray(_grey(pixels, header, index, size))
+    """Lowest value black, unless (2050,0020) Presentation LUT Shape says INVERSE
+    (PS3.3 C.11.6: some CR and DX, and presentation-ready images, are stored so).
+    """
+    grey = _grey(pixels, header, index, size)
+    inverse = str(header.get("PresentationLUTShape", "")).strip().upper() == "INVERSE"
+    return Image.fromarray(255 - grey if inverse else grey)
 
 
 def _monochrome1(pixels: np.ndarray, header: Dataset, index: int, size: int) -> Image.Image:
-    """MONOCHROME1 shows its lowest value white (PS3.3 C.7.6.3.1.2): CR, DX, mammography."""
+    """MONOCHROME1 shows its lowest value white (PS3.3 C.7.6.3.1.2): CR, DX, mammography.
+
+    Its Presentation LUT Shape is INVERSE by definition: not a second inversion.
+    """
     return Image.fromarray(255 - _grey(pixels, header, index, size))
 
 
@@ -329,6 +338,11 @@ def _grey(pixels: np.ndarray, header: Dataset, index: int, size: int) -> np.ndar
         raise ValueError(f"a grey frame of shape {pixels.shape}")
     values = _modality_values(pixels, header, index)
     file_window = _file_window(header, index)
+    if file_window is None and header.get("VOILUTSequence"):
+        with contextlib.suppress(ValueError, KeyError, AttributeError, IndexError,
+                                 NotImplementedError, TypeError):
+            return _voi_lut(_shrink(values, size), header)
+        # a LUT pydicom cannot apply: the automatic window below, as without one
     if file_window is None:
         padding = _first_number(header.get("PixelPaddingValue"))
         center, width = auto_window(_stats_sample(values, pixels, padding))
@@ -336,6 +350,27 @@ def _grey(pixels: np.ndarray, header: Dataset, index: int, size: int) -> np.ndar
     else:
         center, width, function = file_window
     return window(_shrink(values, size), center, width, function)
+
+
+def _voi_lut(values: np.ndarray, header: Dataset) -> np.ndarray:
+    """The file's first VOI LUT (PS3.3 C.11.2), its output range stretched to 0-255.
+
+    For files that carry a LUT instead of Window Center/Width (CR and DX
+    often do); a file with both is windowed, as most viewers do by default.
+    """
+    item = header.VOILUTSequence[0]
+    entries, first = (int(item.LUTDescriptor[0]) or 2**16), int(item.LUTDescriptor[1])
+    table = apply_voi(np.arange(first, first + entries, dtype=np.int64), header)
+    mapped = apply_voi(np.rint(values).astype(np.int64), header)
+    return stretch(mapped, float(table.min()), float(table.max()))
+
+
+def stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``low``..``high`` onto 0..255 (clipped); a flat range gives black."""
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    scaled = (values.astype(np.float64) - low) * (255.0 / (high - low))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def _modality_values(pixels: np.ndarray, header: Dataset, index: int) -> np.ndarray:

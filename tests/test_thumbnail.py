@@ -187,6 +187,50 @@ def test_monochrome1_is_inverted(tmp_path: Path) -> None:
     assert pixels(render(path)).tolist() == [[255, 127, 0, 0]]
 
 
+def voi_lut_item(first: int, data: list[int], bits: int = 16) -> Dataset:
+    item = Dataset()
+    item.add_new(0x00283002, "US", [len(data), first, bits])  # LUT Descriptor
+    item.add_new(0x00283006, "US", data)  # LUT Data
+    return item
+
+
+def test_voi_lut_sequence_is_applied_without_a_window(tmp_path: Path) -> None:
+    stored = np.array([[0, 1, 2, 3, 9]], dtype=np.uint16)
+    lut = voi_lut_item(0, [0, 1000, 3000, 4000])  # 9 is past the end: the last entry
+    path = write(tmp_path / "lut.dcm", stored, VOILUTSequence=[lut])
+    assert pixels(render(path)).tolist() == [[0, 64, 191, 255, 255]]
+    offset = write(tmp_path / "first.dcm", stored, VOILUTSequence=[voi_lut_item(2, [100, 200])])
+    assert pixels(render(offset)).tolist() == [[0, 0, 0, 255, 255]]  # below first: first entry
+
+
+def test_a_window_wins_over_a_voi_lut(tmp_path: Path) -> None:
+    stored = np.array([[0, 100, 199, 300]], dtype=np.uint16)
+    path = write(tmp_path / "both.dcm", stored, WindowCenter=100, WindowWidth=200,
+                 VOILUTSequence=[voi_lut_item(0, [4000, 0, 0, 0])])
+    assert pixels(render(path)).tolist() == [[0, 128, 255, 255]]
+
+
+def test_an_unusable_voi_lut_falls_back_to_the_automatic_window(tmp_path: Path) -> None:
+    stored = np.tile(np.arange(0, 1000, 10, dtype=np.uint16), (4, 1))
+    path = write(tmp_path / "bad.dcm", stored, VOILUTSequence=[voi_lut_item(0, [0, 1], bits=3)])
+    image = pixels(render(path))
+    assert image.min() == 0 and image.max() == 255
+
+
+def test_presentation_lut_shape_inverse(tmp_path: Path) -> None:
+    stored = np.array([[0, 100, 199, 300]], dtype=np.uint16)
+    inverse = write(tmp_path / "inv.dcm", stored, WindowCenter=100, WindowWidth=200,
+                    PresentationLUTShape="INVERSE")
+    assert pixels(render(inverse)).tolist() == [[255, 127, 0, 0]]
+    # MONOCHROME1 is INVERSE by definition: inverted once, not twice.
+    m1 = write(tmp_path / "m1.dcm", stored, "MONOCHROME1", WindowCenter=100, WindowWidth=200,
+               PresentationLUTShape="INVERSE")
+    assert pixels(render(m1)).tolist() == [[255, 127, 0, 0]]
+    identity = write(tmp_path / "id.dcm", stored, WindowCenter=100, WindowWidth=200,
+                     PresentationLUTShape="IDENTITY")
+    assert pixels(render(identity)).tolist() == [[0, 128, 255, 255]]
+
+
 def test_rescale_comes_before_the_window(tmp_path: Path) -> None:
     stored = np.array([[0, 50, 100]], dtype=np.uint16)
     path = write(tmp_path / "r.dcm", stored, RescaleSlope=2, RescaleIntercept=-100,
