@@ -121,16 +121,6 @@ class AssociationServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         # Never shutdown() the shared listener: that would stop every worker.
         self.socket.close()
 
-
-class _AssociationHandler(socketserver.BaseRequestHandler):
-    """Runs one association on its own thread (ThreadingMixIn)."""
-
-    def handle(self) -> None:
-        server = self.server
-        association.serve(self.request, self.client_address, server.service,  # type: ignore[attr-defined]
-                          server.settings, server.limiter)  # type: ignore[attr-defined]
-
-
     def shutdown_request(self, request) -> None:  # type: ignore[override]
         try:
             request.shutdown(socket.SHUT_RDWR)
@@ -142,6 +132,15 @@ class _AssociationHandler(socketserver.BaseRequestHandler):
     def active_associations(self) -> list:
         """Open associations, as a list for the drain loop."""
         return [None] * self.limiter.active
+
+
+class _AssociationHandler(socketserver.BaseRequestHandler):
+    """Runs one association on its own thread (ThreadingMixIn)."""
+
+    def handle(self) -> None:
+        server = self.server
+        association.serve(self.request, self.client_address, server.service,  # type: ignore[attr-defined]
+                          server.settings, server.limiter)  # type: ignore[attr-defined]
 
 
 #: A-ASSOCIATE-RJ: rejected-permanent, DICOM UL service-user, no reason given.

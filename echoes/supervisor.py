@@ -234,15 +234,26 @@ class Supervisor:
             for process in group:
                 if process.poll() is None:
                     process.send_signal(signal.SIGTERM)
+            listening = self.sockets.pop(role, None)
+            if listening is not None:
+                # With the workers' copies closed too (they stop accepting at
+                # once), a modality connecting now is refused at once instead
+                # of waiting in the backlog for a timeout; open associations
+                # go on to their end.
+                listening.close()
             deadline = time.monotonic() + STOP_GRACE_SECONDS
             for process in group:
                 try:
-                    process.wait(max(0.1, deadline - time.monotonic()))
+                    code = process.wait(max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     log.error("%s pid %d did not stop in %.0f s; killing",
                               role, process.pid, STOP_GRACE_SECONDS)
                     process.kill()
                     process.wait()
+                    continue
+                if code != 0:  # a clean stop is code 0: anything else is a bug to see
+                    log.error("%s pid %d exited with %s while stopping", role, process.pid,
+                              _describe_exit(code))
         for listening in self.sockets.values():
             listening.close()
         log.info("stopped")

@@ -187,6 +187,7 @@ def start_server(home: Path, **extra: object) -> Server:
 
 
 def stop_server(server: Server) -> None:
+    """SIGTERM, then check that no process of the server printed a traceback."""
     if server.process.poll() is None:
         server.process.send_signal(signal.SIGTERM)
         try:
@@ -194,6 +195,20 @@ def stop_server(server: Server) -> None:
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait()
+    crashed = tracebacks(server)
+    assert not crashed, f"a server process printed a traceback:\n{crashed}"
+
+
+def tracebacks(server: Server) -> str:
+    """What the server's processes printed as tracebacks (stdout/stderr), if anything:
+    a worker that crashes prints one there, whatever the test looked at.
+    """
+    try:
+        output = server.home.with_name(server.home.name + ".out").read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    start = output.find("Traceback")
+    return output[start:start + 3000] if start >= 0 else ""
 
 
 @pytest.fixture
