@@ -559,7 +559,10 @@ class Sender:
                 # Gone (its AE renamed, the jobs moved), re-queued (received or
                 # pushed again) or cancelled while we worked: not ours to write.
                 return
-            self.store.write(job, durable=job.state != jobs.DONE)
+            if job.state == jobs.DONE:
+                self.store.deliver(job)
+            else:
+                self.store.write(job)
         if current.state != job.state:  # a change, not each retry
             # done: DEBUG, the association's line names the studies and counts
             # (a line per object was a quarter of the sender's CPU, issue 7)

@@ -727,3 +727,30 @@ def test_rename_destination_moves_open_jobs(tmp_path):
     assert not store.path_for(second.id).exists() and not store.path_for(third.id).exists()
     assert jobs.JobStore(tmp_path / "outgoing").read(moved.id) == moved  # on disk
     assert store.rename_destination("OLD", "NEW") == 0
+
+
+def test_deliver_moves_the_file_and_reads_back_delivered(tmp_path):
+    """The sender's fast path: one rename; read back, it is the job delivered."""
+    import os
+    import time as clock
+
+    store = jobs.JobStore(tmp_path / "outgoing")
+    store.queue("PACS", records(2), "forward", NOW)
+    plain, warned = sorted(store.all(), key=lambda job: job.sop_instance_uid)
+    plain = jobs.attempt_failed(plain, "Connection refused", NOW + 1, 30, 20)
+    store.write(plain)
+    inode = os.stat(store.path_for(plain.id)).st_ino
+    before = clock.time()
+    store.deliver(jobs.delivered(plain, clock.time()))
+    assert not store.path_for(plain.id).exists()
+    assert os.stat(store.done_path_for(plain.id)).st_ino == inode  # moved, not rewritten
+    fresh = jobs.JobStore(tmp_path / "outgoing").read(plain.id)
+    assert (fresh.state, fresh.attempts, fresh.last_error, fresh.next_attempt) == (
+        jobs.DONE, 2, "", 0.0)
+    assert before - 1 <= fresh.updated <= clock.time() + 1
+    assert [job.id for job in store.done_jobs()] == [plain.id]
+    assert plain.id not in {job.id for job in store.open_jobs()}
+
+    noted = jobs.delivered(warned, NOW + 5, "0xB000 warning: coercion")
+    store.deliver(noted)  # a warning note is kept: written in full
+    assert jobs.JobStore(tmp_path / "outgoing").read(warned.id) == noted
