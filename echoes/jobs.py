@@ -17,7 +17,8 @@ State machine (pure functions, tested without files)::
                                          the Browser; never sent, not an alarm)
     failed/cancelled --retry--> pending    (by hand: echoes retry)
 
-Delivered jobs move to ``spool/outgoing/done/<job id>.json``: the sender
+Delivered jobs move to ``spool/outgoing/done/<job id>.json`` (the sender
+renames the open file there, see :meth:`JobStore.deliver`): the sender
 looks at the open jobs (:meth:`JobStore.open_jobs`) twice a second and at
 the folder of a new job every 50 ms while an association lingers, and with
 a day's delivered jobs beside them each look cost O(jobs of the day)
