@@ -7,6 +7,7 @@ ENOSPC path is exercised, not the free-space floor.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 from collections.abc import Iterator
@@ -15,9 +16,10 @@ from pathlib import Path
 import pydicom
 import pytest
 from conftest import make_dataset, start_server, stop_server
-from pydicom.uid import generate_uid
-from pynetdicom import AE
+from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, generate_uid
+from pynetdicom.dsutils import encode
 
+from echoes.requestor import Requestor
 from echoes.validation import check_part10
 
 SIZE_MB = 24
@@ -38,11 +40,24 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def send(port: int, datasets: list) -> list[int]:
-    ae = AE(ae_title="FILLER")
-    ae.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", port, ae_title="ECHOES")
-    assert assoc.is_established
-    statuses = [int(assoc.send_c_store(ds).get("Status", -1)) for ds in datasets]
+    """C-STORE each data set over one association; the statuses (-1: no response).
+
+    Through echoes' blocking requestor, not pynetdicom's: pynetdicom's reactor
+    thread sometimes takes a fast C-STORE-RSP off the queue before
+    send_c_store waits for it ("Received unexpected C-STORE service message",
+    then a DIMSE timeout; seen once in CI on this test, whose refusals come
+    back quickly).
+    """
+    syntax = str(datasets[0].file_meta.TransferSyntaxUID)
+    assoc = Requestor.connect("127.0.0.1", port, "FILLER", "ECHOES",
+                              [(str(datasets[0].SOPClassUID), [syntax])], 16384, 30, 60)
+    context = assoc.context_for(str(datasets[0].SOPClassUID), syntax)
+    assert context is not None
+    statuses = []
+    for ds in datasets:
+        data = encode(ds, syntax == ImplicitVRLittleEndian, syntax != ExplicitVRBigEndian)
+        result = assoc.send_c_store(context, ds.SOPInstanceUID, io.BytesIO(data))
+        statuses.append(-1 if result is None else result.status)
     assoc.release()
     return statuses
 
