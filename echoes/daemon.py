@@ -19,7 +19,7 @@ import select
 import time
 from pathlib import Path
 
-from echoes.config import Config
+from echoes.config import Config, RemoteAE
 
 #: How long ``start --daemon`` waits for the ports to answer.
 START_TIMEOUT = 120.0
@@ -107,31 +107,15 @@ def reachable_address(bind: str) -> str:
 def answers(config: Config, port: int, timeout: float = 5.0) -> str | None:
     """None when ``port`` answers C-ECHO, else why not in words (for start and check).
 
-    Through echoes' own requestor (as the sender and the Browser's verify
-    button), with TLS when the server's ports use it; no pynetdicom import.
+    The Browser's verify button, aimed at our own port (TLS when the server's
+    ports use it), calling as ECHOES-CHECK so the log tells these apart.
     """
-    from echoes import requestor, tls
-    from echoes.sopclasses import VERIFICATION
+    from echoes import requestor
 
-    try:
-        ssl_context = tls.client_context(config) if config.tls else None
-        assoc = requestor.Requestor.connect(
-            reachable_address(config.bind), port, "ECHOES-CHECK", config.ae_title,
-            [(VERIFICATION, requestor.VERIFICATION_SYNTAXES)], requestor.SEND_MAX_PDU,
-            timeout, timeout, ssl_context)
-    except requestor.AssociationFailed as exc:
-        return str(exc)
-    except (ValueError, OSError) as exc:  # TLS configured but not usable
-        return f"TLS not usable: {exc}"
-    try:
-        status = assoc.send_c_echo()
-    except ValueError:
-        assoc.release()
-        return "Verification not accepted"
-    except requestor.NoResponse as exc:
-        return str(exc)
-    assoc.release()
-    return None if status == 0x0000 else f"C-ECHO answered with status 0x{status:04X}"
+    ourselves = RemoteAE(title=config.ae_title, host=reachable_address(config.bind),
+                         port=port, forward=False, tls=config.tls)
+    ok, why, _ms = requestor.verify(config, ourselves, timeout, calling_ae="ECHOES-CHECK")
+    return None if ok else why
 
 
 def wait_until_serving(config: Config, ready_fd: int) -> tuple[bool, str]:

@@ -238,20 +238,18 @@ class JobStore:
         ``done/``: the folder says "delivered", and :meth:`_load` reads such
         a file as the job delivered at the file's ctime (a rename sets it).
         Creating a new file per delivered object cost the sender a third of
-        its system time on this kind of machine (issue 7).  A note, or an
-        open file already gone, is written in full, not durably (a lost
-        ``done`` means one more send, which the destination absorbs).
+        its system time on this kind of machine (issue 7).  A note, an open
+        file already gone, or no ``done/`` yet (the sender makes it at start)
+        means the job is written in full, not durably (a lost ``done`` means
+        one more send, which the destination absorbs).
         """
         if not done.last_error:
-            for attempt in range(2):
-                try:
-                    os.replace(self.path_for(done.id), self.done_path_for(done.id))
-                    self._cache.pop(done.id, None)
-                    return
-                except FileNotFoundError:
-                    if attempt or self.done_folder.is_dir():
-                        break  # the open file is gone: write the job out
-                    self.done_folder.mkdir(parents=True, exist_ok=True)  # the first delivery
+            try:
+                os.replace(self.path_for(done.id), self.done_path_for(done.id))
+                self._cache.pop(done.id, None)
+                return
+            except FileNotFoundError:
+                pass
         self.write(done, durable=False)
 
     def write_many(self, jobs: Iterable[Job]) -> int:

@@ -235,21 +235,24 @@ def _reject_words(body: bytes) -> str:
 
 
 def associate(config: Config, remote: RemoteAE, contexts: list[tuple[str, list[str]]],
-              timeout: float | None = None) -> Requestor:
-    """One try at an association from ``config.ae_title`` to ``remote`` (TLS when
-    ``remote.tls``), offering SEND_MAX_PDU; AssociationFailed with the reason in words.
+              timeout: float | None = None, calling_ae: str | None = None) -> Requestor:
+    """One try at an association from ``config.ae_title`` (or ``calling_ae``) to
+    ``remote`` (TLS when ``remote.tls``), offering SEND_MAX_PDU; AssociationFailed
+    with the reason in words.
 
     ``timeout`` bounds the connect, the negotiation and each response
     (default: the configured acse_timeout and dimse_timeout).  Raises
     ValueError or OSError when TLS is asked for but not usable.
     """
     ssl_context = tls.client_context(config) if remote.tls else None
-    return Requestor.connect(remote.host, remote.port, config.ae_title, remote.title, contexts,
-                             SEND_MAX_PDU, timeout or config.acse_timeout,
-                             timeout or config.dimse_timeout, ssl_context)
+    return Requestor.connect(remote.host, remote.port, calling_ae or config.ae_title,
+                             remote.title, contexts, SEND_MAX_PDU,
+                             timeout or config.acse_timeout, timeout or config.dimse_timeout,
+                             ssl_context)
 
 
-def verify(config: Config, remote: RemoteAE, timeout: float = 10.0) -> tuple[bool, str, float]:
+def verify(config: Config, remote: RemoteAE, timeout: float = 10.0,
+           calling_ae: str | None = None) -> tuple[bool, str, float]:
     """C-ECHO ``remote`` as the sender would reach it: (ok, one line for a person, ms).
 
     For the Browser's verify button: the answer says whether forwarding to
@@ -266,7 +269,8 @@ def verify(config: Config, remote: RemoteAE, timeout: float = 10.0) -> tuple[boo
         return (time.monotonic() - started) * 1000
 
     try:
-        assoc = associate(config, remote, [(VERIFICATION, VERIFICATION_SYNTAXES)], timeout)
+        assoc = associate(config, remote, [(VERIFICATION, VERIFICATION_SYNTAXES)], timeout,
+                          calling_ae)
     except AssociationFailed as exc:
         return False, str(exc), elapsed()
     except (ValueError, OSError) as exc:  # TLS asked for, but not configured or unreadable

@@ -289,6 +289,7 @@ class Sender:
         self.layout = spool.SpoolLayout(config.spool_dir)
         self.layout.create()
         self.store = jobs.JobStore(self.layout.outgoing)
+        self.store.done_folder.mkdir(exist_ok=True)  # deliveries are renames into it
         self._store_lock = threading.Lock()
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
@@ -379,7 +380,6 @@ class Sender:
             if (config.archive_dir / job.path).exists():
                 ready.append(job)
             elif now - job.created > MISSING_FILE_GRACE:
-                self._forget_wait(job)
                 self._record(jobs.refused(job, f"archived file missing: {job.path}", now))
             else:
                 self._await_file(job, now)
@@ -400,10 +400,6 @@ class Sender:
                 return False
             del self._file_awaited[job.id]
             return True
-
-    def _forget_wait(self, job: jobs.Job) -> None:
-        with self._awaited_lock:
-            self._file_awaited.pop(job.id, None)
 
     def send_batch(self, title: str) -> int:
         """Send the due jobs of one destination over one association; return how many.

@@ -254,8 +254,6 @@ class Supervisor:
                 if code != 0:  # a clean stop is code 0: anything else is a bug to see
                     log.error("%s pid %d exited with %s while stopping", role, process.pid,
                               _describe_exit(code))
-        for listening in self.sockets.values():
-            listening.close()
         log.info("stopped")
 
     def forward_signal(self, signum: int) -> None:

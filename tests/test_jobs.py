@@ -735,6 +735,7 @@ def test_deliver_moves_the_file_and_reads_back_delivered(tmp_path):
     import time as clock
 
     store = jobs.JobStore(tmp_path / "outgoing")
+    store.done_folder.mkdir(parents=True)  # as the sender makes it at start
     store.queue("PACS", records(2), "forward", NOW)
     plain, warned = sorted(store.all(), key=lambda job: job.sop_instance_uid)
     plain = jobs.attempt_failed(plain, "Connection refused", NOW + 1, 30, 20)
@@ -754,3 +755,13 @@ def test_deliver_moves_the_file_and_reads_back_delivered(tmp_path):
     noted = jobs.delivered(warned, NOW + 5, "0xB000 warning: coercion")
     store.deliver(noted)  # a warning note is kept: written in full
     assert jobs.JobStore(tmp_path / "outgoing").read(warned.id) == noted
+
+
+def test_deliver_without_a_done_folder_writes_the_job(tmp_path):
+    store = jobs.JobStore(tmp_path / "outgoing")
+    store.queue("PACS", records(1), "forward", NOW)
+    (job,) = store.all()
+    done = jobs.delivered(job, NOW + 3)
+    store.deliver(done)
+    assert jobs.JobStore(tmp_path / "outgoing").read(job.id) == done
+    assert not store.path_for(job.id).exists()
