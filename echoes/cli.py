@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterable, Sequence
 
 from echoes import __version__, index, logs, spool
 from echoes import config as config_module
@@ -190,22 +191,64 @@ def _children(pid: int) -> list[tuple[int, str]]:
 
 STUDY_COLUMNS = ("StudyDate", "PatientID", "PatientName", "ModalitiesInStudy",
                  "NumberOfSeries", "NumberOfInstances", "StudyInstanceUID")
+#: Columns of ``echoes studies`` that hold counts: right-aligned, as numbers are read.
+NUMBER_COLUMNS = frozenset({"NumberOfSeries", "NumberOfInstances"})
+#: What an empty field shows, so a row with gaps still reads column by column.
+EMPTY_FIELD = "-"
+
+
+def _display_width(text: str) -> int:
+    """Columns ``text`` takes in a terminal: wide (CJK) characters take two,
+    combining marks none, so Japanese or Korean patient names stay aligned.
+    """
+    import unicodedata
+
+    return sum(0 if unicodedata.combining(c) else
+               2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in text)
+
+
+def aligned_table(headings: Sequence[str], rows: Iterable[Sequence[str]],
+                  right: Iterable[str] = ()) -> list[str]:
+    """Lines of a table whose column widths come from the content.
+
+    Empty fields are shown as ``EMPTY_FIELD`` (a run of blanks cannot be told
+    from a column gap); ``right`` names the right-aligned columns; the last
+    column is not padded, so lines carry no trailing blanks.
+    """
+    right_aligned = {n for n, heading in enumerate(headings) if heading in set(right)}
+    table = [list(headings)] + [[cell or EMPTY_FIELD for cell in row] for row in rows]
+    widths = [max(_display_width(row[n]) for row in table) for n in range(len(headings))]
+    lines = []
+    for row in table:
+        cells = []
+        for n, cell in enumerate(row):
+            padding = " " * (widths[n] - _display_width(cell))
+            if n in right_aligned:
+                cells.append(padding + cell)
+            elif n < len(row) - 1:
+                cells.append(cell + padding)
+            else:
+                cells.append(cell)
+        lines.append("  ".join(cells))
+    return lines
 
 
 def cmd_studies(args: argparse.Namespace, config: config_module.Config) -> int:
-    """Archived studies from the index catalog."""
+    """Archived studies from the index catalog, as an aligned table (or JSON)."""
     studies = index.read_studies(config.index_path)
     if args.json:
         json.dump(studies, sys.stdout, indent=1, ensure_ascii=False)
         print()
         return 0
-    print("  ".join(STUDY_COLUMNS))
+    rows = []
     for study in studies:
         row = []
         for column in STUDY_COLUMNS:
             value = study.get(column, "")
             row.append("\\".join(value) if isinstance(value, list) else str(value))
-        print("  ".join(row))
+        rows.append(row)
+    for line in aligned_table(STUDY_COLUMNS, rows, right=NUMBER_COLUMNS):
+        print(line)
     print(f"{len(studies)} studies, {sum(s['NumberOfInstances'] for s in studies)} instances")
     return 0
 
