@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from http.cookies import SimpleCookie
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -35,7 +36,7 @@ from pydicom.uid import generate_uid
 from werkzeug.security import generate_password_hash
 
 from echoes import config as config_module
-from echoes import config_edit, jobs, spool, thumbnail
+from echoes import config_edit, index, jobs, spool, thumbnail
 from echoes.config import RemoteAE
 from echoes.index import ArchiveIndex
 from echoes.ingester import read_record
@@ -51,23 +52,31 @@ FAST_HASH = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")
 
 def study_doc(uid: str, name: str = "DOE^JANE", pid: str = "P1", accession: str = "A1",
               date: str = "20261101", time_: str = "0900", modalities: tuple = ("CT",),
-              instances: int = 10) -> dict:
+              instances: int = 10, updated: str = "2026-11-29T10:00:00.000+00:00") -> dict:
     return {"StudyInstanceUID": uid, "PatientName": name, "PatientID": pid,
             "AccessionNumber": accession, "StudyDate": date, "StudyTime": time_,
             "ModalitiesInStudy": list(modalities), "NumberOfSeries": 1,
-            "NumberOfInstances": instances, "updated": "2026-11-29T10:00:00.000+00:00"}
+            "NumberOfInstances": instances, "updated": updated}
 
 
 CATALOG = [
-    study_doc("1.1", "DOE^JANE", "P1", "A1", "20261101", modalities=("CT", "SR"), instances=30),
-    study_doc("1.2", "DOE^JOHN", "P2", "A2", "20261115", modalities=("MR",), instances=5),
-    study_doc("1.3", "Müller^Hans", "P3", "B7", "20261120", modalities=("US",), instances=12),
-    study_doc("1.4", "SMITH^ANNA", "P1", "A4", "20261120", "1000", ("CT",), 1),
-    study_doc("1.5", "ADAMS^[X]", "X.1", "", "", modalities=(), instances=2),
+    study_doc("1.1", "DOE^JANE", "P1", "A1", "20261101", modalities=("CT", "SR"), instances=30,
+              updated="2026-11-29T08:00:00.000+00:00"),
+    study_doc("1.2", "DOE^JOHN", "P2", "A2", "20261115", modalities=("MR",), instances=5,
+              updated="2026-11-29T09:45:00+01:00"),  # 08:45 UTC: by instant, not by text
+    study_doc("1.3", "Müller^Hans", "P3", "B7", "20261120", modalities=("US",), instances=12,
+              updated="2026-11-28T10:00:00.000+00:00"),
+    study_doc("1.4", "SMITH^ANNA", "P1", "A4", "20261120", "1000", ("CT",), 1,
+              updated="2026-11-29T09:00:00.000+00:00"),
+    # no study date, received last: the study an admin looks for first
+    study_doc("1.5", "ADAMS^[X]", "X.1", "", "", modalities=(), instances=2,
+              updated="2026-11-30T07:00:00.000+00:00"),
 ]
 
 
 def search(**params: str) -> catalog.SearchResult:
+    """A search of CATALOG; without ``sort``, by study date (what the filter tests read)."""
+    params.setdefault("sort", "date")
     return catalog.CatalogSnapshot(CATALOG).search(catalog.parse_study_query(params))
 
 
@@ -75,9 +84,11 @@ def uids(result: catalog.SearchResult) -> list[str]:
     return [s["StudyInstanceUID"] for s in result.studies]
 
 
-def test_query_defaults_newest_first_fifty_a_page() -> None:
+def test_query_defaults_last_received_first_fifty_a_page() -> None:
     query = catalog.parse_study_query({})
-    assert (query.sort, query.order, query.page, query.per_page) == ("date", "desc", 1, 50)
+    assert (query.sort, query.order, query.page, query.per_page) == ("received", "desc", 1, 50)
+    assert catalog.parse_study_query({"sort": "date"}).order == "desc"
+    assert catalog.parse_study_query({"sort": "received"}).order == "desc"
     assert catalog.parse_study_query({"sort": "patient_name"}).order == "asc"
     assert catalog.parse_study_query({"sort": "instances"}).order == "desc"
 
@@ -135,6 +146,7 @@ def test_patient_id_accession_modality_and_date_filters() -> None:
 
 
 @pytest.mark.parametrize("sort, ascending", [
+    ("received", ["1.3", "1.1", "1.2", "1.4", "1.5"]),
     ("date", ["1.5", "1.1", "1.2", "1.3", "1.4"]),
     ("patient_name", ["1.5", "1.1", "1.2", "1.3", "1.4"]),
     ("patient_id", ["1.1", "1.4", "1.2", "1.3", "1.5"]),
@@ -145,6 +157,18 @@ def test_patient_id_accession_modality_and_date_filters() -> None:
 def test_every_sort_key_both_ways(sort: str, ascending: list[str]) -> None:
     assert uids(search(sort=sort, order="asc")) == ascending
     assert uids(search(sort=sort, order="desc")) == ascending[::-1]
+
+
+def test_last_received_first_by_default_and_old_entries_without_arrival_time() -> None:
+    snapshot = catalog.CatalogSnapshot(CATALOG)
+    default = snapshot.search(catalog.parse_study_query({}))
+    assert uids(default) == ["1.5", "1.4", "1.2", "1.1", "1.3"]
+    # a catalog entry written before arrival times were kept still loads, sorted oldest
+    old = {key: value for key, value in study_doc("1.0").items() if key != "updated"}
+    with_old = catalog.CatalogSnapshot([*CATALOG, old])
+    assert uids(with_old.search(catalog.parse_study_query({})))[-1] == "1.0"
+    ascending = with_old.search(catalog.parse_study_query({"order": "asc"}))
+    assert uids(ascending)[0] == "1.0"
 
 
 def test_paging_counts_every_match_and_slices_the_page() -> None:
@@ -329,8 +353,9 @@ class Archive:
 
 def _index(archive_dir: Path, index_path: Path, files: list[Path]) -> None:
     records = []
-    for n, source in enumerate(files):
-        spooled = source.with_name(f"{time.time_ns()}-1-{n}.dcm")
+    start = time.time_ns()
+    for n, source in enumerate(files):  # arrivals 1 ms apart, in the order given
+        spooled = source.with_name(f"{start + n * 1_000_000}-1-{n}.dcm")
         source.rename(spooled)
         record = read_record(spooled)
         target = archive_dir / record.path
@@ -344,7 +369,11 @@ def _index(archive_dir: Path, index_path: Path, files: list[Path]) -> None:
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Archive:
-    """Two studies: a CT (3 CT images, a JPEG series, an SR without pixels) and an MR."""
+    """Two studies: a CT (3 CT images, a JPEG series, an SR without pixels) and an MR.
+
+    The MR has the later study date but arrived first: the CT (an old study
+    sent today) is the last received.
+    """
     root = tmp_path_factory.mktemp("archive")
     incoming = root / "incoming"
     incoming.mkdir()
@@ -377,7 +406,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Archive:
     mr = make_dataset("1.2.840.10008.5.1.4.1.1.4", mr_study, None, patient_id="P200",
                       modality="MR")
     mr.PatientName, mr.StudyDate, mr.AccessionNumber = "SMITH^JOHN", "20261115", "ACC2"
-    files.append(write_part10(mr, incoming / "mr.dcm"))
+    files.insert(0, write_part10(mr, incoming / "mr.dcm"))
     archive_dir, index_path = root / "archive", root / "var" / "index.json"
     _index(archive_dir, index_path, files)
     return Archive(archive_dir, index_path, ct_study, ct_series, sr_series,
@@ -781,8 +810,15 @@ def test_run_refuses_a_socket_bound_elsewhere_than_http_bind(tmp_path: Path) -> 
 def test_studies_list_search_sort_and_paging(site: Site) -> None:
     listing = site.client.get("/api/studies").json()
     assert (listing["total"], listing["page"], listing["per_page"]) == (2, 1, 50)
-    assert [s["PatientName"] for s in listing["studies"]] == ["SMITH^JOHN", "DOE^JANE"]
-    ct = listing["studies"][1]
+    # last received first: the CT of November 1st came after the MR of November 15th
+    assert (listing["sort"], listing["order"]) == ("received", "desc")
+    assert [s["PatientName"] for s in listing["studies"]] == ["DOE^JANE", "SMITH^JOHN"]
+    by_date = site.client.get("/api/studies?sort=date").json()
+    assert [s["PatientName"] for s in by_date["studies"]] == ["SMITH^JOHN", "DOE^JANE"]
+    oldest = site.client.get("/api/studies?sort=received&order=asc").json()
+    assert [s["PatientName"] for s in oldest["studies"]] == ["SMITH^JOHN", "DOE^JANE"]
+    ct = listing["studies"][0]
+    assert ct["updated"] > listing["studies"][1]["updated"]
     assert (ct["NumberOfInstances"], ct["ModalitiesInStudy"]) == (5, ["CT", "OT", "SR"])
     assert ct["url"] == f"/studies/{site.archive.ct_study}"
     found = site.client.get("/api/studies?" + urlencode({"patient_name": "doe*",
@@ -1133,6 +1169,28 @@ def test_api_errors_are_json_for_unknown_routes_methods_and_big_bodies(site: Sit
 
 
 # -- the pages, logged in ----------------------------------------------------------------------
+
+
+def test_study_list_page_shows_and_sorts_by_arrival(site: Site) -> None:
+    archive, client = site.archive, site.client
+    page = client.get("/").text
+    rows = re.findall(r'data-testid="study-row" data-study-uid="([^"]+)"', page)
+    assert rows == [archive.ct_study, archive.mr_study]  # last received first
+    heading = re.search(r'<th aria-sort="descending">\s*<a id="sort-received"[^>]*href="([^"]+)"',
+                        page)
+    assert heading, "the Received column is not the current sort"
+    assert parse_qs(urlsplit(heading.group(1).replace("&amp;", "&")).query)["order"] == ["asc"]
+    received = re.findall(r'data-testid="study-received" title="([^"]+)">([^<]+)<', page)
+    ct_updated = next(s for s in index.read_studies(archive.index_path)
+                      if s["StudyInstanceUID"] == archive.ct_study)["updated"]
+    local = datetime.fromisoformat(ct_updated).astimezone().strftime("%Y-%m-%d %H:%M")
+    assert received[0] == (ct_updated, local)
+    oldest = client.get("/?sort=received&order=asc").text
+    assert re.findall(r'data-study-uid="([^"]+)"', oldest)[:2] == [archive.mr_study,
+                                                                   archive.ct_study]
+    assert 'name="sort" value="received"' not in page  # the default needs no hidden field
+    by_date = client.get("/?sort=date").text
+    assert 'name="sort" value="date"' in by_date
 
 
 def test_pages_show_the_data(site: Site) -> None:

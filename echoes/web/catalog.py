@@ -32,8 +32,13 @@ from echoes.config import RemoteAE
 from echoes.journal import JournalStorage, journal_path
 
 #: Sort keys of GET /api/studies, and the order each takes when none is given.
-SORT_KEYS = ("date", "patient_name", "patient_id", "accession", "modality", "instances")
-DEFAULT_ORDER = {"date": "desc", "instances": "desc"}
+#: ``received`` is when the study's newest object arrived (its ``updated``).
+SORT_KEYS = ("received", "date", "patient_name", "patient_id", "accession", "modality",
+             "instances")
+DEFAULT_ORDER = {"received": "desc", "date": "desc", "instances": "desc"}
+#: What an admin opens the list for: what arrived last, whatever its study date
+#: (a study of last year sent today must not be buried under today's ones).
+DEFAULT_SORT = "received"
 DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 200
 #: Query parameters of GET /api/studies (anything else is a typo: refused).
@@ -83,8 +88,8 @@ class StudyQuery:
     date_from: str = ""
     date_to: str = ""
     modality: str = ""
-    sort: str = "date"
-    order: str = "desc"
+    sort: str = DEFAULT_SORT
+    order: str = DEFAULT_ORDER[DEFAULT_SORT]
     page: int = 1
     per_page: int = DEFAULT_PER_PAGE
 
@@ -111,7 +116,7 @@ def parse_study_query(args: Mapping[str, str]) -> StudyQuery:
     for key in ("patient_name", "patient_id", "accession", "modality"):
         if len(text[key]) > MAX_FIELD:
             raise QueryError(f"{key}: longer than {MAX_FIELD} characters")
-    sort = text["sort"] or "date"
+    sort = text["sort"] or DEFAULT_SORT
     if sort not in SORT_KEYS:
         raise QueryError(f"sort: must be one of {', '.join(SORT_KEYS)}, got {sort!r}")
     order = text["order"].lower() or DEFAULT_ORDER.get(sort, "asc")
@@ -158,6 +163,8 @@ def _number(text: str) -> tuple[int, str]:
 def _sort_key(sort: str) -> Callable[[dict], tuple]:
     uid = "StudyInstanceUID"
     return {
+        # by instant, not by text: an arrival time may carry any UTC offset
+        "received": lambda s: (_epoch(s.get("updated", "")) or 0.0, s[uid]),
         "date": lambda s: (s.get("StudyDate", ""), s.get("StudyTime", ""), s[uid]),
         "patient_name": lambda s: (s.get("PatientName", "").casefold(), s[uid]),
         "patient_id": lambda s: (s.get("PatientID", ""), s[uid]),
@@ -520,7 +527,7 @@ class StudyCatalog:
                 started = time.perf_counter()
                 data = JournalStorage(self.index_path).read() or {}
                 snapshot = CatalogSnapshot(data.get(index.STUDIES, {}).values())
-                snapshot.order("date")  # the default order, before anybody waits for it
+                snapshot.order(DEFAULT_SORT)  # before anybody waits for it
                 self._snapshot, self._signature = snapshot, now
                 self._load_seconds = time.perf_counter() - started
                 self._loaded = True

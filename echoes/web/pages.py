@@ -11,6 +11,8 @@ Content-Security-Policy allows no inline script.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from flask import Blueprint, render_template, request
 from werkzeug.exceptions import HTTPException
 
@@ -24,7 +26,7 @@ blueprint = Blueprint("pages", __name__)
 STUDY_COLUMNS = (
     ("Date", "date"), ("Patient", "patient_name"), ("Patient ID", "patient_id"),
     ("Accession", "accession"), ("Description", None), ("Modality", "modality"),
-    ("Series", None), ("Images", "instances"),
+    ("Series", None), ("Images", "instances"), ("Received", "received"),
 )
 
 
@@ -51,6 +53,17 @@ def _person(value: str) -> str:
     return f"{family}, {rest}" if family and rest else family or rest
 
 
+def _received(value: str) -> str:
+    """An index arrival time (ISO 8601, UTC) as local ``YYYY-MM-DD HH:MM``."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return value or ""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M")
+
+
 def _size(value: int) -> str:
     size = float(value)
     for unit in ("bytes", "KB", "MB", "GB"):
@@ -62,7 +75,7 @@ def _size(value: int) -> str:
 
 def install_filters(app) -> None:
     app.jinja_env.filters.update(dicom_date=_iso_date, dicom_time=_time, person=_person,
-                                 size=_size)
+                                 size=_size, received=_received)
 
 
 @blueprint.get("/")
@@ -75,6 +88,7 @@ def studies() -> tuple[str, int] | str:
         problem, query = str(exc), catalog.StudyQuery()
     result = state().catalog.current().search(query)
     page = render_template("studies.html", query=query, result=result, columns=STUDY_COLUMNS,
+                           defaults=catalog.StudyQuery(), default_order=catalog.DEFAULT_ORDER,
                            problem=problem, iso_date=_iso_date, active="studies")
     return (page, 400) if problem else page
 
