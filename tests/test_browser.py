@@ -32,6 +32,7 @@ from pydicom.uid import RLELossless, generate_uid
 from test_forward import Destination, ae_sections, destination, start_with, wait_for
 
 from echoes import config as config_module
+from echoes import jobs, spool
 
 PASSWORD = "correct horse battery"
 #: How long a page may take to show what a test waits for (loaded CI machine).
@@ -134,6 +135,7 @@ def ct_study(folder: Path, patient: str, patient_id: str, images: int = 3) -> li
     mr.StudyInstanceUID, mr.SeriesInstanceUID = study, generate_uid()
     mr.SOPInstanceUID = mr.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     mr.PatientName, mr.PatientID, mr.SeriesNumber = patient, patient_id, 2
+    mr.AccessionNumber = f"A{patient_id}"
     mr.save_as(folder / "mr.dcm", enforce_file_format=True)
     files.append(folder / "mr.dcm")
     return files
@@ -383,6 +385,69 @@ def test_queue_page_shows_a_stuck_push_with_retry_and_cancel(
           and all(c.get(s) == "0" for s in ("pending", "retrying", "failed", "cancelled")),
           "the push did not complete once the destination was back", timeout=60)
     assert pushdest.associations() > associations
+
+
+def test_study_list_shows_arrival_and_sorts_by_it(
+        browser: WebDriver, echoes_server: Server, first_study: dict) -> None:
+    """BOB's study (the forwarding test's) arrived after ALICE's: listed first by default."""
+    browser.get(url(echoes_server, "/"))
+
+    def names(driver: WebDriver) -> list[str]:
+        return [row.find_element(By.CSS_SELECTOR, '[data-testid="study-link"]').text
+                for row in by_testid_all(driver, "study-row")]
+
+    assert names(browser) == ["BROWSER, BOB", "BROWSER, ALICE"]
+    received = [cell.text for cell in by_testid_all(browser, "study-received")]
+    assert all(len(text) == len("2026-11-29 10:00") for text in received), received
+    by_testid(browser, "sort-received").click()
+    until(browser, lambda d: "order=asc" in d.current_url
+          and names(d) == ["BROWSER, ALICE", "BROWSER, BOB"], "the arrival sort did not turn")
+
+
+def test_queue_retries_all_failed_and_shows_deliveries(
+        browser: WebDriver, echoes_server: Server, first_study: dict,
+        destinations: dict[str, Destination]) -> None:
+    """Failed jobs of study 1 for PUSHDEST (running again): one click sends them all."""
+    store = jobs.JobStore(spool.SpoolLayout(echoes_server.config.spool_dir).outgoing)
+    sent = [job for job in store.all() if job.destination == "PUSHDEST"
+            and job.study_instance_uid == first_study["uid"]]
+    assert len(sent) == first_study["count"] and {job.state for job in sent} == {"done"}
+    associations = destinations["PUSHDEST"].associations()
+    store.write_many(jobs.refused(job, "0xA900 data set does not match (made by the test)",
+                                  job.updated) for job in sent)
+    browser.get(url(echoes_server, "/queue?state=failed"))
+    assert Select(by_testid(browser, "queue-state")).first_selected_option.text == "failed"
+
+    def job_rows(driver: WebDriver, state: str) -> list:
+        return [row for row in by_testid_all(driver, "job-row")
+                if row.get_attribute("data-state") == state]
+
+    failed = until(browser, lambda d: len(job_rows(d, "failed")) == first_study["count"]
+                   and job_rows(d, "failed"), "the failed jobs are not listed")
+    assert {row.get_attribute("data-state") for row in by_testid_all(browser, "job-row")} == {
+        "failed"}
+    study = failed[0].find_element(By.CSS_SELECTOR, '[data-testid="job-study"]')
+    assert study.text == "BROWSER, ALICE"
+    details = failed[0].find_element(By.CSS_SELECTOR, '[data-testid="job-study-details"]').text
+    assert details == "ID B100 · Acc. AB100"
+    button = until(browser, lambda d: by_testid(d, "queue-retry-failed").is_enabled()
+                   and by_testid(d, "queue-retry-failed"), "Retry all failed is not enabled")
+    assert button.text == f"Retry {first_study['count']} failed"
+    button.click()
+    until(browser, lambda d: "queued again" in by_testid(d, "message").text,
+          "retry all failed said nothing")
+    wait_for(lambda: all(store.read(job.id).state == "done" for job in sent)
+             and destinations["PUSHDEST"].associations() > associations,
+             PATIENCE, "the retried jobs were not sent again")
+    Select(by_testid(browser, "queue-state")).select_by_value("done")
+    until(browser, lambda d: d.current_url.endswith("/queue?state=done"),
+          "the URL does not follow the filter")
+    done = until(browser, lambda d: len(job_rows(d, "done")) >= first_study["count"]
+                 and job_rows(d, "done"), "no done jobs listed")
+    times = [row.find_element(By.CSS_SELECTOR, '[data-testid="job-time"]').text for row in done]
+    assert all(text.startswith("delivered ") and len(text) > len("delivered –")
+               for text in times), times
+    assert not by_testid(browser, "queue-retry-failed").is_enabled()
 
 
 def test_worklist_page_shows_today_by_station_and_the_broken_file(

@@ -251,6 +251,25 @@ def test_queue_summary_counts_every_destination_and_lists_what_needs_attention()
     assert len(limited["jobs"]) == 1 and limited["listed_total"] == 3
 
 
+def test_queue_jobs_name_their_study_and_done_ones_their_delivery() -> None:
+    queue = [job("PACS", "1", jobs.DONE, updated=1000.0), job("PACS", "2", jobs.DONE,
+                                                                updated=3000.0),
+             job("PACS", "3", jobs.DONE, study="9.9", updated=2000.0),
+             job("PACS", "4", jobs.FAILED, error="0xA900")]
+    studies = {"1.1": study_doc("1.1", "DOE^JANE", "P100", "ACC1")}
+    done = catalog.queue_summary(queue, REMOTES, state=jobs.DONE, studies=studies)["jobs"]
+    # last delivered first: with a limit, the recent deliveries are the ones kept
+    assert [j["sop_instance_uid"] for j in done] == ["2", "3", "1"]
+    assert [j["delivered_epoch"] for j in done] == [3000.0, 2000.0, 1000.0]
+    assert done[0]["delivered"] == catalog.iso(3000.0) and done[0]["next_attempt"] is None
+    assert (done[0]["patient_name"], done[0]["patient_id"], done[0]["accession"]) == (
+        "DOE^JANE", "P100", "ACC1")
+    # a study no longer in the index: the UID alone
+    assert (done[1]["patient_name"], done[1]["patient_id"], done[1]["accession"]) == ("", "", "")
+    failed = catalog.queue_summary(queue, REMOTES, studies=studies)["jobs"]
+    assert [(j["state"], j["delivered"]) for j in failed] == [("failed", None)]
+
+
 def test_study_progress_is_finished_when_nothing_waits() -> None:
     queue = [job("PACS", "1", jobs.DONE), job("PACS", "2", jobs.PENDING),
              job("VIEWER", "1", jobs.FAILED, error="0xA900 refused", updated=5),
@@ -400,6 +419,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Archive:
     jpeg_ds = pydicom.dcmread(jpeg)
     jpeg_ds.StudyInstanceUID, jpeg_ds.SeriesNumber = ct_study, 2
     jpeg_ds.PatientName, jpeg_ds.PatientID, jpeg_ds.StudyDate = "DOE^JANE", "P100", "20261101"
+    jpeg_ds.AccessionNumber = "ACC1"
     jpeg_ds.save_as(jpeg)
     files.append(jpeg)
     mr_study = generate_uid()
@@ -569,7 +589,8 @@ ENDPOINTS = [
     ("POST", "/api/studies/1.2.3/push"), ("GET", "/api/studies/1.2.3/jobs"),
     ("GET", "/api/aes"), ("POST", "/api/aes"), ("GET", "/api/aes/PACS"),
     ("PUT", "/api/aes/PACS"), ("DELETE", "/api/aes/PACS"), ("POST", "/api/aes/PACS/echo"),
-    ("GET", "/api/queue"), ("GET", "/api/jobs/0123456789abcdef0123"),
+    ("GET", "/api/queue"), ("POST", "/api/queue/retry-failed"),
+    ("GET", "/api/jobs/0123456789abcdef0123"),
     ("POST", "/api/jobs/0123456789abcdef0123/retry"),
     ("POST", "/api/jobs/0123456789abcdef0123/cancel"),
     ("GET", "/api/worklist"), ("GET", "/api/health"), ("POST", "/api/logout"),
@@ -1084,6 +1105,91 @@ def test_queue_by_destination_and_state(site: Site) -> None:
     bad = site.client.get("/api/queue?state=stuck")
     assert bad.status == 400 and "state: must be one of" in bad.error
     assert site.client.get("/api/queue?limit=0").status == 400
+
+
+def test_queue_jobs_show_patient_accession_and_delivery_time(site: Site) -> None:
+    made = write_jobs(site)
+    listed = {j["id"]: j for j in site.client.get("/api/queue").json()["jobs"]}
+    for job_id in (made["pending"].id, made["retrying"].id, made["failed"].id):
+        shown = listed[job_id]
+        assert (shown["patient_name"], shown["patient_id"], shown["accession"]) == (
+            "DOE^JANE", "P100", "ACC1")
+        assert shown["delivered"] is None
+    done = site.client.get("/api/queue?state=done").json()["jobs"]
+    assert [j["id"] for j in done] == [made["done"].id]
+    assert done[0]["delivered_epoch"] == pytest.approx(made["done"].updated)
+    assert done[0]["delivered"] == catalog.iso(made["done"].updated)
+    one = site.client.get(f"/api/jobs/{made['done'].id}").json()
+    assert (one["patient_name"], one["accession"], one["delivered"]) == (
+        "DOE^JANE", "ACC1", done[0]["delivered"])
+
+
+def write_more_jobs(site: Site) -> dict[str, jobs.Job]:
+    """write_jobs and a failed and a cancelled job for PACS, and a failed one for VIEWER."""
+    made = write_jobs(site)
+    now = time.time()
+    record = {"StudyInstanceUID": site.archive.mr_study,
+              "SOPClassUID": "1.2.840.10008.5.1.4.1.1.4"}
+    made["failed PACS"] = jobs.attempt_failed(
+        jobs.new_job("PACS", {**record, "SOPInstanceUID": "1.9.5", "path": "e"}, "forward",
+                     now), "association lost", now, 30, 1)
+    made["failed VIEWER"] = jobs.refused(
+        jobs.new_job("VIEWER", {**record, "SOPInstanceUID": "1.9.6", "path": "f"}, "push",
+                     now), "0xC000 cannot understand", now)
+    made["cancelled"] = jobs.cancelled(
+        jobs.new_job("PACS", {**record, "SOPInstanceUID": "1.9.7", "path": "g"}, "push", now),
+        now)
+    site.job_store().write_many(made.values())
+    assert {name: job.state for name, job in made.items()} == {
+        "pending": "pending", "retrying": "retrying", "failed": "failed", "done": "done",
+        "failed PACS": "failed", "failed VIEWER": "failed", "cancelled": "cancelled"}
+    return made
+
+
+def test_retry_all_failed_retries_only_failed_jobs_as_the_cli_does(site: Site) -> None:
+    from echoes import cli
+
+    made = write_more_jobs(site)
+
+    def states() -> dict[str, str]:
+        return {name: site.job_store().read(job.id).state for name, job in made.items()}
+
+    one = site.client.post("/api/queue/retry-failed", {"destination": "VIEWER"})
+    assert one.status == 200 and one.json() == {"retried": 1, "destination": "VIEWER"}
+    assert states()["failed VIEWER"] == "pending"
+    assert states()["failed"] == states()["failed PACS"] == "failed"
+    every = site.client.post("/api/queue/retry-failed")  # no body: every destination
+    assert every.json() == {"retried": 2, "destination": None}
+    after_api = states()
+    assert after_api == {"pending": "pending", "retrying": "retrying", "failed": "pending",
+                         "done": "done", "failed PACS": "pending", "failed VIEWER": "pending",
+                         "cancelled": "cancelled"}
+    revived = site.job_store().read(made["failed PACS"].id)
+    assert (revived.attempts, revived.last_error) == (0, "")
+    assert site.client.post("/api/queue/retry-failed", {}).json()["retried"] == 0
+    # the CLI's rule, on the same jobs: the same outcome
+    site.job_store().write_many(made.values())
+    assert cli.main(["--config", str(site.config.path), "retry", "--failed"]) == 0
+    assert states() == after_api
+    for body, message in (({"destination": 5}, "destination: must be"),
+                          ({"state": "done"}, "unknown field 'state'")):
+        bad = site.client.post("/api/queue/retry-failed", body)
+        assert bad.status == 400 and message in bad.error
+
+
+def test_queue_page_filters_as_its_url_says(site: Site) -> None:
+    write_jobs(site)  # jobs for PACS and GONE, neither configured
+    page = site.client.get("/queue?state=done&destination=GONE")
+    assert page.status == 200
+    assert '<option value="done" selected>' in page.text
+    assert '<option value="GONE" selected>' in page.text
+    assert '<option value="PACS">' in page.text  # every destination with jobs is offered
+    assert 'data-testid="queue-retry-failed"' in page.text
+    plain = site.client.get("/queue").text
+    assert " selected>" not in plain
+    bad = site.client.get("/queue?state=stuck")
+    assert bad.status == 400 and "state: must be one of" in bad.text
+    assert " selected>" not in bad.text
 
 
 def test_retry_and_cancel_jobs(site: Site) -> None:

@@ -312,7 +312,30 @@ def queue() -> Response:
     if not limit.isdigit() or not 1 <= int(limit) <= 100_000:
         fail(400, f"limit: must be a whole number from 1 to 100000, got {limit!r}")
     return jsonify(catalog.queue_summary(state().all_jobs(), state().config.remote_aes,
-                                         _query("destination"), wanted_state, int(limit)))
+                                         _query("destination"), wanted_state, int(limit),
+                                         studies=state().catalog.current().by_uid))
+
+
+@blueprint.post("/queue/retry-failed")
+def retry_failed() -> Response:
+    """Every failed job (of one destination, if given) pending again: ``echoes retry --failed``.
+
+    Only failed jobs: a done job was delivered (pushing the study sends it
+    anew), a cancelled one was withdrawn on purpose (its own Retry brings it
+    back), pending and retrying ones are on their way already.
+    """
+    body = json_body() if request.get_data(cache=True) else {}
+    unknown = sorted(set(body) - {"destination"})
+    if unknown:
+        fail(400, f"unknown field {unknown[0]!r} (known: destination)")
+    destination = body.get("destination") or ""
+    if not isinstance(destination, str):
+        fail(400, "destination: must be an AE title")
+    retried = state().retry_failed(destination.strip(), time.time())
+    if retried:
+        log.info("%d failed jobs%s queued again by %s", len(retried),
+                 f" to {destination.strip()}" if destination.strip() else "", g.user)
+    return jsonify(retried=len(retried), destination=destination.strip() or None)
 
 
 def _job(job_id: str) -> jobs.Job:
@@ -322,9 +345,14 @@ def _job(job_id: str) -> jobs.Job:
     return job
 
 
+def job_view(job: jobs.Job) -> dict:
+    """The job as the API shows it, with its study's patient and accession."""
+    return catalog.job_view(job, state().catalog.current().by_uid.get(job.study_instance_uid))
+
+
 @blueprint.get("/jobs/<job_id>")
 def job(job_id: str) -> Response:
-    return jsonify(catalog.job_view(_job(job_id)))
+    return jsonify(job_view(_job(job_id)))
 
 
 @blueprint.post("/jobs/<job_id>/retry")
@@ -335,7 +363,7 @@ def retry_job(job_id: str) -> Response:
     fresh = jobs.retried(current, time.time())
     state().job_store.write(fresh)
     log.info("job %s to %s queued again by %s", job_id, fresh.destination, g.user)
-    return jsonify(catalog.job_view(fresh))
+    return jsonify(job_view(fresh))
 
 
 @blueprint.post("/jobs/<job_id>/cancel")
@@ -344,12 +372,12 @@ def cancel_job(job_id: str) -> Response:
     if current.state == jobs.DONE:
         fail(409, f"job {job_id} is already done")
     if current.state == jobs.CANCELLED:
-        return jsonify(catalog.job_view(current))
+        return jsonify(job_view(current))
     cancelled = state().job_store.cancel(job_id, time.time())
     if cancelled is None:
         fail(404, f"no job {job_id}")
     log.info("job %s to %s cancelled by %s", job_id, cancelled.destination, g.user)
-    return jsonify(catalog.job_view(cancelled))
+    return jsonify(job_view(cancelled))
 
 
 # -- worklist --------------------------------------------------------------------------

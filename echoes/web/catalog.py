@@ -298,16 +298,29 @@ def iso(epoch: float) -> str | None:
     return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
 
 
-def job_view(job: jobs.Job) -> dict:
-    """What the Browser shows of one job (both ISO 8601 and epoch times)."""
+def job_view(job: jobs.Job, study: Mapping[str, Any] | None = None) -> dict:
+    """What the Browser shows of one job (both ISO 8601 and epoch times).
+
+    ``study`` is the job's study summary from the catalog, for the patient
+    and accession a person recognises (a job file holds only UIDs); empty
+    when the study is no longer in the index.  ``delivered`` is set for a
+    done job: its last change is its delivery.
+    """
+    delivered = job.updated if job.state == jobs.DONE else None
+    study = study or {}
     return {
         "id": job.id, "destination": job.destination, "state": job.state,
         "origin": job.origin, "attempts": job.attempts, "last_error": job.last_error,
         "next_attempt": iso(job.next_attempt) if job.state in jobs.ACTIVE else None,
         "next_attempt_epoch": job.next_attempt if job.state in jobs.ACTIVE else None,
+        "delivered": iso(delivered) if delivered else None,
+        "delivered_epoch": delivered,
         "created": iso(job.created), "updated": iso(job.updated),
         "study_instance_uid": job.study_instance_uid,
         "sop_instance_uid": job.sop_instance_uid,
+        "patient_name": study.get("PatientName", ""),
+        "patient_id": study.get("PatientID", ""),
+        "accession": study.get("AccessionNumber", ""),
     }
 
 
@@ -325,13 +338,16 @@ MAX_LISTED_JOBS = 1000
 
 def queue_summary(all_jobs: Iterable[jobs.Job], remote_aes: Mapping[str, RemoteAE],
                   destination: str = "", state: str = "",
-                  limit: int = MAX_LISTED_JOBS) -> dict:
+                  limit: int = MAX_LISTED_JOBS,
+                  studies: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
     """Per destination counts by state, and the open (or ``state``) jobs, worst first.
 
     Every configured AE has a row, even with no jobs; a destination no longer
     configured still has one while jobs for it exist.  ``limit`` bounds the
     listed jobs (a backlog can hold hundreds of thousands); ``listed_total``
-    says how many matched.
+    says how many matched.  Done and cancelled jobs are listed last finished
+    first: the limit keeps the recent ones, which are the ones asked about.
+    ``studies`` (study summaries by StudyInstanceUID) names each job's study.
     """
     states = jobs.STATES
     groups: dict[str, list[jobs.Job]] = {title: [] for title in remote_aes}
@@ -350,11 +366,14 @@ def queue_summary(all_jobs: Iterable[jobs.Job], remote_aes: Mapping[str, RemoteA
     rank = {name: n for n, name in enumerate(OPEN_STATES)}
     listed = [job for title, group in groups.items() if not destination or title == destination
               for job in group if job.state in wanted_states]
-    listed.sort(key=lambda job: (job.destination, rank.get(job.state, 9), job.next_attempt,
-                                 job.created, job.id))
+    listed.sort(key=lambda job: (job.destination, rank.get(job.state, 9),
+                                 -job.updated if job.state in jobs.FINISHED else 0.0,
+                                 job.next_attempt, job.created, job.id))
+    studies = studies or {}
     return {"destinations": [row for row in rows
                              if not destination or row["destination"] == destination],
-            "jobs": [job_view(job) for job in listed[:limit]],
+            "jobs": [job_view(job, studies.get(job.study_instance_uid))
+                     for job in listed[:limit]],
             "listed_total": len(listed)}
 
 

@@ -110,10 +110,27 @@ def aes() -> str:
 
 
 @blueprint.get("/queue")
-def queue() -> str:
+def queue() -> tuple[str, int] | str:
+    """The queue page, filtered as its URL says (``?destination=PACS&state=done``).
+
+    The filter's fields start from the URL, and app.js lists what they
+    select (and keeps the URL in step), so a filtered view can be linked to
+    and bookmarked.  Destinations with jobs but no AE section are offered too.
+    """
     config = state().config
-    return render_template("queue.html", destinations=sorted(config.remote_aes),
-                           states=jobs.STATES, active="queue")
+    wanted_state = request.args.get("state", "").strip()
+    destination = request.args.get("destination", "").strip()
+    problem = ""
+    if wanted_state and wanted_state not in jobs.STATES:
+        problem = f"state: must be one of {', '.join(jobs.STATES)}, got {wanted_state!r}"
+        wanted_state = ""
+    titles = set(config.remote_aes) | {job.destination for job in state().all_jobs()}
+    if destination:
+        titles.add(destination)
+    page = render_template("queue.html", destinations=sorted(titles), states=jobs.STATES,
+                           chosen_state=wanted_state, chosen_destination=destination,
+                           problem=problem, active="queue")
+    return (page, 400) if problem else page
 
 
 @blueprint.get("/worklist")

@@ -85,6 +85,21 @@ class WebState:
         with self._jobs_lock:  # the store's read cache is shared with all_jobs
             return self._jobs.rename_destination(old, new)
 
+    def retry_failed(self, destination: str, now: float) -> list[jobs.Job]:
+        """Every failed job (of ``destination`` if given) pending again, attempts
+        from zero; the jobs as written.
+
+        The rule of ``echoes retry --failed``: failed jobs only.  They are read
+        from the files now, not from the last scan, so a job cancelled or
+        retried a moment ago is not revived.
+        """
+        with self._jobs_lock:  # open_jobs refreshes the cache all_jobs shares
+            chosen = [job for job in self._jobs.open_jobs() if job.state == jobs.FAILED
+                      and (not destination or job.destination == destination)]
+            fresh = [jobs.retried(job, now) for job in chosen]
+            self._jobs.write_many(fresh)
+        return fresh
+
     def all_jobs(self) -> list[jobs.Job]:
         """Every job now (files re-read only when changed; one scan at a time).
 

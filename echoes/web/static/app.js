@@ -58,6 +58,13 @@ function when(iso) {
   return isNaN(date) ? iso : date.toLocaleString();
 }
 
+/* DOE^JANE^M -> "DOE, JANE M" (the alphabetic group), as the pages' person filter. */
+function person(name) {
+  const parts = (name || "").split("=")[0].split("^");
+  const family = parts[0], rest = parts.slice(1).filter(Boolean).join(" ");
+  return family && rest ? `${family}, ${rest}` : family || rest;
+}
+
 /* -- study page: push and its progress ------------------------------------------ */
 
 function progressState(row) {
@@ -231,16 +238,45 @@ function setupQueue() {
   if (!filter) return;
   const states = Array.from(document.querySelectorAll("#queue-destinations thead th")).slice(2)
     .map((th) => th.textContent);
+  const retryFailed = document.getElementById("queue-retry-failed");
   let timer = null;
 
-  async function refresh() {
-    if (timer) clearTimeout(timer);
-    timer = null;
+  /* The filter as URL parameters: the page's own URL shows the same view. */
+  function filterParams() {
     const params = new URLSearchParams();
     const destination = document.getElementById("queue-destination").value;
     const state = document.getElementById("queue-state").value;
     if (destination) params.set("destination", destination);
     if (state) params.set("state", state);
+    return params;
+  }
+
+  /* When a job last changed, worded by its state. */
+  function jobTime(job) {
+    if (job.state === "done") return "delivered " + when(job.delivered);
+    if (job.state === "failed" || job.state === "cancelled") return `${job.state} ${when(job.updated)}`;
+    return "next " + when(job.next_attempt);
+  }
+
+  function studyCell(job) {
+    const name = person(job.patient_name);
+    const known = Boolean(name || job.patient_id || job.accession);
+    const details = [job.patient_id && `ID ${job.patient_id}`, job.accession && `Acc. ${job.accession}`]
+      .filter(Boolean).join(" · ");
+    return el("td", { class: "study" },
+      el("a", { href: `/studies/${encodeURIComponent(job.study_instance_uid)}`,
+                "data-testid": "job-study", title: job.study_instance_uid,
+                class: known ? null : "uid",
+                text: known ? name || "(no name)" : job.study_instance_uid }),
+      details ? el("div", { class: "muted", "data-testid": "job-study-details", text: details }) : null);
+  }
+
+  async function refresh() {
+    if (timer) clearTimeout(timer);
+    timer = null;
+    const params = filterParams();
+    const query = params.toString();
+    history.replaceState(null, "", location.pathname + (query ? "?" + query : ""));
     try {
       const queue = await api("GET", `${filter.dataset.api}?${params}`, undefined, true);
       render(queue);
@@ -259,7 +295,13 @@ function setupQueue() {
         el("td", { text: row.configured ? `${row.host}:${row.port}${row.forward ? " · forward" : ""}`
                                         : "not configured" }),
         ...states.map((s) => el("td", { class: "number state-" + (row.counts[s] ? s : ""),
-                                        "data-state": s, text: row.counts[s] || 0 })))));
+                                        "data-state": s },
+          el("a", { href: "?" + new URLSearchParams({ destination: row.destination, state: s }),
+                    title: `${s} jobs to ${row.destination}`, text: row.counts[s] || 0 }))))));
+    const failed = queue.destinations.reduce((sum, row) => sum + (row.counts.failed || 0), 0);
+    retryFailed.disabled = failed === 0;
+    retryFailed.dataset.failed = String(failed);
+    retryFailed.textContent = failed ? `Retry ${failed} failed` : "Retry all failed";
     if (!queue.destinations.length) {
       destinations.append(el("tr", { class: "empty" },
         el("td", { colspan: String(2 + states.length), text: "No destinations and no jobs." })));
@@ -270,10 +312,9 @@ function setupQueue() {
         el("td", { text: job.destination }),
         el("td", { class: "state-" + job.state, text: job.state }),
         el("td", { class: "number", text: job.attempts }),
-        el("td", { class: "nowrap", text: when(job.next_attempt) }),
-        el("td", { class: "error-text", text: job.last_error }),
-        el("td", {}, el("a", { href: `/studies/${encodeURIComponent(job.study_instance_uid)}`,
-                               class: "uid", text: job.study_instance_uid })),
+        el("td", { class: "nowrap", "data-testid": "job-time", text: jobTime(job) }),
+        el("td", { class: job.state === "done" ? "" : "error-text", text: job.last_error }),
+        studyCell(job),
         el("td", { class: "actions" },
           ["failed", "retrying", "cancelled"].includes(job.state)
             ? el("button", { type: "button", class: "job-retry", "data-testid": "job-retry",
@@ -298,6 +339,17 @@ function setupQueue() {
     try {
       await api("POST", `/api/jobs/${encodeURIComponent(button.dataset.jobId)}/${action}`);
       showMessage(action === "retry" ? "Job queued again." : "Job cancelled.", "ok");
+    } catch (error) {
+      showMessage(error.message, "error");
+    }
+    refresh();
+  });
+  retryFailed.addEventListener("click", async () => {
+    const destination = document.getElementById("queue-destination").value;
+    retryFailed.disabled = true;
+    try {
+      const result = await api("POST", retryFailed.dataset.api, destination ? { destination } : {});
+      showMessage(`${result.retried} failed ${result.retried === 1 ? "job" : "jobs"} queued again.`, "ok");
     } catch (error) {
       showMessage(error.message, "error");
     }
