@@ -122,7 +122,7 @@ class ResponseCache:
     MAX_BYTES = 32 << 20
 
     def __init__(self) -> None:
-        self.shapes: dict[Any, dict[tuple[str, tuple[int, int]], bytes]] = {}
+        self.shapes: dict[Any, dict[tuple[str, worklist.Signature], bytes]] = {}
         self.size = 0
         self.lock = threading.Lock()
 

@@ -483,7 +483,7 @@ def test_load_missing_folder(tmp_path: Path) -> None:
 def test_items_signature(loaded: WorklistDirectory) -> None:
     item = loaded.items()[0]
     stat = os.stat(loaded.folder / item.name)
-    assert item.signature == (stat.st_mtime_ns, stat.st_size)
+    assert item.signature == (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 def test_reload_keeps_unchanged_and_sees_changes(loaded: WorklistDirectory) -> None:
@@ -515,8 +515,46 @@ def test_refresh_after_rewrite_of_same_size(loaded: WorklistDirectory) -> None:
     # Same size and, as on a coarse-timestamp file system, the same mtime.
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert os.stat(path).st_size == stat.st_size
-    loaded.refresh("a.json")
+    loaded.refresh("a.json")  # as for a read of the file: the signature did not move
+    assert loaded.items()[0].tree[PATIENT_ID] == "P1"
+    loaded.refresh("a.json", force=True)  # as the watcher does when a writer closes it
     assert loaded.items()[0].tree[PATIENT_ID] == "P7"
+
+
+def test_refresh_sees_a_file_renamed_over_with_same_size_and_mtime(
+        loaded: WorklistDirectory) -> None:
+    path = loaded.folder / "a.json"
+    stat = os.stat(path)
+    temporary = write(loaded.folder, ".a.json.tmp", patient(7))
+    os.utime(temporary, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # e.g. ``cp -p``
+    os.rename(temporary, path)
+    loaded.refresh("a.json")  # not forced: the inode tells the new file apart
+    assert loaded.items()[0].tree[PATIENT_ID] == "P7"
+
+
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the files ``worklist.parse_file`` reads from now on, in order."""
+    names: list[str] = []
+    real = worklist.parse_file
+
+    def counting(path: Path) -> Any:
+        names.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(worklist, "parse_file", counting)
+    return names
+
+
+def test_refresh_of_unchanged_files_reads_nothing(loaded: WorklistDirectory,
+                                                  parses: list[str]) -> None:
+    for name in ("a.json", "b.json", "bad.json", "broken.json"):
+        loaded.refresh(name)
+    loaded.load()
+    assert parses == []  # valid or not, an unchanged file is not parsed again
+    write(loaded.folder, "bad.json", {"PatientsName": "STILL^WRONG"})
+    loaded.refresh("bad.json")
+    assert parses == ["bad.json"]
 
 
 def test_refresh_after_delete(loaded: WorklistDirectory) -> None:
@@ -722,5 +760,30 @@ def test_watcher_sees_files_renamed_in_and_removed(tmp_path: Path) -> None:
         assert wait_for(lambda: names(directory) == ["a.json"])
         rename_in(tmp_path, "a.json", {"PatientsName": "X"})
         assert wait_for(lambda: names(directory) == [] and "a.json" in directory.invalid())
+    finally:
+        watcher.stop()
+
+
+def test_watcher_ignores_reads_of_the_folder(tmp_path: Path, parses: list[str]) -> None:
+    """Reading worklist files (``cat``, ``echoes worklist``, the watcher's own parse)
+    raises open and close-no-write events; refreshing on those fed itself forever."""
+    write(tmp_path, "a.json", patient(1))
+    write(tmp_path, "bad.json", {"PatientsName": "X"})
+    directory = WorklistDirectory(tmp_path, quiet=True)
+    directory.load()
+    watcher = WorklistWatcher(directory)
+    watcher.start()
+    try:
+        del parses[:]
+        for path in sorted(tmp_path.iterdir()):
+            path.read_bytes()  # as cat does
+        WorklistDirectory(tmp_path, quiet=True).load()  # as ``echoes worklist`` does
+        assert sorted(parses) == ["a.json", "bad.json"]  # that load, nothing else
+        rename_in(tmp_path, "b.json", patient(2))
+        rename_in(tmp_path, "worse.json", b"{")  # an invalid file dropped in
+        assert wait_for(lambda: names(directory) == ["a.json", "b.json"]
+                        and "worse.json" in directory.invalid())
+        time.sleep(0.5)  # what a loop would parse meanwhile is counted below
+        assert sorted(parses[2:]) == ["b.json", "worse.json"], parses[:20]
     finally:
         watcher.stop()
