@@ -220,10 +220,12 @@ def _keyword_value(vr: str, raw: Any, name: str) -> Any:
 
 
 def _sequence(values: list[Any], name: str, json_model: bool) -> list[Tree]:
+    # Items are numbered from 0, as findscu's -k Sequence[0].Key and DICOM
+    # tooling count them, so a message names the item a query would.
     items = []
-    for number, value in enumerate(values, 1):
+    for number, value in enumerate(values):
         if not isinstance(value, dict):
-            raise InvalidWorklistFile(f"{name}: item {number} is not an object")
+            raise InvalidWorklistFile(f"{name}[{number}]: not an object")
         items.append(_parse_object(value, f"{name}[{number}]."))
     return items
 
