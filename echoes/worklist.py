@@ -578,6 +578,9 @@ class WorklistDirectory:
         with self._lock:
             if self._invalid.pop(name, None) is not None:
                 log.info("worklist file %s is valid again", name)
+            old = self._items.get(name)
+            if old is not None and old.signature == signature and old.tree == tree:
+                return  # read again, same content: keep the item, its snapshot and answers
             self._items[name] = WorklistItem(name, signature, tree)
             self._snapshot = None
 

@@ -431,3 +431,29 @@ def test_answer_shape_keeps_sequence_values_not_top_level_values() -> None:
 
     assert answer_shape(query("P1", "CT")) == answer_shape(query("P2", "CT"))
     assert answer_shape(query("P1", "CT")) != answer_shape(query("P1", "MR"))
+
+
+def test_response_cache_not_used_for_a_rewrite_with_the_same_signature(tmp_path: Path) -> None:
+    """A rewrite of the same length within the timestamp granularity keeps inode,
+    size and mtime; the watcher re-reads it on close, and the answer must follow."""
+    from echoes.mwl import ResponseCache
+    from echoes.worklist import WorklistDirectory
+
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps({"PatientID": "P1", "PatientName": "OLD^NAME"}))
+    directory = WorklistDirectory(tmp_path, quiet=True)
+    directory.load()
+    cache = ResponseCache()
+    [old] = directory.items()
+    cache.put("shape", old, b"old answer")
+    directory.refresh("a.json", force=True)  # read again, unchanged
+    assert directory.items()[0] is old
+    assert cache.get("shape", old) == b"old answer"
+
+    stat = os.stat(path)
+    path.write_text(json.dumps({"PatientID": "P1", "PatientName": "NEW^NAME"}))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    directory.refresh("a.json", force=True)
+    [new] = directory.items()
+    assert new.signature == old.signature and new.tree[0x00100010] == "NEW^NAME"
+    assert cache.get("shape", new) is None
