@@ -444,21 +444,32 @@ def _column(item, path: tuple[int, ...]) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _scheduled(item) -> tuple[bool, str, str, str]:
+    """Sort key of ``echoes worklist``: the shown (first) step's start date and
+    time, then the file name; items without a date last."""
+    date = _column(item, WORKLIST_COLUMNS[0][1])
+    return (not date, date, _column(item, WORKLIST_COLUMNS[1][1]), item.name)
+
+
 def cmd_worklist(args: argparse.Namespace, config: config_module.Config) -> int:
-    """The worklist as the MWL SCP serves it, read with the same parser."""
+    """The worklist as the MWL SCP serves it, read with the same parser.
+
+    ``--check`` is a report for scripts and cron mail: every problem and the
+    summary on stdout, exit 1 when there is a problem.
+    """
     directory = _read_worklist(config)
     invalid = directory.invalid()
     if args.check:
         if args.json:
             print(json.dumps([{"file": name, "problem": reason}
                               for name, reason in invalid.items()], ensure_ascii=False))
-        for name, reason in ([] if args.json else invalid.items()):
-            print(f"{name}: {reason}")
-        if not args.json:
+        else:
+            for name, reason in invalid.items():
+                print(f"{name}: {reason}")
             print(f"{len(directory)} valid, {len(invalid)} invalid worklist files "
-                  f"in {config.worklist_dir}", file=sys.stderr)
+                  f"in {config.worklist_dir}")
         return 1 if invalid else 0
-    items = directory.items()
+    items = sorted(directory.items(), key=_scheduled)
     if args.json:
         from echoes import worklist
 

@@ -40,7 +40,7 @@ from echoes import (
     worklist,
 )
 from echoes.config import Config
-from echoes.mwl_match import QueryKey, compile_query
+from echoes.mwl_match import QueryKey, Tree, compile_query
 
 log = logging.getLogger("echoes.mwl")
 
@@ -116,20 +116,25 @@ class ResponseCache:
     same shape with another date); encoding an item's answer is most of a
     query's server time (cProfile, 88 matches: encode 40%, select 12%).
     An entry is keyed by the item's name and file signature, so a changed
-    file is encoded afresh; the whole cache is dropped past ``MAX_BYTES``.
+    file is encoded afresh, and holds the tree it was encoded from: a file
+    rewritten without moving its signature (same inode, size and mtime, read
+    again when its writer closed it) has a new tree, so the entry is not used.
+    The whole cache is dropped past ``MAX_BYTES``.
     """
 
     MAX_BYTES = 32 << 20
 
     def __init__(self) -> None:
-        self.shapes: dict[Any, dict[tuple[str, tuple[int, int]], bytes]] = {}
+        self.shapes: dict[Any, dict[tuple[str, worklist.Signature],
+                                    tuple[Tree, bytes]]] = {}
         self.size = 0
         self.lock = threading.Lock()
 
     def get(self, shape: Any, item: worklist.WorklistItem) -> bytes | None:
         """The cached identifier for ``item`` under ``shape``, if any."""
         entries = self.shapes.get(shape)
-        return entries.get((item.name, item.signature)) if entries else None
+        entry = entries.get((item.name, item.signature)) if entries else None
+        return entry[1] if entry is not None and entry[0] is item.tree else None
 
     def put(self, shape: Any, item: worklist.WorklistItem, identifier: bytes) -> None:
         """Remember an identifier (everything is dropped when the cache is full)."""
@@ -137,7 +142,8 @@ class ResponseCache:
             if self.size + len(identifier) > self.MAX_BYTES:
                 self.shapes.clear()
                 self.size = 0
-            self.shapes.setdefault(shape, {})[(item.name, item.signature)] = identifier
+            self.shapes.setdefault(shape, {})[(item.name, item.signature)] = (
+                item.tree, identifier)
             self.size += len(identifier)
 
 

@@ -8,11 +8,15 @@ JSON forms of SPEC.md are read: the DICOM JSON model (``"00100010": {"vr":
 "PN", "Value": [...]}``) and the keyword form (``"PatientName": "DOE^JANE"``).
 
 Freshness: watchdog (inotify) reports files renamed in, changed or removed
-and ``WorklistDirectory.refresh`` re-reads just that file.  Because inotify
-sees nothing on NFS or SMB mounts, a poll thread also compares the folder's
-own mtime every second (a rename in or out changes it) and rescans all
-signatures (mtime, size) every minute.  A file that cannot be used is kept
-out of the index, logged once per version, and reported by ``invalid``.
+and ``WorklistDirectory.refresh`` re-reads just that file.  Only events that
+can change the folder's content are asked for: reading a file (``cat``,
+``echoes worklist``, a backup, our own parse) raises open and close-no-write
+events, and refreshing on those made the watcher feed itself forever.  Because
+inotify sees nothing on NFS or SMB mounts, a poll thread also compares the
+folder's own mtime every second (a rename in or out changes it) and rescans
+all signatures (inode, size, mtime) every minute.  A file whose signature did
+not change is not read again, valid or not; a file that cannot be used is
+kept out of the index, logged once per version, and reported by ``invalid``.
 """
 
 from __future__ import annotations
@@ -67,6 +71,17 @@ MAX_SEQUENCE_DEPTH = 8
 MAX_FILE_BYTES = 1 << 20
 
 
+#: A file's version as ``os.stat`` tells it: (inode, size, mtime_ns).  The
+#: inode tells a file renamed over another apart even when size and mtime
+#: agree (a copy keeping the original's mtime).
+Signature = tuple[int, int, int]
+
+
+def signature_of(stat: os.stat_result) -> Signature:
+    """The ``Signature`` of a file from its stat result."""
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
 class InvalidWorklistFile(ValueError):
     """The reason one file cannot be served, in words for the RIS integrator."""
 
@@ -76,7 +91,7 @@ class WorklistItem:
     """One scheduled procedure step as served: file name, version, content."""
 
     name: str
-    signature: tuple[int, int]
+    signature: Signature
     tree: Tree
 
 
@@ -205,10 +220,12 @@ def _keyword_value(vr: str, raw: Any, name: str) -> Any:
 
 
 def _sequence(values: list[Any], name: str, json_model: bool) -> list[Tree]:
+    # Items are numbered from 0, as findscu's -k Sequence[0].Key and DICOM
+    # tooling count them, so a message names the item a query would.
     items = []
-    for number, value in enumerate(values, 1):
+    for number, value in enumerate(values):
         if not isinstance(value, dict):
-            raise InvalidWorklistFile(f"{name}: item {number} is not an object")
+            raise InvalidWorklistFile(f"{name}[{number}]: not an object")
         items.append(_parse_object(value, f"{name}[{number}]."))
     return items
 
@@ -418,8 +435,8 @@ class Snapshot:
 # -- the directory -----------------------------------------------------------------
 
 
-def scan(folder: Path) -> Iterator[tuple[str, tuple[int, int]]]:
-    """(name, (mtime_ns, size)) for each worklist file in ``folder``."""
+def scan(folder: Path) -> Iterator[tuple[str, Signature]]:
+    """(name, signature) for each worklist file in ``folder``."""
     try:
         entries = os.scandir(folder)
     except FileNotFoundError:
@@ -434,7 +451,7 @@ def scan(folder: Path) -> Iterator[tuple[str, tuple[int, int]]]:
                 continue
             if not os.path.isfile(entry.path):
                 continue
-            yield entry.name, (stat.st_mtime_ns, stat.st_size)
+            yield entry.name, signature_of(stat)
 
 
 class WorklistDirectory:
@@ -449,7 +466,7 @@ class WorklistDirectory:
         self.folder = Path(os.path.abspath(folder))
         self.quiet = quiet  # commands report invalid files themselves
         self._items: dict[str, WorklistItem] = {}
-        self._invalid: dict[str, tuple[tuple[int, int], str]] = {}
+        self._invalid: dict[str, tuple[Signature, str]] = {}
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self._folder_mtime = 0
@@ -494,12 +511,13 @@ class WorklistDirectory:
         for name, signature in present.items():
             self._update(name, signature)
 
-    def refresh(self, name: str, force: bool = True) -> None:
+    def refresh(self, name: str, force: bool = False) -> None:
         """Re-read one file (called for each watchdog event).
 
-        ``force`` re-reads even when mtime and size look unchanged: a rewrite
-        of the same length within the file system's timestamp granularity
-        would otherwise be missed.
+        Free when the file's signature is the one last read, whether it
+        parsed or not.  ``force`` re-reads even then: the watcher asks for it
+        when a writer closed the file, as a rewrite of the same length within
+        the file system's timestamp granularity keeps inode, size and mtime.
         """
         self._events_since_poll += 1
         if not is_worklist_name(name):
@@ -513,7 +531,7 @@ class WorklistDirectory:
         if not S_ISREG(stat.st_mode):
             self._forget(name)  # a folder or device named *.json is not an item
             return
-        self._update(name, (stat.st_mtime_ns, stat.st_size), force)
+        self._update(name, signature_of(stat), force)
 
     def poll(self) -> None:
         """The NFS fallback: rescan when the folder's mtime moved unseen.
@@ -535,14 +553,14 @@ class WorklistDirectory:
             return
         self.load()
 
-    def _known_signature(self, name: str) -> tuple[int, int] | None:
+    def _known_signature(self, name: str) -> Signature | None:
         item = self._items.get(name)
         if item is not None:
             return item.signature
         invalid = self._invalid.get(name)
         return invalid[0] if invalid else None
 
-    def _update(self, name: str, signature: tuple[int, int], force: bool = False) -> None:
+    def _update(self, name: str, signature: Signature, force: bool = False) -> None:
         if not force and self._known_signature(name) == signature:
             return
         try:
@@ -560,6 +578,9 @@ class WorklistDirectory:
         with self._lock:
             if self._invalid.pop(name, None) is not None:
                 log.info("worklist file %s is valid again", name)
+            old = self._items.get(name)
+            if old is not None and old.signature == signature and old.tree == tree:
+                return  # read again, same content: keep the item, its snapshot and answers
             self._items[name] = WorklistItem(name, signature, tree)
             self._snapshot = None
 
@@ -581,20 +602,43 @@ class WorklistWatcher:
         self._poller = threading.Thread(target=self._poll, name="worklist-poll", daemon=True)
 
     def start(self) -> None:
-        """Start watching; ``directory`` should be loaded already."""
-        from watchdog.events import FileSystemEventHandler
+        """Start watching; ``directory`` should be loaded already.
+
+        Only the events that can change what the folder holds are asked for
+        (the filter also narrows the inotify mask, so reads of the folder do
+        not even wake watchdog's thread).  Refreshing on "opened" and
+        "closed without writing" made every read of a file -- ``cat``,
+        ``echoes worklist``, a backup, the refresh's own parse -- raise the
+        next refresh: 60-100 % of a core and growing memory until restart,
+        and new files waiting behind the loop for up to the minute rescan.
+        """
+        from watchdog.events import (
+            FileClosedEvent,
+            FileCreatedEvent,
+            FileDeletedEvent,
+            FileModifiedEvent,
+            FileMovedEvent,
+            FileSystemEventHandler,
+        )
         from watchdog.observers import Observer
 
         directory = self.directory
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: Any) -> None:
+                # A write in progress raises "modified" per write(): re-read
+                # only when the signature moved; the close after writing (or
+                # a creation or rename) re-reads even when it did not.
+                force = not isinstance(event, FileModifiedEvent)
                 for path in (event.src_path, getattr(event, "dest_path", "")):
                     if path and os.path.dirname(os.fsdecode(path)) == str(directory.folder):
-                        directory.refresh(os.path.basename(os.fsdecode(path)))
+                        directory.refresh(os.path.basename(os.fsdecode(path)), force)
 
         self._observer = Observer()
-        self._observer.schedule(Handler(), str(directory.folder), recursive=False)
+        self._observer.schedule(Handler(), str(directory.folder), recursive=False,
+                                event_filter=[FileCreatedEvent, FileModifiedEvent,
+                                              FileClosedEvent, FileMovedEvent,
+                                              FileDeletedEvent])
         self._observer.start()
         self._poller.start()
 

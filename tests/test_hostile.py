@@ -556,7 +556,7 @@ WORKLIST_CASES = [
                  r"PatientID: expected a LO value, not an object"),
     WorklistCase("modality-is-a-number.json",
                  _file(_item(ScheduledProcedureStepSequence=[{"Modality": 42}])),
-                 r"ScheduledProcedureStepSequence\[1\]\.Modality: CS wants a string, "
+                 r"ScheduledProcedureStepSequence\[0\]\.Modality: CS wants a string, "
                  r"not a number"),
     WorklistCase("binary-junk.json",
                  _file(b"\xff\xfe" + random.Random(4001).randbytes(4096)), r"not UTF-8"),

@@ -251,6 +251,62 @@ def test_invalid_file_is_reported_not_served(mwl: Server, dcmtk: None) -> None:
     assert log.count("broken.json skipped") == 1  # logged once, not per query
 
 
+def cpu_ticks(pid: int) -> int:
+    """User plus system CPU time of a process, all its threads, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def served_within(server: Server, patient_id: str, seconds: float) -> bool:
+    """Ask for ``patient_id`` over and over until it is answered or time is up."""
+    query = Dataset()
+    query.PatientID = patient_id
+    deadline = time.monotonic() + seconds
+    while True:
+        if any(status == 0xFF00 for status, _ in pynetdicom_find(server, query)):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+
+
+def test_idle_after_reads_and_an_invalid_file(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Reading worklist files made the MWL process refresh on its own open/close
+    events forever (60-100 % of a core) and serve new files late; now it idles."""
+    home = tmp_path_factory.mktemp("mwlidle") / "home"
+    folder = home / "var" / "worklist"
+    folder.mkdir(parents=True)
+    for patient_id, document in ITEMS.items():
+        write_item(folder, f"{patient_id}.json", {"PatientID": patient_id, **document})
+    server = start_server(home, store_workers=1)
+    try:
+        [mwl_pid] = server.children("mwl")
+        base = [sys.executable, "-m", "echoes", "--config", str(server.config.path)]
+        for path in sorted(folder.iterdir()):
+            subprocess.run(["cat", str(path)], capture_output=True, check=True)
+        subprocess.run([*base, "worklist"], capture_output=True, check=True)
+        subprocess.run([*base, "check"], capture_output=True)
+        # (Almost) no CPU: the poll thread's stat once a second costs well under
+        # a tick; the loop took 100-220 ticks (1-2.2 s of CPU) per 2 s.
+        most = os.sysconf("SC_CLK_TCK") // 10
+        before = cpu_ticks(mwl_pid)
+        time.sleep(2)
+        assert cpu_ticks(mwl_pid) - before <= most, "ticks after reads"
+        write_item(folder, "N1.json", {"PatientID": "N1", "PatientName": "NEW^ONE"})
+        assert served_within(server, "N1", 1.0)
+
+        write_item(folder, "bad.json", {"PatientName": "X^Y", "PatientsSex": "F"})
+        before = cpu_ticks(mwl_pid)
+        time.sleep(2)
+        assert cpu_ticks(mwl_pid) - before <= most, "ticks after an invalid file"
+        write_item(folder, "N2.json", {"PatientID": "N2", "PatientName": "NEW^TWO"})
+        assert served_within(server, "N2", 1.0)
+        log = server.config.log_file.read_text()
+        assert log.count("bad.json skipped") == 1
+    finally:
+        stop_server(server)
+
+
 def test_echoscu_on_worklist_port(mwl: Server, dcmtk: None) -> None:
     done = subprocess.run(["echoscu", "127.0.0.1", str(mwl.config.mwl_port)], env=DCMTK_ENV,
                           capture_output=True)
@@ -375,3 +431,29 @@ def test_answer_shape_keeps_sequence_values_not_top_level_values() -> None:
 
     assert answer_shape(query("P1", "CT")) == answer_shape(query("P2", "CT"))
     assert answer_shape(query("P1", "CT")) != answer_shape(query("P1", "MR"))
+
+
+def test_response_cache_not_used_for_a_rewrite_with_the_same_signature(tmp_path: Path) -> None:
+    """A rewrite of the same length within the timestamp granularity keeps inode,
+    size and mtime; the watcher re-reads it on close, and the answer must follow."""
+    from echoes.mwl import ResponseCache
+    from echoes.worklist import WorklistDirectory
+
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps({"PatientID": "P1", "PatientName": "OLD^NAME"}))
+    directory = WorklistDirectory(tmp_path, quiet=True)
+    directory.load()
+    cache = ResponseCache()
+    [old] = directory.items()
+    cache.put("shape", old, b"old answer")
+    directory.refresh("a.json", force=True)  # read again, unchanged
+    assert directory.items()[0] is old
+    assert cache.get("shape", old) == b"old answer"
+
+    stat = os.stat(path)
+    path.write_text(json.dumps({"PatientID": "P1", "PatientName": "NEW^NAME"}))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    directory.refresh("a.json", force=True)
+    [new] = directory.items()
+    assert new.signature == old.signature and new.tree[0x00100010] == "NEW^NAME"
+    assert cache.get("shape", new) is None

@@ -240,7 +240,7 @@ INVALID: list[tuple[str, bytes, str]] = [
     ("string Value", encode({"00100020": {"vr": "LO", "Value": "P1"}}),
      "PatientID: Value must be a list"),
     ("sequence item not object", encode({"ScheduledProcedureStepSequence": ["CT"]}),
-     "ScheduledProcedureStepSequence: item 1 is not an object"),
+     r"ScheduledProcedureStepSequence\[0\]: not an object"),
     ("nested list for LO", encode({"PatientID": [["P1"]]}), "PatientID: .*a list"),
     ("nested list for PN", encode({"PatientName": [["DOE"]]}), "PatientName: .*a list"),
     ("list in model Value", encode({"00100020": {"vr": "LO", "Value": [["P1"]]}}),
@@ -251,15 +251,15 @@ INVALID: list[tuple[str, bytes, str]] = [
     ("true for DS", encode({"PatientWeight": True}), "PatientWeight: .*true/false"),
     ("bad DA", encode({"ScheduledProcedureStepSequence": [
         {"ScheduledProcedureStepStartDate": "2026-11-30"}]}),
-     r"ScheduledProcedureStepSequence\[1\]\.ScheduledProcedureStepStartDate: .*2026-11-30"),
+     r"ScheduledProcedureStepSequence\[0\]\.ScheduledProcedureStepStartDate: .*2026-11-30"),
     ("bad DA in second item", encode({"ScheduledProcedureStepSequence": [
         {"Modality": "CT"}, {"ScheduledProcedureStepStartDate": "20261399x"}]}),
-     r"ScheduledProcedureStepSequence\[2\]\.ScheduledProcedureStepStartDate"),
+     r"ScheduledProcedureStepSequence\[1\]\.ScheduledProcedureStepStartDate"),
     ("bad TM", encode({"ScheduledProcedureStepSequence": [
         {"ScheduledProcedureStepStartTime": "25"}]}),
-     r"ScheduledProcedureStepSequence\[1\]\.ScheduledProcedureStepStartTime"),
+     r"ScheduledProcedureStepSequence\[0\]\.ScheduledProcedureStepStartTime"),
     ("lowercase CS", encode({"ScheduledProcedureStepSequence": [{"Modality": "ct"}]}),
-     r"ScheduledProcedureStepSequence\[1\]\.Modality: .*'ct'"),
+     r"ScheduledProcedureStepSequence\[0\]\.Modality: .*'ct'"),
     ("lowercase CS top level", encode({"PatientSex": "f"}), "PatientSex"),
     ("over-long LO", encode({"PatientID": "X" * 65}), "PatientID: .*65"),
     ("over-long in model", encode({"00100020": {"vr": "LO", "Value": ["X" * 65]}}),
@@ -272,7 +272,7 @@ INVALID: list[tuple[str, bytes, str]] = [
      "PatientName: vr LO where the dictionary says PN"),
     ("vr mismatch in sequence", encode({"00400100": {"vr": "SQ", "Value": [
         {"00080060": {"vr": "LO", "Value": ["CT"]}}]}}),
-     r"ScheduledProcedureStepSequence\[1\]\.Modality: vr LO"),
+     r"ScheduledProcedureStepSequence\[0\]\.Modality: vr LO"),
     ("missing vr", encode({"00100010": {"Value": ["DOE^JANE"]}}), "PatientName: missing vr"),
     ("element not an object", encode({"00100020": "P1"}),
      "PatientID: expected an object with vr and Value"),
@@ -483,7 +483,7 @@ def test_load_missing_folder(tmp_path: Path) -> None:
 def test_items_signature(loaded: WorklistDirectory) -> None:
     item = loaded.items()[0]
     stat = os.stat(loaded.folder / item.name)
-    assert item.signature == (stat.st_mtime_ns, stat.st_size)
+    assert item.signature == (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 def test_reload_keeps_unchanged_and_sees_changes(loaded: WorklistDirectory) -> None:
@@ -515,8 +515,46 @@ def test_refresh_after_rewrite_of_same_size(loaded: WorklistDirectory) -> None:
     # Same size and, as on a coarse-timestamp file system, the same mtime.
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert os.stat(path).st_size == stat.st_size
-    loaded.refresh("a.json")
+    loaded.refresh("a.json")  # as for a read of the file: the signature did not move
+    assert loaded.items()[0].tree[PATIENT_ID] == "P1"
+    loaded.refresh("a.json", force=True)  # as the watcher does when a writer closes it
     assert loaded.items()[0].tree[PATIENT_ID] == "P7"
+
+
+def test_refresh_sees_a_file_renamed_over_with_same_size_and_mtime(
+        loaded: WorklistDirectory) -> None:
+    path = loaded.folder / "a.json"
+    stat = os.stat(path)
+    temporary = write(loaded.folder, ".a.json.tmp", patient(7))
+    os.utime(temporary, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # e.g. ``cp -p``
+    os.rename(temporary, path)
+    loaded.refresh("a.json")  # not forced: the inode tells the new file apart
+    assert loaded.items()[0].tree[PATIENT_ID] == "P7"
+
+
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the files ``worklist.parse_file`` reads from now on, in order."""
+    names: list[str] = []
+    real = worklist.parse_file
+
+    def counting(path: Path) -> Any:
+        names.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(worklist, "parse_file", counting)
+    return names
+
+
+def test_refresh_of_unchanged_files_reads_nothing(loaded: WorklistDirectory,
+                                                  parses: list[str]) -> None:
+    for name in ("a.json", "b.json", "bad.json", "broken.json"):
+        loaded.refresh(name)
+    loaded.load()
+    assert parses == []  # valid or not, an unchanged file is not parsed again
+    write(loaded.folder, "bad.json", {"PatientsName": "STILL^WRONG"})
+    loaded.refresh("bad.json")
+    assert parses == ["bad.json"]
 
 
 def test_refresh_after_delete(loaded: WorklistDirectory) -> None:
@@ -724,3 +762,95 @@ def test_watcher_sees_files_renamed_in_and_removed(tmp_path: Path) -> None:
         assert wait_for(lambda: names(directory) == [] and "a.json" in directory.invalid())
     finally:
         watcher.stop()
+
+
+def test_watcher_ignores_reads_of_the_folder(tmp_path: Path, parses: list[str]) -> None:
+    """Reading worklist files (``cat``, ``echoes worklist``, the watcher's own parse)
+    raises open and close-no-write events; refreshing on those fed itself forever."""
+    write(tmp_path, "a.json", patient(1))
+    write(tmp_path, "bad.json", {"PatientsName": "X"})
+    directory = WorklistDirectory(tmp_path, quiet=True)
+    directory.load()
+    watcher = WorklistWatcher(directory)
+    watcher.start()
+    try:
+        del parses[:]
+        for path in sorted(tmp_path.iterdir()):
+            path.read_bytes()  # as cat does
+        WorklistDirectory(tmp_path, quiet=True).load()  # as ``echoes worklist`` does
+        assert sorted(parses) == ["a.json", "bad.json"]  # that load, nothing else
+        rename_in(tmp_path, "b.json", patient(2))
+        rename_in(tmp_path, "worse.json", b"{")  # an invalid file dropped in
+        assert wait_for(lambda: names(directory) == ["a.json", "b.json"]
+                        and "worse.json" in directory.invalid())
+        time.sleep(0.5)  # what a loop would parse meanwhile is counted below
+        assert sorted(parses[2:]) == ["b.json", "worse.json"], parses[:20]
+    finally:
+        watcher.stop()
+
+
+# -- the worklist command --------------------------------------------------------------
+
+
+def run_worklist(home: Path, capsys: pytest.CaptureFixture[str], *options: str
+                 ) -> tuple[int, str, str]:
+    """``echoes worklist`` in this process: exit code, stdout, stderr."""
+    from conftest import write_config
+
+    from echoes import cli
+
+    path = home / "etc" / "echoes.ini"
+    if not path.exists():
+        write_config(home)
+    capsys.readouterr()
+    code = cli.main(["--config", str(path), "worklist", *options])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def scheduled(date: str | None, time_: str = "") -> dict:
+    step = {"Modality": "CT", "ScheduledStationAETitle": "CT01"}
+    if date is not None:
+        step["ScheduledProcedureStepStartDate"] = date
+    if time_:
+        step["ScheduledProcedureStepStartTime"] = time_
+    return {"PatientID": "P1", "ScheduledProcedureStepSequence": [step]}
+
+
+def test_worklist_check_reports_on_stdout(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A script reads one stream: the problems and the count, exit 1 on a problem."""
+    folder = tmp_path / "var" / "worklist"
+    folder.mkdir(parents=True)
+    write(folder, "a.json", patient(1))
+    code, out, err = run_worklist(tmp_path, capsys, "--check")
+    assert (code, err) == (0, "")
+    assert out == f"1 valid, 0 invalid worklist files in {folder}\n"
+    write(folder, "bad.json", scheduled("2026-11-30"))
+    code, out, err = run_worklist(tmp_path, capsys, "--check")
+    assert (code, err) == (1, "")
+    problem, summary = out.splitlines()
+    assert problem.startswith(
+        "bad.json: ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate: ")
+    assert summary == f"1 valid, 1 invalid worklist files in {folder}"
+    code, out, err = run_worklist(tmp_path, capsys, "--check", "--json")
+    assert (code, err) == (1, "")
+    assert [problem["file"] for problem in json.loads(out)] == ["bad.json"]
+
+
+def test_worklist_in_order_of_scheduled_date_and_time(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "var" / "worklist"
+    folder.mkdir(parents=True)
+    write(folder, "a.json", scheduled("20261201", "0800"))
+    write(folder, "b.json", scheduled("20261130", "1400"))
+    write(folder, "c.json", scheduled("20261130", "0930"))
+    write(folder, "d.json", scheduled(None))
+    write(folder, "e.json", scheduled("20261130", "0930"))
+    write(folder, "f.json", scheduled("20261130", "07"))
+    expected = ["f.json", "c.json", "e.json", "b.json", "a.json", "d.json"]
+    code, out, _ = run_worklist(tmp_path, capsys)
+    assert code == 0
+    assert [line.split()[-1] for line in out.splitlines()[1:-1]] == expected
+    code, out, _ = run_worklist(tmp_path, capsys, "--json")
+    assert [row["file"] for row in json.loads(out)] == expected
