@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -139,8 +140,8 @@ def test_isolated_job_goes_alone_before_a_batch(tmp_path: Path, peers: list) -> 
     worker = sender.Sender(config)
     assert worker.send_batch("PEER") == 3
     assert peer.associations == 2
-    for job in queued[1:]:  # queued again: they are due with the blamed one
-        store.write(jobs.retried(store.read(job.id), time.time()))
+    for job in queued[1:]:  # pushed again: they are due with the blamed one
+        store.write(replace(job, updated=time.time()))
     store.write(jobs.retried(store.read(queued[0].id), time.time()))
 
     assert worker.send_batch("PEER") == 3
