@@ -400,8 +400,10 @@ class Sender:
         with self._awaited_lock:  # waits of jobs cancelled or removed meanwhile
             self._file_awaited = {key: until for key, until in self._file_awaited.items()
                                   if until > now}
-        with self._isolated_lock:  # isolated jobs delivered, failed or cancelled since
-            self._isolated &= {job.id for job in self.open_jobs() if job.state in jobs.ACTIVE}
+        if self.isolated():  # forget isolated jobs delivered, failed or cancelled since
+            active = {job.id for job in self.open_jobs() if job.state in jobs.ACTIVE}
+            with self._isolated_lock:
+                self._isolated &= active
         horizon = now - config.keep_done_hours * 3600
         for job in self.all_jobs():
             if job.state in jobs.FINISHED and job.updated <= horizon:
