@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("--failed", action="store_true", help="every failed job")
     which.add_argument("job_id", nargs="?", metavar="JOB_ID",
-                       help="one job, failed or cancelled (see echoes queue)")
+                       help="one job, retrying, failed or cancelled (see echoes queue)")
     cancel = commands.add_parser("cancel", parents=[common],
                                  help="withdraw an outbound job that is not done")
     withdraw = cancel.add_mutually_exclusive_group(required=True)
@@ -333,7 +333,12 @@ def cmd_queue(args: argparse.Namespace, config: config_module.Config) -> int:
 
 
 def cmd_retry(args: argparse.Namespace, config: config_module.Config) -> int:
-    """Put failed jobs (or one job) back in the queue."""
+    """Put failed jobs (or one job) back in the queue.
+
+    One job that is done or pending is refused (exit 1, job untouched), as
+    the Browser's API refuses a done one with 409: a done job was delivered
+    (pushing the study again sends it anew), a pending one waits already.
+    """
     from echoes import jobs
 
     store = _job_store(config)
@@ -342,6 +347,14 @@ def cmd_retry(args: argparse.Namespace, config: config_module.Config) -> int:
         job = store.read(args.job_id)
         if job is None:
             print(f"echoes: no job {args.job_id}", file=sys.stderr)
+            return 1
+        if job.state == jobs.DONE:
+            print(f"echoes: job {job.id} is done already (delivered {_when(job.updated)}); "
+                  "push the study again to send it anew", file=sys.stderr)
+            return 1
+        if job.state not in jobs.RETRIABLE:
+            print(f"echoes: job {job.id} is {job.state} already (waiting to be sent): "
+                  "nothing to retry", file=sys.stderr)
             return 1
         chosen = [job]
     else:

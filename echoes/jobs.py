@@ -15,7 +15,9 @@ State machine (pure functions, tested without files)::
     pending/retrying --refused--> failed   (retrying cannot help)
     pending/retrying/failed --cancel--> cancelled   (by hand: echoes cancel,
                                          the Browser; never sent, not an alarm)
-    failed/cancelled --retry--> pending    (by hand: echoes retry)
+    retrying/failed/cancelled --retry--> pending   (by hand: echoes retry, the
+                                         Browser; done and pending jobs are left as
+                                         they are: nothing to send again)
 
 Delivered jobs move to ``spool/outgoing/done/<job id>.json`` (the sender
 renames the open file there, see :meth:`JobStore.deliver`): the sender
@@ -55,6 +57,10 @@ STATES = (PENDING, RETRYING, FAILED, CANCELLED, DONE)
 ACTIVE = frozenset({PENDING, RETRYING})
 #: Where a job ends up (done and cancelled ones are pruned after keep_done_hours).
 FINISHED = frozenset({DONE, CANCELLED})
+#: What can be sent again by hand (echoes retry, the Browser's retry): a done
+#: job was delivered (pushing the study again sends it anew), a pending one
+#: is waiting to be sent already.
+RETRIABLE = frozenset({RETRYING, FAILED, CANCELLED})
 
 
 def job_id(destination: str, sop_instance_uid: str) -> str:
@@ -132,7 +138,15 @@ def refused(job: Job, reason: str, now: float) -> Job:
 
 
 def retried(job: Job, now: float) -> Job:
-    """Sent back to the queue by hand (a failed or cancelled job): a fresh start."""
+    """Sent back to the queue by hand (a retrying, failed or cancelled job): a fresh
+    start, due now.
+
+    A job not in RETRIABLE is returned as it is: a done job must not go out
+    again behind the back of whoever asked (issue 14: ``echoes retry`` re-sent
+    delivered jobs), and a pending one is waiting already.
+    """
+    if job.state not in RETRIABLE:
+        return job
     return replace(job, state=PENDING, attempts=0, last_error="", next_attempt=now,
                    updated=now)
 

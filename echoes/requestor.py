@@ -9,7 +9,9 @@ blocks in ``recv`` for the response, bounded by ``dimse_timeout``.
 What it does: connect (optionally TLS), A-ASSOCIATE-RQ/AC/RJ, C-STORE with
 the data set streamed from a file or given as bytes, C-ECHO, A-RELEASE,
 A-ABORT.  Any protocol surprise aborts the association (the caller retries
-the job).  :func:`associate` is the one way echoes opens an association to a
+the job); why an association ended under a request (the peer's A-ABORT
+source and reason, a timeout) is kept in :attr:`Requestor.lost` for the
+job's error.  :func:`associate` is the one way echoes opens an association to a
 configured ``[ae:*]`` (the sender's jobs, the Browser's verify button through
 :func:`verify`), so both speak with the same AE titles, PDU size and TLS.
 """
@@ -17,6 +19,7 @@ configured ``[ae:*]`` (the sender's jobs, the Browser's verify button through
 from __future__ import annotations
 
 import itertools
+import select
 import socket
 import ssl
 import struct
@@ -42,6 +45,10 @@ class AssociationFailed(ConnectionError):
 
 class NoResponse(ConnectionError):
     """A request got no response (timeout, abort, lost connection); the association is gone."""
+
+
+class PeerAborted(PeerGone):
+    """The peer sent an A-ABORT; the message says its source and reason in words."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,10 @@ class Requestor:
         self.peer_maximum_length = peer_maximum_length
         self.dimse_timeout = dimse_timeout
         self.is_established = True
+        #: Why the association ended other than by our release, in words for a
+        #: job's error ("peer aborted the association (source: ...)", "no
+        #: response within 30 s (timed out)"); empty while it lasts.
+        self.lost = ""
 
     @classmethod
     def connect(cls, host: str, port: int, calling_ae: str, called_ae: str,
@@ -140,9 +151,69 @@ class Requestor:
                                                 self.peer_maximum_length):
                 self.sock.sendall(group)
             return self._response(encoding.C_STORE_RSP)
-        except (OSError, PeerGone, pdu.PDUError, ValueError):
-            self.abort()
-            return None
+        except PeerAborted as exc:
+            self._gone(str(exc))
+        except (TimeoutError, PeerTimedOut):
+            self.abort(f"no response within {self.dimse_timeout:g} s (timed out)")
+        except (OSError, PeerGone, pdu.PDUError, ValueError) as exc:
+            # A peer that aborts while the data set is still streaming (dcmtk on
+            # an odd PDV length) makes our send fail: its A-ABORT may be waiting.
+            said = self._abort_waiting() if isinstance(exc, ConnectionError) else ""
+            if said:
+                self._gone(said)
+            else:
+                self.abort(f"association lost ({str(exc) or type(exc).__name__})")
+        return None
+
+    def peer_left(self) -> bool:
+        """Whether the association is over (on an idle one: whether the peer ended it).
+
+        Between requests the peer has nothing to say: anything readable is an
+        A-ABORT, an A-RELEASE-RQ or the connection closing (peers that drop
+        idle associations).  Looked at before an association that lingered
+        is used again, so the object sent next is not blamed for it.  One
+        poll, no wait.
+        """
+        if not self.is_established:
+            return True
+        pending = getattr(self.sock, "pending", None)  # TLS: a record already read
+        if not (pending and pending()) and not select.select([self.sock], [], [], 0)[0]:
+            return False
+        try:
+            self.sock.settimeout(1.0)
+            kind, body = self.reader.read()
+        except (TimeoutError, PeerTimedOut):  # a part of a PDU, or a TLS record of no data
+            self.abort("no whole PDU from the peer while idle (timed out)")
+            return True
+        except (OSError, PeerGone, pdu.PDUError) as exc:
+            self._gone(f"association closed by the peer while idle ({exc})")
+            return True
+        if kind == pdu.ABORT:
+            self._gone(_abort_words(bytes(body)))
+        elif kind == pdu.RELEASE_RQ:
+            try:
+                self.sock.sendall(pdu.release_rp())
+            except OSError:
+                pass
+            self._gone("association released by the peer while idle")
+        else:
+            self.abort(f"unexpected PDU type 0x{kind:02X} from the peer while idle")
+        return True
+
+    def _abort_waiting(self) -> str:
+        """The words of an A-ABORT the peer sent before it closed, if one is there."""
+        try:
+            self.sock.settimeout(1.0)
+            kind, body = self.reader.read()
+        except (OSError, PeerGone, pdu.PDUError):
+            return ""
+        return _abort_words(bytes(body)) if kind == pdu.ABORT else ""
+
+    def _gone(self, why: str) -> None:
+        """The peer ended the association (no A-ABORT of ours needed): close."""
+        self.lost = self.lost or why
+        self.is_established = False
+        self.sock.close()
 
     def send_c_echo(self) -> int:
         """C-ECHO over the accepted Verification context; the response's status.
@@ -173,6 +244,8 @@ class Requestor:
         command = bytearray()
         while True:
             kind, body = self.reader.read()
+            if kind == pdu.ABORT:
+                raise PeerAborted(_abort_words(bytes(body)))
             if kind != pdu.P_DATA_TF:
                 raise PeerGone(f"PDU type 0x{kind:02X} instead of a response")
             for _cid, control, fragment in pdu.iter_pdvs(body):
@@ -205,10 +278,13 @@ class Requestor:
         finally:
             self.sock.close()
 
-    def abort(self) -> None:
-        """A-ABORT and close (the peer drops whatever was in flight)."""
+    def abort(self, why: str = "") -> None:
+        """A-ABORT and close (the peer drops whatever was in flight); ``why`` is
+        kept in :attr:`lost`.
+        """
         if not self.is_established:
             return
+        self.lost = self.lost or why
         self.is_established = False
         try:
             self.sock.sendall(pdu.abort((0x00, 0x00)))
@@ -224,6 +300,29 @@ _REJECT_REASONS = {
     (1, 2): {2: "protocol version not supported"},
     (1, 3): {1: "temporary congestion", 2: "local limit exceeded"},
 }
+
+
+#: A-ABORT sources and (service-provider) reasons, PS3.8 9.3.8.
+_ABORT_SOURCES = {0: "service-user", 1: "reserved", 2: "service-provider"}
+_ABORT_REASONS = {0: "not specified", 1: "unrecognized PDU", 2: "unexpected PDU",
+                  4: "unrecognized PDU parameter", 5: "unexpected PDU parameter",
+                  6: "invalid PDU parameter value"}
+
+
+def _abort_words(body: bytes) -> str:
+    """An A-ABORT's body in words for a job's error and the log.
+
+    The reason is the service provider's (a service-user's abort carries
+    none, PS3.8 9.3.8), e.g. "peer aborted the association (source:
+    service-provider, reason: unexpected PDU)".
+    """
+    if len(body) < 4:
+        return "peer aborted the association"
+    source, reason = body[2], body[3]
+    words = f"source: {_ABORT_SOURCES.get(source, f'0x{source:02X}')}"
+    if source == 2 or reason:
+        words += f", reason: {_ABORT_REASONS.get(reason, f'0x{reason:02X}')}"
+    return f"peer aborted the association ({words})"
 
 
 def _reject_words(body: bytes) -> str:

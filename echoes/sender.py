@@ -18,6 +18,14 @@ that may pass (peer down, out of resources, association lost) makes the job
 peer rejects the SOP class or every syntax, or answers 0xA9xx/0xCxxx) fails
 it at once, with the reason in ``echoes queue``.  Warnings count as
 delivered and are logged.
+
+When the association ends under an object (the peer aborts, the connection
+breaks, no response within dimse_timeout), only that object is blamed: its
+attempt counts and it is *isolated* (sent on an association of its own from
+then on), and the jobs not sent yet go on at once over a new association
+without an attempt counted.  One object a peer cannot take (issue 14: dcmtk
+aborts on an odd-length PDV) used to fail every job behind it, and their
+retries went in the same batch behind it again until all had failed.
 """
 
 from __future__ import annotations
@@ -72,6 +80,10 @@ LINGER_SECONDS = 1.0
 LINGER_POLL_SECONDS = 0.05
 #: Quick association retries within one run, before the job waits retry_interval.
 CONNECT_ATTEMPTS = 3
+#: Associations in a row that end before anything was delivered: the peer
+#: aborts whatever it is sent (not one object), so the jobs left wait
+#: retry_interval with an attempt counted instead of one association each.
+LOST_IN_A_ROW = 3
 
 DELIVERED, TRANSIENT, PERMANENT = "delivered", "transient", "permanent"
 #: Not attempted: the job was cancelled (or re-queued elsewhere) after it was
@@ -143,12 +155,23 @@ def syntaxes_for(stored: str) -> list[list[str]]:
     return proposals
 
 
-def plan_batch(due: list[jobs.Job]) -> tuple[list[jobs.Job], list[tuple[str, list[str]]]]:
-    """Jobs that fit one association and the presentation contexts they need."""
+def plan_batch(due: list[jobs.Job], isolated: frozenset[str] = frozenset(),
+               ) -> tuple[list[jobs.Job], list[tuple[str, list[str]]]]:
+    """Jobs that fit one association and the presentation contexts they need.
+
+    A job in ``isolated`` (its object was on the wire when an association
+    ended) goes alone: the batch is that job when it comes first, and it is
+    left out of any other batch.
+    """
     contexts: list[tuple[str, list[str]]] = []
     seen: set[tuple[str, tuple[str, ...]]] = set()
     batch: list[jobs.Job] = []
     for job in due:
+        if job.id in isolated:
+            if batch:
+                continue
+            return [job], [(job.sop_class_uid, syntaxes)
+                           for syntaxes in syntaxes_for(job.transfer_syntax)]
         wanted = [(job.sop_class_uid, syntaxes) for syntaxes in syntaxes_for(job.transfer_syntax)]
         new = [(cls, ts) for cls, ts in wanted if (cls, tuple(ts)) not in seen]
         if len(contexts) + len(new) > MAX_CONTEXTS or len(batch) >= BATCH_MAX:
@@ -281,6 +304,23 @@ def payload(job: jobs.Job, route: Route, prepared: Path | Dataset,
 NotAssociated = AssociationFailed
 
 
+@dataclass(frozen=True)
+class Run:
+    """How one association went (see Sender.send_batch)."""
+
+    #: Objects delivered.
+    sent: int = 0
+    #: Why the association ended under an object ("" when it did not): that
+    #: object's attempt is counted and it is isolated.
+    lost: str = ""
+    #: Jobs not attempted because the association ended: sent at once over
+    #: a new one, no attempt counted.
+    unsent: tuple[jobs.Job, ...] = ()
+    #: False when no association could be opened (the jobs were recorded as
+    #: failed attempts and wait retry_interval).
+    associated: bool = True
+
+
 class Sender:
     """Sends due jobs, one thread per destination, state written after each object."""
 
@@ -299,6 +339,13 @@ class Sender:
         #: job id -> time before which its missing file is not looked for again
         self._file_awaited: dict[str, float] = {}
         self._awaited_lock = threading.Lock()
+        #: ids of jobs whose object was on the wire when an association ended:
+        #: each goes on an association of its own (see plan_batch).  Kept in
+        #: memory: after a restart such an object can end one shared
+        #: association again, and is then isolated again; the jobs behind it
+        #: lose no attempt either way.
+        self._isolated: set[str] = set()
+        self._isolated_lock = threading.Lock()
 
     # -- dispatch ----------------------------------------------------------------
 
@@ -353,6 +400,10 @@ class Sender:
         with self._awaited_lock:  # waits of jobs cancelled or removed meanwhile
             self._file_awaited = {key: until for key, until in self._file_awaited.items()
                                   if until > now}
+        if self.isolated():  # forget isolated jobs delivered, failed or cancelled since
+            active = {job.id for job in self.open_jobs() if job.state in jobs.ACTIVE}
+            with self._isolated_lock:
+                self._isolated &= active
         horizon = now - config.keep_done_hours * 3600
         for job in self.all_jobs():
             if job.state in jobs.FINISHED and job.updated <= horizon:
@@ -401,20 +452,63 @@ class Sender:
             del self._file_awaited[job.id]
             return True
 
-    def send_batch(self, title: str) -> int:
-        """Send the due jobs of one destination over one association; return how many.
+    def isolated(self) -> frozenset[str]:
+        """Ids of the jobs that go on an association of their own (see plan_batch)."""
+        with self._isolated_lock:
+            return frozenset(self._isolated)
 
-        The association stays open while jobs keep arriving that its
-        presentation contexts can carry (a study streaming in from a
-        modality goes out over one association), and is released after
-        LINGER_SECONDS without new work.
+    def send_batch(self, title: str) -> int:
+        """Send the due jobs of one destination; return how many were delivered.
+
+        They go over one association (see :meth:`send_over_one`) unless it
+        ends under an object: then that object is isolated and the jobs not
+        sent yet go over a new association at once, attempts not counted.
+        Isolated jobs go each over an association of their own.  After
+        LOST_IN_A_ROW associations that ended before anything was delivered,
+        the peer is taken to abort anything: the jobs left count an attempt
+        and wait retry_interval, as when the peer cannot be reached.
         """
         config = self.reloader.current()
         remote = config.remote_aes[title]
         ready = self.ready_jobs(config, title)
-        if not ready:
-            return 0
-        batch, contexts = plan_batch(ready)
+        sent = lost_in_a_row = 0
+        while ready and not self.stopping.is_set():
+            isolated = self.isolated()
+            batch, contexts = plan_batch(ready, isolated)
+            run = self.send_over_one(config, title, remote, batch, contexts,
+                                     alone=batch[0].id in isolated)
+            sent += run.sent
+            if not run.associated:
+                break
+            planned = {job.id for job in batch}
+            if batch[0].id in isolated:  # then the others that were due with it
+                ready = [job for job in ready if job.id not in planned]
+            else:  # the jobs cut off by an abort, then the isolated ones left out
+                ready = list(run.unsent) + [job for job in ready
+                                            if job.id in isolated and job.id not in planned]
+            lost_in_a_row = lost_in_a_row + 1 if run.lost and not run.sent else 0
+            if lost_in_a_row >= LOST_IN_A_ROW and run.unsent:
+                error = f"{run.lost} ({lost_in_a_row} associations in a row)"
+                log.warning("%s: %s; %d jobs wait %d s", title, error, len(run.unsent),
+                            config.retry_interval)
+                now = time.time()
+                for job in run.unsent:
+                    self._record(jobs.attempt_failed(job, error, now, config.retry_interval,
+                                                     config.max_attempts))
+                break
+        return sent
+
+    def send_over_one(self, config: Config, title: str, remote: RemoteAE,
+                      batch: list[jobs.Job], contexts: list[tuple[str, list[str]]],
+                      alone: bool = False) -> Run:
+        """Send ``batch`` over one association, and what else comes due meanwhile.
+
+        The association stays open while jobs keep arriving that its
+        presentation contexts can carry (a study streaming in from a
+        modality goes out over one association), and is released after
+        LINGER_SECONDS without new work; one for an isolated job (``alone``)
+        carries nothing else.
+        """
         started = time.monotonic()
         try:
             assoc = self.associate(config, remote, contexts)
@@ -426,14 +520,22 @@ class Sender:
             for job in batch:
                 self._record(jobs.attempt_failed(job, error, now, config.retry_interval,
                                                  config.max_attempts))
-            return 0
+            return Run(associated=False)
         proposed = {(cls, tuple(syntaxes)) for cls, syntaxes in contexts}
         accepted = {(cx.abstract_syntax, cx.transfer_syntax) for cx in assoc.accepted_contexts}
         sent = failed = 0
         by_study: Counter[str] = Counter()  # objects delivered, for the association's line
+        lost = ""
+        unsent: tuple[jobs.Job, ...] = ()
         idle_since = time.monotonic()
+        lingered = False
         try:
-            while batch and assoc.is_established and not self.stopping.is_set():
+            while batch and not self.stopping.is_set():
+                if lingered and assoc.peer_left():  # ended while idle: no object to blame
+                    lost, unsent = "", tuple(batch)
+                    log.info("%s: %s; %d jobs go over a new association", title,
+                             assoc.lost, len(batch))
+                    break
                 position = 0
                 while (position < len(batch) and assoc.is_established
                        and not self.stopping.is_set()):
@@ -444,25 +546,35 @@ class Sender:
                     sent += outcome == DELIVERED
                     failed += outcome not in (DELIVERED, SKIPPED)
                 if not assoc.is_established and not self.stopping.is_set():
-                    now = time.time()
-                    for job in batch[position:]:
-                        self._record(jobs.attempt_failed(
-                            job, "association lost", now, config.retry_interval,
-                            config.max_attempts))
+                    # ended under the object just sent: it alone is blamed
+                    blamed = batch[position - 1]
+                    with self._isolated_lock:
+                        self._isolated.add(blamed.id)
+                    lost, unsent = assoc.lost or "association lost", tuple(batch[position:])
+                    log.warning("%s: %s while %s was on the wire%s", title, lost,
+                                blamed.sop_instance_uid, "" if alone else
+                                f": it goes alone from now on, {len(unsent)} jobs not sent "
+                                "yet go over a new association")
+                    break
+                if alone:  # the peer took it, or answered it: harmless from now on
+                    with self._isolated_lock:
+                        self._isolated.discard(batch[0].id)
                     break
                 idle_since = time.monotonic()
+                lingered = True
                 batch = []
                 while (not batch and not self.stopping.is_set()
                        and time.monotonic() - idle_since < LINGER_SECONDS):
                     time.sleep(LINGER_POLL_SECONDS)
+                    isolated = self.isolated()
                     batch = [job for job in self.ready_jobs(config, title)
-                             if _fits(job, proposed)][:BATCH_MAX]
+                             if _fits(job, proposed) and job.id not in isolated][:BATCH_MAX]
         finally:
             if assoc.is_established:
                 assoc.release()
         log.info("%s: %d sent, %d not, over one association in %.2f s%s", title, sent, failed,
                  time.monotonic() - started, studies_sent(by_study))
-        return sent
+        return Run(sent, lost, unsent)
 
     def associate(self, config: Config, remote: RemoteAE,
                   contexts: list[tuple[str, list[str]]]) -> Requestor:
@@ -516,8 +628,9 @@ class Sender:
                         if context is not None else None)
         now = time.time()
         if response is None:
-            self._record(jobs.attempt_failed(job, "no response (timeout or association lost)",
-                                             now, config.retry_interval, config.max_attempts))
+            error = assoc.lost or "no response (timeout or association lost)"
+            self._record(jobs.attempt_failed(job, error, now, config.retry_interval,
+                                             config.max_attempts))
             return TRANSIENT
         status, comment = response.status, response.comment
         outcome, words = outcome_of(status)

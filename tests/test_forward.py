@@ -371,3 +371,78 @@ def test_kill9_during_forwarding_loses_nothing(tmp_path: Path, cleanup: list, dc
     assert sum(state[s] for s in ("pending", "retrying", "failed", "done")) == len(expected)
     print(f"\n{victim}: killed {killed}x, acknowledged {len(expected)}, arrived "
           f"{len(arrived())}, jobs {state}")
+
+
+class PoisonPeer:
+    """A pynetdicom destination that aborts the association when it receives one
+    chosen SOP Instance UID (as dcmtk receivers do on an object they cannot
+    take, issue 14): a real peer, not a mocked network.  Everything else it
+    stores is kept by SOP Instance UID.
+    """
+
+    def __init__(self, title: str, poison: str) -> None:
+        self.title, self.poison, self.port = title, poison, free_port()
+        self.received: set[str] = set()
+        self.associations = 0
+        scp = AE(ae_title=title)
+        scp.add_supported_context(SecondaryCaptureImageStorage,
+                                  ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        self.server = scp.start_server(
+            ("127.0.0.1", self.port), block=False,
+            evt_handlers=[(evt.EVT_C_STORE, self.store), (evt.EVT_ACCEPTED, self.accepted)])
+
+    def accepted(self, event: evt.Event) -> None:
+        self.associations += 1
+
+    def store(self, event: evt.Event) -> int:
+        uid = event.request.AffectedSOPInstanceUID
+        if uid == self.poison:
+            event.assoc.abort()
+            return 0xA700
+        self.received.add(uid)
+        return 0x0000
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def test_one_object_that_makes_the_peer_abort_fails_alone(tmp_path: Path, cleanup: list,
+                                                          dcmtk: None) -> None:
+    """A push of a study where the peer aborts on one object: every other object
+    arrives with one attempt, the poisoned one fails alone after max_attempts
+    with the peer's abort in its error (issue 14, items 3 and 4).
+    """
+    from echoes import jobs
+
+    files = study_files(tmp_path / "in", 8)
+    uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
+    # Jobs of one push share their creation time and go in job id order: the
+    # poisoned one goes first, so every other object is behind it in the batch.
+    poison = min(uids, key=lambda uid: jobs.job_id("POISONED", uid))
+    peer = PoisonPeer("POISONED", poison)
+    try:
+        sections = f"\n[ae:POISONED]\nhost = 127.0.0.1\nport = {peer.port}\nforward = no\n"
+        server = start_with(tmp_path / "home", sections, max_attempts=3)
+        cleanup.append(server)
+        storescu(server, files)
+        server.wait_ingested(len(files))
+        study = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+        pushed = cli(server, "push", study, "POISONED")
+        assert pushed.returncode == 0, pushed.stderr
+        wait_for(lambda: queue(server)["POISONED"]["failed"]
+                 + queue(server)["POISONED"]["done"] == len(files), 60,
+                 f"jobs did not finish: {queue(server)['POISONED']}")
+        state = queue(server)["POISONED"]
+        assert (state["done"], state["failed"]) == (len(files) - 1, 1), state
+        assert peer.received == set(uids) - {poison}
+        assert peer.associations == 4  # poisoned, the 7 others, the poisoned alone twice
+        done = [json.loads(p.read_text()) for p in
+                (server.config.spool_dir / "outgoing" / "done").glob("*.json")]
+        assert all(job.get("attempts", 0) <= 1 for job in done), [
+            (job["sop_instance_uid"], job["attempts"]) for job in done]
+        [failed] = state["jobs"]
+        assert failed["sop_instance_uid"] == poison and failed["attempts"] == 3
+        assert "peer aborted the association (source: service-user" in failed["last_error"], \
+            failed["last_error"]
+    finally:
+        peer.stop()

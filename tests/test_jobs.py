@@ -175,6 +175,22 @@ def test_retried_resets_to_pending():
     assert again.is_due(NOW + 100)
 
 
+@pytest.mark.parametrize("state", [jobs.RETRYING, jobs.FAILED, jobs.CANCELLED])
+def test_retried_from_every_retriable_state(state):
+    job = make_job(state=state, attempts=4, last_error="0xA700", next_attempt=NOW + 30)
+    again = jobs.retried(job, NOW + 1)
+    assert (again.state, again.attempts, again.last_error) == (jobs.PENDING, 0, "")
+    assert again.is_due(NOW + 1)
+
+
+@pytest.mark.parametrize("state", [jobs.DONE, jobs.PENDING])
+def test_retried_leaves_done_and_pending_jobs_alone(state):
+    """A done job is not sent again by a retry (issue 14), a pending one waits already."""
+    job = make_job(state=state, attempts=1 if state == jobs.DONE else 0, updated=NOW + 5)
+    assert jobs.retried(job, NOW + 40) is job
+    assert state not in jobs.RETRIABLE
+
+
 @pytest.mark.parametrize("state", [jobs.PENDING, jobs.RETRYING, jobs.FAILED])
 def test_cancelled_from_a_job_not_delivered(state):
     job = make_job(state=state, attempts=2, last_error="0xA700 out of resources",
@@ -658,6 +674,42 @@ def test_cancel_command_queue_and_retry(home):
     assert store.read(first.id).state == jobs.CANCELLED
     assert echoes(home, "retry", first.id).returncode == 0
     assert store.read(first.id).state == jobs.PENDING
+
+
+def test_retry_command_refuses_done_and_pending_jobs(home):
+    """echoes retry JOB_ID agrees with the API (409 for a done job): a done or
+    pending job is refused on stderr with exit 1 and left as it is; retrying,
+    failed and cancelled ones are queued again from zero (issue 14, item 12).
+    """
+    from echoes import spool
+
+    store = jobs.JobStore(spool.SpoolLayout(home.spool_dir).outgoing)
+    store.queue("PACS", records(5), "push", NOW)
+    done, pending, retrying, failed, cancelled = sorted(store.all(),
+                                                        key=lambda job: job.sop_instance_uid)
+    store.done_folder.mkdir(exist_ok=True)
+    store.deliver(jobs.delivered(done, NOW + 1))  # as the sender records it: one rename
+    store.write(jobs.attempt_failed(retrying, "0xA700 out of resources", NOW + 1, 30, 20))
+    store.write(jobs.refused(failed, "0xA900 data set does not match", NOW + 1))
+    store.write(jobs.cancelled(cancelled, NOW + 1))
+    before = {path: path.read_bytes() for path in store.folder.rglob("*.json")}
+
+    refused = echoes(home, "retry", done.id)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert f"echoes: job {done.id} is done already (delivered " in refused.stderr
+    assert "push the study again" in refused.stderr
+    waiting = echoes(home, "retry", pending.id)
+    assert waiting.returncode == 1 and waiting.stdout == ""
+    assert f"echoes: job {pending.id} is pending already" in waiting.stderr
+    assert {path: path.read_bytes() for path in store.folder.rglob("*.json")} == before
+    assert not store.path_for(done.id).exists()  # not queued again beside the done one
+    assert (store.read(done.id).state, store.read(pending.id).state) == (jobs.DONE,
+                                                                         jobs.PENDING)
+
+    for job in (retrying, failed, cancelled):
+        again = echoes(home, "retry", job.id)
+        assert (again.returncode, again.stdout.strip()) == (0, "1 jobs queued again")
+        assert (store.read(job.id).state, store.read(job.id).attempts) == (jobs.PENDING, 0)
 
 
 def test_check_does_not_alarm_on_cancelled_jobs(home):
