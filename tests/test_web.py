@@ -1207,6 +1207,9 @@ def test_retry_and_cancel_jobs(site: Site) -> None:
     assert done.status == 409 and "already done" in done.error
     done_again = site.client.post(f"/api/jobs/{made['done'].id}/retry")
     assert done_again.status == 409 and "already done" in done_again.error
+    pending = site.client.post(f"/api/jobs/{made['pending'].id}/retry")
+    assert pending.status == 409 and "pending already" in pending.error
+    assert site.job_store().read(made["pending"].id) == made["pending"]
     for job_id in ("0123456789abcdef0123", "..%2E%2E", "XYZ"):
         for reply in (site.client.post(f"/api/jobs/{job_id}/retry"),
                       site.client.post(f"/api/jobs/{job_id}/cancel"),

@@ -360,6 +360,8 @@ def retry_job(job_id: str) -> Response:
     current = _job(job_id)
     if current.state == jobs.DONE:
         fail(409, f"job {job_id} is already done (push the study again to send it anew)")
+    if current.state not in jobs.RETRIABLE:
+        fail(409, f"job {job_id} is {current.state} already: nothing to retry")
     fresh = jobs.retried(current, time.time())
     state().job_store.write(fresh)
     log.info("job %s to %s queued again by %s", job_id, fresh.destination, g.user)
