@@ -36,6 +36,7 @@ from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filewriter import correct_ambiguous_vr
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -184,8 +185,8 @@ def choose_route(sop_class: str, stored: str, accepted: set[tuple[str, str]]) ->
         return Route("relabel")
     usable = [ts for ts in sopclasses.UNCOMPRESSED if (sop_class, ts) in accepted]
     if usable:
-        if stored in ENCAPSULATED:
-            return Route("decompress")
+        if stored in ENCAPSULATED:  # little endian first: the decoders' byte order
+            return Route("decompress", target=usable[0])
         big = stored == ExplicitVRBigEndian
         usable.sort(key=lambda ts: (ts == ExplicitVRBigEndian) != big)  # same byte order first
         return Route("reencode", target=usable[0])
@@ -196,13 +197,19 @@ def choose_route(sop_class: str, stored: str, accepted: set[tuple[str, str]]) ->
 
 
 def prepare(path: Path, route: Route) -> Path | Dataset:
-    """The file itself (routes file, refuse), or the Dataset to encode (see payload())."""
+    """The file itself (routes file, refuse), or the Dataset to encode (see payload()).
+
+    For routes reencode and decompress the Dataset's word-valued elements
+    already hold the byte order of ``route.target`` (see match_byte_order).
+    """
     if route.kind == "file":
         return path
     dataset = dcmread(path)
     if route.kind == "relabel":
         dataset.file_meta.TransferSyntaxUID = JPEGLossless
-    elif route.kind == "decompress":
+        return dataset
+    little = True  # decompressed pixels, and every encapsulated syntax, are little endian
+    if route.kind == "decompress":
         # pylibjpeg plugins; Explicit VR Little Endian.  A new transfer syntax
         # is the same instance (PS3.5 10): keep the SOP Instance UID, which
         # pydicom would otherwise replace.
@@ -214,29 +221,52 @@ def prepare(path: Path, route: Route) -> Path | Dataset:
         dataset.file_meta.TransferSyntaxUID = (
             ImplicitVRLittleEndian if implicit
             else ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
-        if route.target and (route.target != ExplicitVRBigEndian) != little:
-            swap_pixel_bytes(dataset)
+    if route.target:
+        match_byte_order(dataset, little, route.target != ExplicitVRBigEndian)
     return dataset
 
 
-def swap_pixel_bytes(dataset: Dataset) -> None:
-    """Byte-swap native Pixel Data for a change of byte order.
+#: VRs whose values pydicom keeps as raw bytes although they are words in the
+#: transfer syntax's byte order (PS3.5 6.2): VR -> word size in bytes.  OW is
+#: 16-bit words whatever the Bits Allocated (8-bit pixels in OW, 32-bit dose
+#: grids), as dcmtk swaps it.
+WORD_VRS = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 
-    pydicom converts numbers element by element when it writes another byte
-    order, but writes OW Pixel Data as the raw bytes it holds: left alone, a
-    big-endian image would arrive with every pixel byte-swapped.  (Other OW
-    values, such as palette LUT data, are not swapped: rare in practice.)
+
+def match_byte_order(dataset: Dataset, little: bool, target_little: bool) -> None:
+    """Byte-swap every word-valued element for a change of byte order, sequences included.
+
+    pydicom converts the numbers of US, SS, UL, SL, FL, FD, AT... by value
+    when it writes another byte order, but writes OW, OF, OL, OD and OV
+    values as the bytes it holds: left alone, a big-endian object arrives
+    little-endian labelled with its pixels (8-bit ones in OW too), palette
+    LUTs, overlays and waveforms byte-swapped.  Ambiguous VRs (OB or OW,
+    US or OW, US or SS) are resolved first, from Bits Allocated, the LUT
+    Descriptor and Pixel Representation, as pydicom would resolve them
+    when writing, so the swap follows the VR the element goes out with.
+    ``little`` is the byte order the dataset was read in.
     """
-    bits = int(dataset.get("BitsAllocated", 8) or 8)
-    if "PixelData" not in dataset or bits <= 8:
+    if little == target_little:
         return
+    correct_ambiguous_vr(dataset, little)
+    _swap_words(dataset)
+
+
+def _swap_words(dataset: Dataset) -> None:
     import numpy as np
 
-    width = {16: "u2", 32: "u4", 64: "u8"}.get(bits)
-    if width is None:
-        return
-    raw = np.frombuffer(dataset.PixelData, dtype=width)
-    dataset.PixelData = raw.byteswap().tobytes()
+    for element in dataset:  # converts raw elements, by their own byte order
+        if element.VR == "SQ":
+            for item in element.value:
+                _swap_words(item)
+            continue
+        width = WORD_VRS.get(element.VR)
+        value = element.value
+        if width is None or not isinstance(value, bytes | bytearray) or len(value) < width:
+            continue
+        whole = len(value) - len(value) % width  # a malformed odd tail stays as it is
+        words = np.frombuffer(value, dtype=f"u{width}", count=whole // width)
+        element.value = words.byteswap().tobytes() + bytes(value[whole:])
 
 
 def uncompressed_target(sop_class: str, accepted: set[tuple[str, str]]) -> str:
@@ -264,12 +294,12 @@ def payload(job: jobs.Job, route: Route, prepared: Path | Dataset,
         return job.transfer_syntax, handle
     if route.kind == "relabel":
         syntax = JPEGLossless
-    elif route.kind == "decompress":
+    elif route.target:  # reencode, decompress: prepare() matched its byte order
+        syntax = route.target
+    else:  # prepared without a target: match the byte order of the one chosen here
         syntax = uncompressed_target(job.sop_class_uid, accepted)
-        if syntax == ExplicitVRBigEndian:
-            swap_pixel_bytes(prepared)  # decompressed pixels are little endian
-    else:
-        syntax = route.target or uncompressed_target(job.sop_class_uid, accepted)
+        match_byte_order(prepared, prepared.file_meta.TransferSyntaxUID != ExplicitVRBigEndian,
+                         syntax != ExplicitVRBigEndian)
     data = encode_dataset(prepared, syntax == ImplicitVRLittleEndian,
                           syntax != ExplicitVRBigEndian)
     if data is None:

@@ -256,7 +256,13 @@ def test_route_relabel_preferred_over_decompress():
 @pytest.mark.parametrize("stored", [JPEG2000, JPEGLosslessSV1, JPEGBaseline8Bit, JPEGLossless])
 def test_route_decompress_when_only_uncompressed_accepted(stored):
     accepted = {(CT, ExplicitVRLittleEndian)}
-    assert sender.choose_route(CT, stored, accepted) == Route("decompress")
+    assert sender.choose_route(CT, stored, accepted) == Route(
+        "decompress", target=ExplicitVRLittleEndian)
+
+
+def test_route_decompress_prefers_little_endian():
+    accepted = {(CT, ExplicitVRBigEndian), (CT, ImplicitVRLittleEndian)}
+    assert sender.choose_route(CT, JPEG2000, accepted).target == ImplicitVRLittleEndian
 
 
 def test_route_reencode_implicit_to_explicit():
@@ -421,15 +427,35 @@ def test_big_endian_stored_is_reencoded_when_peer_picks_little_endian():
     assert sender.choose_route(sop_class, ExplicitVRBigEndian, accepted).kind == "reencode"
 
 
+MR_BIG_ENDIAN = TEST_FILES / "MR_small_bigendian.dcm"  # Explicit VR Big Endian, 16-bit OW
+MR_LITTLE_ENDIAN = TEST_FILES / "MR_small.dcm"  # the same image, Explicit VR Little Endian
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_prepare_reencode_big_endian_keeps_pixels(syntax):
+    expected = dcmread(MR_LITTLE_ENDIAN).pixel_array
+    assert np.array_equal(reencoded_pixels(MR_BIG_ENDIAN, syntax), expected)
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("source, syntax", [
-    (BIG_ENDIAN, ExplicitVRLittleEndian),
-    (BIG_ENDIAN, ImplicitVRLittleEndian),
-    (RTDOSE, ExplicitVRBigEndian),
-], ids=["BE-to-explicit-LE", "BE-to-implicit-LE", "LE-to-BE"])
-def test_prepare_reencode_across_byte_order_keeps_pixels(source, syntax):
-    expected = dcmread(source).pixel_array
-    assert np.array_equal(reencoded_pixels(source, syntax), expected)
+@pytest.mark.parametrize("source", [RTDOSE, MR_LITTLE_ENDIAN, TEST_FILES / "SC_rgb_small_odd.dcm"])
+def test_reencode_to_big_endian_and_back_is_lossless(source, tmp_path):
+    """Little endian -> big endian -> little endian gives the original pixel bytes back.
+
+    (A byte-order neutral check for 32-bit OW too, where pydicom and dcmtk
+    read big endian differently; test_conversion holds the sender to dcmtk's.)
+    """
+    prepared = sender.prepare(source, Route("reencode", target=ExplicitVRBigEndian))
+    there = decode(BytesIO(encode(prepared, False, False)), False, False)
+    there.file_meta = FileMetaDataset()
+    there.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    there.file_meta.MediaStorageSOPClassUID = there.SOPClassUID
+    there.file_meta.MediaStorageSOPInstanceUID = there.SOPInstanceUID
+    path = tmp_path / "big.dcm"
+    there.save_as(path, enforce_file_format=True)
+    back = sender.prepare(path, Route("reencode", target=ExplicitVRLittleEndian))
+    data = encode(back, False, True)
+    assert decode(BytesIO(data), False, True).PixelData == dcmread(source).PixelData
 
 
 def test_done_jobs_are_pruned_after_keep_done_hours(tmp_path):
