@@ -209,11 +209,16 @@ def prepare(path: Path, route: Route) -> Path | Dataset:
         dataset.file_meta.TransferSyntaxUID = JPEGLossless
         return dataset
     little = True  # decompressed pixels, and every encapsulated syntax, are little endian
-    if route.kind == "decompress":
+    if route.kind == "decompress" and "PixelData" in dataset:
         # pylibjpeg plugins; Explicit VR Little Endian.  A new transfer syntax
         # is the same instance (PS3.5 10): keep the SOP Instance UID, which
         # pydicom would otherwise replace.
         dataset.decompress(generate_instance_uid=False)
+    elif route.kind == "decompress":
+        # A compressed syntax without Pixel Data (a document, a presentation
+        # state labelled so by its sender): nothing to decompress, and the
+        # data set of every encapsulated syntax is Explicit VR Little Endian.
+        dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     else:
         # Uncompressed or deflated: label it as read; payload() encodes it
         # into whichever uncompressed syntax the peer accepted.

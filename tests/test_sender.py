@@ -375,6 +375,39 @@ def test_prepare_decompress_sv1():
     assert len(ds.PixelData) == expected.nbytes
 
 
+@pytest.mark.parametrize("syntax", UNCOMPRESSED)
+def test_decompress_route_without_pixel_data_reencodes(syntax, tmp_path):
+    """A compressed syntax on an object without Pixel Data (a key object, a
+    presentation state labelled so by its sender): nothing to decompress,
+    the data set goes out re-encoded (before: "cannot prepare for sending
+    (decompress): ... no (7FE0,0010)", the job failed for good).
+    """
+    dataset = Dataset()
+    dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.59"  # Key Object Selection
+    dataset.SOPInstanceUID = "1.2.3.4.5"
+    dataset.PatientName = "Doe^Jane"
+    dataset.ContentSequence = [Dataset()]
+    dataset.ContentSequence[0].RelationshipType = "CONTAINS"
+    dataset.ContentSequence[0].ReferencedFrameNumber = [1, 2]
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    path = tmp_path / "ko.dcm"
+    dataset.save_as(path, enforce_file_format=True)
+    job = make_job(dataset.SOPClassUID, JPEG2000Lossless, dataset.SOPInstanceUID)
+    accepted = {(job.sop_class_uid, syntax)}
+    route = sender.choose_route(job.sop_class_uid, JPEG2000Lossless, accepted)
+    assert route == Route("decompress", target=syntax)
+    sent_in, data = sender.payload(job, route, sender.prepare(path, route), accepted)
+    uid = pydicom.uid.UID(syntax)
+    arrived = decode(data, uid.is_implicit_VR, uid.is_little_endian)
+    assert sent_in == syntax
+    assert arrived.SOPInstanceUID == "1.2.3.4.5"
+    assert arrived.PatientName == "Doe^Jane"
+    assert arrived.ContentSequence[0].ReferencedFrameNumber == [1, 2]
+
+
 def reencoded_pixels(source: Path, syntax: str) -> np.ndarray:
     """Pixels of ``source`` as a peer gets them over a context of ``syntax`` (route reencode).
 
