@@ -103,6 +103,9 @@ STATUS_OUTCOMES: tuple[tuple[int, int, str, str], ...] = (
 ENCAPSULATED = frozenset(sopclasses.COMPRESSED) - {DeflatedExplicitVRLittleEndian}
 
 
+#: Syntaxes whose data set is a deflate stream, of any length (PS3.5 A.5).
+DEFLATED = frozenset({DeflatedExplicitVRLittleEndian, "1.2.840.10008.1.2.8.1"})
+
 #: Log level of a job's state change (others: WARNING).
 LOG_LEVELS = {jobs.DONE: logging.DEBUG, jobs.PENDING: logging.INFO}
 #: Studies named in an association's log line at most.
@@ -274,13 +277,51 @@ def _swap_words(dataset: Dataset) -> None:
         element.value = words.byteswap().tobytes() + bytes(value[whole:])
 
 
+class PaddedDataSet:
+    """A stored data set of odd length, read with one 0x00 byte after it.
+
+    A deflate stream may end on an odd byte, but every PDV fragment must be
+    even (PS3.8 9.3.5.1, PS3.5 7.1): dcmtk receivers (storescp, Orthanc)
+    abort on "DIMSE: Odd Fragment Length".  dcmtk's own senders add one
+    zero pad byte after the deflated stream (dimse.cc), which inflating
+    ignores; so does this.  Reads return exactly what is asked until the
+    padded end, so the pad byte joins the last fragment instead of making a
+    one-byte one of its own.
+    """
+
+    def __init__(self, handle: BinaryIO, length: int) -> None:
+        self.handle = handle
+        self.left = length  # data set bytes not read yet; the pad byte follows them
+        self.padded = False
+
+    def read(self, size: int = -1) -> bytes:
+        if self.padded:
+            return b""
+        wanted = self.left + 1 if size < 0 else min(size, self.left + 1)
+        data = self.handle.read(min(wanted, self.left))
+        self.left -= len(data)
+        if self.left == 0 and len(data) < wanted:
+            data += b"\x00"
+            self.padded = True
+        return data
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def __enter__(self) -> PaddedDataSet:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
 def uncompressed_target(sop_class: str, accepted: set[tuple[str, str]]) -> str:
     """The accepted uncompressed syntax a decompressed object travels in (little endian first)."""
     return next(ts for ts in sopclasses.UNCOMPRESSED if (sop_class, ts) in accepted)
 
 
 def payload(job: jobs.Job, route: Route, prepared: Path | Dataset,
-            accepted: set[tuple[str, str]]) -> tuple[str, BinaryIO]:
+            accepted: set[tuple[str, str]]) -> tuple[str, BinaryIO | PaddedDataSet]:
     """(transfer syntax of the context to use, the data set bytes to send).
 
     A file goes as stored: its data set after the File Meta, streamed (the
@@ -291,11 +332,14 @@ def payload(job: jobs.Job, route: Route, prepared: Path | Dataset,
         handle = open(prepared, "rb")
         try:  # echoes' own meta reader: pynetdicom's split_dataset parsed it with
             # pydicom, ~20 small reads and seeks per object (strace, issue 7)
-            _meta, offset = read_meta(handle, os.fstat(handle.fileno()).st_size)
+            size = os.fstat(handle.fileno()).st_size
+            _meta, offset = read_meta(handle, size)
             handle.seek(offset)
         except BaseException:
             handle.close()
             raise
+        if (size - offset) % 2 and job.transfer_syntax in DEFLATED:
+            return job.transfer_syntax, PaddedDataSet(handle, size - offset)
         return job.transfer_syntax, handle
     if route.kind == "relabel":
         syntax = JPEGLossless

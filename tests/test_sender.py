@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from io import BytesIO
 from pathlib import Path
@@ -24,7 +25,7 @@ from pydicom.uid import (
 )
 from pynetdicom.dsutils import decode, encode
 
-from echoes import jobs, sender
+from echoes import encoding, jobs, sender
 from echoes.sender import DELIVERED, PERMANENT, TRANSIENT, Route
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -489,6 +490,49 @@ def test_reencode_to_big_endian_and_back_is_lossless(source, tmp_path):
     back = sender.prepare(path, Route("reencode", target=ExplicitVRLittleEndian))
     data = encode(back, False, True)
     assert decode(BytesIO(data), False, True).PixelData == dcmread(source).PixelData
+
+
+def _data_pdvs(stream: bytes) -> list[bytes]:
+    """The data set fragments of P-DATA-TF PDUs as echoes frames them."""
+    from echoes import pdu
+
+    fragments, offset = [], 0
+    while offset < len(stream):
+        (length,) = struct.unpack_from(">I", stream, offset + 2)
+        body = memoryview(stream)[offset + 6:offset + 6 + length]
+        fragments += [bytes(data) for _cid, control, data in pdu.iter_pdvs(body)
+                      if not control & pdu.COMMAND_BIT]
+        offset += 6 + length
+    return fragments
+
+
+@pytest.mark.parametrize("length", [3, 15, 17, 31, 33, 63, 65, 4303])
+def test_odd_deflated_data_set_goes_out_as_even_fragments(length, tmp_path):
+    """One 0x00 pad byte after an odd deflate stream, inside the last fragment
+    (never a one-byte fragment of its own), whatever the fragment and read sizes.
+    """
+    path = tmp_path / "deflated.dcm"
+    data = bytes(range(256)) * (length // 256 + 1)
+    path.write_bytes(encoding.part10_header(CT, "1.2.3.4", DeflatedExplicitVRLittleEndian,
+                                            "1.2.3", "TEST") + data[:length])
+    job = make_job(CT, DeflatedExplicitVRLittleEndian)
+    syntax, data_set = sender.payload(job, Route("file"), path, set())
+    assert syntax == DeflatedExplicitVRLittleEndian
+    with data_set:
+        stream = b"".join(encoding.p_data_stream(1, b"cmd!", data_set, 22, group_bytes=32))
+    fragments = _data_pdvs(stream)
+    assert all(len(fragment) % 2 == 0 for fragment in fragments), [len(f) for f in fragments]
+    assert b"".join(fragments) == data[:length] + b"\x00"
+
+
+def test_even_deflated_data_set_is_not_padded(tmp_path):
+    path = tmp_path / "deflated.dcm"
+    path.write_bytes(encoding.part10_header(CT, "1.2.3.4", DeflatedExplicitVRLittleEndian,
+                                            "1.2.3", "TEST") + b"ab" * 40)
+    syntax, data_set = sender.payload(make_job(CT, DeflatedExplicitVRLittleEndian),
+                                      Route("file"), path, set())
+    with data_set:
+        assert data_set.read() == b"ab" * 40
 
 
 def test_done_jobs_are_pruned_after_keep_done_hours(tmp_path):
