@@ -132,15 +132,17 @@ def outcome_of(status: int) -> tuple[str, str]:
 def syntaxes_for(stored: str) -> list[list[str]]:
     """The transfer syntax lists to propose for an object stored in ``stored``.
 
-    One context per compressed syntax (so the peer can accept it without
-    giving up the uncompressed context), JPEG lossless SV1 (.70) also as .57
-    (an SV1 stream is a valid process 14 stream), and one context with the
-    three uncompressed syntaxes (an object stored big endian also gets a
-    context of its own, so a peer that takes big endian receives it as is).
+    The stored syntax in a context of its own, whatever it is (so the peer
+    can accept it without giving up the uncompressed context, and an object
+    stored uncompressed goes out as stored: a peer picks one syntax of a
+    context by its own preference, and dcmtk's picks Explicit VR Little
+    Endian out of the three, so an Implicit VR object was re-encoded),
+    JPEG lossless SV1 (.70) also as .57 (an SV1 stream is a valid process 14
+    stream), and one context with the three uncompressed syntaxes.
     """
     proposals: list[list[str]] = []
-    if stored and (stored not in sopclasses.UNCOMPRESSED or stored == ExplicitVRBigEndian):
-        proposals.append([stored])  # big endian on its own: not left to the peer's pick
+    if stored:
+        proposals.append([stored])
     if stored == JPEGLosslessSV1:
         proposals.append([JPEGLossless])
     proposals.append(list(sopclasses.UNCOMPRESSED))

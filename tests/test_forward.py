@@ -321,6 +321,26 @@ def test_odd_length_deflated_object_arrives_at_storescp(tmp_path: Path, cleanup:
     assert np.array_equal(arrived.pixel_array, source.pixel_array)
 
 
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1",
+                                    "1.2.840.10008.1.2.2"])
+def test_uncompressed_object_goes_out_as_stored(tmp_path: Path, cleanup: list, dcmtk: None,
+                                                syntax: str) -> None:
+    """An object stored in any uncompressed syntax arrives in that syntax at a peer
+    that accepts all three (storescp's default picks Explicit VR Little Endian out
+    of a context offering the three: an Implicit VR object went out re-encoded).
+    """
+    peer = destination(tmp_path, "PEER")
+    cleanup.append(peer.start())
+    server = start_with(tmp_path / "home", ae_sections(peer))
+    cleanup.append(server)
+    original = write_part10(make_dataset(syntax=syntax), tmp_path / "in.dcm", syntax)
+    assert send_as_stored(server, original) == 0x0000
+    wait_for(lambda: len(peer.received()) == 1, 30, "the object did not arrive")
+    arrived = pydicom.dcmread(peer.received()[0])
+    assert arrived.file_meta.TransferSyntaxUID == syntax
+    assert arrived.SOPInstanceUID == pydicom.dcmread(original).SOPInstanceUID
+
+
 def test_failure_status_shows_as_failed_with_reason(tmp_path: Path, cleanup: list,
                                                     dcmtk: None) -> None:
     port = free_port()

@@ -109,8 +109,10 @@ def test_outcome_of_unknown_failure_is_transient():
 
 
 @pytest.mark.parametrize("stored", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-def test_syntaxes_for_little_endian(stored):
-    assert sender.syntaxes_for(stored) == [UNCOMPRESSED]
+def test_syntaxes_for_little_endian_gets_a_context_of_its_own(stored):
+    # Not left to the peer's pick among the three: dcmtk's picks Explicit VR
+    # Little Endian, and an object stored Implicit VR went out re-encoded.
+    assert sender.syntaxes_for(stored) == [[stored], UNCOMPRESSED]
 
 
 def test_syntaxes_for_big_endian_gets_a_context_of_its_own():
@@ -142,8 +144,9 @@ def test_syntaxes_for_unknown_stored_syntax():
 
 def test_syntaxes_for_returns_fresh_lists():
     first = sender.syntaxes_for(ExplicitVRLittleEndian)
-    first[0].append("mutated")
-    assert sender.syntaxes_for(ExplicitVRLittleEndian) == [UNCOMPRESSED]
+    first[-1].append("mutated")
+    assert sender.syntaxes_for(ExplicitVRLittleEndian) == [[ExplicitVRLittleEndian],
+                                                           UNCOMPRESSED]
 
 
 # -- plan_batch ------------------------------------------------------------------
@@ -157,13 +160,13 @@ def test_plan_batch_shares_contexts_for_same_class_and_syntax():
     due = [make_job(CT, ExplicitVRLittleEndian, sop=f"1.{n}") for n in range(5)]
     batch, contexts = sender.plan_batch(due)
     assert batch == due
-    assert contexts == [(CT, UNCOMPRESSED)]
+    assert contexts == [(CT, [ExplicitVRLittleEndian]), (CT, UNCOMPRESSED)]
 
 
 def test_plan_batch_distinct_classes_and_syntaxes():
     due = [
         make_job(CT, ExplicitVRLittleEndian, sop="1.1"),
-        make_job(CT, ImplicitVRLittleEndian, sop="1.2"),  # same uncompressed context
+        make_job(CT, ImplicitVRLittleEndian, sop="1.2"),  # shares the uncompressed context
         make_job(MR, ExplicitVRLittleEndian, sop="1.3"),
         make_job(CT, JPEG2000, sop="1.4"),
         make_job(SC, JPEGLosslessSV1, sop="1.5"),
@@ -172,7 +175,10 @@ def test_plan_batch_distinct_classes_and_syntaxes():
     batch, contexts = sender.plan_batch(due)
     assert batch == due
     assert contexts == [
+        (CT, [ExplicitVRLittleEndian]),
         (CT, UNCOMPRESSED),
+        (CT, [ImplicitVRLittleEndian]),
+        (MR, [ExplicitVRLittleEndian]),
         (MR, UNCOMPRESSED),
         (CT, [JPEG2000]),
         (SC, [JPEGLosslessSV1]),
@@ -183,27 +189,27 @@ def test_plan_batch_distinct_classes_and_syntaxes():
 
 
 def test_plan_batch_stops_at_max_contexts(monkeypatch):
-    monkeypatch.setattr(sender, "MAX_CONTEXTS", 3)
+    monkeypatch.setattr(sender, "MAX_CONTEXTS", 4)
     due = [
-        make_job(CT, ExplicitVRLittleEndian, sop="1.1"),  # 1 context
-        make_job(MR, JPEG2000, sop="1.2"),  # 2 more: 3
-        make_job(CT, ImplicitVRLittleEndian, sop="1.3"),  # none new: fits
-        make_job(SC, ExplicitVRLittleEndian, sop="1.4"),  # 1 more: 4 > 3, stop
+        make_job(CT, ExplicitVRLittleEndian, sop="1.1"),  # 2 contexts
+        make_job(MR, JPEG2000, sop="1.2"),  # 2 more: 4
+        make_job(CT, ExplicitVRLittleEndian, sop="1.3"),  # none new: fits
+        make_job(SC, ExplicitVRLittleEndian, sop="1.4"),  # 2 more: 6 > 4, stop
         make_job(CT, ExplicitVRLittleEndian, sop="1.5"),  # after the stop: not taken
     ]
     batch, contexts = sender.plan_batch(due)
     assert batch == due[:3]
-    assert len(contexts) == 3
+    assert len(contexts) == 4
     assert (SC, UNCOMPRESSED) not in contexts
 
 
 def test_plan_batch_never_splits_a_jobs_contexts(monkeypatch):
-    monkeypatch.setattr(sender, "MAX_CONTEXTS", 2)
+    monkeypatch.setattr(sender, "MAX_CONTEXTS", 4)
     due = [make_job(CT, ExplicitVRLittleEndian, sop="1.1"),
            make_job(SC, JPEGLosslessSV1, sop="1.2")]  # needs 3 contexts
     batch, contexts = sender.plan_batch(due)
     assert batch == due[:1]
-    assert contexts == [(CT, UNCOMPRESSED)]
+    assert contexts == [(CT, [ExplicitVRLittleEndian]), (CT, UNCOMPRESSED)]
 
 
 def test_plan_batch_stops_at_batch_max(monkeypatch):
@@ -211,17 +217,17 @@ def test_plan_batch_stops_at_batch_max(monkeypatch):
     due = [make_job(CT, ExplicitVRLittleEndian, sop=f"1.{n}") for n in range(7)]
     batch, contexts = sender.plan_batch(due)
     assert batch == due[:3]
-    assert contexts == [(CT, UNCOMPRESSED)]
+    assert contexts == [(CT, [ExplicitVRLittleEndian]), (CT, UNCOMPRESSED)]
 
 
 def test_plan_batch_contexts_cover_every_job_in_batch(monkeypatch):
-    monkeypatch.setattr(sender, "MAX_CONTEXTS", 4)
+    monkeypatch.setattr(sender, "MAX_CONTEXTS", 5)
     due = [make_job(cls, ts, sop=f"1.{n}") for n, (cls, ts) in enumerate([
         (CT, JPEGLosslessSV1), (CT, ExplicitVRLittleEndian), (MR, JPEG2000),
         (SC, ExplicitVRLittleEndian)])]
     batch, contexts = sender.plan_batch(due)
     proposed = {(cls, tuple(ts)) for cls, ts in contexts}
-    assert len(contexts) <= 4
+    assert len(contexts) <= 5
     assert all(sender._fits(job, proposed) for job in batch)
     assert batch == due[:2]
 
