@@ -263,6 +263,7 @@ def match_byte_order(dataset: Dataset, little: bool, target_little: bool) -> Non
 
 
 def _swap_words(dataset: Dataset) -> None:
+    """Reverse the bytes of each word of every WORD_VRS value (see match_byte_order)."""
     import numpy as np
 
     for element in dataset:  # converts raw elements, by their own byte order
