@@ -44,6 +44,7 @@ from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filewriter import correct_ambiguous_vr
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -114,6 +115,9 @@ STATUS_OUTCOMES: tuple[tuple[int, int, str, str], ...] = (
 ENCAPSULATED = frozenset(sopclasses.COMPRESSED) - {DeflatedExplicitVRLittleEndian}
 
 
+#: Syntaxes whose data set is a deflate stream, of any length (PS3.5 A.5).
+DEFLATED = frozenset({DeflatedExplicitVRLittleEndian, "1.2.840.10008.1.2.8.1"})
+
 #: Log level of a job's state change (others: WARNING).
 LOG_LEVELS = {jobs.DONE: logging.DEBUG, jobs.PENDING: logging.INFO}
 #: Studies named in an association's log line at most.
@@ -140,15 +144,17 @@ def outcome_of(status: int) -> tuple[str, str]:
 def syntaxes_for(stored: str) -> list[list[str]]:
     """The transfer syntax lists to propose for an object stored in ``stored``.
 
-    One context per compressed syntax (so the peer can accept it without
-    giving up the uncompressed context), JPEG lossless SV1 (.70) also as .57
-    (an SV1 stream is a valid process 14 stream), and one context with the
-    three uncompressed syntaxes (an object stored big endian also gets a
-    context of its own, so a peer that takes big endian receives it as is).
+    The stored syntax in a context of its own, whatever it is (so the peer
+    can accept it without giving up the uncompressed context, and an object
+    stored uncompressed goes out as stored: a peer picks one syntax of a
+    context by its own preference, and dcmtk's picks Explicit VR Little
+    Endian out of the three, so an Implicit VR object was re-encoded),
+    JPEG lossless SV1 (.70) also as .57 (an SV1 stream is a valid process 14
+    stream), and one context with the three uncompressed syntaxes.
     """
     proposals: list[list[str]] = []
-    if stored and (stored not in sopclasses.UNCOMPRESSED or stored == ExplicitVRBigEndian):
-        proposals.append([stored])  # big endian on its own: not left to the peer's pick
+    if stored:
+        proposals.append([stored])
     if stored == JPEGLosslessSV1:
         proposals.append([JPEGLossless])
     proposals.append(list(sopclasses.UNCOMPRESSED))
@@ -207,8 +213,8 @@ def choose_route(sop_class: str, stored: str, accepted: set[tuple[str, str]]) ->
         return Route("relabel")
     usable = [ts for ts in sopclasses.UNCOMPRESSED if (sop_class, ts) in accepted]
     if usable:
-        if stored in ENCAPSULATED:
-            return Route("decompress")
+        if stored in ENCAPSULATED:  # little endian first: the decoders' byte order
+            return Route("decompress", target=usable[0])
         big = stored == ExplicitVRBigEndian
         usable.sort(key=lambda ts: (ts == ExplicitVRBigEndian) != big)  # same byte order first
         return Route("reencode", target=usable[0])
@@ -219,17 +225,28 @@ def choose_route(sop_class: str, stored: str, accepted: set[tuple[str, str]]) ->
 
 
 def prepare(path: Path, route: Route) -> Path | Dataset:
-    """The file itself (routes file, refuse), or the Dataset to encode (see payload())."""
+    """The file itself (routes file, refuse), or the Dataset to encode (see payload()).
+
+    For routes reencode and decompress the Dataset's word-valued elements
+    already hold the byte order of ``route.target`` (see match_byte_order).
+    """
     if route.kind == "file":
         return path
     dataset = dcmread(path)
     if route.kind == "relabel":
         dataset.file_meta.TransferSyntaxUID = JPEGLossless
-    elif route.kind == "decompress":
+        return dataset
+    little = True  # decompressed pixels, and every encapsulated syntax, are little endian
+    if route.kind == "decompress" and "PixelData" in dataset:
         # pylibjpeg plugins; Explicit VR Little Endian.  A new transfer syntax
         # is the same instance (PS3.5 10): keep the SOP Instance UID, which
         # pydicom would otherwise replace.
         dataset.decompress(generate_instance_uid=False)
+    elif route.kind == "decompress":
+        # A compressed syntax without Pixel Data (a document, a presentation
+        # state labelled so by its sender): nothing to decompress, and the
+        # data set of every encapsulated syntax is Explicit VR Little Endian.
+        dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     else:
         # Uncompressed or deflated: label it as read; payload() encodes it
         # into whichever uncompressed syntax the peer accepted.
@@ -237,29 +254,91 @@ def prepare(path: Path, route: Route) -> Path | Dataset:
         dataset.file_meta.TransferSyntaxUID = (
             ImplicitVRLittleEndian if implicit
             else ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
-        if route.target and (route.target != ExplicitVRBigEndian) != little:
-            swap_pixel_bytes(dataset)
+    if route.target:
+        match_byte_order(dataset, little, route.target != ExplicitVRBigEndian)
     return dataset
 
 
-def swap_pixel_bytes(dataset: Dataset) -> None:
-    """Byte-swap native Pixel Data for a change of byte order.
+#: VRs whose values pydicom keeps as raw bytes although they are words in the
+#: transfer syntax's byte order (PS3.5 6.2): VR -> word size in bytes.  OW is
+#: 16-bit words whatever the Bits Allocated (8-bit pixels in OW, 32-bit dose
+#: grids), as dcmtk swaps it.
+WORD_VRS = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 
-    pydicom converts numbers element by element when it writes another byte
-    order, but writes OW Pixel Data as the raw bytes it holds: left alone, a
-    big-endian image would arrive with every pixel byte-swapped.  (Other OW
-    values, such as palette LUT data, are not swapped: rare in practice.)
+
+def match_byte_order(dataset: Dataset, little: bool, target_little: bool) -> None:
+    """Byte-swap every word-valued element for a change of byte order, sequences included.
+
+    pydicom converts the numbers of US, SS, UL, SL, FL, FD, AT... by value
+    when it writes another byte order, but writes OW, OF, OL, OD and OV
+    values as the bytes it holds: left alone, a big-endian object arrives
+    little-endian labelled with its pixels (8-bit ones in OW too), palette
+    LUTs, overlays and waveforms byte-swapped.  Ambiguous VRs (OB or OW,
+    US or OW, US or SS) are resolved first, from Bits Allocated, the LUT
+    Descriptor and Pixel Representation, as pydicom would resolve them
+    when writing, so the swap follows the VR the element goes out with.
+    ``little`` is the byte order the dataset was read in.
     """
-    bits = int(dataset.get("BitsAllocated", 8) or 8)
-    if "PixelData" not in dataset or bits <= 8:
+    if little == target_little:
         return
+    correct_ambiguous_vr(dataset, little)
+    _swap_words(dataset)
+
+
+def _swap_words(dataset: Dataset) -> None:
+    """Reverse the bytes of each word of every WORD_VRS value (see match_byte_order)."""
     import numpy as np
 
-    width = {16: "u2", 32: "u4", 64: "u8"}.get(bits)
-    if width is None:
-        return
-    raw = np.frombuffer(dataset.PixelData, dtype=width)
-    dataset.PixelData = raw.byteswap().tobytes()
+    for element in dataset:  # converts raw elements, by their own byte order
+        if element.VR == "SQ":
+            for item in element.value:
+                _swap_words(item)
+            continue
+        width = WORD_VRS.get(element.VR)
+        value = element.value
+        if width is None or not isinstance(value, bytes | bytearray) or len(value) < width:
+            continue
+        whole = len(value) - len(value) % width  # a malformed odd tail stays as it is
+        words = np.frombuffer(value, dtype=f"u{width}", count=whole // width)
+        element.value = words.byteswap().tobytes() + bytes(value[whole:])
+
+
+class PaddedDataSet:
+    """A stored data set of odd length, read with one 0x00 byte after it.
+
+    A deflate stream may end on an odd byte, but every PDV fragment must be
+    even (PS3.8 9.3.5.1, PS3.5 7.1): dcmtk receivers (storescp, Orthanc)
+    abort on "DIMSE: Odd Fragment Length".  dcmtk's own senders add one
+    zero pad byte after the deflated stream (dimse.cc), which inflating
+    ignores; so does this.  Reads return exactly what is asked until the
+    padded end, so the pad byte joins the last fragment instead of making a
+    one-byte one of its own.
+    """
+
+    def __init__(self, handle: BinaryIO, length: int) -> None:
+        self.handle = handle
+        self.left = length  # data set bytes not read yet; the pad byte follows them
+        self.padded = False
+
+    def read(self, size: int = -1) -> bytes:
+        if self.padded:
+            return b""
+        wanted = self.left + 1 if size < 0 else min(size, self.left + 1)
+        data = self.handle.read(min(wanted, self.left))
+        self.left -= len(data)
+        if self.left == 0 and len(data) < wanted:
+            data += b"\x00"
+            self.padded = True
+        return data
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def __enter__(self) -> PaddedDataSet:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 def uncompressed_target(sop_class: str, accepted: set[tuple[str, str]]) -> str:
@@ -268,7 +347,7 @@ def uncompressed_target(sop_class: str, accepted: set[tuple[str, str]]) -> str:
 
 
 def payload(job: jobs.Job, route: Route, prepared: Path | Dataset,
-            accepted: set[tuple[str, str]]) -> tuple[str, BinaryIO]:
+            accepted: set[tuple[str, str]]) -> tuple[str, BinaryIO | PaddedDataSet]:
     """(transfer syntax of the context to use, the data set bytes to send).
 
     A file goes as stored: its data set after the File Meta, streamed (the
@@ -279,20 +358,23 @@ def payload(job: jobs.Job, route: Route, prepared: Path | Dataset,
         handle = open(prepared, "rb")
         try:  # echoes' own meta reader: pynetdicom's split_dataset parsed it with
             # pydicom, ~20 small reads and seeks per object (strace, issue 7)
-            _meta, offset = read_meta(handle, os.fstat(handle.fileno()).st_size)
+            size = os.fstat(handle.fileno()).st_size
+            _meta, offset = read_meta(handle, size)
             handle.seek(offset)
         except BaseException:
             handle.close()
             raise
+        if (size - offset) % 2 and job.transfer_syntax in DEFLATED:
+            return job.transfer_syntax, PaddedDataSet(handle, size - offset)
         return job.transfer_syntax, handle
     if route.kind == "relabel":
         syntax = JPEGLossless
-    elif route.kind == "decompress":
+    elif route.target:  # reencode, decompress: prepare() matched its byte order
+        syntax = route.target
+    else:  # prepared without a target: match the byte order of the one chosen here
         syntax = uncompressed_target(job.sop_class_uid, accepted)
-        if syntax == ExplicitVRBigEndian:
-            swap_pixel_bytes(prepared)  # decompressed pixels are little endian
-    else:
-        syntax = route.target or uncompressed_target(job.sop_class_uid, accepted)
+        match_byte_order(prepared, prepared.file_meta.TransferSyntaxUID != ExplicitVRBigEndian,
+                         syntax != ExplicitVRBigEndian)
     data = encode_dataset(prepared, syntax == ImplicitVRLittleEndian,
                           syntax != ExplicitVRBigEndian)
     if data is None:

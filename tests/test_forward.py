@@ -38,6 +38,9 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import SecondaryCaptureImageStorage
 
+from echoes.requestor import Requestor
+from echoes.validation import read_meta
+
 
 @dataclass
 class Destination:
@@ -268,6 +271,74 @@ def test_jpeg_lossless_arrives_uncompressed_with_same_pixels(tmp_path: Path, cle
                                                    "1.2.840.10008.1.2.2")
     assert arrived.SOPInstanceUID == source.SOPInstanceUID
     assert np.array_equal(arrived.pixel_array, source.pixel_array)
+
+
+def send_as_stored(server: Server, path: Path) -> int:
+    """C-STORE a Part 10 file's data set exactly as the file holds it (echoes'
+    requestor, no re-encoding); the response status.
+    """
+    meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+    sop_class, syntax = str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)
+    assoc = Requestor.connect("127.0.0.1", server.config.store_port, "MODALITY", "ECHOES",
+                              [(sop_class, [syntax])], 16384, 30, 60)
+    context = assoc.context_for(sop_class, syntax)
+    assert context is not None
+    with open(path, "rb") as handle:
+        _meta, offset = read_meta(handle, path.stat().st_size)
+        handle.seek(offset)
+        result = assoc.send_c_store(context, str(meta.MediaStorageSOPInstanceUID), handle)
+    assoc.release()
+    assert result is not None
+    return result.status
+
+
+def test_odd_length_deflated_object_arrives_at_storescp(tmp_path: Path, cleanup: list,
+                                                        dcmtk: None) -> None:
+    """pydicom's image_dfl.dcm has a deflate stream of 4,303 bytes.  Forwarded as
+    stored to a storescp that takes deflate, it went out as an odd-length PDV:
+    storescp aborted ("DIMSE: Odd Fragment Length: 4303") and the job failed as
+    "no response".  Padded with one 0x00 as dcmtk's storescu pads, it arrives and
+    inflates to the same data set.
+    """
+    deflating = destination(tmp_path, "DEFLATING")
+    cleanup.append(deflating.start("+xd"))  # accepts Deflated Explicit VR Little Endian
+    server = start_with(tmp_path / "home", ae_sections(deflating))
+    cleanup.append(server)
+    original = TEST_FILES / "image_dfl.dcm"
+    with open(original, "rb") as handle:
+        _meta, offset = read_meta(handle, original.stat().st_size)
+    assert (original.stat().st_size - offset) % 2 == 1  # the case under test
+    assert send_as_stored(server, original) == 0x0000
+    wait_for(lambda: len(deflating.received()) == 1 or queue(server)["DEFLATING"]["failed"],
+             30, "the deflated object did not arrive")
+    assert deflating.received(), cli(server, "queue").stdout
+    arrived = pydicom.dcmread(deflating.received()[0])
+    source = pydicom.dcmread(original)
+    assert arrived.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1.99"  # sent as stored
+    assert "Odd Fragment Length" not in deflating.log.read_text(errors="replace")
+    assert arrived.SOPInstanceUID == source.SOPInstanceUID
+    assert [element for element in arrived] == [element for element in source]
+    assert np.array_equal(arrived.pixel_array, source.pixel_array)
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1",
+                                    "1.2.840.10008.1.2.2"])
+def test_uncompressed_object_goes_out_as_stored(tmp_path: Path, cleanup: list, dcmtk: None,
+                                                syntax: str) -> None:
+    """An object stored in any uncompressed syntax arrives in that syntax at a peer
+    that accepts all three (storescp's default picks Explicit VR Little Endian out
+    of a context offering the three: an Implicit VR object went out re-encoded).
+    """
+    peer = destination(tmp_path, "PEER")
+    cleanup.append(peer.start())
+    server = start_with(tmp_path / "home", ae_sections(peer))
+    cleanup.append(server)
+    original = write_part10(make_dataset(syntax=syntax), tmp_path / "in.dcm", syntax)
+    assert send_as_stored(server, original) == 0x0000
+    wait_for(lambda: len(peer.received()) == 1, 30, "the object did not arrive")
+    arrived = pydicom.dcmread(peer.received()[0])
+    assert arrived.file_meta.TransferSyntaxUID == syntax
+    assert arrived.SOPInstanceUID == pydicom.dcmread(original).SOPInstanceUID
 
 
 def test_failure_status_shows_as_failed_with_reason(tmp_path: Path, cleanup: list,
