@@ -1,10 +1,12 @@
-"""The project's own scripts and test prerequisites: what bin/test installs, when.
+"""The project's own scripts and test prerequisites: what bin/setup and bin/test install, when.
 
-bin/test installs every Debian package the suite drives, and a test whose
-tool is missing fails naming what to install instead of skipping (a green run
-must have run them).  The script runs for real against a copy in a temporary
-folder, with a fake ``apt-get`` that writes down how it was called; the
-pytest runs are real ones in a subprocess with the tool hidden.
+bin/setup runs on every ``bin/run``: it must not need a package index once
+.venv is set up (a server without one could not start).  bin/test installs
+every Debian package the suite drives, and a test whose tool is missing fails
+naming what to install instead of skipping (a green run must have run them).
+The scripts run for real against a copy in a temporary folder, with fake
+``python``/``apt-get`` that write down how they were called; the pytest runs
+are real ones in a subprocess with the tool hidden.
 """
 
 from __future__ import annotations
@@ -16,6 +18,24 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+
+#: Stands in for python3 and then for .venv/bin/python: writes its arguments
+#: down; ``-m venv DIR`` makes DIR/bin/python (itself); ``-m pip install -e``
+#: makes .venv/bin/echoes (a fake that writes its arguments down too), or
+#: fails when FAKE_PIP_FAILS is set.
+FAKE_PYTHON = """#!/bin/sh
+echo "python $*" >>"$FAKE_LOG"
+if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then
+    mkdir -p "$3/bin" && cp "$0" "$3/bin/python" && exit 0
+fi
+if [ "$1 $2 $3" = "-m pip install" ] && [ "$5" = "-e" ]; then
+    [ -z "${FAKE_PIP_FAILS:-}" ] || exit 1
+    printf '#!/bin/sh\\necho "echoes $*" >>"$FAKE_LOG"\\n' >"$(dirname "$0")/echoes"
+    chmod +x "$(dirname "$0")/echoes"
+fi
+exit 0
+"""
+
 
 def fake(folder: Path, name: str, text: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -34,6 +54,52 @@ def project_copy(tmp_path: Path, *scripts: str) -> Path:
     for name in ("setup.cfg", "pyproject.toml"):
         shutil.copy2(REPO / name, home / name)
     return home
+
+
+def test_setup_installs_only_when_the_venv_or_its_dependencies_change(tmp_path: Path) -> None:
+    home = project_copy(tmp_path, "setup", "run")
+    log = tmp_path / "calls.log"
+    python = fake(tmp_path / "python", "python3", FAKE_PYTHON)
+    env = {**{k: v for k, v in os.environ.items() if k != "ECHOES_CONFIG"},
+           "PYTHON": str(python), "FAKE_LOG": str(log)}
+    offline = {**env, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""}
+
+    def setup(*args: str, environ: dict[str, str] = offline) -> list[str]:
+        """Run bin/setup; return the installs it made (pip's self-upgrade left out)."""
+        before = log.read_text().splitlines() if log.exists() else []
+        done = subprocess.run([str(home / "bin" / "setup"), *args], env=environ,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        calls = log.read_text().splitlines()[len(before):] if log.exists() else []
+        return [c for c in calls if "--upgrade pip" not in c]
+
+    assert setup(environ=env) == ["python -m venv " + str(home / ".venv"),
+                                  f"python -m pip install --quiet -e {home}"]
+    assert setup() == []  # set up: no pip, no index needed
+    assert setup("--test", environ=env) == [f"python -m pip install --quiet -e {home}[test]"]
+    assert setup("--test") == []
+    assert setup() == []  # the test install serves a plain run too
+
+    # bin/run, offline, on a set-up checkout: straight to echoes.
+    done = subprocess.run([str(home / "bin" / "run"), "--daemon"], env=offline,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().splitlines()[-1] == (
+        f"echoes --config {home}/etc/echoes.ini start --daemon")
+
+    # Dependencies changed: installed again (as asked: plain), then offline again.
+    with open(home / "setup.cfg", "a") as cfg:
+        cfg.write("# a new dependency\n")
+    assert setup(environ=env) == [f"python -m pip install --quiet -e {home}"]
+    assert setup() == []
+    assert setup("--test", environ=env) == [f"python -m pip install --quiet -e {home}[test]"]
+
+    # A failed install leaves no stamp: the next run tries again.
+    (home / "pyproject.toml").write_text((home / "pyproject.toml").read_text() + "\n")
+    failed = subprocess.run([str(home / "bin" / "setup")], env={**env, "FAKE_PIP_FAILS": "1"},
+                            capture_output=True, text=True, timeout=60)
+    assert failed.returncode != 0
+    assert setup(environ=env) == [f"python -m pip install --quiet -e {home}"]
 
 
 def tool_folder(tmp_path: Path, present: list[str], real: list[str]) -> Path:
