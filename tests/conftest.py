@@ -222,3 +222,11 @@ def server(tmp_path: Path) -> Iterator[Server]:
 def dcmtk() -> None:
     if not shutil.which("storescu"):
         pytest.fail("dcmtk is not installed: run bin/test, which installs it")
+
+
+@pytest.fixture(scope="session")
+def openssl() -> None:
+    """Fail (never skip) without the openssl command: a skip would hide untested TLS."""
+    if not shutil.which("openssl"):
+        pytest.fail("openssl is not installed (the TLS tests make their certificates with it):"
+                    " run bin/test, which installs it, or apt-get install openssl")

@@ -34,20 +34,27 @@ from test_forward import Destination, ae_sections, destination, start_with, wait
 from echoes import config as config_module
 from echoes import jobs, spool
 
+try:
+    from selenium import webdriver
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+    )
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+except ImportError as missing:
+    # Not a skip: a suite that passes without running these proves nothing about the pages.
+    SELENIUM_MISSING: str | None = (
+        f"selenium is not installed ({missing}): run bin/test (or bin/setup --test), "
+        "which installs it into .venv")
+else:
+    SELENIUM_MISSING = None
+
 PASSWORD = "correct horse battery"
 #: How long a page may take to show what a test waits for (loaded CI machine).
 PATIENCE = 30
-
-selenium = pytest.importorskip("selenium", reason="bin/test installs selenium")
-from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import (  # noqa: E402
-    NoSuchElementException,
-    StaleElementReferenceException,
-)
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 
 def chromium_paths() -> tuple[str, str]:
@@ -58,6 +65,15 @@ def chromium_paths() -> tuple[str, str]:
         pytest.fail("chromium and chromium-driver are not installed: run bin/test, "
                     "which installs them")
     return browser, driver
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prerequisites() -> None:
+    """selenium, chromium and chromedriver, checked before any server starts: without one,
+    every test here fails naming what to install (never skips)."""
+    if SELENIUM_MISSING:
+        pytest.fail(SELENIUM_MISSING)
+    chromium_paths()
 
 
 @pytest.fixture(scope="module")

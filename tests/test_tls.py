@@ -7,7 +7,6 @@ without TLS, is refused).  Outbound: echoes forwards to a TLS storescp.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +17,8 @@ from conftest import DCMTK_ENV, free_port, make_dataset, write_config, write_par
 
 from echoes import config as config_module
 
-pytestmark = pytest.mark.skipif(not shutil.which("openssl"), reason="openssl not installed")
+#: Without openssl every test here fails saying so (conftest), never skips.
+pytestmark = pytest.mark.usefixtures("openssl")
 
 
 def make_pki(folder: Path) -> dict[str, Path]:

@@ -7,7 +7,6 @@ nobody listens on and one that listens but never answers.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
@@ -153,7 +152,7 @@ def test_tls_asked_for_but_not_configured(config: Config, storescp) -> None:
     assert message.startswith("TLS not usable: ")
 
 
-@pytest.mark.skipif(not shutil.which("openssl"), reason="openssl not installed")
+@pytest.mark.usefixtures("openssl")
 def test_c_echo_over_tls(tmp_path: Path, storescp) -> None:
     from test_tls import make_pki
 
