@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from echoes import logs, spool
-from echoes.config import Config, Reloader
+from echoes.config import RESTART_KEYS, Config, Reloader, changed_keys, restart_needed
 
 log = logging.getLogger("echoes.supervisor")
 
@@ -312,7 +312,8 @@ def run(config: Config, on_started: Callable[[], None] | None = None) -> int:
 
     ``on_started`` runs once the ports are bound and the children started.
     SIGHUP re-reads the configuration (log level), reopens the log and is
-    passed on to every child, which re-reads what it can without a restart.
+    passed on to every child, which applies every key but those of
+    ``RESTART_KEYS``; changes to those are named in a WARNING.
     """
     set_title("supervisor")
     supervisor = Supervisor(config)
@@ -335,9 +336,20 @@ def run(config: Config, on_started: Callable[[], None] | None = None) -> int:
         while received:
             signum = received.pop(0)
             if signum == signal.SIGHUP:
+                previous = reloader.config
                 reloader.request()
-                logs.setup(reloader.current(), "supervisor", to_stderr=logs.to_stderr())
-                log.info("SIGHUP: configuration re-read, log reopened, passed on")
+                fresh = reloader.current()
+                logs.setup(fresh, "supervisor", to_stderr=logs.to_stderr())
+                applied = [name for name in changed_keys(previous, fresh)
+                           if name not in RESTART_KEYS]
+                log.info("SIGHUP: configuration re-read, log reopened, passed on; %s",
+                         f"applied: {', '.join(applied)}" if applied else "nothing to apply")
+                waiting = restart_needed(supervisor.config, fresh)
+                if waiting:
+                    # Said on every SIGHUP until the restart: the server still
+                    # runs on the old values of these.
+                    log.warning("SIGHUP: changed keys that need a restart to take effect "
+                                "(echoes stop, echoes start): %s", ", ".join(waiting))
                 supervisor.forward_signal(signum)
             else:
                 log.info("received %s, stopping", signal.Signals(signum).name)
