@@ -254,6 +254,11 @@ def serve(sock: socket.socket, address: tuple, service: Service, settings: Setti
         results = pdu.negotiate(request.contexts, service.accepted)
         association.contexts = {r.context_id: r for r in results if r.result == pdu.ACCEPTANCE}
         association.peer_maximum_length = request.maximum_length
+        if 0 < request.maximum_length <= pdu.PDV_HEADER:
+            log.warning("%s (%s:%s) offered a maximum PDU length of %d, too small for any "
+                        "PDV: sending it PDUs of up to %d bytes, as dcmtk does",
+                        request.calling_ae, association.address, association.port,
+                        request.maximum_length, pdu.send_limit(request.maximum_length))
         sock.sendall(pdu.associate_ac(request, results, settings.maximum_length,
                                       settings.implementation_class_uid,
                                       settings.implementation_version_name))
@@ -397,7 +402,8 @@ def _respond(sock: socket.socket, association: Association, message: _Message,
         comment = f"operation 0x{field_:04X} not served on this port"
     response = encoding.response_command(field_ | encoding.RESPONSE_BIT, sop_class, message_id,
                                          status, sop_instance, comment)
-    sock.sendall(pdu.p_data_command(message.context.context_id, response))
+    sock.sendall(pdu.p_data_command(message.context.context_id, response,
+                                    association.peer_maximum_length))
 
 
 def _send_quietly(sock: socket.socket, data: bytes) -> None:

@@ -201,6 +201,15 @@ KEYS: dict[str, tuple[Callable[[str], Any], str | None, bool]] = {
     "http_session_minutes": (_parse_int(1, 7 * 24 * 60), "60", False),
 }
 
+#: Keys read once when the server starts (ports bound, worker processes
+#: started, folders opened): a change takes effect only after a restart, and
+#: the supervisor names it on SIGHUP.  Every other key applies on SIGHUP (and,
+#: in the processes that poll the file, when it changes) to what starts after
+#: it: new associations on the DICOM ports (access rules, timeouts, TLS), the
+#: sender's next association, the Browser's next request, the log.
+RESTART_KEYS = ("bind", "store_port", "mwl_port", "store_workers", "spool_dir", "archive_dir",
+                "index_path", "worklist_dir", "pid_file", "http_bind", "http_port")
+
 AE_KEYS: dict[str, tuple[Callable[[str], Any], str | None]] = {
     "host": (_parse_host, None),
     "port": (_port, None),
@@ -285,6 +294,22 @@ class Config:
             self.log_file.parent,
             self.pid_file.parent,
         ]
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """The ``[echoes]`` keys whose values differ, in file order; ``[ae:*]`` when
+    the remote AEs differ."""
+    names = [name for name in KEYS if getattr(old, name) != getattr(new, name)]
+    if old.remote_aes != new.remote_aes:
+        names.append("[ae:*]")
+    return names
+
+
+def restart_needed(running: Config, fresh: Config) -> list[str]:
+    """The RESTART_KEYS that differ between the running server's configuration
+    and ``fresh``, as ``key (old -> new)`` for the log."""
+    return [f"{name} ({getattr(running, name)} -> {getattr(fresh, name)})"
+            for name in RESTART_KEYS if getattr(running, name) != getattr(fresh, name)]
 
 
 def default_config_path() -> Path:

@@ -25,6 +25,8 @@ from typing import Any, BinaryIO
 
 from pydicom import datadict
 
+from echoes import pdu
+
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
@@ -53,8 +55,6 @@ DATA_SET_PRESENT = 0x0001
 COMMAND_FRAGMENT = 0x01
 LAST_FRAGMENT = 0x02
 P_DATA_TF = 0x04
-#: Fragment size when the peer announced no maximum PDU length (0).
-UNLIMITED_PDU_FRAGMENT = 1 << 20
 
 
 def vr_for(tag: int) -> str:
@@ -144,12 +144,13 @@ def find_response_command(sop_class: str, message_id: int, status: int,
 def p_data_pdus(context_id: int, command: bytes, data_set: bytes, max_pdu: int) -> bytes:
     """One DIMSE message as P-DATA-TF PDUs within ``max_pdu``.
 
-    ``max_pdu`` is the peer's Maximum Length Received (0: no limit).  PDVs
+    ``max_pdu`` is the peer's Maximum Length Received, as offered (0: no
+    limit; :func:`echoes.pdu.send_limit` says what is sent for it).  PDVs
     are packed into as few PDUs as fit (PS3.8 9.3.5 allows several PDVs per
     PDU), so a small response is one PDU: command PDV then data set PDV.
     """
-    limit = max_pdu or UNLIMITED_PDU_FRAGMENT
-    fragment = limit - 6
+    limit = pdu.send_limit(max_pdu)
+    fragment = limit - pdu.PDV_HEADER
     pdvs: list[bytes] = []
     for stream, kind in ((command, COMMAND_FRAGMENT), (data_set, 0)):
         for start in range(0, len(stream), fragment):
@@ -313,7 +314,7 @@ def p_data_stream(context_id: int, command: bytes, data_set: BinaryIO, max_pdu: 
     issue 7).
     """
     yield p_data_pdus(context_id, command, b"", max_pdu)
-    fragment = (max_pdu or UNLIMITED_PDU_FRAGMENT) - 6
+    fragment = pdu.send_limit(max_pdu) - pdu.PDV_HEADER
     per_read = max(1, group_bytes // fragment) * fragment
     block = data_set.read(per_read)
     while block:

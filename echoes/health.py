@@ -109,11 +109,52 @@ def ports(config: Config) -> list[Problem]:
 
 
 def browser_port(config: Config) -> list[Problem]:
-    """The Browser answers HTTP (a WARNING: images and worklists flow without it)."""
+    """The Browser answers HTTP (a WARNING: images and worklists flow without it).
+
+    When another program listens on ``http_port`` (a second echoes, anything),
+    that is the problem to name: the supervisor waits for the port, and asking
+    the stranger over HTTP would judge the wrong server (another echoes'
+    Browser answers 200; a silent one only times out).
+    """
+    holder = foreign_listener(config, config.http_port)
+    if holder:
+        return [Problem(WARNING, f"Browser port {config.http_port} is taken by {holder}: the "
+                                 "web process starts once it is free")]
     why = browser_answers(config)
     if why:
         return [Problem(WARNING, f"Browser port {config.http_port} does not answer: {why}")]
     return []
+
+
+def foreign_listener(config: Config, port: int) -> str | None:
+    """Who listens on ``port`` when no process of this echoes does, in words; else None.
+
+    None too when that cannot be told (no server running, no access to the
+    socket table): then the ordinary probes speak.
+    """
+    import psutil
+
+    supervisor = daemon.running_pid(config.pid_file)
+    if supervisor is None or supervisor <= 0:
+        return None
+    try:
+        ours = {supervisor} | {child.pid for child in
+                               psutil.Process(supervisor).children(recursive=True)}
+        listening = [connection for connection in psutil.net_connections("tcp")
+                     if connection.status == psutil.CONN_LISTEN and connection.laddr
+                     and connection.laddr.port == port]
+    except (psutil.Error, OSError):
+        return None
+    if not listening or any(connection.pid in ours for connection in listening):
+        return None
+    pid = next((connection.pid for connection in listening if connection.pid), None)
+    if pid is None:
+        return "another program (its owner is not visible to this user)"
+    try:
+        command = " ".join(psutil.Process(pid).cmdline()).strip()
+    except psutil.Error:
+        command = ""
+    return f"another program (pid {pid}{': ' + command[:60] if command else ''})"
 
 
 def browser_answers(config: Config, timeout: float = 5.0) -> str | None:

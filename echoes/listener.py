@@ -62,22 +62,48 @@ class AssociationServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     own thread, an A-ASSOCIATE-RJ (permanent, service user, no reason given)
     to its request, a log line, and the connection closed.  Accepted
     connections get TCP_NODELAY, QUICKACK before every read, a read timeout
-    and (when configured) TLS.
+    and (when configured) TLS.  :meth:`configure` takes these rules from a
+    configuration, at start and again on SIGHUP.
     """
 
     daemon_threads = True
     block_on_close = False
     listen_fd: int = -1
-    allowed_networks: tuple = ()
-    role: str = ""
-    read_timeout: float | None = None
-    ssl_context: Any = None
-    service: Any = None
-    settings: Any = None
 
-    def __init__(self) -> None:
+    def __init__(self, service: Any, role: str, maximum_length: int) -> None:
         self.limiter = association.Limiter()
+        self.service = service
+        self.role = role
+        self.maximum_length = maximum_length
+        self.settings: association.Settings | None = None
+        self.allowed_networks: tuple = ()
+        self.read_timeout: float | None = None
+        self.ssl_context: Any = None
         socketserver.TCPServer.__init__(self, ("", 0), _AssociationHandler)
+
+    def configure(self, config: Config) -> None:
+        """Serve associations accepted from now on by ``config``'s rules: calling
+        and called AE titles, networks, association limit, timeouts, TLS.
+
+        Open associations keep the rules they were accepted under.  Each
+        attribute is replaced whole, so the accept thread sees the old rule or
+        the new one.  New TLS files that do not load (a key that does not match
+        its certificate) are logged and the previous context kept: a reload
+        must not take the port down.
+        """
+        import ipaddress
+
+        from echoes import tls
+
+        try:
+            self.ssl_context = tls.server_context(config)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            if self.settings is None:
+                raise  # at start: the worker fails and the log says why
+            log.error("TLS files not loaded, new associations keep the previous ones: %s", exc)
+        self.allowed_networks = tuple(ipaddress.ip_network(n) for n in config.allowed_networks)
+        self.read_timeout = config.network_timeout
+        self.settings = association.Settings.for_port(config, self.role, self.maximum_length)
 
     def finish_request(self, request, client_address) -> None:
         if self.allowed_networks and not _address_allowed(client_address[0],
@@ -172,35 +198,40 @@ def _refuse_connection(request: socket.socket, client_address: tuple, role: str)
 
 
 def serve(service: Any, config: Config, role: str, maximum_length: int, listen_fd: int,
-          on_hangup: Callable[[], None] | None = None) -> AssociationServer:
+          on_hangup: Callable[[Config], None] | None = None) -> AssociationServer:
     """Serve ``service`` on the port of ``role`` until SIGTERM/SIGINT, then let
     open associations finish (up to ``dimse_timeout``).
 
-    ``on_hangup`` runs on SIGHUP (which is otherwise ignored, so a reload
-    signal from the supervisor never kills a worker).  Returns the stopped
-    server.
+    SIGHUP re-reads the configuration file, reopens the log and applies the
+    port's rules to new associations (:meth:`AssociationServer.configure`),
+    then calls ``on_hangup`` with the fresh configuration for what the
+    service itself keeps.  Returns the stopped server.
     """
-    import ipaddress
+    from echoes import logs
 
-    from echoes import tls
-
-    settings = association.Settings.for_port(config, role, maximum_length)
     AssociationServer.listen_fd = listen_fd
-    AssociationServer.allowed_networks = tuple(
-        ipaddress.ip_network(n) for n in config.allowed_networks)
-    AssociationServer.role = role
-    AssociationServer.read_timeout = config.network_timeout
-    AssociationServer.service = service
-    AssociationServer.settings = settings
-    AssociationServer.ssl_context = tls.server_context(config)
-    server = AssociationServer()
-    _run_until_stopped(server, settings.ae_title, config.dimse_timeout, on_hangup)
+    server = AssociationServer(service, role, maximum_length)
+    server.configure(config)
+    current = [config]
+
+    def hangup() -> None:
+        fresh = logs.reload(current[0], role)
+        server.configure(fresh)
+        current[0] = fresh
+        if on_hangup is not None:
+            on_hangup(fresh)
+
+    _run_until_stopped(server, config.ae_title, lambda: current[0].dimse_timeout, hangup)
     return server
 
 
-def _run_until_stopped(server: Any, ae_title: str, drain_seconds: float,
+def _run_until_stopped(server: Any, ae_title: str, drain_seconds: Callable[[], float],
                        on_hangup: Callable[[], None] | None) -> None:
-    """Accept in a thread; in the main thread wait for signals, then drain."""
+    """Accept in a thread; in the main thread wait for signals, then drain.
+
+    SIGHUP is never fatal to a worker: it runs ``on_hangup`` here, in the main
+    thread (logging takes locks, so not in the signal handler).
+    """
     stop = threading.Event()
     hangup = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -225,7 +256,7 @@ def _run_until_stopped(server: Any, ae_title: str, drain_seconds: float,
         break
     server.shutdown()
     server.server_close()
-    deadline = time.monotonic() + drain_seconds
+    deadline = time.monotonic() + drain_seconds()
     while server.active_associations and time.monotonic() < deadline:
         time.sleep(0.05)
     left = len(server.active_associations)

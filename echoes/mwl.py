@@ -34,7 +34,6 @@ from echoes import (
     association,
     encoding,
     listener,
-    logs,
     pdu,
     sopclasses,
     worklist,
@@ -336,8 +335,7 @@ def run(config: Config, listen_fd: int) -> int:
     watcher.start()
     service = WorklistService(directory)
 
-    def reload() -> None:
-        logs.reload(config, "mwl")
+    def reload(_fresh: Config) -> None:
         directory.load()
         log.info("worklist re-read on SIGHUP: %d items", len(directory))
 

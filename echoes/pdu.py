@@ -262,10 +262,47 @@ def iter_pdvs(body: memoryview) -> Iterator[tuple[int, int, memoryview]]:
         offset += 4 + length
 
 
-def p_data_command(context_id: int, command: bytes) -> bytes:
-    """One P-DATA-TF carrying a whole (small) command set as its last fragment."""
-    pdv = struct.pack(">IBB", len(command) + 2, context_id, COMMAND_BIT | LAST_BIT) + command
-    return _pdu(P_DATA_TF, pdv)
+#: A PDV item's header: 4-byte item length, presentation context id, control header.
+PDV_HEADER = 6
+#: What we send at most per PDU when the peer sets no limit (0) or a larger one:
+#: bounds what one PDU (and one read of a file being streamed) holds in memory.
+LARGEST_SENT_PDU = 1 << 20
+#: dcmtk's smallest PDU (ASC_MINIMUMPDUSIZE), sent to a peer whose offer cannot hold a PDV.
+SMALLEST_USABLE_PDU = 4096
+
+
+def send_limit(peer_maximum: int) -> int:
+    """The largest P-DATA-TF variable field to send to a peer whose Maximum
+    Length Received was ``peer_maximum``.
+
+    0 is "no limit" (PS3.8 D.1): our own cap.  1 to 6 cannot hold even one
+    PDV (its 6 header bytes and a byte of data), so no PDU could honour it:
+    such a peer gets what dcmtk sends it (ASC_acknowledgeAssociation falls back
+    to its 4096-byte minimum), since that is what it interoperates with in
+    the field.  Anything from 7 up is honoured, up to our own cap.
+    """
+    if peer_maximum <= 0 or peer_maximum > LARGEST_SENT_PDU:
+        return LARGEST_SENT_PDU
+    if peer_maximum <= PDV_HEADER:
+        return SMALLEST_USABLE_PDU
+    return peer_maximum
+
+
+def p_data_command(context_id: int, command: bytes, peer_maximum: int = 0) -> bytes:
+    """A whole command set (a response, a C-ECHO-RQ) as P-DATA-TF PDUs within the
+    peer's maximum: one PDU with one PDV unless the peer asked for less.
+    """
+    fragment = send_limit(peer_maximum) - PDV_HEADER
+    if len(command) <= fragment:
+        pdv = struct.pack(">IBB", len(command) + 2, context_id, COMMAND_BIT | LAST_BIT) + command
+        return _pdu(P_DATA_TF, pdv)
+    pdus = []
+    for start in range(0, len(command), fragment):
+        chunk = command[start:start + fragment]
+        control = COMMAND_BIT | (LAST_BIT if start + fragment >= len(command) else 0)
+        pdus.append(_pdu(P_DATA_TF, struct.pack(">IBB", len(chunk) + 2, context_id, control)
+                         + chunk))
+    return b"".join(pdus)
 
 
 # -- the requestor side (the sender's outbound associations) -------------------

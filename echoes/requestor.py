@@ -228,7 +228,8 @@ class Requestor:
             raise ValueError("Verification was not accepted")
         command = encoding.echo_request_command(VERIFICATION, next(_message_ids))
         try:
-            self.sock.sendall(pdu.p_data_command(context.context_id, command))
+            self.sock.sendall(pdu.p_data_command(context.context_id, command,
+                                                 self.peer_maximum_length))
             return self._response(encoding.C_ECHO_RSP).status
         except (TimeoutError, PeerTimedOut):
             self.abort()

@@ -41,7 +41,6 @@ from echoes import (
     association,
     encoding,
     listener,
-    logs,
     pdu,
     sopclasses,
     spool,
@@ -318,8 +317,11 @@ def run(config: Config, listen_fd: int) -> int:
     folder = layout.worker_tmp(os.getpid())
     folder.mkdir(parents=True, exist_ok=True)
     service = StoreService(config, layout, folder)
-    listener.serve(service, config, "store", RECEIVE_MAX_PDU, listen_fd,
-                   on_hangup=lambda: logs.reload(config, "store") and None)
+
+    def reload(fresh: Config) -> None:
+        service.config = fresh  # min_free_mb, for the objects received from now on
+
+    listener.serve(service, config, "store", RECEIVE_MAX_PDU, listen_fd, on_hangup=reload)
     service.spares.close()
     for leftover in folder.glob("*.part"):
         leftover.unlink(missing_ok=True)

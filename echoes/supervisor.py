@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from echoes import logs, spool
-from echoes.config import Config, Reloader
+from echoes.config import RESTART_KEYS, Config, Reloader, changed_keys, restart_needed
 
 log = logging.getLogger("echoes.supervisor")
 
@@ -46,9 +46,13 @@ LISTENING_ROLES: dict[str, tuple[str, str]] = {
 }
 
 #: Roles the server can run without: when their port cannot be bound, the
-#: supervisor logs why and runs everything else (images keep flowing while
-#: the admin frees port 8080); ``echoes check`` reports the role missing.
+#: supervisor logs why, runs everything else at once (images keep flowing
+#: while the admin frees port 8080) and tries the port again every
+#: REBIND_SECONDS, starting the role when it gets it; ``echoes check``
+#: reports the role missing and who holds its port.
 OPTIONAL_ROLES = frozenset({"web"})
+#: How often an optional role's busy port is tried again.
+REBIND_SECONDS = 2.0
 
 #: A child that lived shorter than this is restarted after a back-off.
 HEALTHY_SECONDS = 5.0
@@ -103,9 +107,13 @@ def bind_socket(address: str, port: int) -> socket.socket:
     """A listening port, bound once for all the workers of a role."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((address, port))
-    listener.listen(128)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((address, port))
+        listener.listen(128)
+    except OSError:
+        listener.close()  # tried again every REBIND_SECONDS: no descriptor left behind
+        raise
     listener.set_inheritable(True)
     return listener
 
@@ -166,7 +174,8 @@ class Supervisor:
         self.children: list[Child] = []
         self.stopping = False
         self.sockets: dict[str, socket.socket] = {}
-        self.skipped: set[str] = set()
+        #: optional role -> when its busy port is tried next (time.monotonic)
+        self.waiting: dict[str, float] = {}
 
     def _argv(self, role: str) -> list[str]:
         argv = [sys.executable, "-m", "echoes", "--config", str(self.config.path),
@@ -188,28 +197,57 @@ class Supervisor:
         spool.SpoolLayout(self.config.spool_dir).create()
         for role, (address_key, port_key) in LISTENING_ROLES.items():
             address, port = getattr(self.config, address_key), getattr(self.config, port_key)
+            if role in OPTIONAL_ROLES:
+                # Never waited for: old workers draining (the patience below)
+                # or a second echoes holding it must not hold the DICOM ports
+                # back (35.6 s measured); watch_once tries it again.
+                try:
+                    self.sockets[role] = bind_socket(address, port)
+                except OSError as exc:
+                    log.error("%s: cannot listen on %s:%d: %s; running without the %s "
+                              "process until the port is free (tried every %.0f s)",
+                              port_key, address, port, exc.strerror, role, REBIND_SECONDS)
+                    self.waiting[role] = time.monotonic() + REBIND_SECONDS
+                continue
             try:
                 self.sockets[role] = bind_with_patience(address, port)
             except OSError as exc:
-                why = f"{port_key}: cannot listen on {address}:{port}: {exc.strerror}"
-                if role in OPTIONAL_ROLES:
-                    log.error("%s; running without the %s process", why, role)
-                    self.skipped.add(role)
-                    continue
                 for listening in self.sockets.values():
                     listening.close()
-                raise StartError(why) from None
-        for role, count in ROLES.items():
-            if role in self.skipped:
+                raise StartError(f"{port_key}: cannot listen on {address}:{port}: "
+                                 f"{exc.strerror}") from None
+        for role in ROLES:
+            if role not in self.waiting:
+                self._start_role(role)
+
+    def _start_role(self, role: str) -> None:
+        for slot in range(ROLES[role](self.config)):
+            child = Child(role, slot)
+            self.children.append(child)
+            self._spawn(child)
+
+    def _retry_ports(self, now: float) -> None:
+        """Try again the ports of optional roles still waiting; start a role that got its."""
+        for role, when in list(self.waiting.items()):
+            if now < when:
                 continue
-            for slot in range(count(self.config)):
-                child = Child(role, slot)
-                self.children.append(child)
-                self._spawn(child)
+            address_key, port_key = LISTENING_ROLES[role]
+            address, port = getattr(self.config, address_key), getattr(self.config, port_key)
+            try:
+                self.sockets[role] = bind_socket(address, port)
+            except OSError:
+                self.waiting[role] = now + REBIND_SECONDS
+                continue
+            del self.waiting[role]
+            log.info("%s %s:%d is free now: listening, starting the %s process",
+                     port_key, address, port, role)
+            self._start_role(role)
 
     def watch_once(self) -> None:
         """Restart any child that has exited (called every POLL_SECONDS)."""
         now = time.monotonic()
+        if self.waiting:
+            self._retry_ports(now)
         for child in self.children:
             process = child.process
             if process is not None and process.poll() is None:
@@ -274,7 +312,8 @@ def run(config: Config, on_started: Callable[[], None] | None = None) -> int:
 
     ``on_started`` runs once the ports are bound and the children started.
     SIGHUP re-reads the configuration (log level), reopens the log and is
-    passed on to every child, which re-reads what it can without a restart.
+    passed on to every child, which applies every key but those of
+    ``RESTART_KEYS``; changes to those are named in a WARNING.
     """
     set_title("supervisor")
     supervisor = Supervisor(config)
@@ -288,17 +327,29 @@ def run(config: Config, on_started: Callable[[], None] | None = None) -> int:
         return 1
     if on_started is not None:
         on_started()
-    log.info("echoes %s: store port %d, worklist port %d, Browser http://%s:%d/, pid %d",
+    log.info("echoes %s: store port %d, worklist port %d, Browser http://%s:%d/%s, pid %d",
              config.ae_title, config.store_port, config.mwl_port, config.http_bind,
-             config.http_port, os.getpid())
+             config.http_port, " (waiting for its port)" if "web" in supervisor.waiting else "",
+             os.getpid())
     reloader = Reloader(config)
     while True:
         while received:
             signum = received.pop(0)
             if signum == signal.SIGHUP:
+                previous = reloader.config
                 reloader.request()
-                logs.setup(reloader.current(), "supervisor", to_stderr=logs.to_stderr())
-                log.info("SIGHUP: configuration re-read, log reopened, passed on")
+                fresh = reloader.current()
+                logs.setup(fresh, "supervisor", to_stderr=logs.to_stderr())
+                applied = [name for name in changed_keys(previous, fresh)
+                           if name not in RESTART_KEYS]
+                log.info("SIGHUP: configuration re-read, log reopened, passed on; %s",
+                         f"applied: {', '.join(applied)}" if applied else "nothing to apply")
+                waiting = restart_needed(supervisor.config, fresh)
+                if waiting:
+                    # Said on every SIGHUP until the restart: the server still
+                    # runs on the old values of these.
+                    log.warning("SIGHUP: changed keys that need a restart to take effect "
+                                "(echoes stop, echoes start): %s", ", ".join(waiting))
                 supervisor.forward_signal(signum)
             else:
                 log.info("received %s, stopping", signal.Signals(signum).name)

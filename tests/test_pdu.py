@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import json
 import struct
+from collections.abc import Iterator
 
 import pytest
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
+from conftest import Server, free_port, make_dataset, start_server, stop_server
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.dsutils import encode
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
     ImplementationClassUIDNotification,
@@ -13,8 +21,9 @@ from pynetdicom.pdu_primitives import (
     MaximumLengthNotification,
 )
 from pynetdicom.presentation import build_context
+from test_encoding import COMMAND, DATA_SET, check_framing
 
-from echoes import pdu
+from echoes import encoding, pdu, requestor
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -169,3 +178,180 @@ def test_parse_accept_reads_results_and_length():
 
 def test_release_rq_bytes():
     assert pdu.release_rq() == bytes((0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0))
+
+
+# -- what a peer's Maximum Length Received makes us send (issue 14 item 9) ------------
+
+
+#: offered Maximum Length Received -> the largest PDU variable field we may send then:
+#: 0 is "no limit" (our own 1 MiB cap); 1-6 cannot hold a PDV (6 header bytes and
+#: data), so dcmtk's smallest PDU, 4096, is sent instead; from 7 on the offer is kept.
+SEND_LIMITS = {0: 1 << 20, 1: 4096, 2: 4096, 6: 4096, 7: 7, 8: 8, 13: 13, 16384: 16384,
+               (1 << 20) + 1: 1 << 20, 0xFFFFFFFF: 1 << 20}
+
+
+@pytest.mark.parametrize(("offered", "limit"), SEND_LIMITS.items())
+def test_send_limit(offered: int, limit: int) -> None:
+    assert pdu.send_limit(offered) == limit
+
+
+@pytest.mark.parametrize("offered", [0, 1, 2, 5, 6, 7, 8, 16384])
+@pytest.mark.parametrize("data_set", [b"", b"\x08\x00", DATA_SET, DATA_SET * 20],
+                         ids=["none", "tiny", "one", "large"])
+def test_p_data_pdus_for_any_offer(offered: int, data_set: bytes) -> None:
+    """Every offer gives whole, correctly framed messages within the send limit
+    (before: 1-5 gave no PDU at all, 6 raised "range() arg 3 must not be zero").
+    """
+    data = encoding.p_data_pdus(3, COMMAND, data_set, offered)
+    check_framing(data, 3, COMMAND, data_set, pdu.send_limit(offered))
+
+
+@pytest.mark.parametrize("offered", [0, 1, 6, 7, 16384])
+@pytest.mark.parametrize("size", [0, 1, 1000, 70000])
+def test_p_data_stream_for_any_offer(offered: int, size: int) -> None:
+    """The sender's C-STORE stream, to a destination that accepted with a tiny maximum."""
+    data_set = bytes(n % 251 for n in range(size))
+    groups = encoding.p_data_stream(5, COMMAND, io.BytesIO(data_set), offered,
+                                    group_bytes=1 << 16)
+    check_framing(b"".join(groups), 5, COMMAND, data_set, pdu.send_limit(offered))
+
+
+@pytest.mark.parametrize("offered", [0, 1, 7, 16384])
+def test_p_data_command_within_the_peer_maximum(offered: int) -> None:
+    command = encoding.response_command(0x8001, CT, 7, 0, "1.2.3.4", "")
+    data = pdu.p_data_command(5, command, offered)
+    check_framing(data, 5, command, b"", pdu.send_limit(offered))
+    if pdu.send_limit(offered) >= len(command) + 6:
+        assert len(data) == len(command) + 12  # one PDU, one PDV: the fast case stays
+
+
+# -- the same, end to end: a real peer offering 0, 1, 7 and 16384 bytes -----------------
+
+
+VERIFICATION = "1.2.840.10008.1.1"
+MWL_FIND = "1.2.840.10008.5.1.4.31"
+WORKLIST = {f"Q{n}": {"PatientID": f"Q{n}", "PatientName": f"SMALL^PDU{n}",
+                      "AccessionNumber": f"ACC{n}", "ScheduledProcedureStepSequence": [
+                          {"Modality": "CT", "ScheduledStationAETitle": "CT01",
+                           "ScheduledProcedureStepStartDate": "20261130",
+                           "ScheduledProcedureStepStartTime": f"{8 + n:02d}00"}]}
+            for n in range(3)}
+
+
+@pytest.fixture(scope="module")
+def small_pdu_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("small-pdu") / "home"
+    folder = home / "var" / "worklist"
+    folder.mkdir(parents=True)
+    for name, document in WORKLIST.items():
+        (folder / f"{name}.json").write_text(json.dumps(document))
+    server = start_server(home, store_workers=1)
+    yield server
+    stop_server(server)
+
+
+@pytest.mark.parametrize("offered", [0, 1, 7, 16384])
+def test_peer_offering_a_small_maximum_pdu(small_pdu_server: Server, offered: int) -> None:
+    """C-ECHO, C-STORE and an MWL C-FIND with answers, to pynetdicom offering ``offered``;
+    every P-DATA-TF it receives from us is within the send limit for that offer.
+    """
+    server = small_pdu_server
+    dataset = make_dataset()
+    archived = len(server.indexed_sops())
+    received: list[P_DATA_TF] = []
+
+    def on_pdu(event) -> None:
+        if isinstance(event.pdu, P_DATA_TF):
+            received.append(event.pdu)
+
+    # associate()'s max_pdu is what goes into the request (AE.maximum_pdu_size is
+    # only what pynetdicom offers as an acceptor).
+    ae = AE(ae_title="SMALLPDU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(VERIFICATION)
+    ae.add_requested_context(dataset.SOPClassUID, ExplicitVRLittleEndian)
+    stored = ae.associate("127.0.0.1", server.config.store_port, ae_title="ECHOES",
+                          max_pdu=offered, evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)])
+    assert stored.is_established
+    assert stored.send_c_echo().Status == 0
+    assert stored.send_c_store(dataset).Status == 0
+    stored.release()
+
+    finder = AE(ae_title="SMALLPDU")
+    finder.acse_timeout = finder.dimse_timeout = finder.network_timeout = 30
+    finder.add_requested_context(MWL_FIND, ExplicitVRLittleEndian)
+    found = finder.associate("127.0.0.1", server.config.mwl_port, ae_title="ECHOES",
+                             max_pdu=offered, evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)])
+    assert found.is_established
+    query = Dataset()
+    query.PatientID = ""
+    query.PatientName = ""
+    query.AccessionNumber = ""
+    step = Dataset()
+    step.Modality = "CT"
+    step.ScheduledProcedureStepStartTime = ""
+    query.ScheduledProcedureStepSequence = [step]
+    answers = {}
+    final = None
+    for status, identifier in found.send_c_find(query, MWL_FIND):
+        assert status is not None, "no answer from the worklist port"
+        if status.Status == 0xFF00:
+            answers[str(identifier.PatientID)] = str(identifier.PatientName)
+        else:
+            final = status.Status
+    found.release()
+    assert final == 0
+    assert answers == {name: document["PatientName"] for name, document in WORKLIST.items()}
+
+    server.wait_ingested(archived + 1)
+    assert dataset.SOPInstanceUID in server.archived_sops()
+    limit = pdu.send_limit(offered)
+    assert received
+    assert max(pdu_.pdu_length for pdu_ in received) <= limit
+    if offered == 1:
+        assert ("SMALLPDU (127.0.0.1:" in server.config.log_file.read_text()
+                and "offered a maximum PDU length of 1, too small for any PDV"
+                in server.config.log_file.read_text())
+
+
+@pytest.mark.parametrize("offered", [0, 1, 7, 16384])
+def test_destination_accepting_with_a_small_maximum_pdu(offered: int) -> None:
+    """The sender's side: C-ECHO and C-STORE through echoes' requestor to a pynetdicom
+    SCP that accepts with ``offered``; it gets the object whole, in PDUs within the limit.
+    """
+    dataset = make_dataset(rows=32)
+    syntax = str(dataset.file_meta.TransferSyntaxUID)
+    received: list[P_DATA_TF] = []
+    stored: list[Dataset] = []
+
+    def on_pdu(event) -> None:
+        if isinstance(event.pdu, P_DATA_TF):
+            received.append(event.pdu)
+
+    def on_store(event) -> int:
+        stored.append(event.dataset)
+        return 0x0000
+
+    scp = AE(ae_title="DEST")
+    scp.maximum_pdu_size = offered
+    scp.add_supported_context(VERIFICATION)
+    scp.add_supported_context(dataset.SOPClassUID, syntax)
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[
+        (evt.EVT_PDU_RECV, on_pdu), (evt.EVT_C_STORE, on_store)])
+    try:
+        assoc = requestor.Requestor.connect(
+            "127.0.0.1", port, "ECHOES", "DEST",
+            [(VERIFICATION, [syntax]), (str(dataset.SOPClassUID), [syntax])], 49152, 10, 10)
+        assert assoc.peer_maximum_length == offered
+        assert assoc.send_c_echo() == 0
+        context = assoc.context_for(str(dataset.SOPClassUID), syntax)
+        data = encode(dataset, False, True)
+        result = assoc.send_c_store(context, dataset.SOPInstanceUID, io.BytesIO(data))
+        assert result is not None and result.status == 0
+        assoc.release()
+    finally:
+        server.shutdown()
+    assert [ds.SOPInstanceUID for ds in stored] == [dataset.SOPInstanceUID]
+    assert stored[0].PixelData == dataset.PixelData
+    assert max(pdu_.pdu_length for pdu_ in received) <= pdu.send_limit(offered)
