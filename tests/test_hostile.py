@@ -674,7 +674,7 @@ def test_mwl_serves_only_the_valid_items_and_did_not_restart(hostile: Hostile,
     assert server.children("mwl") == mwl_pid
     reported = {c.name for c in WORKLIST_CASES if c.reason}
     assert set(dropped.listed) == reported
-    assert f"{len(VALID_ITEMS)} valid, {len(reported)} invalid" in dropped.check.stderr
+    assert f"{len(VALID_ITEMS)} valid, {len(reported)} invalid" in dropped.check.stdout
 
 
 def test_removing_the_hostile_files_leaves_a_clean_worklist(hostile: Hostile,
