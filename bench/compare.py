@@ -60,9 +60,9 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from worklist import WLM_AE, item, queries, write_corpus
 
-from echoes import archive
 from echoes import config as config_module
-from echoes.index import ArchiveIndex, InstanceRecord, read_studies
+from echoes.index.embedded import ArchiveIndex, InstanceRecord, read_studies
+from echoes.storage import archive
 
 ROWS = ("ingest", "nagle", "worklist", "scale", "memory", "forward")
 SYSTEMS = ("dcmtk", "orthanc", "echoes")

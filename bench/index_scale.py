@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from echoes.index import ArchiveIndex, InstanceRecord, read_studies, read_study
+from echoes.index.embedded import ArchiveIndex, InstanceRecord, read_studies, read_study
 
 ROOT = "1.2.826.0.1.3680043.99"
 WINDOW = 1000

@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from echoes import config as config_module
-from echoes.index import read_studies
+from echoes.index.embedded import read_studies
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 

@@ -38,7 +38,7 @@ from common import free_port  # bench/common.py
 from werkzeug.security import generate_password_hash
 
 from echoes import config as config_module
-from echoes.index import ArchiveIndex, InstanceRecord
+from echoes.index.embedded import ArchiveIndex, InstanceRecord
 
 ROOT = "1.2.826.0.1.3680043.99"
 TARGET_MS = 300.0

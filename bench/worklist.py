@@ -34,7 +34,7 @@ from common import ENV, OUT, free_port, tool, wait_echo  # bench/common.py
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from echoes import worklist
+from echoes.worklist import files as worklist
 
 WLM_AE = "WLMSCPFS"
 MWL_FIND = "1.2.840.10008.5.1.4.31"

@@ -15,8 +15,10 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 
-from echoes import __version__, index, logs, spool
+from echoes import __version__, logs
 from echoes import config as config_module
+from echoes.index import embedded as index
+from echoes.storage import spool
 
 #: LSB exit codes for ``status``.
 STATUS_RUNNING = 0
@@ -92,7 +94,7 @@ def _load(args: argparse.Namespace) -> config_module.Config:
 
 def _read_pid(config: config_module.Config) -> int | None:
     """The running supervisor's pid (it holds the pid file's lock), else None."""
-    from echoes import daemon
+    from echoes.ops import daemon
 
     return daemon.running_pid(config.pid_file)
 
@@ -103,7 +105,8 @@ def cmd_start(args: argparse.Namespace, config: config_module.Config) -> int:
     ``--daemon`` returns 0 only once the store and worklist ports answer
     C-ECHO, 1 (with the end of the log) when the server could not start.
     """
-    from echoes import daemon, supervisor
+    from echoes.ops import daemon
+    from echoes.processes import supervisor
 
     running = _read_pid(config)
     if running:
@@ -255,7 +258,7 @@ def cmd_studies(args: argparse.Namespace, config: config_module.Config) -> int:
 
 def cmd_check(args: argparse.Namespace, config: config_module.Config) -> int:
     """Nagios plugin: exit 0 OK, 1 WARNING, 2 CRITICAL; a summary line, then details."""
-    from echoes import health
+    from echoes.ops import health
 
     problems = health.check(config)
     code, first_line = health.summary(problems)
@@ -272,7 +275,7 @@ def cmd_check(args: argparse.Namespace, config: config_module.Config) -> int:
 
 
 def _job_store(config: config_module.Config):
-    from echoes import jobs
+    from echoes.queue import jobs
 
     return jobs.JobStore(spool.SpoolLayout(config.spool_dir).outgoing)
 
@@ -300,7 +303,7 @@ def cmd_queue(args: argparse.Namespace, config: config_module.Config) -> int:
     """Outbound jobs per destination: counts, then what is retrying or failed and why."""
     from dataclasses import asdict
 
-    from echoes import jobs
+    from echoes.queue import jobs
 
     everything = sorted(_job_store(config).all(), key=lambda job: (job.destination, job.created))
     by_destination: dict[str, list] = {}
@@ -339,7 +342,7 @@ def cmd_retry(args: argparse.Namespace, config: config_module.Config) -> int:
     the Browser's API refuses a done one with 409: a done job was delivered
     (pushing the study again sends it anew), a pending one waits already.
     """
-    from echoes import jobs
+    from echoes.queue import jobs
 
     store = _job_store(config)
     now = time.time()
@@ -368,7 +371,7 @@ def cmd_cancel(args: argparse.Namespace, config: config_module.Config) -> int:
     """Withdraw one job, or all of one AE: the sender never sends them
     (echoes retry JOB_ID brings one back).
     """
-    from echoes import jobs
+    from echoes.queue import jobs
 
     if args.destination:
         count = _job_store(config).cancel_destination(args.destination, time.time())
@@ -388,7 +391,7 @@ def cmd_cancel(args: argparse.Namespace, config: config_module.Config) -> int:
 
 def cmd_fsck(args: argparse.Namespace, config: config_module.Config) -> int:
     """Index against tree: 0 when they agree, 1 with one line per lasting problem."""
-    from echoes import integrity
+    from echoes.ops import integrity
 
     findings = integrity.fsck(config, read_headers=not args.quick)
     if args.json:
@@ -403,7 +406,8 @@ def cmd_fsck(args: argparse.Namespace, config: config_module.Config) -> int:
 
 def cmd_reindex(args: argparse.Namespace, config: config_module.Config) -> int:
     """Rebuild the index from the tree: by the running ingester, or here when stopped."""
-    from echoes import index, integrity
+    from echoes.index import embedded as index
+    from echoes.ops import integrity
 
     if _read_pid(config) is None:
         archive_index = index.ArchiveIndex(config.index_path)
@@ -428,7 +432,7 @@ def cmd_reindex(args: argparse.Namespace, config: config_module.Config) -> int:
 
 
 def _read_worklist(config: config_module.Config):
-    from echoes import worklist
+    from echoes.worklist import files as worklist
 
     directory = worklist.WorklistDirectory(config.worklist_dir, quiet=True)
     directory.load()
@@ -484,7 +488,7 @@ def cmd_worklist(args: argparse.Namespace, config: config_module.Config) -> int:
         return 1 if invalid else 0
     items = sorted(directory.items(), key=_scheduled)
     if args.json:
-        from echoes import worklist
+        from echoes.worklist import files as worklist
 
         rows = []
         for item in items:
@@ -561,7 +565,7 @@ def cmd_passwd(args: argparse.Namespace, config: config_module.Config) -> int:
 
 def cmd_worker(args: argparse.Namespace, config: config_module.Config) -> int:
     """Entry point of a supervised child (not for people)."""
-    from echoes import supervisor
+    from echoes.processes import supervisor
 
     supervisor.die_with_parent()
     supervisor.set_title(args.role)
@@ -572,19 +576,19 @@ def cmd_worker(args: argparse.Namespace, config: config_module.Config) -> int:
 
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     if args.role == "store":
-        from echoes import store
+        from echoes.services import storage as store
 
         return store.run(config, args.listen_fd)
     if args.role == "mwl":
-        from echoes import mwl
+        from echoes.services import worklist as mwl
 
         return mwl.run(config, args.listen_fd)
     if args.role == "ingester":
-        from echoes import ingester
+        from echoes.processes import ingester
 
         return ingester.run(config)
     if args.role == "sender":
-        from echoes import sender
+        from echoes.processes import sender
 
         return sender.run(config)
     if args.role == "web":

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from echoes import config as config_module
-from echoes import spool
 from echoes.config import ConfigError, RemoteAE
+from echoes.storage import spool
 
 #: configparser's own patterns (RawConfigParser._SECT_TMPL and _OPT_TMPL with
 #: the default delimiters), so lines are classified as it classifies them.

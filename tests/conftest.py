@@ -20,7 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
 from echoes import config as config_module
-from echoes import index
+from echoes.index import embedded as index
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 

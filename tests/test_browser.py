@@ -32,7 +32,8 @@ from pydicom.uid import RLELossless, generate_uid
 from test_forward import Destination, ae_sections, destination, start_with, wait_for
 
 from echoes import config as config_module
-from echoes import jobs, spool
+from echoes.queue import jobs
+from echoes.storage import spool
 
 try:
     from selenium import webdriver

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from echoes import cli
-from echoes.index import ArchiveIndex, InstanceRecord
+from echoes.index.embedded import ArchiveIndex, InstanceRecord
 
 
 def record(sop: str, study: str, **values: str) -> InstanceRecord:

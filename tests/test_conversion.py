@@ -37,8 +37,11 @@ from pydicom.uid import (
 )
 from pynetdicom.dsutils import decode
 
-from echoes import encoding, jobs, sender, validation
-from echoes.validation import MalformedDataset
+from echoes.dicom import encoding
+from echoes.dicom import part10 as validation
+from echoes.dicom.part10 import MalformedDataset
+from echoes.processes import sender
+from echoes.queue import jobs
 
 try:  # pydicom-data (a test extra) installs its files as the package data_store
     import data_store

@@ -32,7 +32,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 
 from echoes import config as config_module
-from echoes import jobs
+from echoes.queue import jobs
 
 REPO = Path(__file__).resolve().parent.parent
 ECHOES_BIN = Path(sys.executable).parent / "echoes"

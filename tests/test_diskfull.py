@@ -19,8 +19,8 @@ from conftest import make_dataset, start_server, stop_server
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom.dsutils import encode
 
-from echoes.requestor import Requestor
-from echoes.validation import check_part10
+from echoes.dicom.part10 import check_part10
+from echoes.dicom.requestor import Requestor
 
 SIZE_MB = 24
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from echoes import mwl, sopclasses, store
+from echoes.dicom import sopclasses
+from echoes.services import storage as store
+from echoes.services import worklist as mwl
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "conformance.md"

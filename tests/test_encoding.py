@@ -13,8 +13,8 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
 
-from echoes import encoding
-from echoes.encoding import SYNTAXES, encode_tree, find_response_command, p_data_pdus
+from echoes.dicom import encoding
+from echoes.dicom.encoding import SYNTAXES, encode_tree, find_response_command, p_data_pdus
 
 MWL_FIND = "1.2.840.10008.5.1.4.31"  # 22 characters
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"  # 27 characters

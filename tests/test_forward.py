@@ -38,8 +38,8 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import SecondaryCaptureImageStorage
 
-from echoes.requestor import Requestor
-from echoes.validation import read_meta
+from echoes.dicom.part10 import read_meta
+from echoes.dicom.requestor import Requestor
 
 
 @dataclass
@@ -483,7 +483,7 @@ def test_one_object_that_makes_the_peer_abort_fails_alone(tmp_path: Path, cleanu
     arrives with one attempt, the poisoned one fails alone after max_attempts
     with the peer's abort in its error (issue 14, items 3 and 4).
     """
-    from echoes import jobs
+    from echoes.queue import jobs
 
     files = study_files(tmp_path / "in", 8)
     uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]

@@ -934,7 +934,7 @@ def test_memory_bounded_under_hostile_burst(target: Target) -> None:
 # Found by this harness: pynetdicom reads a whole PDU with blocking recv() calls,
 # so a peer that stopped mid-PDU held a worker thread and an association slot for
 # ever (neither ARTIM nor network_timeout could fire), and max_associations such
-# peers locked the port out.  Fixed in echoes.listener (reads time out after
+# peers locked the port out.  Fixed in echoes.dicom.server (reads time out after
 # network_timeout); this test keeps it fixed.
 
 
@@ -1031,7 +1031,7 @@ def test_huge_pdu_is_not_buffered(capped: Target) -> None:
     Found by this harness: pynetdicom trusts the 4-byte PDU length, so an
     A-ASSOCIATE-RQ promising 0xFFFFFFFF bytes (before any AE title check) was read
     into memory as it arrived, up to 4 GB per connection.  Fixed in
-    echoes.listener (PDUs over 1 MiB are refused); this test keeps it fixed."""
+    echoes.dicom.server (PDUs over 1 MiB are refused); this test keeps it fixed."""
     results = {role: stream_huge_pdu(port, psutil.Process(capped.pids[role][0]))
                for role, port in capped.ports.items()}
     for role in capped.ports:

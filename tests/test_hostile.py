@@ -40,7 +40,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 
-from echoes.worklist import MAX_FILE_BYTES, MAX_SEQUENCE_DEPTH
+from echoes.worklist.files import MAX_FILE_BYTES, MAX_SEQUENCE_DEPTH
 
 SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"

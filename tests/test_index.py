@@ -6,11 +6,11 @@ from dataclasses import replace
 
 import pytest
 
-from echoes import index
-from echoes import journal as journal_module
-from echoes.index import ArchiveIndex, InstanceRecord
-from echoes.journal import journal_path
-from echoes.tally import summarize_study
+from echoes.index import embedded as index
+from echoes.index import journal as journal_module
+from echoes.index.embedded import ArchiveIndex, InstanceRecord
+from echoes.index.journal import journal_path
+from echoes.index.tally import summarize_study
 
 
 def record(sop: str, study: str = "1.2.3", series: str = "1.2.3.1", **kw) -> InstanceRecord:

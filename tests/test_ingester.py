@@ -6,8 +6,10 @@ import pytest
 from conftest import make_dataset, write_config, write_part10
 
 from echoes import config as config_module
-from echoes import index, ingester, spool
-from echoes.ingester import Ingester
+from echoes.index import embedded as index
+from echoes.processes import ingester
+from echoes.processes.ingester import Ingester
+from echoes.storage import spool
 
 
 def make_ingester(tmp_path):
@@ -69,7 +71,7 @@ def test_wakes_on_arrivals_only(tmp_path):
     import os
     import threading
 
-    from echoes.ingester import watch_arrivals
+    from echoes.processes.ingester import watch_arrivals
 
     incoming = tmp_path / "incoming"
     incoming.mkdir()

@@ -1,4 +1,4 @@
-"""Unit tests for echoes.jobs: job ids, the state machine, the file format, JobStore."""
+"""Unit tests for echoes.queue.jobs: job ids, the state machine, the file format, JobStore."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from echoes import jobs
+from echoes.queue import jobs
 
 NOW = 1_700_000_000.0
 
@@ -641,7 +641,7 @@ def echoes(config, *args: str):
 
 
 def test_cancel_command_queue_and_retry(home):
-    from echoes import spool
+    from echoes.storage import spool
 
     store = jobs.JobStore(spool.SpoolLayout(home.spool_dir).outgoing)
     store.queue("PACS", records(3), "push", NOW)
@@ -681,7 +681,7 @@ def test_retry_command_refuses_done_and_pending_jobs(home):
     pending job is refused on stderr with exit 1 and left as it is; retrying,
     failed and cancelled ones are queued again from zero (issue 14, item 12).
     """
-    from echoes import spool
+    from echoes.storage import spool
 
     store = jobs.JobStore(spool.SpoolLayout(home.spool_dir).outgoing)
     store.queue("PACS", records(5), "push", NOW)
@@ -713,7 +713,8 @@ def test_retry_command_refuses_done_and_pending_jobs(home):
 
 
 def test_check_does_not_alarm_on_cancelled_jobs(home):
-    from echoes import health, spool
+    from echoes.ops import health
+    from echoes.storage import spool
 
     store = jobs.JobStore(spool.SpoolLayout(home.spool_dir).outgoing)
     store.queue("PACS", records(2), "push", NOW)
@@ -736,7 +737,7 @@ def test_new_job_reads_only_the_record_fields() -> None:
 
 
 def test_cancel_a_whole_destination(home):
-    from echoes import spool
+    from echoes.storage import spool
 
     store = jobs.JobStore(spool.SpoolLayout(home.spool_dir).outgoing)
     store.queue("PACS", records(4), "push", NOW)

@@ -12,8 +12,8 @@ import threading
 import pytest
 from tinydb import TinyDB
 
-from echoes import journal
-from echoes.journal import JournalStorage, journal_path
+from echoes.index import journal
+from echoes.index.journal import JournalStorage, journal_path
 
 
 def docs(*keys: int, table: str = "t", value: int = 0) -> dict:

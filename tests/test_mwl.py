@@ -422,8 +422,8 @@ def test_several_associations_at_once(mwl: Server, tmp_path: Path, dcmtk: None) 
 
 def test_answer_shape_keeps_sequence_values_not_top_level_values() -> None:
     """The response cache key: sequence values select sub-items, top-level ones do not."""
-    from echoes.mwl import answer_shape
-    from echoes.mwl_match import QueryKey
+    from echoes.services.worklist import answer_shape
+    from echoes.worklist.match import QueryKey
 
     def query(patient: str, modality: str) -> dict:
         return {0x00100020: QueryKey("LO", patient),
@@ -436,8 +436,8 @@ def test_answer_shape_keeps_sequence_values_not_top_level_values() -> None:
 def test_response_cache_not_used_for_a_rewrite_with_the_same_signature(tmp_path: Path) -> None:
     """A rewrite of the same length within the timestamp granularity keeps inode,
     size and mtime; the watcher re-reads it on close, and the answer must follow."""
-    from echoes.mwl import ResponseCache
-    from echoes.worklist import WorklistDirectory
+    from echoes.services.worklist import ResponseCache
+    from echoes.worklist.files import WorklistDirectory
 
     path = tmp_path / "a.json"
     path.write_text(json.dumps({"PatientID": "P1", "PatientName": "OLD^NAME"}))

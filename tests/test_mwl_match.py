@@ -1,4 +1,4 @@
-"""Unit tests of the pure Modality Worklist matching rules (``echoes.mwl_match``).
+"""Unit tests of the pure Modality Worklist matching rules (``echoes.worklist.match``).
 
 No sockets, no files: worklist items are trees built with ``parse_bytes`` from
 keyword-form JSON, queries are trees of ``QueryKey`` built from keywords.
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
-from echoes.mwl_match import Query, QueryKey, compile_query, normalize_time
-from echoes.worklist import parse_bytes
+from echoes.worklist.files import parse_bytes
+from echoes.worklist.match import Query, QueryKey, compile_query, normalize_time
 
 SPS = "ScheduledProcedureStepSequence"
 START_DATE = "ScheduledProcedureStepStartDate"

@@ -1,4 +1,4 @@
-"""echoes.pdu: our acceptor PDUs, cross-checked against pynetdicom's encoder and decoder."""
+"""echoes.dicom.pdu: our acceptor PDUs, cross-checked against pynetdicom's encoder and decoder."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import build_context
 from test_encoding import COMMAND, DATA_SET, check_framing
 
-from echoes import encoding, pdu, requestor
+from echoes.dicom import encoding, pdu, requestor
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"

@@ -1,4 +1,4 @@
-"""Unit tests for the pure helpers of echoes.sender (no sockets, no processes)."""
+"""Unit tests for the pure helpers of echoes.processes.sender (no sockets, no processes)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,10 @@ from pydicom.uid import (
 )
 from pynetdicom.dsutils import decode, encode
 
-from echoes import encoding, jobs, sender
-from echoes.sender import DELIVERED, PERMANENT, TRANSIENT, Route
+from echoes.dicom import encoding
+from echoes.processes import sender
+from echoes.processes.sender import DELIVERED, PERMANENT, TRANSIENT, Route
+from echoes.queue import jobs
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
@@ -500,7 +502,7 @@ def test_reencode_to_big_endian_and_back_is_lossless(source, tmp_path):
 
 def _data_pdvs(stream: bytes) -> list[bytes]:
     """The data set fragments of P-DATA-TF PDUs as echoes frames them."""
-    from echoes import pdu
+    from echoes.dicom import pdu
 
     fragments, offset = [], 0
     while offset < len(stream):
@@ -549,7 +551,7 @@ def test_done_jobs_are_pruned_after_keep_done_hours(tmp_path):
     from conftest import write_config
 
     from echoes import config as config_module
-    from echoes import jobs
+    from echoes.queue import jobs
 
     config = config_module.load(write_config(tmp_path / "home", keep_done_hours=1))
     worker = sender.Sender(config)

@@ -23,10 +23,13 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import SecondaryCaptureImageStorage
 
 from echoes import config as config_module
-from echoes import jobs, pdu, requestor, sender, spool
-from echoes.association import PDUReader
 from echoes.config import Config
-from echoes.validation import read_meta
+from echoes.dicom import pdu, requestor
+from echoes.dicom.acceptor import PDUReader
+from echoes.dicom.part10 import read_meta
+from echoes.processes import sender
+from echoes.queue import jobs
+from echoes.storage import spool
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
 UNCOMPRESSED = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]

@@ -21,8 +21,10 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import SecondaryCaptureImageStorage
 
 from echoes import config as config_module
-from echoes import jobs, sender, spool
 from echoes.config import Config
+from echoes.processes import sender
+from echoes.queue import jobs
+from echoes.storage import spool
 
 
 class Peer:

@@ -12,7 +12,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config
 
-from echoes import sopclasses
+from echoes.dicom import sopclasses
 
 UNCOMPRESSED = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian]
 

@@ -16,7 +16,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
-from echoes.thumbnail import (
+from echoes.web.thumbnail import (
     auto_window,
     pick_frame,
     placeholder,

@@ -6,7 +6,7 @@ import pytest
 from conftest import TEST_FILES, make_dataset, write_part10
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 
-from echoes.validation import MalformedDataset, check_part10, uid_problem
+from echoes.dicom.part10 import MalformedDataset, check_part10, uid_problem
 
 
 @pytest.mark.parametrize("uid", ["1.2.3", "1.2.840.10008.5.1.4.1.1.2", "2.25.0", "1.02.3"])

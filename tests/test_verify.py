@@ -21,8 +21,8 @@ from pynetdicom.sop_class import SecondaryCaptureImageStorage
 from test_forward import _listening, wait_for
 
 from echoes import config as config_module
-from echoes import requestor
 from echoes.config import Config, RemoteAE
+from echoes.dicom import requestor
 
 
 @pytest.fixture

@@ -36,11 +36,14 @@ from pydicom.uid import generate_uid
 from werkzeug.security import generate_password_hash
 
 from echoes import config as config_module
-from echoes import config_edit, index, jobs, spool, thumbnail
+from echoes import config_edit
 from echoes.config import RemoteAE
-from echoes.index import ArchiveIndex
-from echoes.ingester import read_record
-from echoes.web import auth, catalog, create_app, listen, make_server, stop_server
+from echoes.index import embedded as index
+from echoes.index.embedded import ArchiveIndex
+from echoes.processes.ingester import read_record
+from echoes.queue import jobs
+from echoes.storage import spool
+from echoes.web import auth, catalog, create_app, listen, make_server, stop_server, thumbnail
 
 PASSWORD = "correct horse"
 #: A cheap hash keeps logins fast in tests (the default scrypt costs ~0.1 s).
@@ -967,7 +970,7 @@ def storescp(tmp_path: Path, dcmtk: None) -> Iterator[Storescp]:
 
 def test_push_queues_the_study_and_shows_progress_until_done(serve, archive: Archive,
                                                              storescp: Storescp) -> None:
-    from echoes.sender import Sender
+    from echoes.processes.sender import Sender
 
     running = serve(archive, aes=f"[ae:STORESCP]\nhost = 127.0.0.1\nport = {storescp.port}\n")
     client = running.client

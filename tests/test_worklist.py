@@ -18,9 +18,8 @@ from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
-from echoes import worklist
-from echoes.mwl_match import QueryKey, compile_query
-from echoes.worklist import (
+from echoes.worklist import files as worklist
+from echoes.worklist.files import (
     MAX_FILE_BYTES,
     InvalidWorklistFile,
     WorklistDirectory,
@@ -30,6 +29,7 @@ from echoes.worklist import (
     to_dataset,
     tree_is_ascii,
 )
+from echoes.worklist.match import QueryKey, compile_query
 
 PATIENT_NAME = 0x00100010
 PATIENT_ID = 0x00100020

@@ -21,9 +21,12 @@ from typing import Any, NoReturn
 from flask import Blueprint, Response, g, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from echoes import config_edit, daemon, health, jobs, spool
+from echoes import config_edit
 from echoes.config import ConfigError, RemoteAE, parse_ae_title
-from echoes.validation import uid_problem
+from echoes.dicom.part10 import uid_problem
+from echoes.ops import daemon, health
+from echoes.queue import jobs
+from echoes.storage import spool
 from echoes.web import catalog
 from echoes.web.state import state
 
@@ -124,7 +127,7 @@ def study(study_uid: str) -> Response:
 
 @blueprint.get("/studies/<study_uid>/series/<series_uid>/thumbnail.png")
 def thumbnail(study_uid: str, series_uid: str) -> Response:
-    from echoes import thumbnail as thumbnails
+    from echoes.web import thumbnail as thumbnails
 
     study = read_study(study_uid)
     checked_uid(series_uid, "SeriesInstanceUID")
@@ -293,7 +296,7 @@ def remove_ae(title: str) -> Response:
 
 @blueprint.post("/aes/<title>/echo")
 def echo_ae(title: str) -> Response:
-    from echoes import requestor
+    from echoes.dicom import requestor
 
     remote = _configured(title)
     ok, message, milliseconds = requestor.verify(state().config, remote, timeout=ECHO_TIMEOUT)

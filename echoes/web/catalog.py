@@ -27,9 +27,10 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from echoes import index, jobs
 from echoes.config import RemoteAE
-from echoes.journal import JournalStorage, journal_path
+from echoes.index import embedded as index
+from echoes.index.journal import JournalStorage, journal_path
+from echoes.queue import jobs
 
 #: Sort keys of GET /api/studies, and the order each takes when none is given.
 #: ``received`` is when the study's newest object arrived (its ``updated``).
@@ -433,7 +434,7 @@ def _text(tree: Mapping[int, Any], tag: int) -> str:
 def worklist_day(items: Iterable[Any], day: str) -> list[dict]:
     """Scheduled steps starting on ``day`` (YYYYMMDD), grouped by station, by time.
 
-    ``items`` are :class:`echoes.worklist.WorklistItem` (``name``, ``tree``);
+    ``items`` are :class:`echoes.worklist.files.WorklistItem` (``name``, ``tree``);
     one file may hold several steps, each listed on its own.
     """
     stations: dict[str, list[dict]] = {}

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from flask import Blueprint, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from echoes import jobs
+from echoes.queue import jobs
 from echoes.web import api, catalog
 from echoes.web.state import state
 

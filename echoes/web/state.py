@@ -16,9 +16,11 @@ from pathlib import Path
 
 from flask import current_app
 
-from echoes import jobs, spool, worklist
 from echoes.config import Config, Reloader
+from echoes.queue import jobs
+from echoes.storage import spool
 from echoes.web.catalog import StudyCatalog, StudyReader
+from echoes.worklist import files as worklist
 
 #: The job list is scanned again at least this often, even if the folder looks unchanged.
 JOBS_RESCAN_SECONDS = 2.0

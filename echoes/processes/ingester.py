@@ -48,10 +48,13 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyEmitter
 from watchdog.observers.inotify_c import InotifyConstants, Mask
 
-from echoes import archive, integrity, jobs, logs, spool
+from echoes import logs
 from echoes.config import Config, Reloader
-from echoes.index import ArchiveIndex, InstanceRecord
-from echoes.validation import DEFLATED_SYNTAXES, MalformedDataset, check_part10, read_meta
+from echoes.dicom.part10 import DEFLATED_SYNTAXES, MalformedDataset, check_part10, read_meta
+from echoes.index.embedded import ArchiveIndex, InstanceRecord
+from echoes.ops import integrity
+from echoes.queue import jobs
+from echoes.storage import archive, spool
 
 log = logging.getLogger("echoes.ingester")
 

@@ -16,8 +16,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from echoes import daemon, jobs, spool, worklist
 from echoes.config import Config
+from echoes.ops import daemon
+from echoes.queue import jobs
+from echoes.storage import spool
+from echoes.worklist import files as worklist
 
 OK, WARNING, CRITICAL = 0, 1, 2
 NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL"}
@@ -47,7 +50,7 @@ def process_table(config: Config) -> tuple[list[ProcessState], str | None]:
     supervisor not inspectable); the Browser's health page shows the table,
     ``processes`` turns it into problems.
     """
-    from echoes.supervisor import ROLES
+    from echoes.processes.supervisor import ROLES
 
     wanted = [(role, count(config)) for role, count in ROLES.items()]
     missing = [ProcessState(role, None, False) for role, count in wanted for _ in range(count)]
@@ -83,7 +86,7 @@ def processes(config: Config) -> list[Problem]:
     A missing Browser (web) process is a WARNING: images and worklists still
     flow without it.
     """
-    from echoes.supervisor import OPTIONAL_ROLES, ROLES
+    from echoes.processes.supervisor import OPTIONAL_ROLES, ROLES
 
     table, why_not = process_table(config)
     if why_not is not None:

@@ -45,7 +45,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from echoes import spool
+from echoes.storage import spool
 
 log = logging.getLogger("echoes.jobs")
 

@@ -56,10 +56,13 @@ from pydicom.uid import (
 from pynetdicom.dsutils import encode as encode_dataset
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from echoes import jobs, logs, requestor, sopclasses, spool
+from echoes import logs
 from echoes.config import Config, Reloader, RemoteAE
-from echoes.requestor import AssociationFailed, Requestor
-from echoes.validation import read_meta
+from echoes.dicom import requestor, sopclasses
+from echoes.dicom.part10 import read_meta
+from echoes.dicom.requestor import AssociationFailed, Requestor
+from echoes.queue import jobs
+from echoes.storage import spool
 
 log = logging.getLogger("echoes.sender")
 

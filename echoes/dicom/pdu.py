@@ -1,6 +1,6 @@
 """DICOM Upper Layer PDUs for the acceptor side (PS3.8 section 9), as pure functions.
 
-The store port runs its own small upper layer (:mod:`echoes.association`)
+The store port runs its own small upper layer (:mod:`echoes.dicom.acceptor`)
 instead of pynetdicom's, because pynetdicom's two polling threads per
 association (1 ms sleeps in the DUL and in the association reactor) cost
 2-4 ms per object, more than receiving and storing the object itself

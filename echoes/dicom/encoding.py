@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 from pydicom import datadict
 
-from echoes import pdu
+from echoes.dicom import pdu
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
@@ -145,7 +145,7 @@ def p_data_pdus(context_id: int, command: bytes, data_set: bytes, max_pdu: int) 
     """One DIMSE message as P-DATA-TF PDUs within ``max_pdu``.
 
     ``max_pdu`` is the peer's Maximum Length Received, as offered (0: no
-    limit; :func:`echoes.pdu.send_limit` says what is sent for it).  PDVs
+    limit; :func:`echoes.dicom.pdu.send_limit` says what is sent for it).  PDVs
     are packed into as few PDUs as fit (PS3.8 9.3.5 allows several PDVs per
     PDU), so a small response is one PDU: command PDV then data set PDV.
     """

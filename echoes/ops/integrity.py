@@ -20,8 +20,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from echoes import index, spool
 from echoes.config import Config
+from echoes.index import embedded as index
+from echoes.storage import spool
 
 RECHECK_SECONDS = 2.0
 REQUEST = "reindex.request"
@@ -54,7 +55,7 @@ def archived_files(archive_dir: Path) -> Iterator[tuple[str, int]]:
 
 def _header_problem(config: Config, relative: str, record: dict | None) -> str:
     """Why the file's own UIDs disagree with its place or its record ("" if fine)."""
-    from echoes.ingester import read_record
+    from echoes.processes.ingester import read_record
 
     try:
         found = read_record(config.archive_dir / relative)
@@ -103,7 +104,7 @@ def rebuild(config: Config, archive_index: index.ArchiveIndex) -> dict[str, int]
     is reported by fsck, not moved).  Runs inside the ingester, or in the
     command when the server is stopped.
     """
-    from echoes.ingester import read_record
+    from echoes.processes.ingester import read_record
 
     counts = {"files": 0, "indexed": 0, "unreadable": 0, "records removed": 0}
     batch: list[index.InstanceRecord] = []

@@ -38,9 +38,9 @@ from pydicom import datadict, valuerep
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from echoes.encoding import vr_for
-from echoes.mwl_match import Query, Tree
-from echoes.validation import uid_problem
+from echoes.dicom.encoding import vr_for
+from echoes.dicom.part10 import uid_problem
+from echoes.worklist.match import Query, Tree
 
 log = logging.getLogger("echoes.worklist")
 

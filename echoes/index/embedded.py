@@ -11,7 +11,7 @@ it, for many studies and for one big one):
 * ``<index_path>.d/<StudyInstanceUID>.json`` is one *study shard*: tables
   ``series`` and ``instances``.
 
-Every file is a TinyDB database in :class:`~echoes.journal.JournalStorage`:
+Every file is a TinyDB database in :class:`~echoes.index.journal.JournalStorage`:
 the TinyDB JSON plus a journal of changes beside it (``.jnl``), compacted
 when it has grown as big as the file.  A batch appends one line per touched
 shard (fsynced before :meth:`ArchiveIndex.apply` returns: the ingester moves
@@ -21,7 +21,7 @@ any process (``read_studies``, ``read_study``, ``iter_instances``, or plain
 never half of one.
 
 The writer keeps the shards it touched lately in memory, in TinyDB's raw
-layout, with running summaries (:mod:`echoes.tally`), so a batch is O(batch)
+layout, with running summaries (:mod:`echoes.index.tally`), so a batch is O(batch)
 work, not O(study).  It does not go through ``tinydb.Table`` for writes:
 ``Table`` rebuilds the whole table on every insert or remove.  The catalog is
 derived data: it is not fsynced, and it is rebuilt from the shards whenever
@@ -43,9 +43,9 @@ from pathlib import Path
 from tinydb import TinyDB
 from tinydb.middlewares import CachingMiddleware
 
-from echoes.journal import JournalStorage
-from echoes.spool import fsync_dir
-from echoes.tally import StudyTally
+from echoes.index.journal import JournalStorage
+from echoes.index.tally import StudyTally
+from echoes.storage.spool import fsync_dir
 
 log = logging.getLogger("echoes.index")
 

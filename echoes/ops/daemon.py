@@ -110,7 +110,7 @@ def answers(config: Config, port: int, timeout: float = 5.0) -> str | None:
     The Browser's verify button, aimed at our own port (TLS when the server's
     ports use it), calling as ECHOES-CHECK so the log tells these apart.
     """
-    from echoes import requestor
+    from echoes.dicom import requestor
 
     ourselves = RemoteAE(title=config.ae_title, host=reachable_address(config.bind),
                          port=port, forward=False, tls=config.tls)

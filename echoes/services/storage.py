@@ -15,7 +15,7 @@ An object's path through this module::
                             -> fsync, spool.publish_incoming()  (rename, fsync dir)
                             -> Success 0x0000           (only now)
 
-The upper layer is our own (:mod:`echoes.association`, :mod:`echoes.pdu`),
+The upper layer is our own (:mod:`echoes.dicom.acceptor`, :mod:`echoes.dicom.pdu`),
 not pynetdicom's: see association.py for the measured reason.  A write
 error (full disk, EIO) is remembered and answered 0xA700 when the object
 ends; the association goes on.
@@ -35,18 +35,13 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from echoes import (
-    IMPLEMENTATION_CLASS_UID,
-    IMPLEMENTATION_VERSION_NAME,
-    association,
-    encoding,
-    listener,
-    pdu,
-    sopclasses,
-    spool,
-)
+from echoes import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from echoes.config import Config
-from echoes.validation import DEFLATED_SYNTAXES, MalformedDataset, check_part10, uid_problem
+from echoes.dicom import acceptor as association
+from echoes.dicom import encoding, pdu, sopclasses
+from echoes.dicom import server as listener
+from echoes.dicom.part10 import DEFLATED_SYNTAXES, MalformedDataset, check_part10, uid_problem
+from echoes.storage import spool
 
 log = logging.getLogger("echoes.store")
 

@@ -5,7 +5,7 @@ the worker processes (``--listen-fd``), so a port never closes while a worker
 restarts and several store workers can share one port.  This module is the
 thin shell every DICOM worker uses to serve on such a socket and to stop
 gracefully on SIGTERM.  Each accepted connection runs one association of
-:mod:`echoes.association` on its own thread.
+:mod:`echoes.dicom.acceptor` on its own thread.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from echoes import association
 from echoes.config import Config
+from echoes.dicom import acceptor as association
 
 log = logging.getLogger("echoes.listener")
 
@@ -56,7 +56,7 @@ TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
 
 class AssociationServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     """Accepts on the listening socket inherited from the supervisor; each
-    connection runs one :mod:`echoes.association` on its own thread.
+    connection runs one :mod:`echoes.dicom.acceptor` on its own thread.
 
     Also enforces ``allowed_networks``: a peer from elsewhere gets, in its
     own thread, an A-ASSOCIATE-RJ (permanent, service user, no reason given)
@@ -93,7 +93,7 @@ class AssociationServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         """
         import ipaddress
 
-        from echoes import tls
+        from echoes.dicom import tls
 
         try:
             self.ssl_context = tls.server_context(config)

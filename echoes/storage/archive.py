@@ -12,8 +12,8 @@ import os
 import shutil
 from pathlib import Path, PurePosixPath
 
-from echoes.spool import fsync_dir, fsync_file
-from echoes.validation import uid_problem
+from echoes.dicom.part10 import uid_problem
+from echoes.storage.spool import fsync_dir, fsync_file
 
 
 def relative_path(study_uid: str, series_uid: str, sop_uid: str) -> PurePosixPath:

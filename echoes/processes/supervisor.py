@@ -22,8 +22,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from echoes import logs, spool
+from echoes import logs
 from echoes.config import RESTART_KEYS, Config, Reloader, changed_keys, restart_needed
+from echoes.storage import spool
 
 log = logging.getLogger("echoes.supervisor")
 

@@ -1,6 +1,6 @@
 """Outbound associations for the sender: a blocking, single-thread requestor.
 
-Same reason as :mod:`echoes.association`: pynetdicom's requestor polls its
+Same reason as :mod:`echoes.dicom.acceptor`: pynetdicom's requestor polls its
 socket and its DIMSE queue with 1 ms sleeps in two threads; forwarding 1,000
 CT objects spent more of the sender's CPU in those loops than in sending
 (py-spy, issue 7).  Here the sending thread writes the C-STORE-RQ and then
@@ -27,11 +27,12 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from echoes import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, encoding, pdu, tls
-from echoes.association import PDUReader, PeerGone, PeerTimedOut
+from echoes import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from echoes.config import Config, RemoteAE
-from echoes.listener import QuickAckSocket
-from echoes.sopclasses import VERIFICATION
+from echoes.dicom import encoding, pdu, tls
+from echoes.dicom.acceptor import PDUReader, PeerGone, PeerTimedOut
+from echoes.dicom.server import QuickAckSocket
+from echoes.dicom.sopclasses import VERIFICATION
 
 #: Associations echoes starts offer this maximum PDU (SPEC, statement 3.4.1).
 SEND_MAX_PDU = 49152

@@ -8,7 +8,7 @@ reads, streams data set fragments straight into the service's receiver as
 they arrive, and writes each response the moment the service decides it.
 
 What this layer does itself: A-ASSOCIATE negotiation against the service's
-table (:func:`echoes.pdu.negotiate`), the association limit and the calling /
+table (:func:`echoes.dicom.pdu.negotiate`), the association limit and the calling /
 called AE title rules (A-ASSOCIATE-RJ with the PS3.8 reason), C-ECHO, the
 release and abort handshakes, the ARTIM timer (``acse_timeout``) and the
 idle timer (``network_timeout``, a read timeout), and the PDU size cap.
@@ -27,8 +27,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from echoes import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, encoding, pdu
+from echoes import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from echoes.config import Config
+from echoes.dicom import encoding, pdu
 
 log = logging.getLogger("echoes.association")
 
