@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from echoes import __version__, logs
 from echoes import config as config_module
 from echoes.index import embedded as index
-from echoes.storage import spool
+from echoes.storage import durable, spool
 
 #: LSB exit codes for ``status``.
 STATUS_RUNNING = 0
@@ -419,7 +419,7 @@ def cmd_reindex(args: argparse.Namespace, config: config_module.Config) -> int:
         return 0
     result = integrity.result_path(config)
     result.unlink(missing_ok=True)
-    spool.atomic_write_bytes(integrity.request_path(config), b"reindex\n")
+    durable.atomic_write_bytes(integrity.request_path(config), b"reindex\n")
     print("echoes reindex: asked the running ingester; waiting", file=sys.stderr)
     deadline = time.monotonic() + 24 * 3600
     while time.monotonic() < deadline:

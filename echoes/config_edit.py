@@ -38,7 +38,7 @@ from pathlib import Path
 
 from echoes import config as config_module
 from echoes.config import ConfigError, RemoteAE
-from echoes.storage import spool
+from echoes.storage import durable
 
 #: configparser's own patterns (RawConfigParser._SECT_TMPL and _OPT_TMPL with
 #: the default delimiters), so lines are classified as it classifies them.
@@ -443,7 +443,7 @@ def _write_atomically(path: Path, text: str, like: os.stat_result) -> None:
         except FileNotFoundError:
             pass
         raise
-    spool.fsync_dir(path.parent)
+    durable.fsync_dir(path.parent)
 
 
 def _edit(config_path: Path | str,

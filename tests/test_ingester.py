@@ -1,5 +1,6 @@
 """Ingester on real files: archive layout, idempotence, rejected files, crash leftovers."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from echoes import config as config_module
 from echoes.index import embedded as index
 from echoes.processes import ingester
 from echoes.processes.ingester import Ingester
-from echoes.storage import spool
+from echoes.storage import durable, spool
 
 
 def make_ingester(tmp_path):
@@ -17,9 +18,18 @@ def make_ingester(tmp_path):
     return Ingester(config), config
 
 
+def publish(path, layout):
+    """Into ``incoming/`` as the store SCP puts it there (fsync, publish_incoming)."""
+    durable.fsync_file(path)
+    folder = os.open(layout.incoming, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return spool.publish_incoming(path, layout, folder)
+    finally:
+        os.close(folder)
+
+
 def spool_file(layout, ds, tmp_path):
-    path = write_part10(ds, tmp_path / "x.dcm")
-    return spool.commit_incoming(path, layout)
+    return publish(write_part10(ds, tmp_path / "x.dcm"), layout)
 
 
 def test_archives_indexes_and_replaces(tmp_path):
@@ -43,7 +53,7 @@ def test_unparseable_file_goes_to_rejected_and_ingest_goes_on(tmp_path):
     ingester, config = make_ingester(tmp_path)
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"\x00" * 50)
-    spool.commit_incoming(junk, ingester.layout)
+    publish(junk, ingester.layout)
     good = make_dataset()
     spool_file(ingester.layout, good, tmp_path)
     assert ingester.drain() == 1
@@ -85,7 +95,7 @@ def test_wakes_on_arrivals_only(tmp_path):
         wake.clear()
         (incoming / "a.dcm").read_bytes()  # what the ingester does with it
         os.replace(incoming / "a.dcm", tmp_path / "archived.dcm")
-        spool.fsync_dir(incoming)
+        durable.fsync_dir(incoming)
         assert not wake.wait(1)
         (incoming / "b.dcm").write_bytes(b"y")  # created in place also counts
         assert wake.wait(5)

@@ -45,7 +45,7 @@ from tinydb.middlewares import CachingMiddleware
 
 from echoes.index.journal import JournalStorage
 from echoes.index.tally import StudyTally
-from echoes.storage.spool import fsync_dir
+from echoes.storage.durable import fsync_dir
 
 log = logging.getLogger("echoes.index")
 

@@ -46,7 +46,7 @@ from typing import Any
 
 from tinydb.storages import Storage
 
-from echoes.storage.spool import atomic_write_bytes, fsync_dir
+from echoes.storage.durable import atomic_write_bytes, fsync_dir
 
 GENERATION = "_generation"
 

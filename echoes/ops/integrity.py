@@ -22,7 +22,7 @@ from pathlib import Path
 
 from echoes.config import Config
 from echoes.index import embedded as index
-from echoes.storage import spool
+from echoes.storage import durable, spool
 
 RECHECK_SECONDS = 2.0
 REQUEST = "reindex.request"
@@ -154,7 +154,7 @@ def serve_request(config: Config, archive_index: index.ArchiveIndex) -> dict | N
     except Exception as exc:  # report it, never crash-loop the ingester on a request
         counts = {"error": f"{type(exc).__name__}: {exc}"}
     outcome = {**counts, "seconds": round(time.monotonic() - started, 2)}
-    spool.atomic_write_bytes(result_path(config), json.dumps(outcome).encode())
+    durable.atomic_write_bytes(result_path(config), json.dumps(outcome).encode())
     request.unlink(missing_ok=True)
     return outcome
 

@@ -54,7 +54,7 @@ from echoes.dicom.part10 import DEFLATED_SYNTAXES, MalformedDataset, check_part1
 from echoes.index.embedded import ArchiveIndex, InstanceRecord
 from echoes.ops import integrity
 from echoes.queue import jobs
-from echoes.storage import archive, spool
+from echoes.storage import archive, durable, spool
 
 log = logging.getLogger("echoes.ingester")
 
@@ -187,7 +187,7 @@ class Ingester:
         target = self.layout.rejected / path.name
         try:
             os.replace(path, target)
-            spool.fsync_dir(self.layout.rejected)
+            durable.fsync_dir(self.layout.rejected)
         except FileNotFoundError:
             return
         log.error("rejected %s: %s (kept as %s)", path.name, reason, target)
@@ -226,7 +226,7 @@ class Ingester:
             path.unlink(missing_ok=True)
         for folder in dirty:
             if folder.exists():
-                spool.fsync_dir(folder)
+                durable.fsync_dir(folder)
         log.debug("ingested %d objects", len(records))
         return len(records)
 

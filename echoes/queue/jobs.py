@@ -45,7 +45,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from echoes.storage import spool
+from echoes.storage.durable import atomic_write_bytes, fsync_dir
 
 log = logging.getLogger("echoes.jobs")
 
@@ -198,10 +198,10 @@ def _put(path: Path, data: bytes, durable: bool, sync_folder: bool = True) -> No
     (not a mkdir per job on the sender's path).
     """
     try:
-        spool.atomic_write_bytes(path, data, durable=durable, sync_folder=sync_folder)
+        atomic_write_bytes(path, data, durable=durable, sync_folder=sync_folder)
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
-        spool.atomic_write_bytes(path, data, durable=durable, sync_folder=sync_folder)
+        atomic_write_bytes(path, data, durable=durable, sync_folder=sync_folder)
 
 
 class JobStore:
@@ -240,7 +240,7 @@ class JobStore:
             _put(self.done_path_for(job.id), encode(job), durable)
             self.path_for(job.id).unlink(missing_ok=True)
             if durable:
-                spool.fsync_dir(self.folder)
+                fsync_dir(self.folder)
             return
         _put(self.path_for(job.id), encode(job), durable)
 
@@ -278,7 +278,7 @@ class JobStore:
                 _put(self.path_for(job.id), encode(job), durable=True, sync_folder=False)
             count += 1
         if count:
-            spool.fsync_dir(self.folder)
+            fsync_dir(self.folder)
         return count
 
     def queue(self, destination: str, records: Iterable[dict], origin: str, now: float) -> int:
@@ -316,7 +316,7 @@ class JobStore:
             self.path_for(job.id).unlink(missing_ok=True)
             self._cache.pop(job.id, None)
         if moving:
-            spool.fsync_dir(self.folder)
+            fsync_dir(self.folder)
         return len(moving)
 
     def read(self, identifier: str) -> Job | None:

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path, PurePosixPath
 
 from echoes.dicom.part10 import uid_problem
-from echoes.storage.spool import fsync_dir, fsync_file
+from echoes.storage.durable import fsync_dir, fsync_file
 
 
 def relative_path(study_uid: str, series_uid: str, sop_uid: str) -> PurePosixPath:

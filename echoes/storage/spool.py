@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,62 +57,12 @@ class SpoolLayout:
         return self.tmp / str(pid)
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink inside ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    """Flush a file's data to disk, whichever descriptor wrote it."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes | list[bytes], durable: bool = True,
-                       sync_folder: bool = True) -> None:
-    """Replace ``path`` with ``data`` (bytes, or chunks written in turn) so a
-    reader sees the old or the new file, whole.
-
-    ``durable``: the data is fsynced before the rename, and the folder after
-    it unless ``sync_folder`` is False (a caller writing many files fsyncs
-    the folder once).
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as handle:
-        if isinstance(data, bytes):
-            handle.write(data)
-        else:
-            handle.writelines(data)
-        if durable:
-            handle.flush()
-            os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    if durable and sync_folder:
-        fsync_dir(path.parent)
-
-
 _sequence = itertools.count()
 
 
 def incoming_name() -> str:
     """A unique name that sorts by arrival time across workers."""
     return f"{time.time_ns():020d}-{os.getpid()}-{next(_sequence):06d}{SUFFIX}"
-
-
-def commit_incoming(tmp_file: Path, layout: SpoolLayout) -> Path:
-    """Durably move a fully received file into ``incoming/``; return its new path."""
-    fsync_file(tmp_file)
-    target = layout.incoming / incoming_name()
-    os.replace(tmp_file, target)
-    fsync_dir(layout.incoming)
-    return target
 
 
 def publish_incoming(synced_file: Path, layout: SpoolLayout, incoming_fd: int) -> Path:
