@@ -8,7 +8,7 @@ from conftest import make_dataset, write_config, write_part10
 
 from echoes import config as config_module
 from echoes.index import embedded as index
-from echoes.processes import ingester
+from echoes.index import record
 from echoes.processes.ingester import Ingester
 from echoes.storage import durable, spool
 
@@ -124,10 +124,10 @@ def _record_pairs(tmp_path):
             files.append(write_part10(ds, tmp_path / f"{number}-{syntax}.dcm", syntax=syntax))
     for path in files:
         try:
-            expected = ingester._read_record_with_dcmread(path)
+            expected = record._read_record_with_dcmread(path)
         except Exception:
             continue  # pydicom cannot read it either
-        got = ingester.read_record(path)
+        got = record.read_record(path)
         # "received" comes from the spool name, or the clock for other names
         yield path, dataclasses.replace(expected, received=""), dataclasses.replace(got,
                                                                                     received="")

@@ -40,7 +40,7 @@ from echoes import config_edit
 from echoes.config import RemoteAE
 from echoes.index import embedded as index
 from echoes.index.embedded import ArchiveIndex
-from echoes.processes.ingester import read_record
+from echoes.index.record import read_record
 from echoes.queue import jobs
 from echoes.storage import spool
 from echoes.web import auth, catalog, create_app, listen, make_server, stop_server, thumbnail

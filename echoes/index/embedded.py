@@ -37,13 +37,13 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from tinydb import TinyDB
 from tinydb.middlewares import CachingMiddleware
 
 from echoes.index.journal import JournalStorage
+from echoes.index.record import InstanceRecord
 from echoes.index.tally import StudyTally
 from echoes.storage.durable import fsync_dir
 
@@ -63,35 +63,6 @@ OPEN_INSTANCES = 50_000
 def doc_id(uid: str) -> int:
     """A stable positive integer id for a UID (60 bits of SHA-1)."""
     return int(hashlib.sha1(uid.encode("ascii", "replace")).hexdigest()[:15], 16)
-
-
-@dataclass(frozen=True)
-class InstanceRecord:
-    """What the index keeps about one archived object."""
-
-    SOPInstanceUID: str
-    SOPClassUID: str
-    SeriesInstanceUID: str
-    StudyInstanceUID: str
-    PatientID: str = ""
-    PatientName: str = ""
-    PatientBirthDate: str = ""
-    PatientSex: str = ""
-    StudyDate: str = ""
-    StudyTime: str = ""
-    StudyDescription: str = ""
-    AccessionNumber: str = ""
-    ReferringPhysicianName: str = ""
-    StudyID: str = ""
-    Modality: str = ""
-    SeriesNumber: str = ""
-    SeriesDescription: str = ""
-    InstanceNumber: str = ""
-    TransferSyntaxUID: str = ""
-    path: str = ""
-    size: int = 0
-    received: str = ""
-    calling_ae: str = ""
 
 
 def shard_dir(index_path: Path) -> Path:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from echoes.config import Config
 from echoes.index import embedded as index
+from echoes.index.record import InstanceRecord, read_record
 from echoes.storage import durable, spool
 
 RECHECK_SECONDS = 2.0
@@ -55,8 +56,6 @@ def archived_files(archive_dir: Path) -> Iterator[tuple[str, int]]:
 
 def _header_problem(config: Config, relative: str, record: dict | None) -> str:
     """Why the file's own UIDs disagree with its place or its record ("" if fine)."""
-    from echoes.processes.ingester import read_record
-
     try:
         found = read_record(config.archive_dir / relative)
     except Exception as exc:  # unreadable: say what
@@ -104,10 +103,8 @@ def rebuild(config: Config, archive_index: index.ArchiveIndex) -> dict[str, int]
     is reported by fsck, not moved).  Runs inside the ingester, or in the
     command when the server is stopped.
     """
-    from echoes.processes.ingester import read_record
-
     counts = {"files": 0, "indexed": 0, "unreadable": 0, "records removed": 0}
-    batch: list[index.InstanceRecord] = []
+    batch: list[InstanceRecord] = []
     present: set[str] = set()
     for relative, size in archived_files(config.archive_dir):
         counts["files"] += 1
