@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from echoes import __version__, logs
 from echoes import config as config_module
 from echoes.index import embedded as index
-from echoes.storage import durable, spool
+from echoes.storage import durable
 
 #: LSB exit codes for ``status``.
 STATUS_RUNNING = 0
@@ -275,9 +275,9 @@ def cmd_check(args: argparse.Namespace, config: config_module.Config) -> int:
 
 
 def _job_store(config: config_module.Config):
-    from echoes.queue import jobs
+    from echoes.queue import open_job_store
 
-    return jobs.JobStore(spool.SpoolLayout(config.spool_dir).outgoing)
+    return open_job_store(config)
 
 
 def cmd_push(args: argparse.Namespace, config: config_module.Config) -> int:

@@ -32,8 +32,7 @@ from pydicom.uid import RLELossless, generate_uid
 from test_forward import Destination, ae_sections, destination, start_with, wait_for
 
 from echoes import config as config_module
-from echoes.queue import jobs
-from echoes.storage import spool
+from echoes.queue import jobs, open_job_store
 
 try:
     from selenium import webdriver
@@ -425,7 +424,7 @@ def test_queue_retries_all_failed_and_shows_deliveries(
         browser: WebDriver, echoes_server: Server, first_study: dict,
         destinations: dict[str, Destination]) -> None:
     """Failed jobs of study 1 for PUSHDEST (running again): one click sends them all."""
-    store = jobs.JobStore(spool.SpoolLayout(echoes_server.config.spool_dir).outgoing)
+    store = open_job_store(echoes_server.config)
     sent = [job for job in store.all() if job.destination == "PUSHDEST"
             and job.study_instance_uid == first_study["uid"]]
     assert len(sent) == first_study["count"] and {job.state for job in sent} == {"done"}

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 
-from echoes.queue import jobs
+from echoes.queue import jobs, open_job_store
 
 NOW = 1_700_000_000.0
 
@@ -641,9 +642,7 @@ def echoes(config, *args: str):
 
 
 def test_cancel_command_queue_and_retry(home):
-    from echoes.storage import spool
-
-    store = jobs.JobStore(spool.SpoolLayout(home.spool_dir).outgoing)
+    store = open_job_store(home)
     store.queue("PACS", records(3), "push", NOW)
     first, second, third = sorted(store.all(), key=lambda job: job.sop_instance_uid)
     store.write(jobs.delivered(third, NOW + 1))
@@ -681,9 +680,7 @@ def test_retry_command_refuses_done_and_pending_jobs(home):
     pending job is refused on stderr with exit 1 and left as it is; retrying,
     failed and cancelled ones are queued again from zero (issue 14, item 12).
     """
-    from echoes.storage import spool
-
-    store = jobs.JobStore(spool.SpoolLayout(home.spool_dir).outgoing)
+    store = open_job_store(home)
     store.queue("PACS", records(5), "push", NOW)
     done, pending, retrying, failed, cancelled = sorted(store.all(),
                                                         key=lambda job: job.sop_instance_uid)
@@ -714,9 +711,7 @@ def test_retry_command_refuses_done_and_pending_jobs(home):
 
 def test_check_does_not_alarm_on_cancelled_jobs(home):
     from echoes.ops import health
-    from echoes.storage import spool
-
-    store = jobs.JobStore(spool.SpoolLayout(home.spool_dir).outgoing)
+    store = open_job_store(home)
     store.queue("PACS", records(2), "push", NOW)
     first, second = store.all()
     store.cancel(first.id, NOW + 1)
@@ -737,9 +732,7 @@ def test_new_job_reads_only_the_record_fields() -> None:
 
 
 def test_cancel_a_whole_destination(home):
-    from echoes.storage import spool
-
-    store = jobs.JobStore(spool.SpoolLayout(home.spool_dir).outgoing)
+    store = open_job_store(home)
     store.queue("PACS", records(4), "push", NOW)
     store.queue("OTHER", records(1), "push", NOW)
     first, second, third, fourth = sorted(
@@ -818,3 +811,57 @@ def test_deliver_without_a_done_folder_writes_the_job(tmp_path):
     store.deliver(done)
     assert jobs.JobStore(tmp_path / "outgoing").read(job.id) == done
     assert not store.path_for(job.id).exists()
+
+
+# -- the store as a seam: one constructor, a version token, shared by threads ------
+
+
+def test_open_job_store_is_the_spool_outgoing_folder(home):
+    store = open_job_store(home)
+    assert store.folder == home.spool_dir / "outgoing"
+    assert store.version() is None  # nothing queued yet: no folder
+    store.create()
+    assert store.done_folder.is_dir()
+
+
+def test_version_moves_with_every_queued_job(store):
+    store.queue("PACS", records(1), "push", NOW)
+    before = store.version()
+    assert before is not None
+    time.sleep(0.01)
+    store.queue("PACS", records(2)[1:], "push", NOW)
+    assert store.version() != before
+
+
+def test_one_store_shared_by_threads_sees_every_job(store):
+    """Readers scanning while writers queue and the sender delivers: no error, and
+    the last scan holds exactly what is on disk."""
+    import threading
+
+    store.create()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                store.open_jobs()
+                store.all()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for thread in readers:
+        thread.start()
+    try:
+        for number in range(40):
+            store.queue("PACS", [records(40)[number]], "push", NOW)
+        for job in store.open_jobs()[:10]:
+            store.deliver(jobs.delivered(job, NOW + 1))
+    finally:
+        stop.set()
+        for thread in readers:
+            thread.join()
+    assert not errors
+    assert len(store.open_jobs()) == 30
+    assert len(store.all()) == 40

@@ -41,8 +41,7 @@ from echoes.config import RemoteAE
 from echoes.index import embedded as index
 from echoes.index.embedded import ArchiveIndex
 from echoes.index.record import read_record
-from echoes.queue import jobs
-from echoes.storage import spool
+from echoes.queue import jobs, open_job_store
 from echoes.web import auth, catalog, create_app, listen, make_server, stop_server, thumbnail
 
 PASSWORD = "correct horse"
@@ -550,7 +549,7 @@ class Site:
         return Client(self.port)
 
     def job_store(self) -> jobs.JobStore:
-        return jobs.JobStore(spool.SpoolLayout(self.config.spool_dir).outgoing)
+        return open_job_store(self.config)
 
 
 @pytest.fixture

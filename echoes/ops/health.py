@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from echoes.config import Config
 from echoes.ops import daemon
-from echoes.queue import jobs
+from echoes.queue import jobs, open_job_store
 from echoes.storage import spool
 from echoes.worklist import files as worklist
 
@@ -223,7 +223,7 @@ def outbound_queue(config: Config) -> list[Problem]:
     failed: Counter[str] = Counter()
     old: Counter[str] = Counter()
     orphans: Counter[str] = Counter()
-    for job in jobs.JobStore(spool.SpoolLayout(config.spool_dir).outgoing).all():
+    for job in open_job_store(config).all():
         if job.state == jobs.FAILED:
             failed[job.destination] += 1
         elif job.state in jobs.ACTIVE:

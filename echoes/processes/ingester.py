@@ -44,7 +44,7 @@ from echoes.config import Config, Reloader
 from echoes.index.embedded import ArchiveIndex
 from echoes.index.record import InstanceRecord, read_record
 from echoes.ops import integrity
-from echoes.queue import jobs
+from echoes.queue import jobs, open_job_store
 from echoes.storage import archive, durable, spool
 
 log = logging.getLogger("echoes.ingester")
@@ -72,7 +72,7 @@ class Ingester:
         self.archive_root.mkdir(parents=True, exist_ok=True)
         self.index = ArchiveIndex(config.index_path)
         self.reloader = Reloader(config)
-        self.jobs = jobs.JobStore(self.layout.outgoing)
+        self.jobs = open_job_store(config)
 
     def reject(self, path: Path, reason: str) -> None:
         """Park an unreadable spooled file where an admin can look at it."""

@@ -61,7 +61,7 @@ from echoes.config import Config, Reloader, RemoteAE
 from echoes.dicom import requestor, sopclasses
 from echoes.dicom.part10 import read_meta
 from echoes.dicom.requestor import AssociationFailed, Requestor
-from echoes.queue import jobs
+from echoes.queue import jobs, open_job_store
 from echoes.storage import spool
 
 log = logging.getLogger("echoes.sender")
@@ -413,8 +413,8 @@ class Sender:
         self.reloader = Reloader(config)
         self.layout = spool.SpoolLayout(config.spool_dir)
         self.layout.create()
-        self.store = jobs.JobStore(self.layout.outgoing)
-        self.store.done_folder.mkdir(exist_ok=True)  # deliveries are renames into it
+        self.store = open_job_store(config)
+        self.store.create()  # deliveries are renames into done/
         self._store_lock = threading.Lock()
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()

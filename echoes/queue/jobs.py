@@ -41,6 +41,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -207,6 +208,12 @@ def _put(path: Path, data: bytes, durable: bool, sync_folder: bool = True) -> No
 class JobStore:
     """The jobs in ``spool/outgoing`` (open) and ``outgoing/done`` (delivered):
     atomic writes, cached reads.
+
+    The first backend of the job store (built by
+    :func:`echoes.queue.open_job_store`).  Safe to share between threads:
+    the read cache is its only shared state and a lock guards it; files are
+    written whole by rename, so writes need no lock (several processes
+    write them too).
     """
 
     SUFFIX = ".json"
@@ -218,6 +225,25 @@ class JobStore:
         #: folder -> job id -> (signature of the file it was read from, the job)
         self._caches: dict[Path, dict[str, tuple[Signature, Job]]] = {
             self.folder: {}, self.done_folder: {}}
+        self._lock = threading.RLock()
+
+    def create(self) -> None:
+        """Make both folders (the sender at start: deliveries are renames into ``done/``)."""
+        self.done_folder.mkdir(parents=True, exist_ok=True)
+
+    def version(self) -> tuple[int, int] | None:
+        """A token that changes when an open job is written, queued or removed
+        (every write renames a file into the folder); None when there is none.
+
+        A cache may skip a rescan while it stays the same -- for a short while
+        only: two writes within one tick of the file system's clock can leave
+        it unchanged.
+        """
+        try:
+            info = os.stat(self.folder)
+        except FileNotFoundError:
+            return None
+        return (info.st_ino, info.st_mtime_ns)
 
     @property
     def _cache(self) -> dict[str, tuple[Signature, Job]]:
@@ -260,7 +286,8 @@ class JobStore:
         if not done.last_error:
             try:
                 os.replace(self.path_for(done.id), self.done_path_for(done.id))
-                self._cache.pop(done.id, None)
+                with self._lock:
+                    self._cache.pop(done.id, None)
                 return
             except FileNotFoundError:
                 pass
@@ -314,7 +341,8 @@ class JobStore:
                         for job in moving)
         for job in moving:
             self.path_for(job.id).unlink(missing_ok=True)
-            self._cache.pop(job.id, None)
+            with self._lock:
+                self._cache.pop(job.id, None)
         if moving:
             fsync_dir(self.folder)
         return len(moving)
@@ -357,7 +385,8 @@ class JobStore:
             info = os.stat(self.path_for(job.id))
         except FileNotFoundError:
             return self.read(job.id)
-        cached = self._cache.get(job.id)
+        with self._lock:
+            cached = self._cache.get(job.id)
         if cached is not None and cached[1] is job and cached[0] == _signature(info):
             return job
         return self.read(job.id)
@@ -378,8 +407,9 @@ class JobStore:
         """Forget a job (pruning finished jobs)."""
         for path in (self.path_for(identifier), self.done_path_for(identifier)):
             path.unlink(missing_ok=True)
-        for cache in self._caches.values():
-            cache.pop(identifier, None)
+        with self._lock:
+            for cache in self._caches.values():
+                cache.pop(identifier, None)
 
     def open_jobs(self) -> list[Job]:
         """The jobs not delivered (pending, retrying, failed, cancelled) now: what
@@ -398,6 +428,10 @@ class JobStore:
         return list(jobs.values())
 
     def _refresh(self, folder: Path) -> dict[str, tuple[Signature, Job]]:
+        with self._lock:  # one scan at a time: each replaces the folder's cache
+            return self._rescan(folder)
+
+    def _rescan(self, folder: Path) -> dict[str, tuple[Signature, Job]]:
         cache = self._caches[folder]
         seen: dict[str, tuple[Signature, Job]] = {}
         for identifier, signature in self._scan(folder):

@@ -8,7 +8,6 @@ only when they changed.  Every piece is safe to use from waitress's threads.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -17,8 +16,7 @@ from pathlib import Path
 from flask import current_app
 
 from echoes.config import Config, Reloader
-from echoes.queue import jobs
-from echoes.storage import spool
+from echoes.queue import jobs, open_job_store
 from echoes.web.catalog import StudyCatalog, StudyReader
 from echoes.worklist import files as worklist
 
@@ -59,10 +57,10 @@ class WebState:
         self.catalog = StudyCatalog(config.index_path)
         self.studies = StudyReader(config.index_path)
         self.thumbnails = ThumbnailCache()
-        self._jobs = jobs.JobStore(spool.SpoolLayout(config.spool_dir).outgoing)
+        self._jobs = open_job_store(config)
         self._jobs_lock = threading.Lock()
         self._jobs_list: list[jobs.Job] = []
-        self._jobs_folder: tuple[int, int] | None = None
+        self._jobs_version: tuple[int, int] | None = None
         self._jobs_scanned = -JOBS_RESCAN_SECONDS
         self._worklist: worklist.WorklistDirectory | None = None
         self._worklist_lock = threading.Lock()
@@ -84,8 +82,7 @@ class WebState:
 
     def move_jobs(self, old: str, new: str) -> int:
         """The open jobs of AE ``old`` now wait for ``new`` (a rename); how many."""
-        with self._jobs_lock:  # the store's read cache is shared with all_jobs
-            return self._jobs.rename_destination(old, new)
+        return self._jobs.rename_destination(old, new)
 
     def retry_failed(self, destination: str, now: float) -> list[jobs.Job]:
         """Every failed job (of ``destination`` if given) pending again, attempts
@@ -95,33 +92,27 @@ class WebState:
         from the files now, not from the last scan, so a job cancelled or
         retried a moment ago is not revived.
         """
-        with self._jobs_lock:  # open_jobs refreshes the cache all_jobs shares
-            chosen = [job for job in self._jobs.open_jobs() if job.state == jobs.FAILED
-                      and (not destination or job.destination == destination)]
-            fresh = [jobs.retried(job, now) for job in chosen]
-            self._jobs.write_many(fresh)
+        chosen = [job for job in self._jobs.open_jobs() if job.state == jobs.FAILED
+                  and (not destination or job.destination == destination)]
+        fresh = [jobs.retried(job, now) for job in chosen]
+        self._jobs.write_many(fresh)
         return fresh
 
     def all_jobs(self) -> list[jobs.Job]:
         """Every job now (files re-read only when changed; one scan at a time).
 
-        Every job write renames a file into the folder, which moves the
-        folder's mtime: while it stands still (and for at most
-        ``JOBS_RESCAN_SECONDS``, as an mtime can miss two writes in one clock
-        tick) the last scan is reused, so pages polling every second do not
-        stat a big backlog file by file each time.
+        While the store's :meth:`~echoes.queue.jobs.JobStore.version` stands
+        still (and for at most ``JOBS_RESCAN_SECONDS``, as it can miss two
+        writes in one clock tick) the last scan is reused, so pages polling
+        every second do not stat a big backlog file by file each time.
         """
         with self._jobs_lock:
-            try:
-                info = os.stat(self._jobs.folder)
-                folder = (info.st_ino, info.st_mtime_ns)
-            except FileNotFoundError:
-                folder = None
+            version = self._jobs.version()
             now = time.monotonic()
-            if folder is None or folder != self._jobs_folder \
+            if version is None or version != self._jobs_version \
                     or now - self._jobs_scanned >= JOBS_RESCAN_SECONDS:
                 self._jobs_list = self._jobs.all()
-                self._jobs_folder, self._jobs_scanned = folder, now
+                self._jobs_version, self._jobs_scanned = version, now
             return self._jobs_list
 
     def worklist(self) -> worklist.WorklistDirectory:
