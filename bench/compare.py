@@ -62,7 +62,7 @@ from worklist import WLM_AE, item, queries, write_corpus
 
 from echoes import config as config_module
 from echoes.index.embedded import ArchiveIndex, InstanceRecord, read_studies
-from echoes.storage import archive
+from echoes.storage import objects
 
 ROWS = ("ingest", "nagle", "worklist", "scale", "memory", "forward")
 SYSTEMS = ("dcmtk", "orthanc", "echoes")
@@ -809,7 +809,7 @@ def prefill(config: config_module.Config, total: int, per_study: int = 100) -> N
             series = f"{SCALE_ROOT}.2.{1_000_000 + study_n}.{within % 4 + 1}"
             sop = f"{SCALE_ROOT}.3.{10_000_000 + n}"
             patient = f"P{1_000_000 + study_n % 5000}"
-            relative = archive.relative_path(study, series, sop)
+            relative = objects.object_key(study, series, sop)
             target = config.archive_dir / relative
             if within < 4:
                 target.parent.mkdir(parents=True, exist_ok=True)

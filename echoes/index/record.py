@@ -24,7 +24,7 @@ from pydicom.tag import BaseTag
 from pydicom.values import convert_value
 
 from echoes.dicom.part10 import DEFLATED_SYNTAXES, MalformedDataset, check_part10, read_meta
-from echoes.storage import archive
+from echoes.storage.objects import object_key
 
 
 @dataclass(frozen=True)
@@ -138,13 +138,12 @@ def _read_record_with_dcmread(path: Path) -> InstanceRecord:
 
 
 def _record(path: Path, values: dict[str, str], syntax: str, calling_ae: str) -> InstanceRecord:
-    relative = archive.relative_path(
-        values["StudyInstanceUID"], values["SeriesInstanceUID"], values["SOPInstanceUID"]
-    )
+    key = object_key(values["StudyInstanceUID"], values["SeriesInstanceUID"],
+                     values["SOPInstanceUID"])
     return InstanceRecord(
         **values,
         TransferSyntaxUID=syntax,
-        path=str(relative),
+        path=key,
         size=path.stat().st_size,
         received=received_time(path.name),
         calling_ae=calling_ae.strip(),

@@ -14,9 +14,7 @@ server is stopped the command does the work itself.
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from echoes.config import Config
 from echoes.index import embedded as index
 from echoes.index.record import InstanceRecord, read_record
 from echoes.storage import durable, spool
+from echoes.storage.objects import ObjectStore, open_object_store
 
 RECHECK_SECONDS = 2.0
 REQUEST = "reindex.request"
@@ -40,24 +39,10 @@ class Finding:
     detail: str = ""
 
 
-def archived_files(archive_dir: Path) -> Iterator[tuple[str, int]]:
-    """(relative path, size) of every object file in the archive tree."""
-    for root, _dirs, files in os.walk(archive_dir):
-        for name in files:
-            if not name.endswith(".dcm") or name.startswith("."):
-                continue
-            full = Path(root) / name
-            try:
-                size = full.stat().st_size
-            except FileNotFoundError:
-                continue
-            yield str(full.relative_to(archive_dir)), size
-
-
-def _header_problem(config: Config, relative: str, record: dict | None) -> str:
+def _header_problem(store: ObjectStore, relative: str, record: dict | None) -> str:
     """Why the file's own UIDs disagree with its place or its record ("" if fine)."""
     try:
-        found = read_record(config.archive_dir / relative)
+        found = read_record(store.path_of(relative))
     except Exception as exc:  # unreadable: say what
         return f"unreadable: {type(exc).__name__}: {exc}"
     if found.path != relative:
@@ -69,7 +54,8 @@ def _header_problem(config: Config, relative: str, record: dict | None) -> str:
 
 def _findings(config: Config, read_headers: bool) -> list[Finding]:
     records = {doc["path"]: doc for doc in index.iter_instances(config.index_path)}
-    files = dict(archived_files(config.archive_dir))
+    store = open_object_store(config)
+    files = dict(store.iterate())
     findings = [Finding("record without file", path, record["SOPInstanceUID"])
                 for path, record in records.items() if path not in files]
     for path, size in files.items():
@@ -80,7 +66,7 @@ def _findings(config: Config, read_headers: bool) -> list[Finding]:
             findings.append(Finding("size mismatch", path,
                                     f"index {record.get('size')} bytes, file {size} bytes"))
         if read_headers:
-            problem = _header_problem(config, path, record)
+            problem = _header_problem(store, path, record)
             if problem:
                 findings.append(Finding("UID mismatch", path, problem))
     return findings
@@ -103,13 +89,14 @@ def rebuild(config: Config, archive_index: index.ArchiveIndex) -> dict[str, int]
     is reported by fsck, not moved).  Runs inside the ingester, or in the
     command when the server is stopped.
     """
+    store = open_object_store(config)
     counts = {"files": 0, "indexed": 0, "unreadable": 0, "records removed": 0}
     batch: list[InstanceRecord] = []
     present: set[str] = set()
-    for relative, size in archived_files(config.archive_dir):
+    for relative, size in store.iterate():
         counts["files"] += 1
         try:
-            record = read_record(config.archive_dir / relative)
+            record = read_record(store.path_of(relative))
         except Exception:
             counts["unreadable"] += 1
             continue
@@ -125,7 +112,7 @@ def rebuild(config: Config, archive_index: index.ArchiveIndex) -> dict[str, int]
         counts["indexed"] += len(batch)
     stale = [doc["SOPInstanceUID"] for doc in index.iter_instances(config.index_path)
              if doc["SOPInstanceUID"] not in present
-             or not (config.archive_dir / doc["path"]).exists()]
+             or not store.exists(doc["path"])]
     counts["records removed"] = archive_index.remove(stale)
     return counts
 

@@ -45,7 +45,8 @@ from echoes.index.embedded import ArchiveIndex
 from echoes.index.record import InstanceRecord, read_record
 from echoes.ops import integrity
 from echoes.queue import jobs, open_job_store
-from echoes.storage import archive, durable, spool
+from echoes.storage import durable, spool
+from echoes.storage.objects import open_object_store
 
 log = logging.getLogger("echoes.ingester")
 
@@ -68,8 +69,8 @@ class Ingester:
         self.config = config
         self.layout = spool.SpoolLayout(config.spool_dir)
         self.layout.create()
-        self.archive_root = config.archive_dir
-        self.archive_root.mkdir(parents=True, exist_ok=True)
+        self.objects = open_object_store(config)
+        self.objects.create()
         self.index = ArchiveIndex(config.index_path)
         self.reloader = Reloader(config)
         self.jobs = open_job_store(config)
@@ -107,18 +108,10 @@ class Ingester:
         replaced = self.index.apply(records)
         self.queue_forwarding(records)
 
-        dirty: set[Path] = set()
-        for record, source in latest.values():
-            dirty |= archive.move_into_archive(source, self.archive_root / record.path)
-        for old in replaced:
-            old_file = self.archive_root / old["path"]
-            old_file.unlink(missing_ok=True)
-            dirty.add(old_file.parent)
-        for path in superseded:
+        for path in superseded:  # made durable with the moves out of the same folder
             path.unlink(missing_ok=True)
-        for folder in dirty:
-            if folder.exists():
-                durable.fsync_dir(folder)
+        self.objects.put_batch(((source, record.path) for record, source in latest.values()),
+                               delete=[old["path"] for old in replaced])
         log.debug("ingested %d objects", len(records))
         return len(records)
 

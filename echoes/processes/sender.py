@@ -63,6 +63,7 @@ from echoes.dicom.part10 import read_meta
 from echoes.dicom.requestor import AssociationFailed, Requestor
 from echoes.queue import jobs, open_job_store
 from echoes.storage import spool
+from echoes.storage.objects import open_object_store
 
 log = logging.getLogger("echoes.sender")
 
@@ -415,6 +416,7 @@ class Sender:
         self.layout.create()
         self.store = open_job_store(config)
         self.store.create()  # deliveries are renames into done/
+        self.objects = open_object_store(config)
         self._store_lock = threading.Lock()
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
@@ -513,7 +515,7 @@ class Sender:
         for job in due:
             if not self._file_expected(job, now):
                 continue
-            if (config.archive_dir / job.path).exists():
+            if self.objects.exists(job.path):
                 ready.append(job)
             elif now - job.created > MISSING_FILE_GRACE:
                 self._record(jobs.refused(job, f"archived file missing: {job.path}", now))
@@ -693,7 +695,7 @@ class Sender:
             log.error("%s: %s refused: %s", job.destination, job.sop_instance_uid, route.reason)
             return PERMANENT
         try:
-            prepared = prepare(config.archive_dir / job.path, route)
+            prepared = prepare(self.objects.path_of(job.path), route)
         except FileNotFoundError:  # moved away since ready_jobs saw it: look again soon
             self._await_file(job, now)
             return SKIPPED

@@ -1,29 +1,23 @@
-"""The archive tree: where an object lives, and how it gets there durably.
+"""The archive tree: the first backend of the object store (:mod:`echoes.storage.objects`).
 
-``archive_dir/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
-UIDs were validated by the store SCP and again by the ingester
-(:func:`relative_path` refuses anything that is not a UID), so no received
-value can name a path outside the archive.
+``archive_dir/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``:
+an object's key is its path below ``archive_dir``.  Objects come in by
+rename from the spool (copy, fsync and rename when the archive is on another
+file system), and a batch fsyncs each folder it changed once.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path, PurePosixPath
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
 
-from echoes.dicom.part10 import uid_problem
-from echoes.storage.durable import fsync_dir, fsync_file
+from echoes.storage.durable import fsync_dir, fsync_dirs, fsync_file
 
-
-def relative_path(study_uid: str, series_uid: str, sop_uid: str) -> PurePosixPath:
-    """The object's path below ``archive_dir``; ValueError for a non-UID."""
-    for name, value in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid),
-                        ("SOPInstanceUID", sop_uid)):
-        problem = uid_problem(value)
-        if problem:
-            raise ValueError(f"{name} {problem}")
-    return PurePosixPath(study_uid, series_uid, f"{sop_uid}.dcm")
+#: The object files' suffix (what :meth:`ArchiveTree.iterate` lists).
+SUFFIX = ".dcm"
 
 
 def move_into_archive(source: Path, target: Path) -> set[Path]:
@@ -52,3 +46,54 @@ def move_into_archive(source: Path, target: Path) -> set[Path]:
     fsync_dir(target.parent)
     os.unlink(source)
     return dirty
+
+
+class ArchiveTree:
+    """Objects as files under ``root`` (see :class:`~echoes.storage.objects.ObjectStore`)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def create(self) -> None:
+        """Make the root folder (the ingester, at start)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path_of(self, key: str) -> Path:
+        """The object's file; ValueError for a key that would leave the tree."""
+        if key.startswith("/") or "\\" in key or ".." in key.split("/"):
+            raise ValueError(f"not an object key: {key!r}")
+        return self.root / key
+
+    def put(self, source: Path, key: str) -> None:
+        self.put_batch([(source, key)])
+
+    def put_batch(self, items: Iterable[tuple[Path, str]], delete: Iterable[str] = ()) -> None:
+        dirty: set[Path] = set()
+        for source, key in items:
+            dirty |= move_into_archive(source, self.path_of(key))
+        for key in delete:
+            old = self.path_of(key)
+            old.unlink(missing_ok=True)
+            dirty.add(old.parent)
+        fsync_dirs(dirty)
+
+    def open(self, key: str) -> BinaryIO:
+        return open(self.path_of(key), "rb")
+
+    def exists(self, key: str) -> bool:
+        return self.path_of(key).exists()
+
+    def delete(self, key: str) -> None:
+        self.put_batch((), delete=[key])
+
+    def iterate(self) -> Iterator[tuple[str, int]]:
+        for folder, _dirs, files in os.walk(self.root):
+            for name in files:
+                if not name.endswith(SUFFIX) or name.startswith("."):
+                    continue
+                full = Path(folder) / name
+                try:
+                    size = full.stat().st_size
+                except FileNotFoundError:
+                    continue
+                yield str(full.relative_to(self.root)), size

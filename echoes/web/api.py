@@ -138,7 +138,7 @@ def thumbnail(study_uid: str, series_uid: str) -> Response:
     instance = catalog.middle_instance(study["instances"], series_uid)
     if instance is None:
         fail(404, f"no series {series_uid} in study {study_uid}")
-    path = state().config.archive_dir / instance["path"]
+    path = state().objects.path_of(instance["path"])
     try:
         stat = path.stat()
         key: tuple = (str(path), stat.st_mtime_ns, stat.st_size, int(size))

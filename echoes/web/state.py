@@ -17,6 +17,7 @@ from flask import current_app
 
 from echoes.config import Config, Reloader
 from echoes.queue import jobs, open_job_store
+from echoes.storage.objects import open_object_store
 from echoes.web.catalog import StudyCatalog, StudyReader
 from echoes.worklist import files as worklist
 
@@ -58,6 +59,7 @@ class WebState:
         self.studies = StudyReader(config.index_path)
         self.thumbnails = ThumbnailCache()
         self._jobs = open_job_store(config)
+        self.objects = open_object_store(config)
         self._jobs_lock = threading.Lock()
         self._jobs_list: list[jobs.Job] = []
         self._jobs_version: tuple[int, int] | None = None

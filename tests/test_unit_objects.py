@@ -1,0 +1,60 @@
+"""The object store's first backend, the archive tree: keys, put, delete, iterate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from echoes.storage.archive import ArchiveTree
+from echoes.storage.objects import object_key
+
+STUDY, SERIES = "1.2.3", "1.2.3.4"
+
+
+def spooled(folder: Path, name: str, data: bytes) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_bytes(data)
+    return path
+
+
+def test_key_is_the_archive_path_and_refuses_non_uids():
+    assert object_key(STUDY, SERIES, "1.2.3.4.5") == "1.2.3/1.2.3.4/1.2.3.4.5.dcm"
+    with pytest.raises(ValueError, match="SOPInstanceUID"):
+        object_key(STUDY, SERIES, "../../etc/passwd")
+
+
+def test_put_batch_moves_in_replaces_and_deletes(tmp_path):
+    store = ArchiveTree(tmp_path / "archive")
+    store.create()
+    spool = tmp_path / "spool"
+    first, second = object_key(STUDY, SERIES, "1.1"), object_key(STUDY, "9.9", "1.2")
+    store.put_batch([(spooled(spool, "a", b"one"), first), (spooled(spool, "b", b"two"), second)])
+    assert not list(spool.iterdir())  # moved, not copied
+    assert store.exists(first) and store.exists(second)
+    assert store.path_of(first) == tmp_path / "archive" / STUDY / SERIES / "1.1.dcm"
+    store.put(spooled(spool, "c", b"newer"), first)  # the same key again: replaced
+    with store.open(first) as handle:
+        assert handle.read() == b"newer"
+    store.put_batch([], delete=[second])
+    assert not store.exists(second)
+    assert sorted(store.iterate()) == [(first, 5)]
+    store.delete(first)
+    store.delete(first)  # nothing there: nothing to do
+    assert list(store.iterate()) == []
+
+
+def test_iterate_skips_temporary_and_foreign_files(tmp_path):
+    store = ArchiveTree(tmp_path)
+    key = object_key(STUDY, SERIES, "1.1")
+    store.put(spooled(tmp_path / "spool", "a", b"x"), key)
+    (tmp_path / STUDY / SERIES / ".1.2.dcm.part").write_bytes(b"partial")
+    (tmp_path / STUDY / "notes.txt").write_text("not an object")
+    assert list(store.iterate()) == [(key, 1)]
+
+
+@pytest.mark.parametrize("key", ["../outside.dcm", "/etc/passwd", "a/../../b.dcm", "a\\b.dcm"])
+def test_keys_cannot_leave_the_tree(tmp_path, key):
+    with pytest.raises(ValueError):
+        ArchiveTree(tmp_path).path_of(key)
