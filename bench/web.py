@@ -38,7 +38,7 @@ from common import free_port  # bench/common.py
 from werkzeug.security import generate_password_hash
 
 from echoes import config as config_module
-from echoes.index.embedded import ArchiveIndex, InstanceRecord
+from echoes.index.embedded import ArchiveIndex, EmbeddedIndex, InstanceRecord
 
 ROOT = "1.2.826.0.1.3680043.99"
 TARGET_MS = 300.0
@@ -225,7 +225,7 @@ def main() -> int:
     from echoes.web.catalog import StudyCatalog, parse_study_query
 
     started = time.perf_counter()
-    StudyCatalog(index_path).current().search(parse_study_query({}))
+    StudyCatalog(EmbeddedIndex(index_path)).current().search(parse_study_query({}))
     print(f"cold cache, measured in this process: reading and indexing the catalog for the "
           f"first search takes {(time.perf_counter() - started) * 1000:.0f} ms (the web "
           "process does it at start, in the background)")

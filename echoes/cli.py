@@ -17,7 +17,8 @@ from collections.abc import Iterable, Sequence
 
 from echoes import __version__, logs
 from echoes import config as config_module
-from echoes.index import embedded as index
+from echoes.index import open_index
+from echoes.index.base import newest_first
 from echoes.storage import durable
 
 #: LSB exit codes for ``status``.
@@ -238,7 +239,7 @@ def aligned_table(headings: Sequence[str], rows: Iterable[Sequence[str]],
 
 def cmd_studies(args: argparse.Namespace, config: config_module.Config) -> int:
     """Archived studies from the index catalog, as an aligned table (or JSON)."""
-    studies = index.read_studies(config.index_path)
+    studies = newest_first(open_index(config).studies())
     if args.json:
         json.dump(studies, sys.stdout, indent=1, ensure_ascii=False)
         print()
@@ -286,7 +287,7 @@ def cmd_push(args: argparse.Namespace, config: config_module.Config) -> int:
         known = ", ".join(sorted(config.remote_aes)) or "none"
         print(f"echoes: unknown AE {args.ae_title!r} (configured: {known})", file=sys.stderr)
         return 1
-    study = index.read_study(config.index_path, args.study_uid)
+    study = open_index(config).study(args.study_uid)
     if study is None or not study["instances"]:
         print(f"echoes: no archived study {args.study_uid}", file=sys.stderr)
         return 1
@@ -406,11 +407,10 @@ def cmd_fsck(args: argparse.Namespace, config: config_module.Config) -> int:
 
 def cmd_reindex(args: argparse.Namespace, config: config_module.Config) -> int:
     """Rebuild the index from the tree: by the running ingester, or here when stopped."""
-    from echoes.index import embedded as index
     from echoes.ops import integrity
 
     if _read_pid(config) is None:
-        archive_index = index.ArchiveIndex(config.index_path)
+        archive_index = open_index(config, writer=True)
         try:
             outcome = integrity.rebuild(config, archive_index)
         finally:

@@ -1,0 +1,35 @@
+"""The archive index: one reader interface, one writer interface, one constructor.
+
+:func:`open_index` is the one place an index is built from the
+configuration (the protocols are in :mod:`echoes.index.base`).  Today's
+backend is the TinyDB catalog and study shards at ``index_path``
+(:mod:`echoes.index.embedded`); a PostgreSQL one is to plug in here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal, overload
+
+from echoes.index.base import IndexReader, IndexWriter
+
+if TYPE_CHECKING:
+    from echoes.config import Config
+
+__all__ = ["IndexReader", "IndexWriter", "open_index"]
+
+
+@overload
+def open_index(config: Config, writer: Literal[False] = False) -> IndexReader: ...
+@overload
+def open_index(config: Config, writer: Literal[True]) -> IndexWriter: ...
+
+
+def open_index(config: Config, writer: bool = False) -> IndexReader | IndexWriter:
+    """The index of this installation: a reader, or the one writer (``writer=True``:
+    the ingester, or ``echoes reindex`` with the server stopped).
+    """
+    from echoes.index import embedded
+
+    if writer:
+        return embedded.ArchiveIndex(config.index_path)
+    return embedded.EmbeddedIndex(config.index_path)

@@ -36,13 +36,11 @@ import hashlib
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from tinydb import TinyDB
-from tinydb.middlewares import CachingMiddleware
-
-from echoes.index.journal import JournalStorage
+from echoes.index.base import newest_first, query
+from echoes.index.journal import JournalStorage, journal_path
 from echoes.index.record import InstanceRecord
 from echoes.index.tally import StudyTally
 from echoes.storage.durable import fsync_dir
@@ -147,11 +145,66 @@ class _Shard:
         self.storage.close()
 
 
-class ArchiveIndex:
-    """The index as its one writer (the ingester) sees it."""
+class EmbeddedIndex:
+    """The index as a reader sees it (:class:`~echoes.index.base.IndexReader`).
+
+    Holds nothing but the path: every call reads the files again (a caller
+    that wants a cache keys it by :meth:`version`, as the Browser does).
+    """
 
     def __init__(self, index_path: Path) -> None:
-        self.index_path = index_path
+        self.index_path = Path(index_path)
+
+    def version(self, study_uid: str | None = None) -> tuple:
+        """Stat signature of the catalog (or of one study's shard) and its journal."""
+        if study_uid is None:
+            return signature(self.index_path)
+        return signature(shard_path(self.index_path, study_uid))
+
+    def studies(self) -> list[dict]:
+        """Every study summary in the catalog, in file order (one read of it)."""
+        data = JournalStorage(self.index_path).read() or {}
+        return list(data.get(STUDIES, {}).values())
+
+    def _read_shard(self, study_uid: str) -> dict | None:
+        return JournalStorage(shard_path(self.index_path, study_uid)).read()
+
+    def study(self, study_uid: str) -> dict | None:
+        """Summary, series and instances of one study from its shard alone (the
+        summary as the writer derives it for the catalog: reading a catalog of
+        100,000 studies for one of them would cost more than the whole shard).
+        """
+        data = self._read_shard(study_uid)
+        if data is None:
+            return None
+        instances = data.get(INSTANCES, {})
+        return {
+            "study": StudyTally(instances.values()).summary(instances),
+            "series": list(data.get(SERIES, {}).values()),
+            "instances": list(instances.values()),
+        }
+
+    def series(self, study_uid: str) -> list[dict]:
+        return list(((self._read_shard(study_uid) or {}).get(SERIES) or {}).values())
+
+    def instances(self, study_uid: str | None = None) -> Iterator[dict]:
+        if study_uid is not None:
+            yield from ((self._read_shard(study_uid) or {}).get(INSTANCES) or {}).values()
+            return
+        for _uid, path in _shard_files(self.index_path):
+            yield from ((JournalStorage(path).read() or {}).get(INSTANCES) or {}).values()
+
+    def query(self, level: str, filters: Mapping[str, str]) -> list[dict]:
+        """See :func:`echoes.index.base.query`."""
+        return query(self, level, filters)
+
+
+class ArchiveIndex(EmbeddedIndex):
+    """The index as its one writer (the ingester) sees it
+    (:class:`~echoes.index.base.IndexWriter`); it reads like any reader."""
+
+    def __init__(self, index_path: Path) -> None:
+        super().__init__(index_path)
         shard_dir(index_path).mkdir(parents=True, exist_ok=True)
         self._catalog = JournalStorage(index_path, durable=False)
         self._studies: dict[str, dict] = {}
@@ -310,42 +363,32 @@ def _remove_leftovers(folder: Path) -> None:
             os.unlink(entry.path)
 
 
-# --- readers: any process, any time, the state after some whole batch -------
+# --- reading: any process, any time, the state after some whole batch -------
 
 
-def _read_only(path: Path) -> TinyDB:
-    """A TinyDB that reads ``path`` (file and journal) once, however many tables."""
-    return TinyDB(path, storage=CachingMiddleware(JournalStorage))
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+def signature(path: Path) -> tuple:
+    """Stat signature of a TinyDB file and its journal: changes with every write."""
+    return (_stat(path), _stat(journal_path(path)))
 
 
 def read_studies(index_path: Path) -> list[dict]:
-    """Every study summary in the catalog, newest study date first."""
-    if not index_path.exists():
-        return []
-    studies = _read_only(index_path).table(STUDIES).all()
-    return sorted(
-        (dict(s) for s in studies),
-        key=lambda s: (s.get("StudyDate", ""), s.get("StudyTime", ""), s["StudyInstanceUID"]),
-        reverse=True,
-    )
+    """Every study summary in the catalog, newest study date first (copies)."""
+    return newest_first(dict(s) for s in EmbeddedIndex(index_path).studies())
 
 
 def read_study(index_path: Path, study_uid: str) -> dict | None:
     """One study: its summary, series and instances, or None if unknown."""
-    path = shard_path(index_path, study_uid)
-    if not index_path.exists() or not path.exists():
-        return None
-    summary = _read_only(index_path).table(STUDIES).get(doc_id=doc_id(study_uid))
-    shard = _read_only(path)
-    return {
-        "study": dict(summary) if summary else None,
-        "series": [dict(s) for s in shard.table(SERIES).all()],
-        "instances": [dict(i) for i in shard.table(INSTANCES).all()],
-    }
+    return EmbeddedIndex(index_path).study(study_uid)
 
 
 def iter_instances(index_path: Path) -> Iterator[dict]:
     """Every instance record, study shard by study shard (read-only)."""
-    for _study_uid, path in _shard_files(index_path):
-        data = JournalStorage(path).read() or {}
-        yield from (dict(doc) for doc in data.get(INSTANCES, {}).values())
+    return EmbeddedIndex(index_path).instances()

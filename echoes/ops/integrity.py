@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from echoes.config import Config
-from echoes.index import embedded as index
+from echoes.index import IndexWriter, open_index
 from echoes.index.record import InstanceRecord, read_record
 from echoes.storage import durable, spool
 from echoes.storage.objects import ObjectStore, open_object_store
@@ -53,7 +53,7 @@ def _header_problem(store: ObjectStore, relative: str, record: dict | None) -> s
 
 
 def _findings(config: Config, read_headers: bool) -> list[Finding]:
-    records = {doc["path"]: doc for doc in index.iter_instances(config.index_path)}
+    records = {doc["path"]: doc for doc in open_index(config).instances()}
     store = open_object_store(config)
     files = dict(store.iterate())
     findings = [Finding("record without file", path, record["SOPInstanceUID"])
@@ -82,7 +82,7 @@ def fsck(config: Config, read_headers: bool = True) -> list[Finding]:
     return [finding for finding in first if finding in again]
 
 
-def rebuild(config: Config, archive_index: index.ArchiveIndex) -> dict[str, int]:
+def rebuild(config: Config, archive_index: IndexWriter) -> dict[str, int]:
     """Make the index describe the tree: index every file, drop records without one.
 
     Files are indexed where they are (a file at the wrong place for its UIDs
@@ -110,7 +110,7 @@ def rebuild(config: Config, archive_index: index.ArchiveIndex) -> dict[str, int]
     if batch:
         archive_index.apply(batch)
         counts["indexed"] += len(batch)
-    stale = [doc["SOPInstanceUID"] for doc in index.iter_instances(config.index_path)
+    stale = [doc["SOPInstanceUID"] for doc in archive_index.instances()
              if doc["SOPInstanceUID"] not in present
              or not store.exists(doc["path"])]
     counts["records removed"] = archive_index.remove(stale)
@@ -127,7 +127,7 @@ def result_path(config: Config) -> Path:
     return spool.SpoolLayout(config.spool_dir).root / RESULT
 
 
-def serve_request(config: Config, archive_index: index.ArchiveIndex) -> dict | None:
+def serve_request(config: Config, archive_index: IndexWriter) -> dict | None:
     """In the ingester: carry out a pending reindex request, if there is one."""
     request = request_path(config)
     if not request.exists():

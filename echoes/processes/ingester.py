@@ -41,7 +41,7 @@ from watchdog.observers.inotify_c import InotifyConstants, Mask
 
 from echoes import logs
 from echoes.config import Config, Reloader
-from echoes.index.embedded import ArchiveIndex
+from echoes.index import open_index
 from echoes.index.record import InstanceRecord, read_record
 from echoes.ops import integrity
 from echoes.queue import jobs, open_job_store
@@ -71,7 +71,7 @@ class Ingester:
         self.layout.create()
         self.objects = open_object_store(config)
         self.objects.create()
-        self.index = ArchiveIndex(config.index_path)
+        self.index = open_index(config, writer=True)
         self.reloader = Reloader(config)
         self.jobs = open_job_store(config)
 

@@ -6,30 +6,28 @@ sort order, paging, what counts as "in progress") must be testable without a
 web server.  So the search, sort and paging, the queue summaries and the
 worklist grouping are pure functions over dicts and ``Job`` objects; the two
 small classes at the end (:class:`StudyCatalog`, :class:`StudyReader`) only
-decide *when* to read the index files again, by their stat signatures.
+decide *when* to ask the index reader (:class:`~echoes.index.IndexReader`)
+again, by its version tokens.
 
-The catalog (``index_path`` and its journal) holds one summary per study; it
-is read whole into memory once per change, with a search key per study
+The catalog (every study summary) is read whole into memory once per change
+(of the reader's ``version()``), with a search key per study
 precomputed, and each sort order is computed once per version of the
 catalog.  A search is then one pass over the studies in the wanted order.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 
 from echoes.config import RemoteAE
-from echoes.index import embedded as index
-from echoes.index.journal import JournalStorage, journal_path
+from echoes.index import IndexReader
 from echoes.queue import jobs
 
 #: Sort keys of GET /api/studies, and the order each takes when none is given.
@@ -496,18 +494,8 @@ def received_since(instances: Iterable[dict], cutoff: float) -> int:
 # -- reading the index again when it changed (the only I/O here) -------------------------------
 
 
-def _stat(path: Path) -> tuple[int, int, int] | None:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-
-
-def signature(path: Path) -> tuple:
-    """Stat signature of a TinyDB file and its journal: changes with every write."""
-    return (_stat(path), _stat(journal_path(path)))
-
+#: The version of a catalog never read (no reader's token equals it).
+_UNREAD = object()
 
 #: A catalog that took longer than this to read is read again in the background:
 #: requests meanwhile get the previous version (a second or two old) at once.
@@ -515,7 +503,7 @@ SYNC_LOAD_SECONDS = 0.15
 
 
 class StudyCatalog:
-    """The catalog in memory, read again when its file or journal changed.
+    """The catalog in memory, read again when the index's version token changed.
 
     A small catalog is read again before the request that noticed the
     change.  A big one (100,000 studies take ~1.5 s to read and index) is
@@ -524,9 +512,9 @@ class StudyCatalog:
     only the very first request of the process does (see :meth:`warm_up`).
     """
 
-    def __init__(self, index_path: Path) -> None:
-        self.index_path = index_path
-        self._signature: tuple | None = None
+    def __init__(self, reader: IndexReader) -> None:
+        self.reader = reader
+        self._signature: Hashable = _UNREAD
         self._snapshot = CatalogSnapshot([])
         self._loaded = False
         self._load_seconds = 0.0
@@ -534,8 +522,8 @@ class StudyCatalog:
         self._lock = threading.Lock()
 
     def current(self) -> CatalogSnapshot:
-        """The catalog as of the last whole write (one stat pair when unchanged)."""
-        now = signature(self.index_path)
+        """The catalog as of the last whole write (one version token when unchanged)."""
+        now = self.reader.version()
         if now == self._signature:
             return self._snapshot
         if self._loaded and self._load_seconds > SYNC_LOAD_SECONDS:
@@ -555,12 +543,11 @@ class StudyCatalog:
     def _load(self) -> None:
         with self._lock:
             try:
-                now = signature(self.index_path)  # taken before reading: a later write shows
+                now = self.reader.version()  # taken before reading: a later write shows
                 if now == self._signature:
                     return
                 started = time.perf_counter()
-                data = JournalStorage(self.index_path).read() or {}
-                snapshot = CatalogSnapshot(data.get(index.STUDIES, {}).values())
+                snapshot = CatalogSnapshot(self.reader.studies())
                 snapshot.order(DEFAULT_SORT)  # before anybody waits for it
                 self._snapshot, self._signature = snapshot, now
                 self._load_seconds = time.perf_counter() - started
@@ -570,28 +557,27 @@ class StudyCatalog:
 
 
 class StudyReader:
-    """``index.read_study`` with the last few studies kept while their shard is unchanged.
+    """The reader's ``study`` with the last few studies kept while their version stands.
 
     The study page asks for one thumbnail per series, and each needs the
     study's instances: a big study is read once, not once per series.
     """
 
-    def __init__(self, index_path: Path, keep: int = 8) -> None:
-        self.index_path = index_path
+    def __init__(self, reader: IndexReader, keep: int = 8) -> None:
+        self.reader = reader
         self.keep = keep
         self._cache: OrderedDict[str, tuple[tuple, dict]] = OrderedDict()
         self._lock = threading.Lock()
 
     def read(self, study_uid: str) -> dict | None:
         """The study (summary, series, instances) or None when it is not archived."""
-        shard = index.shard_path(self.index_path, study_uid)
-        now = signature(shard)
+        now = self.reader.version(study_uid)
         with self._lock:
             cached = self._cache.get(study_uid)
             if cached is not None and cached[0] == now:
                 self._cache.move_to_end(study_uid)
                 return cached[1]
-        study = index.read_study(self.index_path, study_uid)
+        study = self.reader.study(study_uid)
         if study is None or not study["instances"]:
             return None
         with self._lock:

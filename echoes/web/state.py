@@ -16,6 +16,7 @@ from pathlib import Path
 from flask import current_app
 
 from echoes.config import Config, Reloader
+from echoes.index import open_index
 from echoes.queue import jobs, open_job_store
 from echoes.storage.objects import open_object_store
 from echoes.web.catalog import StudyCatalog, StudyReader
@@ -55,8 +56,9 @@ class WebState:
     def __init__(self, config: Config, reload_interval: float = 1.0) -> None:
         self.reloader = Reloader(config, interval=reload_interval)
         self._reload_lock = threading.Lock()
-        self.catalog = StudyCatalog(config.index_path)
-        self.studies = StudyReader(config.index_path)
+        self.index = open_index(config)
+        self.catalog = StudyCatalog(self.index)
+        self.studies = StudyReader(self.index)
         self.thumbnails = ThumbnailCache()
         self._jobs = open_job_store(config)
         self.objects = open_object_store(config)

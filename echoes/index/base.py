@@ -1,0 +1,167 @@
+"""The index seam: what a reader and the one writer of the index can do.
+
+Why.  The Browser, the CLI, ``echoes fsck`` and the coming Query/Retrieve and
+DICOMweb services read the index; only the ingester (and ``echoes reindex``
+when the server is stopped) writes it.  They depend on these two protocols,
+not on a file format: today's backend is the TinyDB catalog and study shards
+(:mod:`echoes.index.embedded`), built by :func:`echoes.index.open_index`, and
+another (PostgreSQL) must fit the same methods.
+
+Documents are plain dicts keyed by DICOM keyword (and ``path``, ``size``,
+``received``, ``calling_ae`` for instances): an instance document is an
+:class:`~echoes.index.record.InstanceRecord` as a dict, a study summary and a
+series document are described in :mod:`echoes.index.tally`.  Readers get the
+state after some whole batch, never half of one.  Returned documents belong
+to the caller only where a method says so; treat the others as read-only.
+
+:func:`query` is matching written once for every backend, on top of the
+reader methods, with the worklist's matching engine
+(:mod:`echoes.worklist.match`: single value, ``*``/``?`` wildcards, UID
+lists, date ranges, case-insensitive person names).  A backend that can do
+better (an SQL ``WHERE``) overrides :meth:`IndexReader.query`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Iterator, Mapping
+from typing import Any, Protocol
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+from echoes.index.record import InstanceRecord
+from echoes.index.tally import PATIENT_STUDY_FIELDS, SERIES_FIELDS
+from echoes.worklist.match import QueryKey, compile_query
+
+STUDY, SERIES, IMAGE = "STUDY", "SERIES", "IMAGE"
+#: Query/Retrieve levels (PS3.4 C.6), top down.
+LEVELS = (STUDY, SERIES, IMAGE)
+
+#: The keys each level's documents can be matched on.
+STUDY_KEYS = frozenset(PATIENT_STUDY_FIELDS) | {"ModalitiesInStudy"}
+SERIES_KEYS = frozenset(SERIES_FIELDS)
+IMAGE_KEYS = frozenset(name for name in InstanceRecord.__dataclass_fields__ if name[0].isupper())
+LEVEL_KEYS = {STUDY: STUDY_KEYS, SERIES: SERIES_KEYS | {"StudyInstanceUID"},
+              IMAGE: IMAGE_KEYS}
+
+
+class IndexReader(Protocol):
+    """Reading the index (any process, any thread)."""
+
+    def version(self, study_uid: str | None = None) -> Hashable:
+        """A token that changes whenever the catalog (or the study ``study_uid``)
+        changes: a cache keeps what it read while the token stays the same."""
+
+    def studies(self) -> list[dict]:
+        """Every study summary, in no promised order (read-only documents:
+        at 100,000 studies a copy of each would cost a tenth of a second)."""
+
+    def study(self, study_uid: str) -> dict | None:
+        """``{"study": summary, "series": [...], "instances": [...]}`` of one study
+        (the caller's own copy), None when it is not in the index."""
+
+    def series(self, study_uid: str) -> list[dict]:
+        """The series documents of one study ([] when unknown)."""
+
+    def instances(self, study_uid: str | None = None) -> Iterator[dict]:
+        """The instance documents of one study, or of every study (study by study)."""
+
+    def query(self, level: str, filters: Mapping[str, str]) -> list[dict]:
+        """The documents of ``level`` (STUDY, SERIES, IMAGE) that match every filter
+        (see :func:`query`)."""
+
+
+class IndexWriter(IndexReader, Protocol):
+    """The one writer (the ingester, or ``echoes reindex`` with the server stopped)."""
+
+    def apply(self, records: list[InstanceRecord]) -> list[dict]:
+        """Write a batch durably (later records of one SOP Instance UID win); return
+        the earlier documents whose file is no longer used (re-sent elsewhere)."""
+
+    def remove(self, sop_uids: Iterable[str]) -> int:
+        """Forget instances; return how many were known."""
+
+    def close(self) -> None:
+        """Release every open file."""
+
+
+def newest_first(studies: Iterable[dict]) -> list[dict]:
+    """Study summaries by study date and time, newest first (``echoes studies``)."""
+    return sorted(studies, key=lambda s: (s.get("StudyDate", ""), s.get("StudyTime", ""),
+                                          s["StudyInstanceUID"]), reverse=True)
+
+
+# -- matching ----------------------------------------------------------------------------
+
+
+class _Tree:
+    """A document seen as the matching engine's tree (``get(tag)``), without copying it."""
+
+    __slots__ = ("doc",)
+
+    def __init__(self, doc: Mapping[str, Any]) -> None:
+        self.doc = doc
+
+    def get(self, tag: int, default: Any = None) -> Any:
+        value = self.doc.get(_KEYWORDS.get(tag, ""), default)
+        return "\\".join(value) if isinstance(value, list) else value
+
+
+_KEYWORDS: dict[int, str] = {}
+
+
+def _compile(filters: Mapping[str, str]):
+    keys: dict[int, QueryKey] = {}
+    for keyword, value in filters.items():
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            raise ValueError(f"not a DICOM keyword: {keyword!r}")
+        if not isinstance(value, str):
+            raise ValueError(f"{keyword}: the value must be text, got {type(value).__name__}")
+        _KEYWORDS[tag] = keyword
+        keys[tag] = QueryKey(dictionary_VR(tag), value)
+    return compile_query(keys)
+
+
+def query(reader: IndexReader, level: str, filters: Mapping[str, str]) -> list[dict]:
+    """The documents of ``level`` whose keys match ``filters`` (keyword -> DICOM
+    matching value: ``""`` universal, ``DOE*``, ``1.2.3\\1.2.4``, ``20260101-20260131``).
+
+    STUDY gives study summaries, SERIES series documents with their
+    StudyInstanceUID, IMAGE instance documents (all copies).  Keys of a level
+    above the one asked for (PatientID at IMAGE level) select the studies
+    first, as a relational query does; a key no document of that level or
+    above holds is a ValueError (worded for the caller).
+    """
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
+    above = {key: value for key, value in filters.items() if key in STUDY_KEYS}
+    own = {key: value for key, value in filters.items() if key not in STUDY_KEYS}
+    unknown = sorted(set(own) - LEVEL_KEYS[level])
+    if unknown:
+        raise ValueError(f"{unknown[0]} cannot be matched at {level} level")
+    study_query = _compile(above)
+    wanted = study_query.constraint((tag_for_keyword("StudyInstanceUID"),))
+    details: dict[str, dict] = {}  # studies read whole already (a UID was asked for)
+    if wanted is not None and wanted[0] == "values":
+        for uid in sorted(wanted[1]):
+            detail = reader.study(uid)
+            if detail is not None and detail["study"] is not None:
+                details[uid] = detail
+        candidates: Iterable[dict] = [detail["study"] for detail in details.values()]
+    else:
+        candidates = reader.studies()
+    studies = [summary for summary in candidates if study_query.matches(_Tree(summary))]
+    if level == STUDY:
+        return [dict(summary) for summary in studies]
+    own_query = _compile(own)
+    found: list[dict] = []
+    for summary in studies:
+        uid = summary["StudyInstanceUID"]
+        detail = details.get(uid)
+        if level == SERIES:
+            series = detail["series"] if detail else reader.series(uid)
+            documents: Iterable[dict] = ({**doc, "StudyInstanceUID": uid} for doc in series)
+        else:
+            documents = detail["instances"] if detail else reader.instances(uid)
+        found.extend(dict(doc) for doc in documents if own_query.matches(_Tree(doc)))
+    return found
