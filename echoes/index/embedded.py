@@ -1,4 +1,8 @@
-"""The archive index: TinyDB, sharded per study, written only by the ingester.
+"""The first index backend: TinyDB, sharded per study, written only by the ingester.
+
+:class:`EmbeddedIndex` is its reader and :class:`ArchiveIndex` its one writer
+(the protocols of :mod:`echoes.index.base`; :func:`echoes.index.open_index`
+builds them).  Nothing outside ``echoes/index/`` needs to know the files.
 
 Why this shape.  Rewriting a whole TinyDB file per write, and TinyDB's own
 write path (every write converts the whole table twice), make a write cost
@@ -16,9 +20,8 @@ the TinyDB JSON plus a journal of changes beside it (``.jnl``), compacted
 when it has grown as big as the file.  A batch appends one line per touched
 shard (fsynced before :meth:`ArchiveIndex.apply` returns: the ingester moves
 files into the archive only after that) and one to the catalog.  Readers in
-any process (``read_studies``, ``read_study``, ``iter_instances``, or plain
-``TinyDB(path, storage=JournalStorage)``) see the state after some batch,
-never half of one.
+any process (:class:`EmbeddedIndex`, or plain ``TinyDB(path,
+storage=JournalStorage)``) see the state after some batch, never half of one.
 
 The writer keeps the shards it touched lately in memory, in TinyDB's raw
 layout, with running summaries (:mod:`echoes.index.tally`), so a batch is O(batch)
