@@ -30,7 +30,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from echoes.index.record import InstanceRecord
 from echoes.index.tally import PATIENT_STUDY_FIELDS, SERIES_FIELDS
-from echoes.worklist.match import QueryKey, compile_query
+from echoes.worklist.match import Query, QueryKey, compile_query
 
 STUDY, SERIES, IMAGE = "STUDY", "SERIES", "IMAGE"
 #: Query/Retrieve levels (PS3.4 C.6), top down.
@@ -40,8 +40,9 @@ LEVELS = (STUDY, SERIES, IMAGE)
 STUDY_KEYS = frozenset(PATIENT_STUDY_FIELDS) | {"ModalitiesInStudy"}
 SERIES_KEYS = frozenset(SERIES_FIELDS)
 IMAGE_KEYS = frozenset(name for name in InstanceRecord.__dataclass_fields__ if name[0].isupper())
-LEVEL_KEYS = {STUDY: STUDY_KEYS, SERIES: SERIES_KEYS | {"StudyInstanceUID"},
-              IMAGE: IMAGE_KEYS}
+LEVEL_KEYS = {STUDY: STUDY_KEYS, SERIES: SERIES_KEYS, IMAGE: IMAGE_KEYS}
+#: Tag -> keyword of every matchable key (the engine asks for values by tag).
+_KEYWORDS = {tag_for_keyword(keyword): keyword for keyword in STUDY_KEYS | IMAGE_KEYS}
 
 
 class IndexReader(Protocol):
@@ -106,18 +107,13 @@ class _Tree:
         return "\\".join(value) if isinstance(value, list) else value
 
 
-_KEYWORDS: dict[int, str] = {}
-
-
-def _compile(filters: Mapping[str, str]):
+def _compile(filters: Mapping[str, str]) -> Query:
+    """The matching engine's query for keyword filters (all known to a level)."""
     keys: dict[int, QueryKey] = {}
     for keyword, value in filters.items():
-        tag = tag_for_keyword(keyword)
-        if tag is None:
-            raise ValueError(f"not a DICOM keyword: {keyword!r}")
         if not isinstance(value, str):
             raise ValueError(f"{keyword}: the value must be text, got {type(value).__name__}")
-        _KEYWORDS[tag] = keyword
+        tag = tag_for_keyword(keyword)
         keys[tag] = QueryKey(dictionary_VR(tag), value)
     return compile_query(keys)
 
