@@ -168,3 +168,45 @@ def test_the_web_layer_imports_no_index_backend():
             found += [f"{path.name}: {name}" for name in names
                       if any(name == bad or name.startswith(bad + ".") for bad in FORBIDDEN)]
     assert not found
+
+
+# -- the Browser's caches need nothing but the reader protocol -------------------------------
+
+
+class MemoryIndex:
+    """An index reader over a dict, counting reads (any backend must fit the Browser)."""
+
+    def __init__(self) -> None:
+        self.token = 1
+        self.reads = 0
+        self.details = {CT: {"study": {"StudyInstanceUID": CT, "StudyDate": "20261101",
+                                       "updated": "2026-11-29T10:00:00.000+00:00"},
+                             "series": [], "instances": [{"SOPInstanceUID": "1.1"}]}}
+
+    def version(self, study_uid: str | None = None) -> int:
+        return self.token
+
+    def studies(self) -> list[dict]:
+        self.reads += 1
+        return [detail["study"] for detail in self.details.values()]
+
+    def study(self, study_uid: str) -> dict | None:
+        self.reads += 1
+        return self.details.get(study_uid)
+
+
+def test_catalog_and_study_cache_read_again_only_when_the_version_moves():
+    from echoes.web.catalog import StudyCatalog, StudyReader
+
+    memory = MemoryIndex()
+    catalog, studies = StudyCatalog(memory), StudyReader(memory)  # type: ignore[arg-type]
+    assert [s["StudyInstanceUID"] for s in catalog.current().studies] == [CT]
+    assert studies.read(CT)["instances"] == [{"SOPInstanceUID": "1.1"}]
+    catalog.current(), studies.read(CT)
+    assert memory.reads == 2
+    memory.token += 1
+    memory.details[MR] = {"study": {"StudyInstanceUID": MR}, "series": [], "instances": []}
+    assert len(catalog.current().studies) == 2
+    studies.read(CT)
+    assert memory.reads == 4
+    assert studies.read(MR) is None  # no instances: not archived
