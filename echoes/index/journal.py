@@ -46,7 +46,7 @@ from typing import Any
 
 from tinydb.storages import Storage
 
-from echoes.storage.durable import atomic_write_bytes, fsync_dir
+from echoes.storage.durable import atomic_write_bytes, fsync_dir, fsync_file
 
 GENERATION = "_generation"
 
@@ -358,11 +358,7 @@ class JournalStorage(Storage):
 
     def _sync_file(self, path: Path) -> None:
         if self.durable:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(path)
             fsync_dir(path.parent)
 
     def _peek_generation(self) -> int:
