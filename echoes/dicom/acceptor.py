@@ -20,25 +20,20 @@ from __future__ import annotations
 import logging
 import select
 import socket
-import struct
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from echoes import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from echoes.config import Config
-from echoes.dicom import encoding, pdu
+from echoes.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, encoding, pdu
+from echoes.dicom.transport import PDUReader, PeerGone
 
 log = logging.getLogger("echoes.association")
 
 
 SUCCESS = 0x0000
 UNRECOGNIZED_OPERATION = 0x0211
-
-#: The largest PDU a peer may make us read into memory (see listener.py).
-MAX_PDU_READ = 1 << 20
 
 
 class DataSetReceiver(Protocol):
@@ -67,42 +62,30 @@ class Service(Protocol):
         """The association ended (``released``, ``aborted`` or ``dropped``)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
-    """Per-port rules, taken from the configuration by the caller."""
+    """Per-port rules, plain values (built from the configuration outside this package)."""
 
     ae_title: str
     acse_timeout: float
     network_timeout: float
     maximum_length: int
-    implementation_class_uid: str
-    implementation_version_name: str
     max_associations: int
     allowed_calling_aes: frozenset[str] = frozenset()
     require_called_ae: bool = False
+    #: The port's name in log lines ("store", "mwl").
     role: str = "store"
-
-    @classmethod
-    def for_port(cls, config: Config, role: str, maximum_length: int) -> Settings:
-        """The rules of the port of ``role`` ("store" or "mwl") from the configuration."""
-        return cls(
-            ae_title=config.ae_title,
-            acse_timeout=config.acse_timeout,
-            network_timeout=config.network_timeout,
-            maximum_length=maximum_length,
-            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
-            max_associations=config.max_associations,
-            allowed_calling_aes=frozenset(config.calling_aes_for(role)),
-            require_called_ae=config.require_called_ae,
-            role=role,
-        )
+    implementation_class_uid: str = IMPLEMENTATION_CLASS_UID
+    implementation_version_name: str = IMPLEMENTATION_VERSION_NAME
 
 
-@dataclass
+@dataclass(eq=False)
 class Association:
     """One association's state, readable by the service, and its two ways to
     talk while a request is being answered (:meth:`send`, :meth:`cancel_requested`).
+
+    Hashable by identity, so a service can keep its own per-association
+    state (tallies for its log line) in a dict keyed by the association.
     """
 
     address: str
@@ -115,12 +98,6 @@ class Association:
     contexts: dict[int, pdu.ContextResult] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     cancelled: bool = False
-    #: Tallies for the closing log line (stored/refused/bytes; queries/responses).
-    stored: int = 0
-    refused: int = 0
-    bytes: int = 0
-    queries: int = 0
-    responses: int = 0
 
     def send(self, data: bytes) -> None:
         """Write PDUs (e.g. Pending responses) before the final response."""
@@ -177,51 +154,6 @@ class Limiter:
         """Give a slot back."""
         with self.lock:
             self.active -= 1
-
-
-class PeerGone(Exception):
-    """The connection closed, timed out or broke."""
-
-
-class PeerTimedOut(PeerGone):
-    """Nothing came within the socket's timeout (a requestor tells the admin so)."""
-
-
-class PDUReader:
-    """Reads whole PDUs from a socket into one reusable buffer."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buffer = bytearray(1 << 16)
-        self.header = bytearray(6)
-
-    def _fill(self, view: memoryview) -> None:
-        sock = self.sock
-        # The socket is a listener.QuickAckSocket: every read acknowledges at once.
-        while view:
-            try:
-                count = sock.recv_into(view)
-            except TimeoutError:
-                raise PeerTimedOut("timed out") from None
-            except OSError as exc:
-                raise PeerGone(str(exc) or type(exc).__name__) from None
-            if not count:
-                raise PeerGone("connection closed")
-            view = view[count:]
-
-    def read(self) -> tuple[int, memoryview]:
-        """The next PDU: (type, body)."""
-        self._fill(memoryview(self.header))
-        kind, length = self.header[0], struct.unpack_from(">I", self.header, 2)[0]
-        if length > MAX_PDU_READ:
-            log.warning("dropping a peer that announced a %d-byte PDU (limit %d)",
-                        length, MAX_PDU_READ)
-            raise PeerGone(f"PDU of {length} bytes refused")
-        if length > len(self.buffer):
-            self.buffer = bytearray(length)
-        body = memoryview(self.buffer)[:length]
-        self._fill(body)
-        return kind, body
 
 
 def serve(sock: socket.socket, address: tuple, service: Service, settings: Settings,

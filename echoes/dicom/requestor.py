@@ -12,8 +12,10 @@ A-ABORT.  Any protocol surprise aborts the association (the caller retries
 the job); why an association ended under a request (the peer's A-ABORT
 source and reason, a timeout) is kept in :attr:`Requestor.lost` for the
 job's error.  :func:`associate` is the one way echoes opens an association to a
-configured ``[ae:*]`` (the sender's jobs, the Browser's verify button through
-:func:`verify`), so both speak with the same AE titles, PDU size and TLS.
+:class:`Destination` (the sender's jobs, the Browser's verify button through
+:func:`verify`), so both speak with the same AE titles, PDU size and TLS;
+:mod:`echoes.services.dicom_settings` makes the Destination of a configured
+``[ae:*]``.
 """
 
 from __future__ import annotations
@@ -27,17 +29,32 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from echoes import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from echoes.config import Config, RemoteAE
-from echoes.dicom import encoding, pdu, tls
-from echoes.dicom.acceptor import PDUReader, PeerGone, PeerTimedOut
-from echoes.dicom.server import QuickAckSocket
+from echoes.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, encoding, pdu, tls
 from echoes.dicom.sopclasses import VERIFICATION
+from echoes.dicom.transport import PDUReader, PeerGone, PeerTimedOut, client_tls, connect
 
 #: Associations echoes starts offer this maximum PDU (SPEC, statement 3.4.1).
 SEND_MAX_PDU = 49152
 #: What a C-ECHO is proposed with: the default syntax every peer must take, and one more.
 VERIFICATION_SYNTAXES = [encoding.IMPLICIT_VR_LITTLE_ENDIAN, encoding.EXPLICIT_VR_LITTLE_ENDIAN]
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where and how to open an association, as plain values."""
+
+    host: str
+    port: int
+    called_ae: str
+    calling_ae: str
+    #: Bounds the connect and the negotiation.
+    acse_timeout: float
+    #: Bounds each response.
+    dimse_timeout: float
+    #: Whether the destination speaks TLS; ``tls_files`` are ours (None: not configured).
+    tls: bool = False
+    tls_files: tls.TLSFiles | None = None
+    maximum_length: int = SEND_MAX_PDU
 
 
 class AssociationFailed(ConnectionError):
@@ -95,19 +112,13 @@ class Requestor:
                 ssl_context: ssl.SSLContext | None = None) -> Requestor:
         """Connect and negotiate; raise AssociationFailed with the reason in words."""
         try:
-            sock = socket.create_connection((host, port), timeout=acse_timeout)
+            sock = connect(host, port, acse_timeout)
         except OSError as exc:
             reason = ("timed out" if isinstance(exc, TimeoutError)
                       else exc.strerror or type(exc).__name__)
             raise AssociationFailed(f"cannot connect to {host}:{port}: {reason}") from None
-        # Without this every C-STORE waits ~40 ms for a delayed ACK (Nagle);
-        # QUICKACK on our reads spares a peer that leaves Nagle on.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock = QuickAckSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
-        sock.settimeout(acse_timeout)
         try:
-            if ssl_context is not None:
-                sock = ssl_context.wrap_socket(sock)
+            sock = client_tls(sock, ssl_context)
             proposed = [pdu.PresentationContextRequest(2 * n + 1, abstract, list(syntaxes))
                         for n, (abstract, syntaxes) in enumerate(contexts)]
             sock.sendall(pdu.associate_rq(calling_ae, called_ae, proposed, maximum_length,
@@ -335,26 +346,20 @@ def _reject_words(body: bytes) -> str:
     return f"{'transient' if result == 2 else 'permanent'}: {words}"
 
 
-def associate(config: Config, remote: RemoteAE, contexts: list[tuple[str, list[str]]],
-              timeout: float | None = None, calling_ae: str | None = None) -> Requestor:
-    """One try at an association from ``config.ae_title`` (or ``calling_ae``) to
-    ``remote`` (TLS when ``remote.tls``), offering SEND_MAX_PDU; AssociationFailed
-    with the reason in words.
+def associate(destination: Destination, contexts: list[tuple[str, list[str]]]) -> Requestor:
+    """One try at an association to ``destination`` (TLS when it says so),
+    offering its maximum PDU; AssociationFailed with the reason in words.
 
-    ``timeout`` bounds the connect, the negotiation and each response
-    (default: the configured acse_timeout and dimse_timeout).  Raises
-    ValueError or OSError when TLS is asked for but not usable.
+    Raises ValueError or OSError when TLS is asked for but not usable.
     """
-    ssl_context = tls.client_context(config) if remote.tls else None
-    return Requestor.connect(remote.host, remote.port, calling_ae or config.ae_title,
-                             remote.title, contexts, SEND_MAX_PDU,
-                             timeout or config.acse_timeout, timeout or config.dimse_timeout,
-                             ssl_context)
+    ssl_context = tls.client_context(destination.tls_files) if destination.tls else None
+    return Requestor.connect(destination.host, destination.port, destination.calling_ae,
+                             destination.called_ae, contexts, destination.maximum_length,
+                             destination.acse_timeout, destination.dimse_timeout, ssl_context)
 
 
-def verify(config: Config, remote: RemoteAE, timeout: float = 10.0,
-           calling_ae: str | None = None) -> tuple[bool, str, float]:
-    """C-ECHO ``remote`` as the sender would reach it: (ok, one line for a person, ms).
+def verify(destination: Destination) -> tuple[bool, str, float]:
+    """C-ECHO ``destination`` as the sender would reach it: (ok, one line for a person, ms).
 
     For the Browser's verify button: the answer says whether forwarding to
     this AE can work (address, port, AE titles, TLS) and if not, why, in the
@@ -370,8 +375,7 @@ def verify(config: Config, remote: RemoteAE, timeout: float = 10.0,
         return (time.monotonic() - started) * 1000
 
     try:
-        assoc = associate(config, remote, [(VERIFICATION, VERIFICATION_SYNTAXES)], timeout,
-                          calling_ae)
+        assoc = associate(destination, [(VERIFICATION, VERIFICATION_SYNTAXES)])
     except AssociationFailed as exc:
         return False, str(exc), elapsed()
     except (ValueError, OSError) as exc:  # TLS asked for, but not configured or unreadable
@@ -380,7 +384,8 @@ def verify(config: Config, remote: RemoteAE, timeout: float = 10.0,
         status = assoc.send_c_echo()
     except ValueError:
         assoc.release()
-        return False, f"{remote.title} accepted the association but not Verification", elapsed()
+        return False, (f"{destination.called_ae} accepted the association but not "
+                       "Verification"), elapsed()
     except NoResponse as exc:
         return False, str(exc), elapsed()
     ms = elapsed()

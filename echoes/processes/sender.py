@@ -58,10 +58,11 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from echoes import logs
 from echoes.config import Config, Reloader, RemoteAE
-from echoes.dicom import requestor, sopclasses
+from echoes.dicom import sopclasses
 from echoes.dicom.part10 import read_meta
 from echoes.dicom.requestor import AssociationFailed, Requestor
 from echoes.queue import jobs
+from echoes.services import dicom_settings
 from echoes.storage import spool
 
 log = logging.getLogger("echoes.sender")
@@ -670,7 +671,7 @@ class Sender:
             retry=retry_if_exception_type(NotAssociated),
             reraise=True,
         )
-        return retrying(requestor.associate, config, remote, contexts)
+        return retrying(dicom_settings.associate, config, remote, contexts)
 
     def send_one(self, assoc: Requestor, config: Config, job: jobs.Job,
                  accepted: set[tuple[str, str]]) -> str:

@@ -30,17 +30,23 @@ import os
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from echoes import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from echoes.config import Config
+from echoes.dicom import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    encoding,
+    pdu,
+    sopclasses,
+)
 from echoes.dicom import acceptor as association
-from echoes.dicom import encoding, pdu, sopclasses
-from echoes.dicom import server as listener
 from echoes.dicom.part10 import DEFLATED_SYNTAXES, MalformedDataset, check_part10, uid_problem
+from echoes.services import dicom_settings
 from echoes.storage import spool
 
 log = logging.getLogger("echoes.store")
@@ -180,6 +186,15 @@ class SpareFiles:
             path.unlink(missing_ok=True)
 
 
+@dataclass
+class Tally:
+    """One association's objects, for its closing log line."""
+
+    stored: int = 0
+    refused: int = 0
+    bytes: int = 0
+
+
 class SpoolReceiver:
     """One object being received into this worker's spool folder.
 
@@ -239,6 +254,8 @@ class StoreService:
         self.spares = SpareFiles(folder)
         self.incoming_fd = os.open(layout.incoming, os.O_RDONLY | os.O_DIRECTORY)
         self.accepted = accepted_contexts()
+        #: Per open association (each on its own thread: one key each).
+        self.tallies: dict[association.Association, Tally] = {}
 
     def receiver(self, association_: association.Association, context: pdu.ContextResult,
                  command: dict[int, bytes]) -> SpoolReceiver | None:
@@ -253,7 +270,7 @@ class StoreService:
     def commit(self, receiver: SpoolReceiver) -> tuple[int, str]:
         """Commit the spooled file durably, then say Success; else the refusal."""
         path = receiver.path
-        stats = receiver.association
+        stats = self.tallies.setdefault(receiver.association, Tally())
         try:
             if receiver.error is not None:
                 raise StoreRefused(
@@ -279,7 +296,7 @@ class StoreService:
             path.unlink(missing_ok=True)
             stats.refused += 1
             log.warning("refused %s from %s: 0x%04X %s", receiver.sop_instance,
-                        stats.calling_ae, refusal.status, refusal.reason)
+                        receiver.association.calling_ae, refusal.status, refusal.reason)
             return refusal.status, refusal.reason[:64]
         stats.stored += 1
         stats.bytes += size
@@ -287,11 +304,12 @@ class StoreService:
 
     def closed(self, association_: association.Association, how: str) -> None:
         """One log line per association."""
+        tally = self.tallies.pop(association_, None) or Tally()
         log.info(
             "association from %s (%s:%s) to %s %s: %d stored, %d refused, %d bytes, %.2f s",
             association_.calling_ae, association_.address, association_.port,
-            association_.called_ae, how, association_.stored, association_.refused,
-            association_.bytes, time.monotonic() - association_.started,
+            association_.called_ae, how, tally.stored, tally.refused,
+            tally.bytes, time.monotonic() - association_.started,
         )
 
 
@@ -316,7 +334,7 @@ def run(config: Config, listen_fd: int) -> int:
     def reload(fresh: Config) -> None:
         service.config = fresh  # min_free_mb, for the objects received from now on
 
-    listener.serve(service, config, "store", RECEIVE_MAX_PDU, listen_fd, on_hangup=reload)
+    dicom_settings.serve(service, config, "store", RECEIVE_MAX_PDU, listen_fd, on_hangup=reload)
     service.spares.close()
     for leftover in folder.glob("*.part"):
         leftover.unlink(missing_ok=True)

@@ -23,6 +23,7 @@ import logging
 import struct
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from pydicom.datadict import keyword_for_tag
@@ -33,7 +34,7 @@ from pynetdicom.dsutils import decode
 from echoes.config import Config
 from echoes.dicom import acceptor as association
 from echoes.dicom import encoding, pdu, sopclasses
-from echoes.dicom import server as listener
+from echoes.services import dicom_settings
 from echoes.worklist import files as worklist
 from echoes.worklist.match import QueryKey, Tree, compile_query
 
@@ -226,6 +227,14 @@ class FindRequest:
         return self.service.answer(self)
 
 
+@dataclass
+class Tally:
+    """One association's queries and responses, for its closing log line."""
+
+    queries: int = 0
+    responses: int = 0
+
+
 class WorklistService:
     """The MWL port's service (see association.Service), bound to one ``WorklistDirectory``."""
 
@@ -236,6 +245,8 @@ class WorklistService:
             sopclasses.VERIFICATION: frozenset(sopclasses.UNCOMPRESSED),
             sopclasses.MODALITY_WORKLIST_FIND: frozenset(sopclasses.UNCOMPRESSED),
         }
+        #: Per open association (each on its own thread: one key each).
+        self.tallies: dict[association.Association, Tally] = {}
 
     def receiver(self, association_: association.Association, context: pdu.ContextResult,
                  command: dict[int, bytes]) -> FindRequest | None:
@@ -246,9 +257,10 @@ class WorklistService:
 
     def closed(self, association_: association.Association, how: str) -> None:
         """One log line per association."""
+        tally = self.tallies.pop(association_, None) or Tally()
         log.info("association from %s (%s:%s) to %s %s: %d queries, %d responses, %.2f s",
                  association_.calling_ae, association_.address, association_.port,
-                 association_.called_ae, how, association_.queries, association_.responses,
+                 association_.called_ae, how, tally.queries, tally.responses,
                  time.monotonic() - association_.started)
 
     def answer(self, request: FindRequest) -> tuple[int, str]:
@@ -256,7 +268,8 @@ class WorklistService:
         started = time.monotonic()
         association_ = request.association
         caller = association_.calling_ae
-        association_.queries += 1
+        tally = self.tallies.setdefault(association_, Tally())
+        tally.queries += 1
         if request.too_long:
             log.warning("query from %s refused: identifier over %d bytes", caller,
                         MAX_IDENTIFIER)
@@ -295,7 +308,7 @@ class WorklistService:
             writer.pending(identifier)
             matched += 1
         writer.flush()
-        association_.responses += matched
+        tally.responses += matched
         log.info(
             "query from %s on %s: %d matched of %d, %s in %.3f s",
             caller,
@@ -336,8 +349,8 @@ def run(config: Config, listen_fd: int) -> int:
         log.info("worklist re-read on SIGHUP: %d items", len(directory))
 
     try:
-        listener.serve(service, config, "mwl", RECEIVE_MAX_PDU, listen_fd,
-                       on_hangup=reload)
+        dicom_settings.serve(service, config, "mwl", RECEIVE_MAX_PDU, listen_fd,
+                             on_hangup=reload)
     finally:
         watcher.stop()
     return 0
