@@ -26,14 +26,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from echoes.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, encoding, pdu
+from echoes.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, dimse, pdu
 from echoes.dicom.transport import PDUReader, PeerGone
 
 log = logging.getLogger("echoes.association")
 
-
-SUCCESS = 0x0000
-UNRECOGNIZED_OPERATION = 0x0211
 
 
 class DataSetReceiver(Protocol):
@@ -126,10 +123,10 @@ class Association:
             if control != pdu.COMMAND_BIT | pdu.LAST_BIT:
                 raise pdu.PDUError("only a one-fragment C-CANCEL may arrive mid-operation")
             try:
-                command = encoding.parse_command(bytes(fragment))
+                command = dimse.parse_command(bytes(fragment))
             except ValueError as exc:
                 raise pdu.PDUError(f"command set: {exc}") from None
-            if encoding.command_us(command, encoding.COMMAND_FIELD) != encoding.C_CANCEL_RQ:
+            if dimse.command_us(command, dimse.COMMAND_FIELD) != dimse.C_CANCEL_RQ:
                 raise pdu.PDUError("a request other than C-CANCEL during an operation")
             self.cancelled = True
         return self.cancelled
@@ -295,11 +292,11 @@ def _on_pdv(sock: socket.socket, association: Association, service: Service,
         if not control & pdu.LAST_BIT:
             return message
         try:
-            message.command = encoding.parse_command(bytes(message.command_bytes))
+            message.command = dimse.parse_command(bytes(message.command_bytes))
         except ValueError as exc:
             raise pdu.PDUError(f"command set: {exc}") from None
-        message.expects_data = (encoding.command_us(message.command, encoding.DATA_SET_TYPE)
-                                != encoding.NO_DATA_SET)
+        message.expects_data = (dimse.command_us(message.command, dimse.DATA_SET_TYPE)
+                                != dimse.NO_DATA_SET)
         if message.expects_data:
             message.receiver = service.receiver(association, context, message.command)
             return message
@@ -319,21 +316,21 @@ def _respond(sock: socket.socket, association: Association, message: _Message,
              receiver: DataSetReceiver | None) -> None:
     """Send the response to a complete request (none to a C-CANCEL or a response)."""
     command = message.command or {}
-    field_ = encoding.command_us(command, encoding.COMMAND_FIELD)
-    if field_ < 0 or field_ & encoding.RESPONSE_BIT or field_ == encoding.C_CANCEL_RQ:
+    field_ = dimse.command_us(command, dimse.COMMAND_FIELD)
+    if field_ < 0 or field_ & dimse.RESPONSE_BIT or field_ == dimse.C_CANCEL_RQ:
         return
-    message_id = encoding.command_us(command, encoding.MESSAGE_ID, 0)
-    sop_class = encoding.command_uid(command, encoding.AFFECTED_SOP_CLASS)
-    sop_instance = encoding.command_uid(command, encoding.AFFECTED_SOP_INSTANCE) or None
+    message_id = dimse.command_us(command, dimse.MESSAGE_ID, 0)
+    sop_class = dimse.command_uid(command, dimse.AFFECTED_SOP_CLASS)
+    sop_instance = dimse.command_uid(command, dimse.AFFECTED_SOP_INSTANCE) or None
     comment = ""
     if receiver is not None:
         status, comment = receiver.finish()
-    elif field_ == encoding.C_ECHO_RQ:
-        status = SUCCESS
+    elif field_ == dimse.C_ECHO_RQ:
+        status = dimse.SUCCESS
     else:
-        status = UNRECOGNIZED_OPERATION
+        status = dimse.UNRECOGNIZED_OPERATION
         comment = f"operation 0x{field_:04X} not served on this port"
-    response = encoding.response_command(field_ | encoding.RESPONSE_BIT, sop_class, message_id,
+    response = dimse.response_command(field_ | dimse.RESPONSE_BIT, sop_class, message_id,
                                          status, sop_instance, comment)
     sock.sendall(pdu.p_data_command(message.context.context_id, response,
                                     association.peer_maximum_length))

@@ -15,6 +15,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from echoes.dicom.syntax import IMPLICIT_VR_LITTLE_ENDIAN
 
 #: PDU types (PS3.8 9.3.1).
 ASSOCIATE_RQ = 0x01
@@ -225,7 +228,7 @@ def associate_ac(request: AssociateRequest, results: list[ContextResult], maximu
         # A rejected context still carries one transfer syntax sub-item,
         # whose value is not significant (PS3.8 9.3.3.2).
         syntax = _item(TRANSFER_SYNTAX_ITEM, _even_uid(result.transfer_syntax or
-                                                       "1.2.840.10008.1.2"))
+                                                       IMPLICIT_VR_LITTLE_ENDIAN))
         parts.append(_item(PRESENTATION_CONTEXT_AC_ITEM,
                            bytes((result.context_id, 0, result.result, 0)) + syntax))
     parts.append(_user_information(maximum_length, implementation_class_uid,
@@ -303,6 +306,64 @@ def p_data_command(context_id: int, command: bytes, peer_maximum: int = 0) -> by
         pdus.append(_pdu(P_DATA_TF, struct.pack(">IBB", len(chunk) + 2, context_id, control)
                          + chunk))
     return b"".join(pdus)
+
+
+def p_data_pdus(context_id: int, command: bytes, data_set: bytes, max_pdu: int) -> bytes:
+    """One DIMSE message as P-DATA-TF PDUs within ``max_pdu``.
+
+    ``max_pdu`` is the peer's Maximum Length Received, as offered (0: no
+    limit; :func:`send_limit` says what is sent for it).  PDVs
+    are packed into as few PDUs as fit (PS3.8 9.3.5 allows several PDVs per
+    PDU), so a small response is one PDU: command PDV then data set PDV.
+    """
+    limit = send_limit(max_pdu)
+    fragment = limit - PDV_HEADER
+    pdvs: list[bytes] = []
+    for stream, kind in ((command, COMMAND_BIT), (data_set, 0)):
+        for start in range(0, len(stream), fragment):
+            chunk = stream[start:start + fragment]
+            control = kind | (LAST_BIT if start + fragment >= len(stream) else 0)
+            pdvs.append(struct.pack(">IBB", len(chunk) + 2, context_id, control) + chunk)
+    pdus: list[bytes] = []
+    current: list[bytes] = []
+    size = 0
+    for pdv in pdvs:
+        if current and size + len(pdv) > limit:
+            pdus.append(struct.pack(">BxI", P_DATA_TF, size) + b"".join(current))
+            current, size = [], 0
+        current.append(pdv)
+        size += len(pdv)
+    if current:
+        pdus.append(struct.pack(">BxI", P_DATA_TF, size) + b"".join(current))
+    return b"".join(pdus)
+
+
+def p_data_stream(context_id: int, command: bytes, data_set: BinaryIO, max_pdu: int,
+                  group_bytes: int = 1 << 18) -> Iterator[bytes]:
+    """A DIMSE message whose data set is read from a file, as groups of P-DATA-TF PDUs.
+
+    The data set is never held whole: it is read about ``group_bytes`` at a
+    time (one read for many PDUs: a 16 KiB peer PDU would otherwise mean a
+    read per 16 KiB) and each group is yielded as one buffer for one large
+    write, the data copied once into it (the sender's share of forwarding,
+    issue 7).
+    """
+    yield p_data_pdus(context_id, command, b"", max_pdu)
+    fragment = send_limit(max_pdu) - PDV_HEADER
+    per_read = max(1, group_bytes // fragment) * fragment
+    block = data_set.read(per_read)
+    while block:
+        following = data_set.read(per_read)
+        view = memoryview(block)
+        parts: list[bytes | memoryview] = []
+        for start in range(0, len(block), fragment):
+            chunk = view[start:start + fragment]
+            control = LAST_BIT if not following and start + fragment >= len(block) else 0
+            parts.append(struct.pack(">BxIIBB", P_DATA_TF, len(chunk) + 6, len(chunk) + 2,
+                                     context_id, control))
+            parts.append(chunk)
+        yield b"".join(parts)
+        block = following
 
 
 # -- the requestor side (the sender's outbound associations) -------------------

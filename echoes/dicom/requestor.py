@@ -29,14 +29,21 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from echoes.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, encoding, pdu, tls
+from echoes.dicom import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    dimse,
+    pdu,
+    syntax,
+    tls,
+)
 from echoes.dicom.sopclasses import VERIFICATION
 from echoes.dicom.transport import PDUReader, PeerGone, PeerTimedOut, client_tls, connect
 
 #: Associations echoes starts offer this maximum PDU (SPEC, statement 3.4.1).
 SEND_MAX_PDU = 49152
 #: What a C-ECHO is proposed with: the default syntax every peer must take, and one more.
-VERIFICATION_SYNTAXES = [encoding.IMPLICIT_VR_LITTLE_ENDIAN, encoding.EXPLICIT_VR_LITTLE_ENDIAN]
+VERIFICATION_SYNTAXES = [syntax.IMPLICIT_VR_LITTLE_ENDIAN, syntax.EXPLICIT_VR_LITTLE_ENDIAN]
 
 
 @dataclass(frozen=True)
@@ -156,13 +163,13 @@ class Requestor:
         response came (timeout, abort, broken connection: the association is
         then closed).
         """
-        command = encoding.store_request_command(context.abstract_syntax, sop_instance,
+        command = dimse.store_request_command(context.abstract_syntax, sop_instance,
                                                  next(_message_ids))
         try:
-            for group in encoding.p_data_stream(context.context_id, command, data_set,
+            for group in pdu.p_data_stream(context.context_id, command, data_set,
                                                 self.peer_maximum_length):
                 self.sock.sendall(group)
-            return self._response(encoding.C_STORE_RSP)
+            return self._response(dimse.C_STORE_RSP)
         except PeerAborted as exc:
             self._gone(str(exc))
         except (TimeoutError, PeerTimedOut):
@@ -238,11 +245,11 @@ class Requestor:
                         if cx.abstract_syntax == VERIFICATION), None)
         if context is None:
             raise ValueError("Verification was not accepted")
-        command = encoding.echo_request_command(VERIFICATION, next(_message_ids))
+        command = dimse.echo_request_command(VERIFICATION, next(_message_ids))
         try:
             self.sock.sendall(pdu.p_data_command(context.context_id, command,
                                                  self.peer_maximum_length))
-            return self._response(encoding.C_ECHO_RSP).status
+            return self._response(dimse.C_ECHO_RSP).status
         except (TimeoutError, PeerTimedOut):
             self.abort()
             raise NoResponse(f"no C-ECHO response within {self.dimse_timeout:g} s "
@@ -266,12 +273,12 @@ class Requestor:
                     continue  # a data set with a C-STORE-RSP: not ours to read
                 command += fragment
                 if control & pdu.LAST_BIT:
-                    elements = encoding.parse_command(bytes(command))
-                    field_ = encoding.command_us(elements, encoding.COMMAND_FIELD)
+                    elements = dimse.parse_command(bytes(command))
+                    field_ = dimse.command_us(elements, dimse.COMMAND_FIELD)
                     if field_ != expected:
                         raise pdu.PDUError(f"response 0x{field_:04X} instead of 0x{expected:04X}")
-                    comment = elements.get(encoding.ERROR_COMMENT, b"")
-                    return StoreResult(encoding.command_us(elements, encoding.STATUS, 0xC000),
+                    comment = elements.get(dimse.ERROR_COMMENT, b"")
+                    return StoreResult(dimse.command_us(elements, dimse.STATUS, 0xC000),
                                        comment.decode("ascii", "replace").strip())
 
     def release(self) -> None:
@@ -390,6 +397,6 @@ def verify(destination: Destination) -> tuple[bool, str, float]:
         return False, str(exc), elapsed()
     ms = elapsed()
     assoc.release()
-    if status == 0x0000:
+    if status == dimse.SUCCESS:
         return True, f"C-ECHO ok in {ms:.0f} ms", ms
     return False, f"C-ECHO answered with status 0x{status:04X}", ms

@@ -50,7 +50,8 @@ from watchdog.observers.inotify_c import InotifyConstants, Mask
 
 from echoes import logs
 from echoes.config import Config, Reloader
-from echoes.dicom.part10 import DEFLATED_SYNTAXES, MalformedDataset, check_part10, read_meta
+from echoes.dicom.part10 import MalformedDataset, check_part10, read_meta
+from echoes.dicom.syntax import DEFLATED as DEFLATED_SYNTAXES
 from echoes.index.embedded import ArchiveIndex, InstanceRecord
 from echoes.ops import integrity
 from echoes.queue import jobs

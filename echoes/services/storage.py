@@ -40,12 +40,23 @@ from echoes.config import Config
 from echoes.dicom import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
-    encoding,
+    dimse,
+    part10,
     pdu,
     sopclasses,
+    syntax,
 )
 from echoes.dicom import acceptor as association
-from echoes.dicom.part10 import DEFLATED_SYNTAXES, MalformedDataset, check_part10, uid_problem
+
+# Statuses (PS3.4 B.2.3, C.4.1.1.4, K.4.1.1.4), kept importable from here.
+from echoes.dicom.dimse import (
+    CANNOT_UNDERSTAND,
+    DOES_NOT_MATCH_SOP_CLASS,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+)
+from echoes.dicom.part10 import MalformedDataset, check_part10, uid_problem
+from echoes.dicom.syntax import DEFLATED
 from echoes.services import dicom_settings
 from echoes.storage import spool
 
@@ -55,11 +66,6 @@ log = logging.getLogger("echoes.store")
 #: object; 256 KiB bounds what one PDU can make a worker hold in memory.
 RECEIVE_MAX_PDU = 262144
 
-#: Storage statuses (PS3.4 B.2.3), by what went wrong.
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DOES_NOT_MATCH_SOP_CLASS = 0xA900
-CANNOT_UNDERSTAND = 0xC000
 
 #: Objects up to this size are walked from memory, bigger ones from the file.
 WALK_IN_MEMORY = 4 << 20
@@ -102,7 +108,7 @@ def object_uids(path: Path, fd: int | None = None) -> dict[str, str | None]:
     else:
         with open(path, "rb") as handle:
             syntax = check_part10(handle, size, found)
-    if syntax in DEFLATED_SYNTAXES:  # the walk cannot read inside; pydicom inflates
+    if syntax in DEFLATED:  # the walk cannot read inside; pydicom inflates
         header = dcmread(path, stop_before_pixels=True, specific_tags=list(REQUIRED_UIDS))
         return {keyword: header.get(keyword) for keyword in REQUIRED_UIDS}
     return {keyword: found[tag].rstrip(b"\x00 ").decode("ascii", "replace")
@@ -212,7 +218,7 @@ class SpoolReceiver:
         self.sop_instance = sop_instance
         self.error: OSError | None = None
         self.path, self.fd = service.spares.take()
-        self.write(memoryview(encoding.part10_header(
+        self.write(memoryview(part10.part10_header(
             sop_class, sop_instance, syntax, IMPLEMENTATION_CLASS_UID,
             IMPLEMENTATION_VERSION_NAME, association_.calling_ae)))
 
@@ -260,11 +266,11 @@ class StoreService:
     def receiver(self, association_: association.Association, context: pdu.ContextResult,
                  command: dict[int, bytes]) -> SpoolReceiver | None:
         """A spool file for a C-STORE-RQ's data set (None for anything else)."""
-        if encoding.command_us(command, encoding.COMMAND_FIELD) != encoding.C_STORE_RQ:
+        if dimse.command_us(command, dimse.COMMAND_FIELD) != dimse.C_STORE_RQ:
             return None
         return SpoolReceiver(self, association_,
-                             encoding.command_uid(command, encoding.AFFECTED_SOP_CLASS),
-                             encoding.command_uid(command, encoding.AFFECTED_SOP_INSTANCE),
+                             dimse.command_uid(command, dimse.AFFECTED_SOP_CLASS),
+                             dimse.command_uid(command, dimse.AFFECTED_SOP_INSTANCE),
                              context.transfer_syntax)
 
     def commit(self, receiver: SpoolReceiver) -> tuple[int, str]:
@@ -315,10 +321,9 @@ class StoreService:
 
 def accepted_contexts() -> dict[str, frozenset[str]]:
     """The store port's table: Verification plus every storage class and syntax we accept."""
-    sopclasses.register_retired_storage_classes()
     table = {sop_class: frozenset(sopclasses.STORE_TRANSFER_SYNTAXES)
              for sop_class in sopclasses.store_scp_classes()}
-    table[sopclasses.VERIFICATION] = frozenset(sopclasses.UNCOMPRESSED)
+    table[sopclasses.VERIFICATION] = frozenset(syntax.UNCOMPRESSED)
     return table
 
 
