@@ -181,7 +181,8 @@ def serve(sock: socket.socket, address: tuple, service: Service, settings: Setti
             sock.sendall(pdu.associate_rj(reason))
             how = "rejected"
             return
-        results = pdu.negotiate(request.contexts, service.accepted)
+        results, roles = pdu.negotiate_roles(
+            pdu.negotiate(request.contexts, service.accepted), request.roles)
         association.contexts = {r.context_id: r for r in results if r.result == pdu.ACCEPTANCE}
         association.peer_maximum_length = request.maximum_length
         if 0 < request.maximum_length <= pdu.PDV_HEADER:
@@ -191,7 +192,7 @@ def serve(sock: socket.socket, address: tuple, service: Service, settings: Setti
                         request.maximum_length, pdu.send_limit(request.maximum_length))
         sock.sendall(pdu.associate_ac(request, results, settings.maximum_length,
                                       settings.implementation_class_uid,
-                                      settings.implementation_version_name))
+                                      settings.implementation_version_name, roles))
         sock.settimeout(settings.network_timeout)
         how = _run(sock, reader, association, service)
     except pdu.PDUError as exc:

@@ -107,6 +107,8 @@ class Requestor:
         self.peer_maximum_length = peer_maximum_length
         self.dimse_timeout = dimse_timeout
         self.is_established = True
+        #: SCP/SCU roles the acceptor granted, by SOP class (only those proposed).
+        self.roles: dict[str, tuple[bool, bool]] = {}
         #: Why the association ended other than by our release, in words for a
         #: job's error ("peer aborted the association (source: ...)", "no
         #: response within 30 s (timed out)"); empty while it lasts.
@@ -116,8 +118,13 @@ class Requestor:
     def connect(cls, host: str, port: int, calling_ae: str, called_ae: str,
                 contexts: list[tuple[str, list[str]]], maximum_length: int,
                 acse_timeout: float, dimse_timeout: float,
-                ssl_context: ssl.SSLContext | None = None) -> Requestor:
-        """Connect and negotiate; raise AssociationFailed with the reason in words."""
+                ssl_context: ssl.SSLContext | None = None,
+                roles: dict[str, tuple[bool, bool]] | None = None) -> Requestor:
+        """Connect and negotiate; raise AssociationFailed with the reason in words.
+
+        ``roles`` proposes SCP/SCU Role Selection (SOP class -> (SCU, SCP) for
+        us); what the peer granted is in :attr:`roles` afterwards.
+        """
         try:
             sock = connect(host, port, acse_timeout)
         except OSError as exc:
@@ -130,7 +137,7 @@ class Requestor:
                         for n, (abstract, syntaxes) in enumerate(contexts)]
             sock.sendall(pdu.associate_rq(calling_ae, called_ae, proposed, maximum_length,
                                           IMPLEMENTATION_CLASS_UID,
-                                          IMPLEMENTATION_VERSION_NAME))
+                                          IMPLEMENTATION_VERSION_NAME, roles))
             kind, body = PDUReader(sock).read()
             if kind == pdu.ASSOCIATE_RJ:
                 raise AssociationFailed(f"association rejected by {called_ae}"
@@ -150,7 +157,9 @@ class Requestor:
         accepted = [AcceptedContext(cid, by_id[cid].abstract_syntax, syntax)
                     for cid, (result, syntax) in accept.results.items()
                     if result == pdu.ACCEPTANCE and cid in by_id]
-        return cls(sock, accepted, accept.maximum_length, dimse_timeout)
+        requestor = cls(sock, accepted, accept.maximum_length, dimse_timeout)
+        requestor.roles = accept.roles
+        return requestor
 
     def context_for(self, sop_class: str, syntax: str) -> AcceptedContext | None:
         """The accepted context for (class, syntax), if any."""
