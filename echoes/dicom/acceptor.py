@@ -22,41 +22,14 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from echoes.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, dimse, pdu
+from echoes.dicom.service import Receiver, Service
 from echoes.dicom.transport import PDUReader, PeerGone
 
 log = logging.getLogger("echoes.association")
 
-
-
-class DataSetReceiver(Protocol):
-    """Where the fragments of one data set go, and who decides its status."""
-
-    def write(self, fragment: memoryview) -> None:
-        """Take the next fragment (called as each PDV arrives)."""
-
-    def finish(self) -> tuple[int, str]:
-        """The last fragment arrived: return (DIMSE status, error comment)."""
-
-    def discard(self) -> None:
-        """The association ended before the last fragment: forget the object."""
-
-
-class Service(Protocol):
-    """What a port offers: its contexts and a receiver per incoming data set."""
-
-    accepted: Mapping[str, frozenset[str]]
-
-    def receiver(self, association: Association, context: pdu.ContextResult,
-                 command: dict[int, bytes]) -> DataSetReceiver | None:
-        """A receiver for the request's data set, or None if the command is not served."""
-
-    def closed(self, association: Association, how: str) -> None:
-        """The association ended (``released``, ``aborted`` or ``dropped``)."""
 
 
 @dataclass(frozen=True)
@@ -243,7 +216,7 @@ class _Message:
     context: pdu.ContextResult
     command_bytes: bytearray = field(default_factory=bytearray)
     command: dict[int, bytes] | None = None
-    receiver: DataSetReceiver | None = None
+    receiver: Receiver | None = None
     expects_data: bool = False
 
 
@@ -296,12 +269,12 @@ def _on_pdv(sock: socket.socket, association: Association, service: Service,
             message.command = dimse.parse_command(bytes(message.command_bytes))
         except ValueError as exc:
             raise pdu.PDUError(f"command set: {exc}") from None
-        message.expects_data = (dimse.command_us(message.command, dimse.DATA_SET_TYPE)
-                                != dimse.NO_DATA_SET)
-        if message.expects_data:
+        message.expects_data = dimse.has_data_set(message.command)
+        if dimse.is_request(message.command):
             message.receiver = service.receiver(association, context, message.command)
+        if message.expects_data:
             return message
-        _respond(sock, association, message, None)
+        _respond(sock, association, message, message.receiver)
         return None
     if message.command is None or not message.expects_data:
         raise pdu.PDUError("data set fragment where none was announced")
@@ -314,7 +287,7 @@ def _on_pdv(sock: socket.socket, association: Association, service: Service,
 
 
 def _respond(sock: socket.socket, association: Association, message: _Message,
-             receiver: DataSetReceiver | None) -> None:
+             receiver: Receiver | None) -> None:
     """Send the response to a complete request (none to a C-CANCEL or a response)."""
     command = message.command or {}
     field_ = dimse.command_us(command, dimse.COMMAND_FIELD)
@@ -326,8 +299,6 @@ def _respond(sock: socket.socket, association: Association, message: _Message,
     comment = ""
     if receiver is not None:
         status, comment = receiver.finish()
-    elif field_ == dimse.C_ECHO_RQ:
-        status = dimse.SUCCESS
     else:
         status = dimse.UNRECOGNIZED_OPERATION
         comment = f"operation 0x{field_:04X} not served on this port"

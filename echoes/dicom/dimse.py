@@ -244,6 +244,18 @@ def response_command(command_field: int, sop_class: str, message_id: int, status
                         AFFECTED_SOP_INSTANCE: sop_instance or ""})
 
 
+def has_data_set(elements: dict[int, bytes]) -> bool:
+    """Whether a parsed command set announces a data set."""
+    return command_us(elements, DATA_SET_TYPE) != NO_DATA_SET
+
+
+def is_request(elements: dict[int, bytes]) -> bool:
+    """Whether a parsed command set is a request that gets a response (not a
+    response, not a C-CANCEL, not without a command field)."""
+    field = command_us(elements, COMMAND_FIELD)
+    return field >= 0 and not field & RESPONSE_BIT and field != C_CANCEL_RQ
+
+
 def parse_command(data: bytes) -> dict[int, bytes]:
     """The elements of a command set (Implicit VR Little Endian, group 0000),
     by element number, values raw.  Raises ValueError when it is malformed.

@@ -16,6 +16,8 @@ from typing import Any
 
 from echoes.config import Config, RemoteAE
 from echoes.dicom import acceptor, requestor, server, tls
+from echoes.dicom.service import Port
+from echoes.services import verification
 
 
 def tls_files(config: Config) -> tls.TLSFiles | None:
@@ -54,8 +56,8 @@ def port_settings(config: Config, role: str, maximum_length: int) -> server.Port
 
 def serve(service: Any, config: Config, role: str, maximum_length: int, listen_fd: int,
           on_hangup: Callable[[Config], None] | None = None) -> server.AssociationServer:
-    """Serve ``service`` on the port of ``role`` until SIGTERM/SIGINT
-    (:func:`echoes.dicom.server.serve`).
+    """Serve ``service`` and Verification (every port answers C-ECHO) on the
+    port of ``role`` until SIGTERM/SIGINT (:func:`echoes.dicom.server.serve`).
 
     SIGHUP re-reads the configuration file, reopens the log and applies the
     port's rules to new associations, then calls ``on_hangup`` with the fresh
@@ -72,8 +74,8 @@ def serve(service: Any, config: Config, role: str, maximum_length: int, listen_f
         if on_hangup is not None:
             on_hangup(fresh)
 
-    return server.serve(service, port_settings(config, role, maximum_length), listen_fd,
-                        hangup)
+    port = Port(verification.service(), service)
+    return server.serve(port, port_settings(config, role, maximum_length), listen_fd, hangup)
 
 
 def destination(config: Config, remote: RemoteAE, timeout: float | None = None,

@@ -44,7 +44,6 @@ from echoes.dicom import (
     part10,
     pdu,
     sopclasses,
-    syntax,
 )
 from echoes.dicom import acceptor as association
 
@@ -266,7 +265,8 @@ class StoreService:
     def receiver(self, association_: association.Association, context: pdu.ContextResult,
                  command: dict[int, bytes]) -> SpoolReceiver | None:
         """A spool file for a C-STORE-RQ's data set (None for anything else)."""
-        if dimse.command_us(command, dimse.COMMAND_FIELD) != dimse.C_STORE_RQ:
+        if (dimse.command_us(command, dimse.COMMAND_FIELD) != dimse.C_STORE_RQ
+                or not dimse.has_data_set(command)):
             return None
         return SpoolReceiver(self, association_,
                              dimse.command_uid(command, dimse.AFFECTED_SOP_CLASS),
@@ -320,10 +320,10 @@ class StoreService:
 
 
 def accepted_contexts() -> dict[str, frozenset[str]]:
-    """The store port's table: Verification plus every storage class and syntax we accept."""
+    """The Storage service's table: every storage class and syntax we accept
+    (the port adds Verification, :mod:`echoes.services.verification`)."""
     table = {sop_class: frozenset(sopclasses.STORE_TRANSFER_SYNTAXES)
              for sop_class in sopclasses.store_scp_classes()}
-    table[sopclasses.VERIFICATION] = frozenset(syntax.UNCOMPRESSED)
     return table
 
 

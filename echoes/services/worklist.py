@@ -242,7 +242,6 @@ class WorklistService:
         self.directory = directory
         self.cache = ResponseCache()
         self.accepted = {
-            sopclasses.VERIFICATION: frozenset(syntax.UNCOMPRESSED),
             sopclasses.MODALITY_WORKLIST_FIND: frozenset(syntax.UNCOMPRESSED),
         }
         #: Per open association (each on its own thread: one key each).
@@ -251,7 +250,8 @@ class WorklistService:
     def receiver(self, association_: association.Association, context: pdu.ContextResult,
                  command: dict[int, bytes]) -> FindRequest | None:
         """A C-FIND-RQ collector (None for anything else: answered "unrecognized")."""
-        if dimse.command_us(command, dimse.COMMAND_FIELD) != dimse.C_FIND_RQ:
+        if (dimse.command_us(command, dimse.COMMAND_FIELD) != dimse.C_FIND_RQ
+                or not dimse.has_data_set(command)):
             return None
         return FindRequest(self, association_, context, command)
 
