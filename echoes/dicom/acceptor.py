@@ -9,10 +9,13 @@ they arrive, and writes each response the moment the service decides it.
 
 What this layer does itself: A-ASSOCIATE negotiation against the service's
 table (:func:`echoes.dicom.pdu.negotiate`), the association limit and the calling /
-called AE title rules (A-ASSOCIATE-RJ with the PS3.8 reason), C-ECHO, the
-release and abort handshakes, the ARTIM timer (``acse_timeout``) and the
-idle timer (``network_timeout``, a read timeout), and the PDU size cap.
-Everything else (C-STORE) goes to the service (:class:`Service`).
+called AE title rules (A-ASSOCIATE-RJ with the PS3.8 reason), the release and
+abort handshakes, the ARTIM timer (``acse_timeout``) and the idle timer
+(``network_timeout``, a read timeout), and the PDU size cap.  Which PDU is
+acceptable when is the PS3.8 state machine's decision
+(:mod:`echoes.dicom.statemachine`): an unexpected one is answered with the
+A-ABORT its table says.  Every request goes to the port's services
+(:class:`echoes.dicom.service.Service`).
 """
 
 from __future__ import annotations
@@ -25,8 +28,17 @@ import time
 from dataclasses import dataclass, field
 
 from echoes.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, dimse, pdu
+from echoes.dicom import statemachine as sm
 from echoes.dicom.service import Receiver, Service
-from echoes.dicom.transport import PDUReader, PeerGone
+from echoes.dicom.transport import PDUReader, PeerGone, PeerTimedOut
+
+
+class UnexpectedPDU(pdu.PDUError):
+    """A PDU the state machine does not expect here (action AA-8): A-ABORT."""
+
+    def __init__(self, kind: int, state: str) -> None:
+        super().__init__(f"unexpected PDU type 0x{kind:02X} in {state}")
+        self.reason = sm.abort_reason(kind)
 
 log = logging.getLogger("echoes.association")
 
@@ -68,10 +80,12 @@ class Association:
     contexts: dict[int, pdu.ContextResult] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     cancelled: bool = False
+    machine: sm.Machine = field(default_factory=lambda: sm.Machine(requestor=False))
 
     def send(self, data: bytes) -> None:
-        """Write PDUs (e.g. Pending responses) before the final response."""
+        """Write P-DATA PDUs (e.g. Pending responses) before the final response."""
         assert self.sock is not None
+        self.machine.on(sm.P_DATA_REQUEST)
         self.sock.sendall(data)
 
     def cancel_requested(self) -> bool:
@@ -88,9 +102,12 @@ class Association:
         if not (pending and pending()) and not select.select([sock], [], [], 0)[0]:
             return False
         kind, body = reader.read()
-        if kind == pdu.ABORT:
+        action = self.machine.on_pdu(kind)
+        if action == "AA-3":
             raise PeerGone("aborted by the peer during an operation")
-        if kind != pdu.P_DATA_TF:
+        if action == "AA-8":
+            raise UnexpectedPDU(kind, sm.STA6)
+        if action != "DT-2":  # a release request while we answer: not waited for
             raise pdu.PDUError(f"PDU type 0x{kind:02X} during an operation")
         for _context, control, fragment in pdu.iter_pdvs(body):
             if control != pdu.COMMAND_BIT | pdu.LAST_BIT:
@@ -131,13 +148,23 @@ def serve(sock: socket.socket, address: tuple, service: Service, settings: Setti
     """Run one association on an accepted connection until it ends; never raises."""
     reader = PDUReader(sock)
     association = Association(address[0], address[1], sock, reader)
+    machine = association.machine
+    machine.on(sm.CONNECTION_INDICATION)  # AE-5: the socket timeout is ARTIM
     how = "dropped"
     counted = False
     try:
         sock.settimeout(settings.acse_timeout)
-        kind, body = reader.read()
-        if kind != pdu.ASSOCIATE_RQ:
+        try:
+            kind, body = reader.read()
+        except PeerGone as exc:  # AA-2 (ARTIM) or AA-5 (closed): nothing to send
+            machine.on(sm.ARTIM_EXPIRED if isinstance(exc, PeerTimedOut)
+                       else sm.CONNECTION_CLOSED)
+            raise
+        action = machine.on_pdu(kind)
+        if action == "AA-1":  # anything but an A-ASSOCIATE-RQ first
             sock.sendall(pdu.abort(pdu.ABORT_UNEXPECTED_PDU))
+            return
+        if action != "AE-6":  # AA-2: an A-ABORT first, nothing to answer
             return
         request = pdu.parse_associate_rq(body)
         association.calling_ae, association.called_ae = request.calling_ae, request.called_ae
@@ -151,6 +178,7 @@ def serve(sock: socket.socket, address: tuple, service: Service, settings: Setti
             log.warning("rejected association from %s (%s:%s) on the %s port: %s",
                         request.calling_ae, association.address, association.port,
                         settings.role, why)
+            machine.on(sm.ASSOCIATE_REJECT)  # AE-8
             sock.sendall(pdu.associate_rj(reason))
             how = "rejected"
             return
@@ -163,26 +191,32 @@ def serve(sock: socket.socket, address: tuple, service: Service, settings: Setti
                         "PDV: sending it PDUs of up to %d bytes, as dcmtk does",
                         request.calling_ae, association.address, association.port,
                         request.maximum_length, pdu.send_limit(request.maximum_length))
+        machine.on(sm.ASSOCIATE_ACCEPT)  # AE-7
         sock.sendall(pdu.associate_ac(request, results, settings.maximum_length,
                                       settings.implementation_class_uid,
                                       settings.implementation_version_name, roles))
         sock.settimeout(settings.network_timeout)
         how = _run(sock, reader, association, service)
+    except UnexpectedPDU as exc:  # AA-8: the machine is in Sta13 already
+        log.warning("aborting association from %s (%s:%s): %s", association.calling_ae,
+                    association.address, association.port, exc)
+        _send_quietly(sock, pdu.abort(exc.reason))
+        how = "aborted"
     except pdu.PDUError as exc:
         log.warning("aborting association from %s (%s:%s): %s", association.calling_ae,
                     association.address, association.port, exc)
-        _send_quietly(sock, pdu.abort(pdu.ABORT_INVALID_PARAMETER))
+        _abort(sock, machine, pdu.ABORT_INVALID_PARAMETER)
         how = "aborted"
     except PeerGone as exc:
         log.debug("peer %s:%s gone: %s", association.address, association.port, exc)
         if counted:
-            _send_quietly(sock, pdu.abort(pdu.ABORT_UNEXPECTED_PDU))
+            _abort(sock, machine, pdu.ABORT_UNEXPECTED_PDU)
     except OSError as exc:
         log.debug("peer %s:%s: %s", association.address, association.port, exc)
     except Exception:
         log.exception("association from %s (%s:%s) failed", association.calling_ae,
                       association.address, association.port)
-        _send_quietly(sock, pdu.abort(pdu.ABORT_UNEXPECTED_PDU))
+        _abort(sock, machine, pdu.ABORT_UNEXPECTED_PDU)
         how = "aborted"
     finally:
         if counted:
@@ -224,22 +258,25 @@ def _run(sock: socket.socket, reader: PDUReader, association: Association,
          service: Service) -> str:
     """The established association: P-DATA until release or abort."""
     message: _Message | None = None
+    machine = association.machine
     try:
         while True:
             kind, body = reader.read()
-            if kind == pdu.P_DATA_TF:
+            action = machine.on_pdu(kind)
+            if action == "DT-2":
                 for context_id, control, fragment in pdu.iter_pdvs(body):
                     message = _on_pdv(sock, association, service, message,
                                       context_id, control, fragment)
-            elif kind == pdu.RELEASE_RQ:
+            elif action == "AR-2":
                 if message is not None:
                     raise pdu.PDUError("A-RELEASE-RQ in the middle of a message")
+                machine.on(sm.RELEASE_RESPONSE)  # AR-4
                 sock.sendall(pdu.release_rp())
                 return "released"
-            elif kind == pdu.ABORT:
+            elif action == "AA-3":
                 return "aborted"
-            else:
-                raise pdu.PDUError(f"unexpected PDU type 0x{kind:02X}")
+            else:  # AA-8: an A-ASSOCIATE, A-RELEASE-RP or unknown PDU now
+                raise UnexpectedPDU(kind, sm.STA6)
     finally:
         if message is not None and message.receiver is not None:
             message.receiver.discard()
@@ -303,9 +340,17 @@ def _respond(sock: socket.socket, association: Association, message: _Message,
         status = dimse.UNRECOGNIZED_OPERATION
         comment = f"operation 0x{field_:04X} not served on this port"
     response = dimse.response_command(field_ | dimse.RESPONSE_BIT, sop_class, message_id,
-                                         status, sop_instance, comment)
+                                      status, sop_instance, comment)
+    association.machine.on(sm.P_DATA_REQUEST)  # DT-1
     sock.sendall(pdu.p_data_command(message.context.context_id, response,
                                     association.peer_maximum_length))
+
+
+def _abort(sock: socket.socket, machine: sm.Machine, reason: tuple[int, int]) -> None:
+    """Our A-ABORT (Evt15, AA-1) where the state still has an association to abort."""
+    if machine.allows(sm.ABORT_REQUEST):
+        machine.on(sm.ABORT_REQUEST)
+        _send_quietly(sock, pdu.abort(reason))
 
 
 def _send_quietly(sock: socket.socket, data: bytes) -> None:

@@ -37,6 +37,7 @@ from echoes.dicom import (
     syntax,
     tls,
 )
+from echoes.dicom import statemachine as sm
 from echoes.dicom.sopclasses import VERIFICATION
 from echoes.dicom.transport import PDUReader, PeerGone, PeerTimedOut, client_tls, connect
 
@@ -100,19 +101,28 @@ class Requestor:
     """One association we started."""
 
     def __init__(self, sock: socket.socket, accepted: list[AcceptedContext],
-                 peer_maximum_length: int, dimse_timeout: float) -> None:
+                 peer_maximum_length: int, dimse_timeout: float,
+                 machine: sm.Machine | None = None) -> None:
         self.sock = sock
         self.reader = PDUReader(sock)
         self.accepted_contexts = accepted
         self.peer_maximum_length = peer_maximum_length
         self.dimse_timeout = dimse_timeout
-        self.is_established = True
+        #: The PS3.8 state machine of this association (Sta6 once negotiated).
+        self.machine = machine or sm.Machine(requestor=True, state=sm.STA6)
+        #: The socket is closed: nothing more to send or read.
+        self.closed = False
         #: SCP/SCU roles the acceptor granted, by SOP class (only those proposed).
         self.roles: dict[str, tuple[bool, bool]] = {}
         #: Why the association ended other than by our release, in words for a
         #: job's error ("peer aborted the association (source: ...)", "no
         #: response within 30 s (timed out)"); empty while it lasts.
         self.lost = ""
+
+    @property
+    def is_established(self) -> bool:
+        """Whether the association is up and ready for requests (Sta6)."""
+        return not self.closed and self.machine.state == sm.STA6
 
     @classmethod
     def connect(cls, host: str, port: int, calling_ae: str, called_ae: str,
@@ -125,6 +135,8 @@ class Requestor:
         ``roles`` proposes SCP/SCU Role Selection (SOP class -> (SCU, SCP) for
         us); what the peer granted is in :attr:`roles` afterwards.
         """
+        machine = sm.Machine(requestor=True)
+        machine.on(sm.ASSOCIATE_REQUEST)  # AE-1
         try:
             sock = connect(host, port, acse_timeout)
         except OSError as exc:
@@ -135,14 +147,18 @@ class Requestor:
             sock = client_tls(sock, ssl_context)
             proposed = [pdu.PresentationContextRequest(2 * n + 1, abstract, list(syntaxes))
                         for n, (abstract, syntaxes) in enumerate(contexts)]
+            machine.on(sm.CONNECTED)  # AE-2
             sock.sendall(pdu.associate_rq(calling_ae, called_ae, proposed, maximum_length,
                                           IMPLEMENTATION_CLASS_UID,
                                           IMPLEMENTATION_VERSION_NAME, roles))
             kind, body = PDUReader(sock).read()
-            if kind == pdu.ASSOCIATE_RJ:
+            action = machine.on_pdu(kind)
+            if action == "AE-4":
                 raise AssociationFailed(f"association rejected by {called_ae}"
                                         f" ({_reject_words(bytes(body))})")
-            if kind != pdu.ASSOCIATE_AC:
+            if action == "AA-8":  # not an answer to our request: A-ABORT it
+                _send_quietly(sock, pdu.abort(sm.abort_reason(kind)))
+            if action != "AE-3":
                 raise AssociationFailed(f"association aborted by {called_ae}")
             accept = pdu.parse_associate_ac(body)
         except (OSError, PeerGone, pdu.PDUError) as exc:
@@ -157,7 +173,7 @@ class Requestor:
         accepted = [AcceptedContext(cid, by_id[cid].abstract_syntax, syntax)
                     for cid, (result, syntax) in accept.results.items()
                     if result == pdu.ACCEPTANCE and cid in by_id]
-        requestor = cls(sock, accepted, accept.maximum_length, dimse_timeout)
+        requestor = cls(sock, accepted, accept.maximum_length, dimse_timeout, machine)
         requestor.roles = accept.roles
         return requestor
 
@@ -172,11 +188,14 @@ class Requestor:
         response came (timeout, abort, broken connection: the association is
         then closed).
         """
+        if not self.is_established:
+            return None
         command = dimse.store_request_command(context.abstract_syntax, sop_instance,
-                                                 next(_message_ids))
+                                              next(_message_ids))
         try:
+            self.machine.on(sm.P_DATA_REQUEST)  # DT-1 (for the whole message)
             for group in pdu.p_data_stream(context.context_id, command, data_set,
-                                                self.peer_maximum_length):
+                                           self.peer_maximum_length):
                 self.sock.sendall(group)
             return self._response(dimse.C_STORE_RSP)
         except PeerAborted as exc:
@@ -216,15 +235,17 @@ class Requestor:
         except (OSError, PeerGone, pdu.PDUError) as exc:
             self._gone(f"association closed by the peer while idle ({exc})")
             return True
-        if kind == pdu.ABORT:
+        action = self.machine.on_pdu(kind)
+        if action == "AA-3":
             self._gone(_abort_words(bytes(body)))
-        elif kind == pdu.RELEASE_RQ:
-            try:
-                self.sock.sendall(pdu.release_rp())
-            except OSError:
-                pass
+        elif action == "AR-2":  # we have nothing in flight: release at once (AR-4)
+            self.machine.on(sm.RELEASE_RESPONSE)
+            _send_quietly(self.sock, pdu.release_rp())
             self._gone("association released by the peer while idle")
-        else:
+        elif action == "AA-8":
+            _send_quietly(self.sock, pdu.abort(sm.abort_reason(kind)))
+            self._gone(f"unexpected PDU type 0x{kind:02X} from the peer while idle")
+        else:  # DT-2: P-DATA nobody asked for
             self.abort(f"unexpected PDU type 0x{kind:02X} from the peer while idle")
         return True
 
@@ -235,12 +256,19 @@ class Requestor:
             kind, body = self.reader.read()
         except (OSError, PeerGone, pdu.PDUError):
             return ""
-        return _abort_words(bytes(body)) if kind == pdu.ABORT else ""
+        if kind != pdu.ABORT:
+            return ""
+        self.machine.on_pdu(kind)  # AA-3
+        return _abort_words(bytes(body))
 
     def _gone(self, why: str) -> None:
         """The peer ended the association (no A-ABORT of ours needed): close."""
+        if self.closed:
+            return
         self.lost = self.lost or why
-        self.is_established = False
+        if self.machine.allows(sm.CONNECTION_CLOSED):
+            self.machine.on(sm.CONNECTION_CLOSED)  # AA-4 / AR-5
+        self.closed = True
         self.sock.close()
 
     def send_c_echo(self) -> int:
@@ -255,7 +283,10 @@ class Requestor:
         if context is None:
             raise ValueError("Verification was not accepted")
         command = dimse.echo_request_command(VERIFICATION, next(_message_ids))
+        if not self.is_established:
+            raise NoResponse("no C-ECHO response (the association is closed)")
         try:
+            self.machine.on(sm.P_DATA_REQUEST)  # DT-1
             self.sock.sendall(pdu.p_data_command(context.context_id, command,
                                                  self.peer_maximum_length))
             return self._response(dimse.C_ECHO_RSP).status
@@ -273,9 +304,12 @@ class Requestor:
         command = bytearray()
         while True:
             kind, body = self.reader.read()
-            if kind == pdu.ABORT:
+            action = self.machine.on_pdu(kind)
+            if action == "AA-3":
                 raise PeerAborted(_abort_words(bytes(body)))
-            if kind != pdu.P_DATA_TF:
+            if action == "AA-8":
+                _send_quietly(self.sock, pdu.abort(sm.abort_reason(kind)))
+            if action != "DT-2":  # AA-8, or AR-2: a release while a response is due
                 raise PeerGone(f"PDU type 0x{kind:02X} instead of a response")
             for _cid, control, fragment in pdu.iter_pdvs(body):
                 if not control & pdu.COMMAND_BIT:
@@ -292,15 +326,25 @@ class Requestor:
 
     def release(self) -> None:
         """A-RELEASE (bounded wait for the reply), then close."""
-        if not self.is_established:
+        if self.closed:
             return
-        self.is_established = False
+        self.closed = True
         try:
+            if not self.machine.allows(sm.RELEASE_REQUEST):
+                return  # no established association to release: just close
+            self.machine.on(sm.RELEASE_REQUEST)  # AR-1
             self.sock.settimeout(min(self.dimse_timeout, 10.0))
             self.sock.sendall(pdu.release_rq())
             while True:
                 kind, _body = self.reader.read()
-                if kind in (pdu.RELEASE_RP, pdu.ABORT):
+                action = self.machine.on_pdu(kind)
+                if action == "AR-8":  # release collision: answer, then await our RP
+                    self.machine.on(sm.RELEASE_RESPONSE)  # AR-9
+                    self.sock.sendall(pdu.release_rp())
+                elif action == "AA-8":
+                    _send_quietly(self.sock, pdu.abort(sm.abort_reason(kind)))
+                    break
+                elif action != "AR-6":  # AR-3 (released) or AA-3 (aborted)
                     break
         except (OSError, PeerGone, pdu.PDUError):
             pass
@@ -311,16 +355,24 @@ class Requestor:
         """A-ABORT and close (the peer drops whatever was in flight); ``why`` is
         kept in :attr:`lost`.
         """
-        if not self.is_established:
+        if self.closed:
             return
         self.lost = self.lost or why
-        self.is_established = False
+        self.closed = True
         try:
-            self.sock.sendall(pdu.abort((0x00, 0x00)))
-        except OSError:
-            pass
+            if self.machine.allows(sm.ABORT_REQUEST):
+                self.machine.on(sm.ABORT_REQUEST)  # AA-1
+                _send_quietly(self.sock, pdu.abort((0x00, 0x00)))
         finally:
             self.sock.close()
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    """Send what the state machine says to, whether or not the peer still listens."""
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass
 
 
 _REJECT_REASONS = {
