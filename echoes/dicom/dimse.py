@@ -162,13 +162,16 @@ MESSAGES: dict[int, tuple[str, frozenset[int]]] = {
 #: Text padding by VR (UI with NUL, the rest with a space); LO values are cut at 64.
 _PADDING = {"UI": b"\x00", "AE": b" ", "LO": b" "}
 _MAX_TEXT = {"AE": 16, "LO": 64}
+_VR = {element: vr for element, (_keyword, vr) in ELEMENTS.items()}
+#: A whole US element (tag, length 2, value) and a header alone: one pack each.
+_US_ELEMENT = struct.Struct("<HHIH")
+_HEADER = struct.Struct("<HHI")
+_GROUP_LENGTH = struct.Struct("<HHII")
 
 
 def _value(vr: str, value: str | int | tuple[int, ...] | bytes) -> bytes:
     if isinstance(value, bytes):
         return value
-    if vr == "US":
-        return struct.pack("<H", value)
     if vr == "UL":
         return struct.pack("<I", value)
     if vr == "AT":
@@ -178,20 +181,27 @@ def _value(vr: str, value: str | int | tuple[int, ...] | bytes) -> bytes:
     return data + _PADDING[vr] if len(data) % 2 else data
 
 
-def command_set(values: Mapping[int, str | int | tuple[int, ...] | bytes]) -> bytes:
+def command_set(values: Mapping[int, str | int | tuple[int, ...] | bytes | None]) -> bytes:
     """A command set's bytes: the elements of ``values`` (element -> value; None
     and "" left out) in ascending order, after their group length.
+
+    On every object's path (each C-STORE-RQ and -RSP): US values, most of a
+    command set, are packed whole in one call.
     """
     parts = []
     for element in sorted(values):
         value = values[element]
         if value is None or value == "":
             continue
-        data = _value(ELEMENTS[element][1], value)
-        parts.append(struct.pack("<HHI", 0x0000, element, len(data)))
+        vr = _VR[element]
+        if vr == "US":
+            parts.append(_US_ELEMENT.pack(0x0000, element, 2, value))
+            continue
+        data = _value(vr, value)  # type: ignore[arg-type]
+        parts.append(_HEADER.pack(0x0000, element, len(data)))
         parts.append(data)
     body = b"".join(parts)
-    return struct.pack("<HHII", 0x0000, GROUP_LENGTH, 4, len(body)) + body
+    return _GROUP_LENGTH.pack(0x0000, GROUP_LENGTH, 4, len(body)) + body
 
 
 def message(command_field: int, **values: str | int | tuple[int, ...] | None) -> bytes:
