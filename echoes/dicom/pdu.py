@@ -1,12 +1,14 @@
-"""DICOM Upper Layer PDUs for the acceptor side (PS3.8 section 9), as pure functions.
+"""DICOM Upper Layer PDUs (PS3.8 section 9), as pure functions, for both sides.
 
-The store port runs its own small upper layer (:mod:`echoes.dicom.acceptor`)
-instead of pynetdicom's, because pynetdicom's two polling threads per
-association (1 ms sleeps in the DUL and in the association reactor) cost
-2-4 ms per object, more than receiving and storing the object itself
-(issue 7 profile).  This module holds the parts that need no socket: parse
-an A-ASSOCIATE-RQ, negotiate presentation contexts against a table, and
-build the few PDUs an acceptor sends.  Everything here raises
+echoes runs its own small upper layer (:mod:`echoes.dicom.acceptor`,
+:mod:`echoes.dicom.requestor`) instead of pynetdicom's, because pynetdicom's
+two polling threads per association (1 ms sleeps in the DUL and in the
+association reactor) cost 2-4 ms per object, more than receiving and storing
+the object itself (issue 7 profile).  This module holds the parts that need
+no socket: parse and build the A-ASSOCIATE PDUs (presentation contexts, user
+information: maximum length, identity, role selection), negotiate against a
+table, frame DIMSE messages as P-DATA-TF PDVs (the one place the PDV control
+bits are defined), and the release and abort PDUs.  Everything here raises
 :class:`PDUError` on malformed input and never trusts a length.
 """
 

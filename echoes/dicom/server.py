@@ -5,7 +5,8 @@ the worker processes (``--listen-fd``), so a port never closes while a worker
 restarts and several store workers can share one port.  This module is the
 thin shell every DICOM worker uses to serve on such a socket and to stop
 gracefully on SIGTERM.  Each accepted connection runs one association of
-:mod:`echoes.dicom.acceptor` on its own thread.
+:mod:`echoes.dicom.acceptor` on its own thread.  Its rules come in as
+:class:`PortSettings` (plain values), at start and on each SIGHUP.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ An object's path through this module::
                             -> Success 0x0000           (only now)
 
 The upper layer is our own (:mod:`echoes.dicom.acceptor`, :mod:`echoes.dicom.pdu`),
-not pynetdicom's: see association.py for the measured reason.  A write
+not pynetdicom's: see acceptor.py for the measured reason.  A write
 error (full disk, EIO) is remembered and answered 0xA700 when the object
 ends; the association goes on.
 """
