@@ -1,6 +1,6 @@
 """SOP classes and transfer syntaxes, as data.
 
-The store SCP's SOP class list is read from ``data/store_scp_sop_classes.tsv``,
+The store SCP's SOP class list is read from ``store_scp_sop_classes.tsv`` (here),
 a verbatim copy of section 3.1 of the conformance statement, so that the
 statement and the code cannot disagree; every other storage SOP class that
 pynetdicom knows is added to it from :data:`OTHER_STORAGE_CLASSES` (SPEC:
@@ -24,7 +24,7 @@ STORE_TRANSFER_SYNTAXES: tuple[str, ...] = UNCOMPRESSED + COMPRESSED
 
 
 def _read_table(name: str) -> tuple[tuple[str, str], ...]:
-    text = resources.files("echoes.data").joinpath(name).read_text(encoding="utf-8")
+    text = resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
     rows = []
     for line in text.splitlines():
         if line and not line.startswith("#"):
