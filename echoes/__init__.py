@@ -1,8 +1,8 @@
 """echoes: a DICOM image archive and Modality Worklist server."""
 
+# Our implementation identity lives with the DICOM layer; re-exported here.
+from echoes.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
 __version__ = "0.1.0"
 
-#: Our implementation identity: in every A-ASSOCIATE-AC and in the File Meta
-#: of every object we write.
-IMPLEMENTATION_CLASS_UID = "2.25.166084470183616447221916451738052981187"
-IMPLEMENTATION_VERSION_NAME = f"ECHOES_{__version__}"[:16]
+__all__ = ["IMPLEMENTATION_CLASS_UID", "IMPLEMENTATION_VERSION_NAME", "__version__"]

@@ -1,8 +1,7 @@
 """Logging for every echoes process: one format, one file, level from config.
 
 The file handler is a WatchedFileHandler, so logrotate can move the file
-away and each process follows to the new one.  pynetdicom is held at WARNING:
-at INFO and below it logs request identifiers, which are patient data.
+away and each process follows to the new one.
 """
 
 from __future__ import annotations
@@ -78,13 +77,6 @@ def setup(config: Config | None, role: str, to_stderr: bool = True) -> None:
         logging.getLogger("echoes.logs").warning(
             "syslog_facility is set but %s does not exist: logging to the file only",
             SYSLOG_SOCKET)
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    # pynetdicom formats identifiers for its debug log even when the level
-    # drops them: patient data, and a measurable cost per C-FIND response.
-    from pynetdicom import _config as pynetdicom_config
-
-    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
-    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
     logging.getLogger("watchdog").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     inotify_log = logging.getLogger("watchdog.observers.inotify")

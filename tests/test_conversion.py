@@ -37,7 +37,7 @@ from pydicom.uid import (
 )
 from pynetdicom.dsutils import decode
 
-from echoes.dicom import encoding
+from echoes.dicom import part10
 from echoes.dicom import part10 as validation
 from echoes.dicom.part10 import MalformedDataset
 from echoes.processes import sender
@@ -138,7 +138,7 @@ def ours(path: Path, target: str, folder: Path) -> Path:
     syntax, data_set = sender.payload(job, route, sender.prepare(path, route), accepted)
     assert syntax == target
     converted = folder / "ours.dcm"
-    converted.write_bytes(encoding.part10_header(job.sop_class_uid, job.sop_instance_uid, syntax,
+    converted.write_bytes(part10.part10_header(job.sop_class_uid, job.sop_instance_uid, syntax,
                                                  "1.2.3", "TEST") + data_set.read())
     return converted
 

@@ -12,7 +12,9 @@ import re
 from pathlib import Path
 
 from echoes.dicom import sopclasses
+from echoes.dicom.service import Port
 from echoes.services import storage as store
+from echoes.services import verification
 from echoes.services import worklist as mwl
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,7 +43,7 @@ def test_storage_sop_classes_are_what_the_store_port_accepts() -> None:
     claimed = set(statement) | set(further)
     assert not claimed - set(accepted), "listed but not accepted"
     assert len(further) == len(set(further)) and not set(further) & set(statement)
-    assert sopclasses.VERIFICATION in accepted
+    assert sopclasses.VERIFICATION in verification.service().accepted
 
 
 def test_transfer_syntaxes_are_what_the_ports_accept() -> None:
@@ -49,14 +51,15 @@ def test_transfer_syntaxes_are_what_the_ports_accept() -> None:
     storage = section(doc, "## Storage SCP (store port)")
     listed = uids(section(storage, "### Transfer syntaxes"))
     assert sorted(listed) == sorted(sopclasses.STORE_TRANSFER_SYNTAXES)
-    assert set(store.accepted_contexts()[sopclasses.VERIFICATION]) == set(listed[:3])
+    assert set(verification.service().accepted[sopclasses.VERIFICATION]) == set(listed[:3])
 
     worklist = section(doc, "## Modality Worklist SCP (worklist port)")
     service = mwl.WorklistService(None)  # type: ignore[arg-type]  # only its table is read
+    port = Port(verification.service(), service)
     assert set(uids(section(worklist, "### SOP classes and transfer syntaxes"))) == set(
-        service.accepted)
+        port.accepted)
     assert all(syntaxes == frozenset(sopclasses.UNCOMPRESSED)
-               for syntaxes in service.accepted.values())
+               for syntaxes in port.accepted.values())
 
 
 def test_statuses_are_the_codes_sent() -> None:

@@ -13,8 +13,13 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
 
-from echoes.dicom import encoding
-from echoes.dicom.encoding import SYNTAXES, encode_tree, find_response_command, p_data_pdus
+from echoes.dicom import dataset, dimse, part10, pdu, syntax
+from echoes.dicom.dataset import encode_tree
+from echoes.dicom.dimse import find_response_command
+from echoes.dicom.pdu import p_data_pdus
+
+#: The three uncompressed syntaxes -> (implicit VR, little endian).
+SYNTAXES = {uid: syntax.encoding_of(uid) for uid in syntax.UNCOMPRESSED}
 
 MWL_FIND = "1.2.840.10008.5.1.4.31"  # 22 characters
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"  # 27 characters
@@ -142,8 +147,8 @@ def test_explicit_headers_and_lengths(syntax: str) -> None:
             offset += 8
         else:
             vr = data[offset + 4:offset + 6].decode()
-            assert vr == encoding.vr_for(tag)
-            if vr in encoding.LONG_LENGTH_VRS:
+            assert vr == dataset.vr_for(tag)
+            if vr in dataset.LONG_LENGTH_VRS:
                 assert data[offset + 6:offset + 8] == b"\x00\x00"
                 (length,) = struct.unpack_from(order + "I", data, offset + 8)
                 offset += 12
@@ -212,20 +217,20 @@ def long_headers(tree: dict[int, Any]) -> int:
     for tag, value in tree.items():
         if isinstance(value, list):
             count += 1 + sum(long_headers(child) for child in value)
-        elif encoding.vr_for(tag) in encoding.LONG_LENGTH_VRS:
+        elif dataset.vr_for(tag) in dataset.LONG_LENGTH_VRS:
             count += 1
     return count
 
 
 def test_header_sizes_of_the_three_syntaxes() -> None:
-    implicit = encode_tree(TREE, {}, encoding.IMPLICIT_VR_LITTLE_ENDIAN, "ascii")
-    explicit = encode_tree(TREE, {}, encoding.EXPLICIT_VR_LITTLE_ENDIAN, "ascii")
-    big = encode_tree(TREE, {}, encoding.EXPLICIT_VR_BIG_ENDIAN, "ascii")
+    implicit = encode_tree(TREE, {}, syntax.IMPLICIT_VR_LITTLE_ENDIAN, "ascii")
+    explicit = encode_tree(TREE, {}, syntax.EXPLICIT_VR_LITTLE_ENDIAN, "ascii")
+    big = encode_tree(TREE, {}, syntax.EXPLICIT_VR_BIG_ENDIAN, "ascii")
     assert len(explicit) == len(implicit) + 4 * long_headers(TREE)
     assert len(big) == len(explicit)
     text = {COMMENTS: "x", 0x00400275: [], 0x00080119: "LONG CODE"}  # LT, SQ, UC
-    assert len(encode_tree(text, {}, encoding.EXPLICIT_VR_LITTLE_ENDIAN, "ascii")) == (
-        len(encode_tree(text, {}, encoding.IMPLICIT_VR_LITTLE_ENDIAN, "ascii")) + 8)
+    assert len(encode_tree(text, {}, syntax.EXPLICIT_VR_LITTLE_ENDIAN, "ascii")) == (
+        len(encode_tree(text, {}, syntax.IMPLICIT_VR_LITTLE_ENDIAN, "ascii")) + 8)
 
 
 # -- the command set -----------------------------------------------------------------
@@ -307,7 +312,7 @@ def check_framing(data: bytes, context_id: int, command: bytes, data_set: bytes,
 
 
 COMMAND = find_response_command(MWL_FIND, 5, 0xFF00, True)
-DATA_SET = encode_tree(TREE, {}, encoding.IMPLICIT_VR_LITTLE_ENDIAN, "ascii")
+DATA_SET = encode_tree(TREE, {}, syntax.IMPLICIT_VR_LITTLE_ENDIAN, "ascii")
 
 
 @pytest.mark.parametrize("max_pdu", [
@@ -329,7 +334,7 @@ def test_p_data_stream(max_pdu: int, size: int) -> None:
     whatever the data set's size against the fragment and the read size.
     """
     data_set = bytes(n % 251 for n in range(size))
-    groups = list(encoding.p_data_stream(5, COMMAND, io.BytesIO(data_set), max_pdu,
+    groups = list(pdu.p_data_stream(5, COMMAND, io.BytesIO(data_set), max_pdu,
                                          group_bytes=1 << 18))
     check_framing(b"".join(groups), 5, COMMAND, data_set, max_pdu)
     assert all(len(group) <= (1 << 18) + (1 << 20) for group in groups)
@@ -372,7 +377,7 @@ def test_max_pdu_zero_is_unlimited() -> None:
 
 
 def test_store_response_command_decodes_with_pydicom() -> None:
-    data = encoding.response_command(0x8001, "1.2.840.10008.5.1.4.1.1.2", 7, 0xA900,
+    data = dimse.response_command(0x8001, "1.2.840.10008.5.1.4.1.1.2", 7, 0xA900,
                                      "1.2.3.4", "SOPInstanceUID differs")
     command = read_dataset(io.BytesIO(data), is_implicit_VR=True, is_little_endian=True)
     assert command.CommandGroupLength == len(data) - 12
@@ -386,26 +391,26 @@ def test_store_response_command_decodes_with_pydicom() -> None:
 
 
 def test_parse_command_round_trip() -> None:
-    data = encoding.store_request_command("1.2.840.10008.5.1.4.1.1.2", "1.2.345", 9)
-    elements = encoding.parse_command(data)
-    assert encoding.command_us(elements, encoding.COMMAND_FIELD) == 0x0001
-    assert encoding.command_us(elements, encoding.MESSAGE_ID) == 9
-    assert encoding.command_us(elements, encoding.DATA_SET_TYPE) == encoding.DATA_SET_PRESENT
-    assert encoding.command_uid(elements, encoding.AFFECTED_SOP_INSTANCE) == "1.2.345"
-    assert encoding.command_us(elements, 0x0900) == -1
+    data = dimse.store_request_command("1.2.840.10008.5.1.4.1.1.2", "1.2.345", 9)
+    elements = dimse.parse_command(data)
+    assert dimse.command_us(elements, dimse.COMMAND_FIELD) == 0x0001
+    assert dimse.command_us(elements, dimse.MESSAGE_ID) == 9
+    assert dimse.command_us(elements, dimse.DATA_SET_TYPE) == dimse.DATA_SET_PRESENT
+    assert dimse.command_uid(elements, dimse.AFFECTED_SOP_INSTANCE) == "1.2.345"
+    assert dimse.command_us(elements, 0x0900) == -1
 
 
 @pytest.mark.parametrize("data", [b"\x00\x00\x00", struct.pack("<HHI", 0, 0x100, 9) + b"\x01",
                                   struct.pack("<HHI", 8, 0x10, 0)])
 def test_parse_command_refuses_broken_sets(data: bytes) -> None:
     with pytest.raises(ValueError):
-        encoding.parse_command(data)
+        dimse.parse_command(data)
 
 
 def test_part10_header_reads_back_with_pydicom() -> None:
     from pydicom import dcmread
 
-    header = encoding.part10_header("1.2.840.10008.5.1.4.1.1.7", "1.2.3", "1.2.840.10008.1.2",
+    header = part10.part10_header("1.2.840.10008.5.1.4.1.1.7", "1.2.3", "1.2.840.10008.1.2",
                                     "2.25.9", "ECHOES_X", "MODALITY")
     data_set = struct.pack("<HHI", 0x0010, 0x0020, 4) + b"P01 "
     ds = dcmread(io.BytesIO(header + data_set))

@@ -23,7 +23,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import build_context
 from test_encoding import COMMAND, DATA_SET, check_framing
 
-from echoes.dicom import encoding, pdu, requestor
+from echoes.dicom import dimse, pdu, requestor
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -202,7 +202,7 @@ def test_p_data_pdus_for_any_offer(offered: int, data_set: bytes) -> None:
     """Every offer gives whole, correctly framed messages within the send limit
     (before: 1-5 gave no PDU at all, 6 raised "range() arg 3 must not be zero").
     """
-    data = encoding.p_data_pdus(3, COMMAND, data_set, offered)
+    data = pdu.p_data_pdus(3, COMMAND, data_set, offered)
     check_framing(data, 3, COMMAND, data_set, pdu.send_limit(offered))
 
 
@@ -211,14 +211,14 @@ def test_p_data_pdus_for_any_offer(offered: int, data_set: bytes) -> None:
 def test_p_data_stream_for_any_offer(offered: int, size: int) -> None:
     """The sender's C-STORE stream, to a destination that accepted with a tiny maximum."""
     data_set = bytes(n % 251 for n in range(size))
-    groups = encoding.p_data_stream(5, COMMAND, io.BytesIO(data_set), offered,
+    groups = pdu.p_data_stream(5, COMMAND, io.BytesIO(data_set), offered,
                                     group_bytes=1 << 16)
     check_framing(b"".join(groups), 5, COMMAND, data_set, pdu.send_limit(offered))
 
 
 @pytest.mark.parametrize("offered", [0, 1, 7, 16384])
 def test_p_data_command_within_the_peer_maximum(offered: int) -> None:
-    command = encoding.response_command(0x8001, CT, 7, 0, "1.2.3.4", "")
+    command = dimse.response_command(0x8001, CT, 7, 0, "1.2.3.4", "")
     data = pdu.p_data_command(5, command, offered)
     check_framing(data, 5, command, b"", pdu.send_limit(offered))
     if pdu.send_limit(offered) >= len(command) + 6:

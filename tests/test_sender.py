@@ -25,7 +25,7 @@ from pydicom.uid import (
 )
 from pynetdicom.dsutils import decode, encode
 
-from echoes.dicom import encoding
+from echoes.dicom import part10, pdu
 from echoes.processes import sender
 from echoes.processes.sender import DELIVERED, PERMANENT, TRANSIENT, Route
 from echoes.queue import jobs
@@ -521,13 +521,13 @@ def test_odd_deflated_data_set_goes_out_as_even_fragments(length, tmp_path):
     """
     path = tmp_path / "deflated.dcm"
     data = bytes(range(256)) * (length // 256 + 1)
-    path.write_bytes(encoding.part10_header(CT, "1.2.3.4", DeflatedExplicitVRLittleEndian,
+    path.write_bytes(part10.part10_header(CT, "1.2.3.4", DeflatedExplicitVRLittleEndian,
                                             "1.2.3", "TEST") + data[:length])
     job = make_job(CT, DeflatedExplicitVRLittleEndian)
     syntax, data_set = sender.payload(job, Route("file"), path, set())
     assert syntax == DeflatedExplicitVRLittleEndian
     with data_set:
-        stream = b"".join(encoding.p_data_stream(1, b"cmd!", data_set, 22, group_bytes=32))
+        stream = b"".join(pdu.p_data_stream(1, b"cmd!", data_set, 22, group_bytes=32))
     fragments = _data_pdvs(stream)
     assert all(len(fragment) % 2 == 0 for fragment in fragments), [len(f) for f in fragments]
     assert b"".join(fragments) == data[:length] + b"\x00"
@@ -535,7 +535,7 @@ def test_odd_deflated_data_set_goes_out_as_even_fragments(length, tmp_path):
 
 def test_even_deflated_data_set_is_not_padded(tmp_path):
     path = tmp_path / "deflated.dcm"
-    path.write_bytes(encoding.part10_header(CT, "1.2.3.4", DeflatedExplicitVRLittleEndian,
+    path.write_bytes(part10.part10_header(CT, "1.2.3.4", DeflatedExplicitVRLittleEndian,
                                             "1.2.3", "TEST") + b"ab" * 40)
     syntax, data_set = sender.payload(make_job(CT, DeflatedExplicitVRLittleEndian),
                                       Route("file"), path, set())

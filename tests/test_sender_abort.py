@@ -24,11 +24,12 @@ from pynetdicom.sop_class import SecondaryCaptureImageStorage
 
 from echoes import config as config_module
 from echoes.config import Config
-from echoes.dicom import pdu, requestor
-from echoes.dicom.acceptor import PDUReader
+from echoes.dicom import pdu
 from echoes.dicom.part10 import read_meta
+from echoes.dicom.transport import PDUReader
 from echoes.processes import sender
 from echoes.queue import jobs
+from echoes.services import dicom_settings
 from echoes.storage import spool
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
@@ -225,7 +226,7 @@ def test_abort_in_the_middle_of_a_data_set_is_named(tmp_path: Path) -> None:
     config, _store, _queued = setup(tmp_path, peer.port, 0)
     dataset = make_dataset(rows=1024)  # 2 MiB: far more than the socket buffers hold
     path = write_part10(dataset, tmp_path / "big.dcm")
-    assoc = requestor.associate(config, config.remote_aes["PEER"], [(SC, UNCOMPRESSED)])
+    assoc = dicom_settings.associate(config, config.remote_aes["PEER"], [(SC, UNCOMPRESSED)])
     context = assoc.context_for(SC, UNCOMPRESSED[0])
     with data_set(path) as handle:
         assert assoc.send_c_store(context, dataset.SOPInstanceUID, handle) is None
@@ -243,7 +244,7 @@ def test_peer_left_sees_an_abort_on_an_idle_association(tmp_path: Path, peers: l
     peer = Peer(abort_soon)
     peers.append(peer)
     config, _store, queued = setup(tmp_path, peer.port, 1)
-    assoc = requestor.associate(config, config.remote_aes["PEER"], [(SC, UNCOMPRESSED)])
+    assoc = dicom_settings.associate(config, config.remote_aes["PEER"], [(SC, UNCOMPRESSED)])
     with data_set(config.archive_dir / queued[0].path) as handle:
         response = assoc.send_c_store(assoc.context_for(SC, UNCOMPRESSED[0]),
                                       queued[0].sop_instance_uid, handle)

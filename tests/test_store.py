@@ -11,10 +11,26 @@ from pydicom.uid import (
     generate_uid,
 )
 from pynetdicom import AE, _config
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import register_uid, uid_to_service_class
 
 from echoes.dicom import sopclasses
 
 UNCOMPRESSED = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian]
+
+
+def _teach_pynetdicom_the_statement_classes() -> None:
+    """pynetdicom, the modality here, drops the C-STORE-RSP of a SOP class it does not
+    map to Storage (Stored Print, the draft SR and waveform classes...).  echoes taught
+    it these in its own process once (register_retired_storage_classes, gone with
+    pynetdicom's server); the test's modality needs them, echoes does not.
+    """
+    for number, uid in enumerate(sopclasses.conformance_store_classes()):
+        if uid_to_service_class(uid) is not StorageServiceClass:
+            register_uid(uid, f"EchoesTestStorage{number}", StorageServiceClass)
+
+
+_teach_pynetdicom_the_statement_classes()
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from test_forward import _listening, wait_for
 from echoes import config as config_module
 from echoes.config import Config, RemoteAE
 from echoes.dicom import requestor
+from echoes.services import dicom_settings
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def storescp(tmp_path: Path, dcmtk: None) -> Iterator:
 
 def test_c_echo_ok_with_storescp(config: Config, storescp) -> None:
     port, log = storescp()
-    ok, message, ms = requestor.verify(config, RemoteAE("DEST", "127.0.0.1", port, False))
+    ok, message, ms = dicom_settings.verify(config, RemoteAE("DEST", "127.0.0.1", port, False))
     assert ok, message
     assert message == f"C-ECHO ok in {ms:.0f} ms"
     assert 0 < ms < 5000
@@ -61,8 +62,8 @@ def test_c_echo_ok_with_storescp(config: Config, storescp) -> None:
 
 def test_send_c_echo_proposes_verification(config: Config, storescp) -> None:
     port, _log = storescp()
-    assoc = requestor.associate(config, RemoteAE("DEST", "127.0.0.1", port, False),
-                                [("1.2.840.10008.1.1", requestor.VERIFICATION_SYNTAXES)], 5)
+    assoc = dicom_settings.associate(config, RemoteAE("DEST", "127.0.0.1", port, False),
+                                     [("1.2.840.10008.1.1", requestor.VERIFICATION_SYNTAXES)], 5)
     try:
         assert [cx.abstract_syntax for cx in assoc.accepted_contexts] == ["1.2.840.10008.1.1"]
         assert assoc.send_c_echo() == 0x0000
@@ -73,14 +74,14 @@ def test_send_c_echo_proposes_verification(config: Config, storescp) -> None:
 
 def test_connection_refused(config: Config) -> None:
     port = free_port()  # nobody listens
-    ok, message, ms = requestor.verify(config, RemoteAE("NOBODY", "127.0.0.1", port, False))
+    ok, message, ms = dicom_settings.verify(config, RemoteAE("NOBODY", "127.0.0.1", port, False))
     assert not ok
     assert message == f"cannot connect to 127.0.0.1:{port}: Connection refused"
     assert ms < 2000
 
 
 def test_unknown_host(config: Config) -> None:
-    ok, message, _ms = requestor.verify(
+    ok, message, _ms = dicom_settings.verify(
         config, RemoteAE("NOBODY", "no-such-host.invalid", 104, False), timeout=5)
     assert not ok
     assert message.startswith("cannot connect to no-such-host.invalid:104: ")
@@ -88,7 +89,7 @@ def test_unknown_host(config: Config) -> None:
 
 def test_association_refused_by_storescp(config: Config, storescp) -> None:
     port, _log = storescp("--refuse")
-    ok, message, _ms = requestor.verify(config, RemoteAE("DEST", "127.0.0.1", port, False))
+    ok, message, _ms = dicom_settings.verify(config, RemoteAE("DEST", "127.0.0.1", port, False))
     assert not ok
     assert message.startswith("association rejected by DEST (permanent")
 
@@ -99,15 +100,15 @@ def test_ae_titles_checked_by_echoes(tmp_path: Path, config: Config) -> None:
                           store_allowed_calling_aes="TESTSCU,ECHOES")
     try:
         wrong = RemoteAE("NOTECHOES", "127.0.0.1", server.port, False)
-        ok, message, _ms = requestor.verify(config, wrong)
+        ok, message, _ms = dicom_settings.verify(config, wrong)
         assert not ok
         assert message == ("association rejected by NOTECHOES "
                            "(permanent: called AE title not recognized)")
         right = RemoteAE("ECHOES", "127.0.0.1", server.port, False)
-        ok, message, _ms = requestor.verify(config, right)
+        ok, message, _ms = dicom_settings.verify(config, right)
         assert ok, message  # calling AE: config.ae_title, which is ECHOES
         stranger = replace(config, ae_title="STRANGER")
-        ok, message, _ms = requestor.verify(stranger, right)
+        ok, message, _ms = dicom_settings.verify(stranger, right)
         assert not ok
         assert message == ("association rejected by ECHOES "
                            "(permanent: calling AE title not recognized)")
@@ -121,7 +122,7 @@ def test_peer_without_verification(config: Config) -> None:
     scp.add_supported_context(SecondaryCaptureImageStorage)
     server = scp.start_server(("127.0.0.1", port), block=False)
     try:
-        ok, message, _ms = requestor.verify(config, RemoteAE("STOREONLY", "127.0.0.1", port,
+        ok, message, _ms = dicom_settings.verify(config, RemoteAE("STOREONLY", "127.0.0.1", port,
                                                              False))
         assert not ok
         assert message == "STOREONLY accepted the association but not Verification"
@@ -135,8 +136,8 @@ def test_silent_peer_times_out(config: Config) -> None:
         silent.listen()  # the kernel accepts the connection; nobody ever answers
         port = silent.getsockname()[1]
         started = time.monotonic()
-        ok, message, ms = requestor.verify(config, RemoteAE("SILENT", "127.0.0.1", port, False),
-                                           timeout=0.5)
+        ok, message, ms = dicom_settings.verify(
+            config, RemoteAE("SILENT", "127.0.0.1", port, False), timeout=0.5)
         took = time.monotonic() - started
     assert not ok
     assert message == f"no answer from SILENT at 127.0.0.1:{port} within 0.5 s (timed out)"
@@ -146,7 +147,7 @@ def test_silent_peer_times_out(config: Config) -> None:
 
 def test_tls_asked_for_but_not_configured(config: Config, storescp) -> None:
     port, _log = storescp()
-    ok, message, _ms = requestor.verify(config, RemoteAE("DEST", "127.0.0.1", port, False,
+    ok, message, _ms = dicom_settings.verify(config, RemoteAE("DEST", "127.0.0.1", port, False,
                                                          tls=True))
     assert not ok
     assert message.startswith("TLS not usable: ")
@@ -162,9 +163,9 @@ def test_c_echo_over_tls(tmp_path: Path, storescp) -> None:
         tls_private_key=pki["echoes.key"], tls_ca_certificates=pki["ca.pem"]))
     port, _log = storescp("+tls", str(pki["peer.key"]), str(pki["peer.pem"]),
                           "+cf", str(pki["ca.pem"]))
-    ok, message, _ms = requestor.verify(tls_config, RemoteAE("DEST", "127.0.0.1", port, False,
+    ok, message, _ms = dicom_settings.verify(tls_config, RemoteAE("DEST", "127.0.0.1", port, False,
                                                              tls=True))
     assert ok, message
-    ok, message, _ms = requestor.verify(tls_config, RemoteAE("DEST", "127.0.0.1", port, False),
+    ok, message, _ms = dicom_settings.verify(tls_config, RemoteAE("DEST", "127.0.0.1", port, False),
                                         timeout=3)
     assert not ok  # the same peer without TLS: no association

@@ -9,10 +9,13 @@ they arrive, and writes each response the moment the service decides it.
 
 What this layer does itself: A-ASSOCIATE negotiation against the service's
 table (:func:`echoes.dicom.pdu.negotiate`), the association limit and the calling /
-called AE title rules (A-ASSOCIATE-RJ with the PS3.8 reason), C-ECHO, the
-release and abort handshakes, the ARTIM timer (``acse_timeout``) and the
-idle timer (``network_timeout``, a read timeout), and the PDU size cap.
-Everything else (C-STORE) goes to the service (:class:`Service`).
+called AE title rules (A-ASSOCIATE-RJ with the PS3.8 reason), the release and
+abort handshakes, the ARTIM timer (``acse_timeout``) and the idle timer
+(``network_timeout``, a read timeout), and the PDU size cap.  Which PDU is
+acceptable when is the PS3.8 state machine's decision
+(:mod:`echoes.dicom.statemachine`): an unexpected one is answered with the
+A-ABORT its table says.  Every request goes to the port's services
+(:class:`echoes.dicom.service.Service`).
 """
 
 from __future__ import annotations
@@ -20,89 +23,51 @@ from __future__ import annotations
 import logging
 import select
 import socket
-import struct
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from echoes import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from echoes.config import Config
-from echoes.dicom import encoding, pdu
+from echoes.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, dimse, pdu
+from echoes.dicom import statemachine as sm
+from echoes.dicom.service import Receiver, Service
+from echoes.dicom.transport import PDUReader, PeerGone, PeerTimedOut
+
+
+class UnexpectedPDU(pdu.PDUError):
+    """A PDU the state machine does not expect here (action AA-8): A-ABORT."""
+
+    def __init__(self, kind: int, state: str) -> None:
+        super().__init__(f"unexpected PDU type 0x{kind:02X} in {state}")
+        self.reason = sm.abort_reason(kind)
 
 log = logging.getLogger("echoes.association")
 
 
-SUCCESS = 0x0000
-UNRECOGNIZED_OPERATION = 0x0211
 
-#: The largest PDU a peer may make us read into memory (see listener.py).
-MAX_PDU_READ = 1 << 20
-
-
-class DataSetReceiver(Protocol):
-    """Where the fragments of one data set go, and who decides its status."""
-
-    def write(self, fragment: memoryview) -> None:
-        """Take the next fragment (called as each PDV arrives)."""
-
-    def finish(self) -> tuple[int, str]:
-        """The last fragment arrived: return (DIMSE status, error comment)."""
-
-    def discard(self) -> None:
-        """The association ended before the last fragment: forget the object."""
-
-
-class Service(Protocol):
-    """What a port offers: its contexts and a receiver per incoming data set."""
-
-    accepted: Mapping[str, frozenset[str]]
-
-    def receiver(self, association: Association, context: pdu.ContextResult,
-                 command: dict[int, bytes]) -> DataSetReceiver | None:
-        """A receiver for the request's data set, or None if the command is not served."""
-
-    def closed(self, association: Association, how: str) -> None:
-        """The association ended (``released``, ``aborted`` or ``dropped``)."""
-
-
-@dataclass
+@dataclass(frozen=True)
 class Settings:
-    """Per-port rules, taken from the configuration by the caller."""
+    """Per-port rules, plain values (built from the configuration outside this package)."""
 
     ae_title: str
     acse_timeout: float
     network_timeout: float
     maximum_length: int
-    implementation_class_uid: str
-    implementation_version_name: str
     max_associations: int
     allowed_calling_aes: frozenset[str] = frozenset()
     require_called_ae: bool = False
+    #: The port's name in log lines ("store", "mwl").
     role: str = "store"
-
-    @classmethod
-    def for_port(cls, config: Config, role: str, maximum_length: int) -> Settings:
-        """The rules of the port of ``role`` ("store" or "mwl") from the configuration."""
-        return cls(
-            ae_title=config.ae_title,
-            acse_timeout=config.acse_timeout,
-            network_timeout=config.network_timeout,
-            maximum_length=maximum_length,
-            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
-            max_associations=config.max_associations,
-            allowed_calling_aes=frozenset(config.calling_aes_for(role)),
-            require_called_ae=config.require_called_ae,
-            role=role,
-        )
+    implementation_class_uid: str = IMPLEMENTATION_CLASS_UID
+    implementation_version_name: str = IMPLEMENTATION_VERSION_NAME
 
 
-@dataclass
+@dataclass(eq=False)
 class Association:
     """One association's state, readable by the service, and its two ways to
     talk while a request is being answered (:meth:`send`, :meth:`cancel_requested`).
+
+    Hashable by identity, so a service can keep its own per-association
+    state (tallies for its log line) in a dict keyed by the association.
     """
 
     address: str
@@ -115,16 +80,12 @@ class Association:
     contexts: dict[int, pdu.ContextResult] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     cancelled: bool = False
-    #: Tallies for the closing log line (stored/refused/bytes; queries/responses).
-    stored: int = 0
-    refused: int = 0
-    bytes: int = 0
-    queries: int = 0
-    responses: int = 0
+    machine: sm.Machine = field(default_factory=lambda: sm.Machine(requestor=False))
 
     def send(self, data: bytes) -> None:
-        """Write PDUs (e.g. Pending responses) before the final response."""
+        """Write P-DATA PDUs (e.g. Pending responses) before the final response."""
         assert self.sock is not None
+        self.machine.on(sm.P_DATA_REQUEST)
         self.sock.sendall(data)
 
     def cancel_requested(self) -> bool:
@@ -141,18 +102,21 @@ class Association:
         if not (pending and pending()) and not select.select([sock], [], [], 0)[0]:
             return False
         kind, body = reader.read()
-        if kind == pdu.ABORT:
+        action = self.machine.on_pdu(kind)
+        if action == "AA-3":
             raise PeerGone("aborted by the peer during an operation")
-        if kind != pdu.P_DATA_TF:
+        if action == "AA-8":
+            raise UnexpectedPDU(kind, sm.STA6)
+        if action != "DT-2":  # a release request while we answer: not waited for
             raise pdu.PDUError(f"PDU type 0x{kind:02X} during an operation")
         for _context, control, fragment in pdu.iter_pdvs(body):
             if control != pdu.COMMAND_BIT | pdu.LAST_BIT:
                 raise pdu.PDUError("only a one-fragment C-CANCEL may arrive mid-operation")
             try:
-                command = encoding.parse_command(bytes(fragment))
+                command = dimse.parse_command(bytes(fragment))
             except ValueError as exc:
                 raise pdu.PDUError(f"command set: {exc}") from None
-            if encoding.command_us(command, encoding.COMMAND_FIELD) != encoding.C_CANCEL_RQ:
+            if dimse.command_us(command, dimse.COMMAND_FIELD) != dimse.C_CANCEL_RQ:
                 raise pdu.PDUError("a request other than C-CANCEL during an operation")
             self.cancelled = True
         return self.cancelled
@@ -179,63 +143,28 @@ class Limiter:
             self.active -= 1
 
 
-class PeerGone(Exception):
-    """The connection closed, timed out or broke."""
-
-
-class PeerTimedOut(PeerGone):
-    """Nothing came within the socket's timeout (a requestor tells the admin so)."""
-
-
-class PDUReader:
-    """Reads whole PDUs from a socket into one reusable buffer."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buffer = bytearray(1 << 16)
-        self.header = bytearray(6)
-
-    def _fill(self, view: memoryview) -> None:
-        sock = self.sock
-        # The socket is a listener.QuickAckSocket: every read acknowledges at once.
-        while view:
-            try:
-                count = sock.recv_into(view)
-            except TimeoutError:
-                raise PeerTimedOut("timed out") from None
-            except OSError as exc:
-                raise PeerGone(str(exc) or type(exc).__name__) from None
-            if not count:
-                raise PeerGone("connection closed")
-            view = view[count:]
-
-    def read(self) -> tuple[int, memoryview]:
-        """The next PDU: (type, body)."""
-        self._fill(memoryview(self.header))
-        kind, length = self.header[0], struct.unpack_from(">I", self.header, 2)[0]
-        if length > MAX_PDU_READ:
-            log.warning("dropping a peer that announced a %d-byte PDU (limit %d)",
-                        length, MAX_PDU_READ)
-            raise PeerGone(f"PDU of {length} bytes refused")
-        if length > len(self.buffer):
-            self.buffer = bytearray(length)
-        body = memoryview(self.buffer)[:length]
-        self._fill(body)
-        return kind, body
-
-
 def serve(sock: socket.socket, address: tuple, service: Service, settings: Settings,
           limiter: Limiter) -> None:
     """Run one association on an accepted connection until it ends; never raises."""
     reader = PDUReader(sock)
     association = Association(address[0], address[1], sock, reader)
+    machine = association.machine
+    machine.on(sm.CONNECTION_INDICATION)  # AE-5: the socket timeout is ARTIM
     how = "dropped"
     counted = False
     try:
         sock.settimeout(settings.acse_timeout)
-        kind, body = reader.read()
-        if kind != pdu.ASSOCIATE_RQ:
+        try:
+            kind, body = reader.read()
+        except PeerGone as exc:  # AA-2 (ARTIM) or AA-5 (closed): nothing to send
+            machine.on(sm.ARTIM_EXPIRED if isinstance(exc, PeerTimedOut)
+                       else sm.CONNECTION_CLOSED)
+            raise
+        action = machine.on_pdu(kind)
+        if action == "AA-1":  # anything but an A-ASSOCIATE-RQ first
             sock.sendall(pdu.abort(pdu.ABORT_UNEXPECTED_PDU))
+            return
+        if action != "AE-6":  # AA-2: an A-ABORT first, nothing to answer
             return
         request = pdu.parse_associate_rq(body)
         association.calling_ae, association.called_ae = request.calling_ae, request.called_ae
@@ -249,10 +178,12 @@ def serve(sock: socket.socket, address: tuple, service: Service, settings: Setti
             log.warning("rejected association from %s (%s:%s) on the %s port: %s",
                         request.calling_ae, association.address, association.port,
                         settings.role, why)
+            machine.on(sm.ASSOCIATE_REJECT)  # AE-8
             sock.sendall(pdu.associate_rj(reason))
             how = "rejected"
             return
-        results = pdu.negotiate(request.contexts, service.accepted)
+        results, roles = pdu.negotiate_roles(
+            pdu.negotiate(request.contexts, service.accepted), request.roles)
         association.contexts = {r.context_id: r for r in results if r.result == pdu.ACCEPTANCE}
         association.peer_maximum_length = request.maximum_length
         if 0 < request.maximum_length <= pdu.PDV_HEADER:
@@ -260,26 +191,32 @@ def serve(sock: socket.socket, address: tuple, service: Service, settings: Setti
                         "PDV: sending it PDUs of up to %d bytes, as dcmtk does",
                         request.calling_ae, association.address, association.port,
                         request.maximum_length, pdu.send_limit(request.maximum_length))
+        machine.on(sm.ASSOCIATE_ACCEPT)  # AE-7
         sock.sendall(pdu.associate_ac(request, results, settings.maximum_length,
                                       settings.implementation_class_uid,
-                                      settings.implementation_version_name))
+                                      settings.implementation_version_name, roles))
         sock.settimeout(settings.network_timeout)
         how = _run(sock, reader, association, service)
+    except UnexpectedPDU as exc:  # AA-8: the machine is in Sta13 already
+        log.warning("aborting association from %s (%s:%s): %s", association.calling_ae,
+                    association.address, association.port, exc)
+        _send_quietly(sock, pdu.abort(exc.reason))
+        how = "aborted"
     except pdu.PDUError as exc:
         log.warning("aborting association from %s (%s:%s): %s", association.calling_ae,
                     association.address, association.port, exc)
-        _send_quietly(sock, pdu.abort(pdu.ABORT_INVALID_PARAMETER))
+        _abort(sock, machine, pdu.ABORT_INVALID_PARAMETER)
         how = "aborted"
     except PeerGone as exc:
         log.debug("peer %s:%s gone: %s", association.address, association.port, exc)
         if counted:
-            _send_quietly(sock, pdu.abort(pdu.ABORT_UNEXPECTED_PDU))
+            _abort(sock, machine, pdu.ABORT_UNEXPECTED_PDU)
     except OSError as exc:
         log.debug("peer %s:%s: %s", association.address, association.port, exc)
     except Exception:
         log.exception("association from %s (%s:%s) failed", association.calling_ae,
                       association.address, association.port)
-        _send_quietly(sock, pdu.abort(pdu.ABORT_UNEXPECTED_PDU))
+        _abort(sock, machine, pdu.ABORT_UNEXPECTED_PDU)
         how = "aborted"
     finally:
         if counted:
@@ -313,7 +250,7 @@ class _Message:
     context: pdu.ContextResult
     command_bytes: bytearray = field(default_factory=bytearray)
     command: dict[int, bytes] | None = None
-    receiver: DataSetReceiver | None = None
+    receiver: Receiver | None = None
     expects_data: bool = False
 
 
@@ -321,22 +258,25 @@ def _run(sock: socket.socket, reader: PDUReader, association: Association,
          service: Service) -> str:
     """The established association: P-DATA until release or abort."""
     message: _Message | None = None
+    machine = association.machine
     try:
         while True:
             kind, body = reader.read()
-            if kind == pdu.P_DATA_TF:
+            action = machine.on_pdu(kind)
+            if action == "DT-2":
                 for context_id, control, fragment in pdu.iter_pdvs(body):
                     message = _on_pdv(sock, association, service, message,
                                       context_id, control, fragment)
-            elif kind == pdu.RELEASE_RQ:
+            elif action == "AR-2":
                 if message is not None:
                     raise pdu.PDUError("A-RELEASE-RQ in the middle of a message")
+                machine.on(sm.RELEASE_RESPONSE)  # AR-4
                 sock.sendall(pdu.release_rp())
                 return "released"
-            elif kind == pdu.ABORT:
+            elif action == "AA-3":
                 return "aborted"
-            else:
-                raise pdu.PDUError(f"unexpected PDU type 0x{kind:02X}")
+            else:  # AA-8: an A-ASSOCIATE, A-RELEASE-RP or unknown PDU now
+                raise UnexpectedPDU(kind, sm.STA6)
     finally:
         if message is not None and message.receiver is not None:
             message.receiver.discard()
@@ -363,15 +303,15 @@ def _on_pdv(sock: socket.socket, association: Association, service: Service,
         if not control & pdu.LAST_BIT:
             return message
         try:
-            message.command = encoding.parse_command(bytes(message.command_bytes))
+            message.command = dimse.parse_command(bytes(message.command_bytes))
         except ValueError as exc:
             raise pdu.PDUError(f"command set: {exc}") from None
-        message.expects_data = (encoding.command_us(message.command, encoding.DATA_SET_TYPE)
-                                != encoding.NO_DATA_SET)
-        if message.expects_data:
+        message.expects_data = dimse.has_data_set(message.command)
+        if dimse.is_request(message.command):
             message.receiver = service.receiver(association, context, message.command)
+        if message.expects_data:
             return message
-        _respond(sock, association, message, None)
+        _respond(sock, association, message, message.receiver)
         return None
     if message.command is None or not message.expects_data:
         raise pdu.PDUError("data set fragment where none was announced")
@@ -384,27 +324,33 @@ def _on_pdv(sock: socket.socket, association: Association, service: Service,
 
 
 def _respond(sock: socket.socket, association: Association, message: _Message,
-             receiver: DataSetReceiver | None) -> None:
+             receiver: Receiver | None) -> None:
     """Send the response to a complete request (none to a C-CANCEL or a response)."""
     command = message.command or {}
-    field_ = encoding.command_us(command, encoding.COMMAND_FIELD)
-    if field_ < 0 or field_ & encoding.RESPONSE_BIT or field_ == encoding.C_CANCEL_RQ:
+    field_ = dimse.command_us(command, dimse.COMMAND_FIELD)
+    if field_ < 0 or field_ & dimse.RESPONSE_BIT or field_ == dimse.C_CANCEL_RQ:
         return
-    message_id = encoding.command_us(command, encoding.MESSAGE_ID, 0)
-    sop_class = encoding.command_uid(command, encoding.AFFECTED_SOP_CLASS)
-    sop_instance = encoding.command_uid(command, encoding.AFFECTED_SOP_INSTANCE) or None
+    message_id = dimse.command_us(command, dimse.MESSAGE_ID, 0)
+    sop_class = dimse.command_uid(command, dimse.AFFECTED_SOP_CLASS)
+    sop_instance = dimse.command_uid(command, dimse.AFFECTED_SOP_INSTANCE) or None
     comment = ""
     if receiver is not None:
         status, comment = receiver.finish()
-    elif field_ == encoding.C_ECHO_RQ:
-        status = SUCCESS
     else:
-        status = UNRECOGNIZED_OPERATION
+        status = dimse.UNRECOGNIZED_OPERATION
         comment = f"operation 0x{field_:04X} not served on this port"
-    response = encoding.response_command(field_ | encoding.RESPONSE_BIT, sop_class, message_id,
-                                         status, sop_instance, comment)
+    response = dimse.response_command(field_ | dimse.RESPONSE_BIT, sop_class, message_id,
+                                      status, sop_instance, comment)
+    association.machine.on(sm.P_DATA_REQUEST)  # DT-1
     sock.sendall(pdu.p_data_command(message.context.context_id, response,
                                     association.peer_maximum_length))
+
+
+def _abort(sock: socket.socket, machine: sm.Machine, reason: tuple[int, int]) -> None:
+    """Our A-ABORT (Evt15, AA-1) where the state still has an association to abort."""
+    if machine.allows(sm.ABORT_REQUEST):
+        machine.on(sm.ABORT_REQUEST)
+        _send_quietly(sock, pdu.abort(reason))
 
 
 def _send_quietly(sock: socket.socket, data: bytes) -> None:

@@ -1,6 +1,9 @@
-"""Checks on received data that must hold before an object is acknowledged.
+"""Part 10 files: the header echoes writes, and the checks on received data that
+must hold before an object is acknowledged.
 
-Pure functions over bytes and file objects, no sockets: UID syntax (a UID
+Pure functions over bytes and file objects, no sockets: the preamble and
+File Meta written before a received data set (:func:`part10_header`), the
+File Meta read back (:func:`read_meta`), UID syntax (a UID
 becomes a path component in the archive, so it is checked strictly for
 characters and length), and a structural walk of a Part 10 file that proves
 every element, sequence and fragment it declares is really there, so a
@@ -15,6 +18,12 @@ import struct
 import zlib
 from typing import BinaryIO
 
+from echoes.dicom.dataset import ITEM as _ITEM
+from echoes.dicom.dataset import ITEM_END as _ITEM_END
+from echoes.dicom.dataset import LONG_LENGTH_VRS
+from echoes.dicom.dataset import SEQUENCE_END as _SEQUENCE_END
+from echoes.dicom.syntax import DEFLATED, encoding_of
+
 #: PS3.5 9.1: digits and dots, no empty component, at most 64 characters.
 #: Components with a leading zero are tolerated (some modalities write them)
 #: because they are still safe as file names.
@@ -24,20 +33,12 @@ UID_MAX_LENGTH = 64
 #: Nesting deeper than this is hostile, not clinical.
 MAX_DEPTH = 32
 
-_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ UC UN UR UT SV UV".split())
+_LONG_VRS = frozenset(vr.encode() for vr in LONG_LENGTH_VRS)
 #: The other VRs of PS3.5 6.2 (2-byte length).  Anything else is refused:
 #: readers disagree on its length field (dcmtk assumes 4 bytes), so such a
 #: file could not be read back by every peer.
 _SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FL FD IS LO LT PN SH SL SS ST TM UI UL US".split())
-_ITEM = 0xFFFEE000
-_ITEM_END = 0xFFFEE00D
-_SEQUENCE_END = 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
-
-_IMPLICIT_LE = "1.2.840.10008.1.2"
-_EXPLICIT_BE = "1.2.840.10008.1.2.2"
-#: Deflated syntaxes: checked by inflating, not by walking.
-DEFLATED_SYNTAXES = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
 
 
 class MalformedDataset(ValueError):
@@ -182,13 +183,12 @@ def check_part10(fp: BinaryIO, size: int, capture: dict[int, bytes] | None = Non
     syntax = raw_syntax.rstrip(b"\x00 ").decode("ascii", "replace")
     if offset >= size:
         raise MalformedDataset("empty data set")
-    if syntax in DEFLATED_SYNTAXES:
+    if syntax in DEFLATED:  # checked by inflating, not by walking
         _check_deflated(fp, offset)
         return syntax
-    walker = _Walker(
-        fp, size, implicit=syntax == _IMPLICIT_LE, little=syntax != _EXPLICIT_BE,
-        capture=frozenset(capture or ()),
-    )
+    implicit, little = encoding_of(syntax)
+    walker = _Walker(fp, size, implicit=implicit, little=little,
+                     capture=frozenset(capture or ()))
     fp.seek(offset)
     walker.walk_dataset(depth=0, implicit=walker.implicit, until_item_end=False)
     if capture is not None:
@@ -211,3 +211,27 @@ def _check_deflated(fp: BinaryIO, offset: int) -> None:
         raise MalformedDataset(f"deflate stream broken: {exc}") from None
     if not inflater.eof:
         raise MalformedDataset("deflate stream truncated")
+
+
+def part10_header(sop_class: str, sop_instance: str, syntax: str, implementation_uid: str,
+                  implementation_version: str, source_ae: str = "") -> bytes:
+    """Preamble, "DICM" and File Meta Information (PS3.10 7.1) for a received data set."""
+    def element(tag_element: int, vr: bytes, value: bytes, pad: bytes) -> bytes:
+        if len(value) % 2:
+            value += pad
+        if vr == b"OB":
+            return struct.pack("<HH2s2xI", 0x0002, tag_element, vr, len(value)) + value
+        return struct.pack("<HH2sH", 0x0002, tag_element, vr, len(value)) + value
+
+    body = b"".join((
+        element(0x0001, b"OB", b"\x00\x01", b""),
+        element(0x0002, b"UI", sop_class.encode(), b"\x00"),
+        element(0x0003, b"UI", sop_instance.encode(), b"\x00"),
+        element(0x0010, b"UI", syntax.encode(), b"\x00"),
+        element(0x0012, b"UI", implementation_uid.encode(), b"\x00"),
+        element(0x0013, b"SH", implementation_version.encode()[:16], b" "),
+        element(0x0016, b"AE", source_ae.encode("ascii", "replace")[:16], b" ")
+        if source_ae else b"",
+    ))
+    group_length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body))
+    return bytes(128) + b"DICM" + group_length + body

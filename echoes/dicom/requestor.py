@@ -12,8 +12,10 @@ A-ABORT.  Any protocol surprise aborts the association (the caller retries
 the job); why an association ended under a request (the peer's A-ABORT
 source and reason, a timeout) is kept in :attr:`Requestor.lost` for the
 job's error.  :func:`associate` is the one way echoes opens an association to a
-configured ``[ae:*]`` (the sender's jobs, the Browser's verify button through
-:func:`verify`), so both speak with the same AE titles, PDU size and TLS.
+:class:`Destination` (the sender's jobs, the Browser's verify button through
+:func:`verify`), so both speak with the same AE titles, PDU size and TLS;
+:mod:`echoes.services.dicom_settings` makes the Destination of a configured
+``[ae:*]``.
 """
 
 from __future__ import annotations
@@ -27,17 +29,40 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from echoes import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from echoes.config import Config, RemoteAE
-from echoes.dicom import encoding, pdu, tls
-from echoes.dicom.acceptor import PDUReader, PeerGone, PeerTimedOut
-from echoes.dicom.server import QuickAckSocket
+from echoes.dicom import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    dimse,
+    pdu,
+    syntax,
+    tls,
+)
+from echoes.dicom import statemachine as sm
 from echoes.dicom.sopclasses import VERIFICATION
+from echoes.dicom.transport import PDUReader, PeerGone, PeerTimedOut, client_tls, connect
 
 #: Associations echoes starts offer this maximum PDU (SPEC, statement 3.4.1).
 SEND_MAX_PDU = 49152
 #: What a C-ECHO is proposed with: the default syntax every peer must take, and one more.
-VERIFICATION_SYNTAXES = [encoding.IMPLICIT_VR_LITTLE_ENDIAN, encoding.EXPLICIT_VR_LITTLE_ENDIAN]
+VERIFICATION_SYNTAXES = [syntax.IMPLICIT_VR_LITTLE_ENDIAN, syntax.EXPLICIT_VR_LITTLE_ENDIAN]
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where and how to open an association, as plain values."""
+
+    host: str
+    port: int
+    called_ae: str
+    calling_ae: str
+    #: Bounds the connect and the negotiation.
+    acse_timeout: float
+    #: Bounds each response.
+    dimse_timeout: float
+    #: Whether the destination speaks TLS; ``tls_files`` are ours (None: not configured).
+    tls: bool = False
+    tls_files: tls.TLSFiles | None = None
+    maximum_length: int = SEND_MAX_PDU
 
 
 class AssociationFailed(ConnectionError):
@@ -76,48 +101,64 @@ class Requestor:
     """One association we started."""
 
     def __init__(self, sock: socket.socket, accepted: list[AcceptedContext],
-                 peer_maximum_length: int, dimse_timeout: float) -> None:
+                 peer_maximum_length: int, dimse_timeout: float,
+                 machine: sm.Machine | None = None) -> None:
         self.sock = sock
         self.reader = PDUReader(sock)
         self.accepted_contexts = accepted
         self.peer_maximum_length = peer_maximum_length
         self.dimse_timeout = dimse_timeout
-        self.is_established = True
+        #: The PS3.8 state machine of this association (Sta6 once negotiated).
+        self.machine = machine or sm.Machine(requestor=True, state=sm.STA6)
+        #: The socket is closed: nothing more to send or read.
+        self.closed = False
+        #: SCP/SCU roles the acceptor granted, by SOP class (only those proposed).
+        self.roles: dict[str, tuple[bool, bool]] = {}
         #: Why the association ended other than by our release, in words for a
         #: job's error ("peer aborted the association (source: ...)", "no
         #: response within 30 s (timed out)"); empty while it lasts.
         self.lost = ""
 
+    @property
+    def is_established(self) -> bool:
+        """Whether the association is up and ready for requests (Sta6)."""
+        return not self.closed and self.machine.state == sm.STA6
+
     @classmethod
     def connect(cls, host: str, port: int, calling_ae: str, called_ae: str,
                 contexts: list[tuple[str, list[str]]], maximum_length: int,
                 acse_timeout: float, dimse_timeout: float,
-                ssl_context: ssl.SSLContext | None = None) -> Requestor:
-        """Connect and negotiate; raise AssociationFailed with the reason in words."""
+                ssl_context: ssl.SSLContext | None = None,
+                roles: dict[str, tuple[bool, bool]] | None = None) -> Requestor:
+        """Connect and negotiate; raise AssociationFailed with the reason in words.
+
+        ``roles`` proposes SCP/SCU Role Selection (SOP class -> (SCU, SCP) for
+        us); what the peer granted is in :attr:`roles` afterwards.
+        """
+        machine = sm.Machine(requestor=True)
+        machine.on(sm.ASSOCIATE_REQUEST)  # AE-1
         try:
-            sock = socket.create_connection((host, port), timeout=acse_timeout)
+            sock = connect(host, port, acse_timeout)
         except OSError as exc:
             reason = ("timed out" if isinstance(exc, TimeoutError)
                       else exc.strerror or type(exc).__name__)
             raise AssociationFailed(f"cannot connect to {host}:{port}: {reason}") from None
-        # Without this every C-STORE waits ~40 ms for a delayed ACK (Nagle);
-        # QUICKACK on our reads spares a peer that leaves Nagle on.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock = QuickAckSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
-        sock.settimeout(acse_timeout)
         try:
-            if ssl_context is not None:
-                sock = ssl_context.wrap_socket(sock)
+            sock = client_tls(sock, ssl_context)
             proposed = [pdu.PresentationContextRequest(2 * n + 1, abstract, list(syntaxes))
                         for n, (abstract, syntaxes) in enumerate(contexts)]
+            machine.on(sm.CONNECTED)  # AE-2
             sock.sendall(pdu.associate_rq(calling_ae, called_ae, proposed, maximum_length,
                                           IMPLEMENTATION_CLASS_UID,
-                                          IMPLEMENTATION_VERSION_NAME))
+                                          IMPLEMENTATION_VERSION_NAME, roles))
             kind, body = PDUReader(sock).read()
-            if kind == pdu.ASSOCIATE_RJ:
+            action = machine.on_pdu(kind)
+            if action == "AE-4":
                 raise AssociationFailed(f"association rejected by {called_ae}"
                                         f" ({_reject_words(bytes(body))})")
-            if kind != pdu.ASSOCIATE_AC:
+            if action == "AA-8":  # not an answer to our request: A-ABORT it
+                _send_quietly(sock, pdu.abort(sm.abort_reason(kind)))
+            if action != "AE-3":
                 raise AssociationFailed(f"association aborted by {called_ae}")
             accept = pdu.parse_associate_ac(body)
         except (OSError, PeerGone, pdu.PDUError) as exc:
@@ -132,7 +173,9 @@ class Requestor:
         accepted = [AcceptedContext(cid, by_id[cid].abstract_syntax, syntax)
                     for cid, (result, syntax) in accept.results.items()
                     if result == pdu.ACCEPTANCE and cid in by_id]
-        return cls(sock, accepted, accept.maximum_length, dimse_timeout)
+        requestor = cls(sock, accepted, accept.maximum_length, dimse_timeout, machine)
+        requestor.roles = accept.roles
+        return requestor
 
     def context_for(self, sop_class: str, syntax: str) -> AcceptedContext | None:
         """The accepted context for (class, syntax), if any."""
@@ -145,13 +188,16 @@ class Requestor:
         response came (timeout, abort, broken connection: the association is
         then closed).
         """
-        command = encoding.store_request_command(context.abstract_syntax, sop_instance,
-                                                 next(_message_ids))
+        if not self.is_established:
+            return None
+        command = dimse.store_request_command(context.abstract_syntax, sop_instance,
+                                              next(_message_ids))
         try:
-            for group in encoding.p_data_stream(context.context_id, command, data_set,
-                                                self.peer_maximum_length):
+            self.machine.on(sm.P_DATA_REQUEST)  # DT-1 (for the whole message)
+            for group in pdu.p_data_stream(context.context_id, command, data_set,
+                                           self.peer_maximum_length):
                 self.sock.sendall(group)
-            return self._response(encoding.C_STORE_RSP)
+            return self._response(dimse.C_STORE_RSP)
         except PeerAborted as exc:
             self._gone(str(exc))
         except (TimeoutError, PeerTimedOut):
@@ -189,15 +235,17 @@ class Requestor:
         except (OSError, PeerGone, pdu.PDUError) as exc:
             self._gone(f"association closed by the peer while idle ({exc})")
             return True
-        if kind == pdu.ABORT:
+        action = self.machine.on_pdu(kind)
+        if action == "AA-3":
             self._gone(_abort_words(bytes(body)))
-        elif kind == pdu.RELEASE_RQ:
-            try:
-                self.sock.sendall(pdu.release_rp())
-            except OSError:
-                pass
+        elif action == "AR-2":  # we have nothing in flight: release at once (AR-4)
+            self.machine.on(sm.RELEASE_RESPONSE)
+            _send_quietly(self.sock, pdu.release_rp())
             self._gone("association released by the peer while idle")
-        else:
+        elif action == "AA-8":
+            _send_quietly(self.sock, pdu.abort(sm.abort_reason(kind)))
+            self._gone(f"unexpected PDU type 0x{kind:02X} from the peer while idle")
+        else:  # DT-2: P-DATA nobody asked for
             self.abort(f"unexpected PDU type 0x{kind:02X} from the peer while idle")
         return True
 
@@ -208,12 +256,19 @@ class Requestor:
             kind, body = self.reader.read()
         except (OSError, PeerGone, pdu.PDUError):
             return ""
-        return _abort_words(bytes(body)) if kind == pdu.ABORT else ""
+        if kind != pdu.ABORT:
+            return ""
+        self.machine.on_pdu(kind)  # AA-3
+        return _abort_words(bytes(body))
 
     def _gone(self, why: str) -> None:
         """The peer ended the association (no A-ABORT of ours needed): close."""
+        if self.closed:
+            return
         self.lost = self.lost or why
-        self.is_established = False
+        if self.machine.allows(sm.CONNECTION_CLOSED):
+            self.machine.on(sm.CONNECTION_CLOSED)  # AA-4 / AR-5
+        self.closed = True
         self.sock.close()
 
     def send_c_echo(self) -> int:
@@ -227,11 +282,14 @@ class Requestor:
                         if cx.abstract_syntax == VERIFICATION), None)
         if context is None:
             raise ValueError("Verification was not accepted")
-        command = encoding.echo_request_command(VERIFICATION, next(_message_ids))
+        command = dimse.echo_request_command(VERIFICATION, next(_message_ids))
+        if not self.is_established:
+            raise NoResponse("no C-ECHO response (the association is closed)")
         try:
+            self.machine.on(sm.P_DATA_REQUEST)  # DT-1
             self.sock.sendall(pdu.p_data_command(context.context_id, command,
                                                  self.peer_maximum_length))
-            return self._response(encoding.C_ECHO_RSP).status
+            return self._response(dimse.C_ECHO_RSP).status
         except (TimeoutError, PeerTimedOut):
             self.abort()
             raise NoResponse(f"no C-ECHO response within {self.dimse_timeout:g} s "
@@ -246,34 +304,47 @@ class Requestor:
         command = bytearray()
         while True:
             kind, body = self.reader.read()
-            if kind == pdu.ABORT:
+            action = self.machine.on_pdu(kind)
+            if action == "AA-3":
                 raise PeerAborted(_abort_words(bytes(body)))
-            if kind != pdu.P_DATA_TF:
+            if action == "AA-8":
+                _send_quietly(self.sock, pdu.abort(sm.abort_reason(kind)))
+            if action != "DT-2":  # AA-8, or AR-2: a release while a response is due
                 raise PeerGone(f"PDU type 0x{kind:02X} instead of a response")
             for _cid, control, fragment in pdu.iter_pdvs(body):
                 if not control & pdu.COMMAND_BIT:
                     continue  # a data set with a C-STORE-RSP: not ours to read
                 command += fragment
                 if control & pdu.LAST_BIT:
-                    elements = encoding.parse_command(bytes(command))
-                    field_ = encoding.command_us(elements, encoding.COMMAND_FIELD)
+                    elements = dimse.parse_command(bytes(command))
+                    field_ = dimse.command_us(elements, dimse.COMMAND_FIELD)
                     if field_ != expected:
                         raise pdu.PDUError(f"response 0x{field_:04X} instead of 0x{expected:04X}")
-                    comment = elements.get(encoding.ERROR_COMMENT, b"")
-                    return StoreResult(encoding.command_us(elements, encoding.STATUS, 0xC000),
+                    comment = elements.get(dimse.ERROR_COMMENT, b"")
+                    return StoreResult(dimse.command_us(elements, dimse.STATUS, 0xC000),
                                        comment.decode("ascii", "replace").strip())
 
     def release(self) -> None:
         """A-RELEASE (bounded wait for the reply), then close."""
-        if not self.is_established:
+        if self.closed:
             return
-        self.is_established = False
+        self.closed = True
         try:
+            if not self.machine.allows(sm.RELEASE_REQUEST):
+                return  # no established association to release: just close
+            self.machine.on(sm.RELEASE_REQUEST)  # AR-1
             self.sock.settimeout(min(self.dimse_timeout, 10.0))
             self.sock.sendall(pdu.release_rq())
             while True:
                 kind, _body = self.reader.read()
-                if kind in (pdu.RELEASE_RP, pdu.ABORT):
+                action = self.machine.on_pdu(kind)
+                if action == "AR-8":  # release collision: answer, then await our RP
+                    self.machine.on(sm.RELEASE_RESPONSE)  # AR-9
+                    self.sock.sendall(pdu.release_rp())
+                elif action == "AA-8":
+                    _send_quietly(self.sock, pdu.abort(sm.abort_reason(kind)))
+                    break
+                elif action != "AR-6":  # AR-3 (released) or AA-3 (aborted)
                     break
         except (OSError, PeerGone, pdu.PDUError):
             pass
@@ -284,16 +355,24 @@ class Requestor:
         """A-ABORT and close (the peer drops whatever was in flight); ``why`` is
         kept in :attr:`lost`.
         """
-        if not self.is_established:
+        if self.closed:
             return
         self.lost = self.lost or why
-        self.is_established = False
+        self.closed = True
         try:
-            self.sock.sendall(pdu.abort((0x00, 0x00)))
-        except OSError:
-            pass
+            if self.machine.allows(sm.ABORT_REQUEST):
+                self.machine.on(sm.ABORT_REQUEST)  # AA-1
+                _send_quietly(self.sock, pdu.abort((0x00, 0x00)))
         finally:
             self.sock.close()
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    """Send what the state machine says to, whether or not the peer still listens."""
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass
 
 
 _REJECT_REASONS = {
@@ -335,26 +414,20 @@ def _reject_words(body: bytes) -> str:
     return f"{'transient' if result == 2 else 'permanent'}: {words}"
 
 
-def associate(config: Config, remote: RemoteAE, contexts: list[tuple[str, list[str]]],
-              timeout: float | None = None, calling_ae: str | None = None) -> Requestor:
-    """One try at an association from ``config.ae_title`` (or ``calling_ae``) to
-    ``remote`` (TLS when ``remote.tls``), offering SEND_MAX_PDU; AssociationFailed
-    with the reason in words.
+def associate(destination: Destination, contexts: list[tuple[str, list[str]]]) -> Requestor:
+    """One try at an association to ``destination`` (TLS when it says so),
+    offering its maximum PDU; AssociationFailed with the reason in words.
 
-    ``timeout`` bounds the connect, the negotiation and each response
-    (default: the configured acse_timeout and dimse_timeout).  Raises
-    ValueError or OSError when TLS is asked for but not usable.
+    Raises ValueError or OSError when TLS is asked for but not usable.
     """
-    ssl_context = tls.client_context(config) if remote.tls else None
-    return Requestor.connect(remote.host, remote.port, calling_ae or config.ae_title,
-                             remote.title, contexts, SEND_MAX_PDU,
-                             timeout or config.acse_timeout, timeout or config.dimse_timeout,
-                             ssl_context)
+    ssl_context = tls.client_context(destination.tls_files) if destination.tls else None
+    return Requestor.connect(destination.host, destination.port, destination.calling_ae,
+                             destination.called_ae, contexts, destination.maximum_length,
+                             destination.acse_timeout, destination.dimse_timeout, ssl_context)
 
 
-def verify(config: Config, remote: RemoteAE, timeout: float = 10.0,
-           calling_ae: str | None = None) -> tuple[bool, str, float]:
-    """C-ECHO ``remote`` as the sender would reach it: (ok, one line for a person, ms).
+def verify(destination: Destination) -> tuple[bool, str, float]:
+    """C-ECHO ``destination`` as the sender would reach it: (ok, one line for a person, ms).
 
     For the Browser's verify button: the answer says whether forwarding to
     this AE can work (address, port, AE titles, TLS) and if not, why, in the
@@ -370,8 +443,7 @@ def verify(config: Config, remote: RemoteAE, timeout: float = 10.0,
         return (time.monotonic() - started) * 1000
 
     try:
-        assoc = associate(config, remote, [(VERIFICATION, VERIFICATION_SYNTAXES)], timeout,
-                          calling_ae)
+        assoc = associate(destination, [(VERIFICATION, VERIFICATION_SYNTAXES)])
     except AssociationFailed as exc:
         return False, str(exc), elapsed()
     except (ValueError, OSError) as exc:  # TLS asked for, but not configured or unreadable
@@ -380,11 +452,12 @@ def verify(config: Config, remote: RemoteAE, timeout: float = 10.0,
         status = assoc.send_c_echo()
     except ValueError:
         assoc.release()
-        return False, f"{remote.title} accepted the association but not Verification", elapsed()
+        return False, (f"{destination.called_ae} accepted the association but not "
+                       "Verification"), elapsed()
     except NoResponse as exc:
         return False, str(exc), elapsed()
     ms = elapsed()
     assoc.release()
-    if status == 0x0000:
+    if status == dimse.SUCCESS:
         return True, f"C-ECHO ok in {ms:.0f} ms", ms
     return False, f"C-ECHO answered with status 0x{status:04X}", ms

@@ -5,11 +5,13 @@ the worker processes (``--listen-fd``), so a port never closes while a worker
 restarts and several store workers can share one port.  This module is the
 thin shell every DICOM worker uses to serve on such a socket and to stop
 gracefully on SIGTERM.  Each accepted connection runs one association of
-:mod:`echoes.dicom.acceptor` on its own thread.
+:mod:`echoes.dicom.acceptor` on its own thread.  Its rules come in as
+:class:`PortSettings` (plain values), at start and on each SIGHUP.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -18,40 +20,28 @@ import socketserver
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from echoes.config import Config
 from echoes.dicom import acceptor as association
+from echoes.dicom import pdu, tls, transport
 
 log = logging.getLogger("echoes.listener")
 
 
-class QuickAckSocket(socket.socket):
-    """A connection that acknowledges every read at once (Linux TCP_QUICKACK).
+@dataclass(frozen=True)
+class PortSettings:
+    """Everything a DICOM port is served by, as plain values (built from the
+    configuration outside this package, again on each SIGHUP)."""
 
-    A sender that leaves Nagle on (plain Debian dcmtk) holds its next small
-    segment until our ACK arrives, and delayed ACK holds that ACK 40 ms: 200
-    tiny objects took 10.1 s instead of 1.8 s.  QUICKACK is not sticky, so
-    it is set again before every read.
-    """
-
-    def recv(self, size: int, flags: int = 0) -> bytes:  # type: ignore[override]
-        _quickack(self)
-        return super().recv(size, flags)
-
-    def recv_into(self, buffer, size: int = 0, flags: int = 0) -> int:  # type: ignore[override]
-        _quickack(self)
-        return super().recv_into(buffer, size, flags)
-
-
-def _quickack(sock: socket.socket) -> None:
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
-    except OSError:
-        pass
-
-
-TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
+    #: The rules each association is accepted and run under.
+    association: association.Settings
+    #: Networks peers may connect from (empty: anywhere).
+    allowed_networks: tuple[str, ...] = ()
+    #: TLS on this port (None: plain TCP).
+    tls: tls.TLSFiles | None = None
+    #: How long open associations may finish after SIGTERM.
+    drain_seconds: float = 30.0
 
 
 class AssociationServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
@@ -62,27 +52,33 @@ class AssociationServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     own thread, an A-ASSOCIATE-RJ (permanent, service user, no reason given)
     to its request, a log line, and the connection closed.  Accepted
     connections get TCP_NODELAY, QUICKACK before every read, a read timeout
-    and (when configured) TLS.  :meth:`configure` takes these rules from a
-    configuration, at start and again on SIGHUP.
+    and (when configured) TLS.  :meth:`configure` takes these rules, at
+    start and again on SIGHUP.
     """
 
     daemon_threads = True
     block_on_close = False
-    listen_fd: int = -1
 
-    def __init__(self, service: Any, role: str, maximum_length: int) -> None:
+    def __init__(self, service: Any, settings: PortSettings, listen_fd: int) -> None:
         self.limiter = association.Limiter()
         self.service = service
-        self.role = role
-        self.maximum_length = maximum_length
+        self.listen_fd = listen_fd
+        self.port_settings: PortSettings | None = None
         self.settings: association.Settings | None = None
         self.allowed_networks: tuple = ()
         self.read_timeout: float | None = None
         self.ssl_context: Any = None
         socketserver.TCPServer.__init__(self, ("", 0), _AssociationHandler)
+        self.configure(settings)
 
-    def configure(self, config: Config) -> None:
-        """Serve associations accepted from now on by ``config``'s rules: calling
+    @property
+    def role(self) -> str:
+        """The port's name in log lines."""
+        assert self.settings is not None
+        return self.settings.role
+
+    def configure(self, settings: PortSettings) -> None:
+        """Serve associations accepted from now on by these rules: calling
         and called AE titles, networks, association limit, timeouts, TLS.
 
         Open associations keep the rules they were accepted under.  Each
@@ -91,19 +87,16 @@ class AssociationServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         its certificate) are logged and the previous context kept: a reload
         must not take the port down.
         """
-        import ipaddress
-
-        from echoes.dicom import tls
-
         try:
-            self.ssl_context = tls.server_context(config)
+            self.ssl_context = tls.server_context(settings.tls)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             if self.settings is None:
                 raise  # at start: the worker fails and the log says why
             log.error("TLS files not loaded, new associations keep the previous ones: %s", exc)
-        self.allowed_networks = tuple(ipaddress.ip_network(n) for n in config.allowed_networks)
-        self.read_timeout = config.network_timeout
-        self.settings = association.Settings.for_port(config, self.role, self.maximum_length)
+        self.allowed_networks = tuple(ipaddress.ip_network(n) for n in settings.allowed_networks)
+        self.read_timeout = settings.association.network_timeout
+        self.port_settings = settings
+        self.settings = settings.association
 
     def finish_request(self, request, client_address) -> None:
         if self.allowed_networks and not _address_allowed(client_address[0],
@@ -129,19 +122,7 @@ class AssociationServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def get_request(self):
         accepted, address = self.socket.accept()
-        client = QuickAckSocket(accepted.family, accepted.type, accepted.proto,
-                                fileno=accepted.detach())
-        # A peer that stops mid-PDU must not hold this thread (and one of
-        # max_associations) for ever: reads time out after network_timeout.
-        client.settimeout(self.read_timeout)
-        # Immune to peers that leave Nagle on: answer each PDU at once.
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.ssl_context is not None:
-            # The handshake happens on the association's own thread (first
-            # read), never here: a silent peer must not stall accept().
-            client = self.ssl_context.wrap_socket(client, server_side=True,
-                                                  do_handshake_on_connect=False)
-        return client, address
+        return transport.accepted(accepted, self.read_timeout, self.ssl_context), address
 
     def server_close(self) -> None:
         # Never shutdown() the shared listener: that would stop every worker.
@@ -169,13 +150,7 @@ class _AssociationHandler(socketserver.BaseRequestHandler):
                           server.settings, server.limiter)  # type: ignore[attr-defined]
 
 
-#: A-ASSOCIATE-RJ: rejected-permanent, DICOM UL service-user, no reason given.
-REJECT_NO_REASON = bytes((0x03, 0x00, 0, 0, 0, 4, 0x00, 0x01, 0x01, 0x01))
-
-
 def _address_allowed(address: str, networks: tuple) -> bool:
-    import ipaddress
-
     try:
         ip = ipaddress.ip_address(address.split("%")[0])
     except ValueError:
@@ -190,38 +165,34 @@ def _refuse_connection(request: socket.socket, client_address: tuple, role: str)
     try:
         request.settimeout(2.0)
         request.recv(65536)
-        request.sendall(REJECT_NO_REASON)
+        # Rejected-permanent, DICOM UL service-user, no reason given.
+        request.sendall(pdu.associate_rj(pdu.REJECT_NO_REASON))
     except OSError:
         pass
     log.warning("rejected association from %s:%s on the %s port: address not in "
                 "allowed_networks", client_address[0], client_address[1], role)
 
 
-def serve(service: Any, config: Config, role: str, maximum_length: int, listen_fd: int,
-          on_hangup: Callable[[Config], None] | None = None) -> AssociationServer:
-    """Serve ``service`` on the port of ``role`` until SIGTERM/SIGINT, then let
-    open associations finish (up to ``dimse_timeout``).
+def serve(service: Any, settings: PortSettings, listen_fd: int,
+          on_hangup: Callable[[AssociationServer], None] | None = None) -> AssociationServer:
+    """Serve ``service`` on the listening socket ``listen_fd`` until SIGTERM/SIGINT,
+    then let open associations finish (up to ``drain_seconds``).
 
-    SIGHUP re-reads the configuration file, reopens the log and applies the
-    port's rules to new associations (:meth:`AssociationServer.configure`),
-    then calls ``on_hangup`` with the fresh configuration for what the
-    service itself keeps.  Returns the stopped server.
+    SIGHUP calls ``on_hangup`` with the server (in the main thread), which
+    re-reads what it needs and applies new rules with
+    :meth:`AssociationServer.configure`.  Returns the stopped server.
     """
-    from echoes import logs
-
-    AssociationServer.listen_fd = listen_fd
-    server = AssociationServer(service, role, maximum_length)
-    server.configure(config)
-    current = [config]
+    server = AssociationServer(service, settings, listen_fd)
 
     def hangup() -> None:
-        fresh = logs.reload(current[0], role)
-        server.configure(fresh)
-        current[0] = fresh
         if on_hangup is not None:
-            on_hangup(fresh)
+            on_hangup(server)
 
-    _run_until_stopped(server, config.ae_title, lambda: current[0].dimse_timeout, hangup)
+    def drain_seconds() -> float:
+        assert server.port_settings is not None
+        return server.port_settings.drain_seconds
+
+    _run_until_stopped(server, settings.association.ae_title, drain_seconds, hangup)
     return server
 
 

@@ -23,7 +23,8 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.values import convert_value
 
-from echoes.dicom.part10 import DEFLATED_SYNTAXES, MalformedDataset, check_part10, read_meta
+from echoes.dicom.part10 import MalformedDataset, check_part10, read_meta
+from echoes.dicom.syntax import DEFLATED as DEFLATED_SYNTAXES
 from echoes.storage.objects import object_key
 
 

@@ -110,11 +110,11 @@ def answers(config: Config, port: int, timeout: float = 5.0) -> str | None:
     The Browser's verify button, aimed at our own port (TLS when the server's
     ports use it), calling as ECHOES-CHECK so the log tells these apart.
     """
-    from echoes.dicom import requestor
+    from echoes.services import dicom_settings
 
     ourselves = RemoteAE(title=config.ae_title, host=reachable_address(config.bind),
                          port=port, forward=False, tls=config.tls)
-    ok, why, _ms = requestor.verify(config, ourselves, timeout, calling_ae="ECHOES-CHECK")
+    ok, why, _ms = dicom_settings.verify(config, ourselves, timeout, calling_ae="ECHOES-CHECK")
     return None if ok else why
 
 

@@ -46,22 +46,26 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filewriter import correct_ambiguous_vr
 from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEGLossless,
     JPEGLosslessSV1,
 )
-from pynetdicom.dsutils import encode as encode_dataset
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from echoes import logs
 from echoes.config import Config, Reloader, RemoteAE
-from echoes.dicom import requestor, sopclasses
+from echoes.dicom.dataset import encode_dataset
 from echoes.dicom.part10 import read_meta
 from echoes.dicom.requestor import AssociationFailed, Requestor
+
+# ENCAPSULATED: only decompression makes these uncompressed; the others
+# (uncompressed, deflate) pydicom re-encodes freely.  DEFLATED: the data set
+# is a deflate stream, of any length (PS3.5 A.5).
+from echoes.dicom.syntax import DEFLATED, ENCAPSULATED, UNCOMPRESSED
 from echoes.queue import jobs, open_job_store
+from echoes.services import dicom_settings
 from echoes.storage import spool
 from echoes.storage.objects import open_object_store
 
@@ -114,14 +118,6 @@ STATUS_OUTCOMES: tuple[tuple[int, int, str, str], ...] = (
     (0x0111, 0x0111, PERMANENT, "duplicate SOP instance"),
 )
 
-#: Syntaxes whose pixel data is encapsulated: only decompression makes them
-#: uncompressed.  The others (uncompressed, deflate) pydicom re-encodes freely.
-ENCAPSULATED = frozenset(sopclasses.COMPRESSED) - {DeflatedExplicitVRLittleEndian}
-
-
-#: Syntaxes whose data set is a deflate stream, of any length (PS3.5 A.5).
-DEFLATED = frozenset({DeflatedExplicitVRLittleEndian, "1.2.840.10008.1.2.8.1"})
-
 #: Log level of a job's state change (others: WARNING).
 LOG_LEVELS = {jobs.DONE: logging.DEBUG, jobs.PENDING: logging.INFO}
 #: Studies named in an association's log line at most.
@@ -161,7 +157,7 @@ def syntaxes_for(stored: str) -> list[list[str]]:
         proposals.append([stored])
     if stored == JPEGLosslessSV1:
         proposals.append([JPEGLossless])
-    proposals.append(list(sopclasses.UNCOMPRESSED))
+    proposals.append(list(UNCOMPRESSED))
     return proposals
 
 
@@ -215,7 +211,7 @@ def choose_route(sop_class: str, stored: str, accepted: set[tuple[str, str]]) ->
         return Route("file")
     if stored == JPEGLosslessSV1 and (sop_class, JPEGLossless) in accepted:
         return Route("relabel")
-    usable = [ts for ts in sopclasses.UNCOMPRESSED if (sop_class, ts) in accepted]
+    usable = [ts for ts in UNCOMPRESSED if (sop_class, ts) in accepted]
     if usable:
         if stored in ENCAPSULATED:  # little endian first: the decoders' byte order
             return Route("decompress", target=usable[0])
@@ -347,7 +343,7 @@ class PaddedDataSet:
 
 def uncompressed_target(sop_class: str, accepted: set[tuple[str, str]]) -> str:
     """The accepted uncompressed syntax a decompressed object travels in (little endian first)."""
-    return next(ts for ts in sopclasses.UNCOMPRESSED if (sop_class, ts) in accepted)
+    return next(ts for ts in UNCOMPRESSED if (sop_class, ts) in accepted)
 
 
 def payload(job: jobs.Job, route: Route, prepared: Path | Dataset,
@@ -379,10 +375,11 @@ def payload(job: jobs.Job, route: Route, prepared: Path | Dataset,
         syntax = uncompressed_target(job.sop_class_uid, accepted)
         match_byte_order(prepared, prepared.file_meta.TransferSyntaxUID != ExplicitVRBigEndian,
                          syntax != ExplicitVRBigEndian)
-    data = encode_dataset(prepared, syntax == ImplicitVRLittleEndian,
-                          syntax != ExplicitVRBigEndian)
-    if data is None:
-        raise ValueError(f"cannot encode the data set in {syntax}")
+    try:
+        data = encode_dataset(prepared, syntax == ImplicitVRLittleEndian,
+                              syntax != ExplicitVRBigEndian)
+    except Exception as exc:
+        raise ValueError(f"cannot encode the data set in {syntax}") from exc
     return syntax, io.BytesIO(data)
 
 
@@ -672,7 +669,7 @@ class Sender:
             retry=retry_if_exception_type(NotAssociated),
             reraise=True,
         )
-        return retrying(requestor.associate, config, remote, contexts)
+        return retrying(dicom_settings.associate, config, remote, contexts)
 
     def send_one(self, assoc: Requestor, config: Config, job: jobs.Job,
                  accepted: set[tuple[str, str]]) -> str:

@@ -16,7 +16,7 @@ An object's path through this module::
                             -> Success 0x0000           (only now)
 
 The upper layer is our own (:mod:`echoes.dicom.acceptor`, :mod:`echoes.dicom.pdu`),
-not pynetdicom's: see association.py for the measured reason.  A write
+not pynetdicom's: see acceptor.py for the measured reason.  A write
 error (full disk, EIO) is remembered and answered 0xA700 when the object
 ends; the association goes on.
 """
@@ -30,17 +30,33 @@ import os
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from echoes import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from echoes.config import Config
+from echoes.dicom import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    dimse,
+    part10,
+    pdu,
+    sopclasses,
+)
 from echoes.dicom import acceptor as association
-from echoes.dicom import encoding, pdu, sopclasses
-from echoes.dicom import server as listener
-from echoes.dicom.part10 import DEFLATED_SYNTAXES, MalformedDataset, check_part10, uid_problem
+
+# Statuses (PS3.4 B.2.3, C.4.1.1.4, K.4.1.1.4), kept importable from here.
+from echoes.dicom.dimse import (
+    CANNOT_UNDERSTAND,
+    DOES_NOT_MATCH_SOP_CLASS,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+)
+from echoes.dicom.part10 import MalformedDataset, check_part10, uid_problem
+from echoes.dicom.syntax import DEFLATED
+from echoes.services import dicom_settings
 from echoes.storage import spool
 
 log = logging.getLogger("echoes.store")
@@ -49,11 +65,6 @@ log = logging.getLogger("echoes.store")
 #: object; 256 KiB bounds what one PDU can make a worker hold in memory.
 RECEIVE_MAX_PDU = 262144
 
-#: Storage statuses (PS3.4 B.2.3), by what went wrong.
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DOES_NOT_MATCH_SOP_CLASS = 0xA900
-CANNOT_UNDERSTAND = 0xC000
 
 #: Objects up to this size are walked from memory, bigger ones from the file.
 WALK_IN_MEMORY = 4 << 20
@@ -96,7 +107,7 @@ def object_uids(path: Path, fd: int | None = None) -> dict[str, str | None]:
     else:
         with open(path, "rb") as handle:
             syntax = check_part10(handle, size, found)
-    if syntax in DEFLATED_SYNTAXES:  # the walk cannot read inside; pydicom inflates
+    if syntax in DEFLATED:  # the walk cannot read inside; pydicom inflates
         header = dcmread(path, stop_before_pixels=True, specific_tags=list(REQUIRED_UIDS))
         return {keyword: header.get(keyword) for keyword in REQUIRED_UIDS}
     return {keyword: found[tag].rstrip(b"\x00 ").decode("ascii", "replace")
@@ -180,6 +191,15 @@ class SpareFiles:
             path.unlink(missing_ok=True)
 
 
+@dataclass
+class Tally:
+    """One association's objects, for its closing log line."""
+
+    stored: int = 0
+    refused: int = 0
+    bytes: int = 0
+
+
 class SpoolReceiver:
     """One object being received into this worker's spool folder.
 
@@ -197,7 +217,7 @@ class SpoolReceiver:
         self.sop_instance = sop_instance
         self.error: OSError | None = None
         self.path, self.fd = service.spares.take()
-        self.write(memoryview(encoding.part10_header(
+        self.write(memoryview(part10.part10_header(
             sop_class, sop_instance, syntax, IMPLEMENTATION_CLASS_UID,
             IMPLEMENTATION_VERSION_NAME, association_.calling_ae)))
 
@@ -239,21 +259,24 @@ class StoreService:
         self.spares = SpareFiles(folder)
         self.incoming_fd = os.open(layout.incoming, os.O_RDONLY | os.O_DIRECTORY)
         self.accepted = accepted_contexts()
+        #: Per open association (each on its own thread: one key each).
+        self.tallies: dict[association.Association, Tally] = {}
 
     def receiver(self, association_: association.Association, context: pdu.ContextResult,
                  command: dict[int, bytes]) -> SpoolReceiver | None:
         """A spool file for a C-STORE-RQ's data set (None for anything else)."""
-        if encoding.command_us(command, encoding.COMMAND_FIELD) != encoding.C_STORE_RQ:
+        if (dimse.command_us(command, dimse.COMMAND_FIELD) != dimse.C_STORE_RQ
+                or not dimse.has_data_set(command)):
             return None
         return SpoolReceiver(self, association_,
-                             encoding.command_uid(command, encoding.AFFECTED_SOP_CLASS),
-                             encoding.command_uid(command, encoding.AFFECTED_SOP_INSTANCE),
+                             dimse.command_uid(command, dimse.AFFECTED_SOP_CLASS),
+                             dimse.command_uid(command, dimse.AFFECTED_SOP_INSTANCE),
                              context.transfer_syntax)
 
     def commit(self, receiver: SpoolReceiver) -> tuple[int, str]:
         """Commit the spooled file durably, then say Success; else the refusal."""
         path = receiver.path
-        stats = receiver.association
+        stats = self.tallies.setdefault(receiver.association, Tally())
         try:
             if receiver.error is not None:
                 raise StoreRefused(
@@ -279,7 +302,7 @@ class StoreService:
             path.unlink(missing_ok=True)
             stats.refused += 1
             log.warning("refused %s from %s: 0x%04X %s", receiver.sop_instance,
-                        stats.calling_ae, refusal.status, refusal.reason)
+                        receiver.association.calling_ae, refusal.status, refusal.reason)
             return refusal.status, refusal.reason[:64]
         stats.stored += 1
         stats.bytes += size
@@ -287,20 +310,20 @@ class StoreService:
 
     def closed(self, association_: association.Association, how: str) -> None:
         """One log line per association."""
+        tally = self.tallies.pop(association_, None) or Tally()
         log.info(
             "association from %s (%s:%s) to %s %s: %d stored, %d refused, %d bytes, %.2f s",
             association_.calling_ae, association_.address, association_.port,
-            association_.called_ae, how, association_.stored, association_.refused,
-            association_.bytes, time.monotonic() - association_.started,
+            association_.called_ae, how, tally.stored, tally.refused,
+            tally.bytes, time.monotonic() - association_.started,
         )
 
 
 def accepted_contexts() -> dict[str, frozenset[str]]:
-    """The store port's table: Verification plus every storage class and syntax we accept."""
-    sopclasses.register_retired_storage_classes()
+    """The Storage service's table: every storage class and syntax we accept
+    (the port adds Verification, :mod:`echoes.services.verification`)."""
     table = {sop_class: frozenset(sopclasses.STORE_TRANSFER_SYNTAXES)
              for sop_class in sopclasses.store_scp_classes()}
-    table[sopclasses.VERIFICATION] = frozenset(sopclasses.UNCOMPRESSED)
     return table
 
 
@@ -316,7 +339,7 @@ def run(config: Config, listen_fd: int) -> int:
     def reload(fresh: Config) -> None:
         service.config = fresh  # min_free_mb, for the objects received from now on
 
-    listener.serve(service, config, "store", RECEIVE_MAX_PDU, listen_fd, on_hangup=reload)
+    dicom_settings.serve(service, config, "store", RECEIVE_MAX_PDU, listen_fd, on_hangup=reload)
     service.spares.close()
     for leftover in folder.glob("*.part"):
         leftover.unlink(missing_ok=True)

@@ -18,33 +18,34 @@ who asked, which keys (not values), how many matched and how long it took.
 
 from __future__ import annotations
 
-import io
 import logging
 import struct
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pynetdicom.dsutils import decode
 
 from echoes.config import Config
 from echoes.dicom import acceptor as association
-from echoes.dicom import encoding, pdu, sopclasses
-from echoes.dicom import server as listener
+from echoes.dicom import dataset, dimse, pdu, sopclasses, syntax
+
+# Statuses (PS3.4 B.2.3, C.4.1.1.4, K.4.1.1.4), kept importable from here.
+from echoes.dicom.dimse import (
+    CANCEL,
+    IDENTIFIER_DOES_NOT_MATCH,
+    PENDING,
+    SUCCESS,
+)
+from echoes.services import dicom_settings
 from echoes.worklist import files as worklist
 from echoes.worklist.match import QueryKey, Tree, compile_query
 
 log = logging.getLogger("echoes.mwl")
 
-#: C-FIND statuses (PS3.4 C.4.1.1.4 and K.4.1.1.4).
-SUCCESS = 0x0000
-PENDING = 0xFF00
-CANCEL = 0xFE00
-IDENTIFIER_DOES_NOT_MATCH = 0xA900
-UNABLE_TO_PROCESS = 0xC001
 
 #: How often (in responses) a long answer looks for a C-CANCEL.
 CANCEL_CHECK_EVERY = 16
@@ -160,7 +161,7 @@ def answer_shape(keys: dict[int, QueryKey], with_values: bool = False) -> tuple:
 class PendingWriter:
     """Writes Pending C-FIND responses to the association, a buffer at a time.
 
-    Responses are encoded by :mod:`echoes.dicom.encoding` (pynetdicom's per-message
+    Responses are encoded by :mod:`echoes.dicom.dataset` (pynetdicom's per-message
     path cost ~1.2 ms each: 10,000 items took 12.4 s) and buffered up to
     ``FLUSH_BYTES`` per write.
     """
@@ -173,13 +174,13 @@ class PendingWriter:
         self.syntax = context.transfer_syntax
         self.context_id = context.context_id
         self.max_pdu = association_.peer_maximum_length
-        self.command = encoding.find_response_command(sop_class, message_id, PENDING, True)
+        self.command = dimse.find_response_command(sop_class, message_id, PENDING, True)
         self.buffer: list[bytes] = []
         self.buffered = 0
 
     def pending(self, identifier: bytes) -> None:
         """Queue one Pending response; writes when the buffer is full."""
-        pdus = encoding.p_data_pdus(self.context_id, self.command, identifier, self.max_pdu)
+        pdus = pdu.p_data_pdus(self.context_id, self.command, identifier, self.max_pdu)
         self.buffer.append(pdus)
         self.buffered += len(pdus)
         if self.buffered >= self.FLUSH_BYTES:
@@ -206,8 +207,8 @@ class FindRequest:
         self.service = service
         self.association = association_
         self.context = context
-        self.sop_class = encoding.command_uid(command, encoding.AFFECTED_SOP_CLASS)
-        self.message_id = encoding.command_us(command, encoding.MESSAGE_ID, 0)
+        self.sop_class = dimse.command_uid(command, dimse.AFFECTED_SOP_CLASS)
+        self.message_id = dimse.command_us(command, dimse.MESSAGE_ID, 0)
         self.identifier = bytearray()
         self.too_long = False
 
@@ -226,6 +227,14 @@ class FindRequest:
         return self.service.answer(self)
 
 
+@dataclass
+class Tally:
+    """One association's queries and responses, for its closing log line."""
+
+    queries: int = 0
+    responses: int = 0
+
+
 class WorklistService:
     """The MWL port's service (see association.Service), bound to one ``WorklistDirectory``."""
 
@@ -233,22 +242,25 @@ class WorklistService:
         self.directory = directory
         self.cache = ResponseCache()
         self.accepted = {
-            sopclasses.VERIFICATION: frozenset(sopclasses.UNCOMPRESSED),
-            sopclasses.MODALITY_WORKLIST_FIND: frozenset(sopclasses.UNCOMPRESSED),
+            sopclasses.MODALITY_WORKLIST_FIND: frozenset(syntax.UNCOMPRESSED),
         }
+        #: Per open association (each on its own thread: one key each).
+        self.tallies: dict[association.Association, Tally] = {}
 
     def receiver(self, association_: association.Association, context: pdu.ContextResult,
                  command: dict[int, bytes]) -> FindRequest | None:
         """A C-FIND-RQ collector (None for anything else: answered "unrecognized")."""
-        if encoding.command_us(command, encoding.COMMAND_FIELD) != encoding.C_FIND_RQ:
+        if (dimse.command_us(command, dimse.COMMAND_FIELD) != dimse.C_FIND_RQ
+                or not dimse.has_data_set(command)):
             return None
         return FindRequest(self, association_, context, command)
 
     def closed(self, association_: association.Association, how: str) -> None:
         """One log line per association."""
+        tally = self.tallies.pop(association_, None) or Tally()
         log.info("association from %s (%s:%s) to %s %s: %d queries, %d responses, %.2f s",
                  association_.calling_ae, association_.address, association_.port,
-                 association_.called_ae, how, association_.queries, association_.responses,
+                 association_.called_ae, how, tally.queries, tally.responses,
                  time.monotonic() - association_.started)
 
     def answer(self, request: FindRequest) -> tuple[int, str]:
@@ -256,16 +268,15 @@ class WorklistService:
         started = time.monotonic()
         association_ = request.association
         caller = association_.calling_ae
-        association_.queries += 1
+        tally = self.tallies.setdefault(association_, Tally())
+        tally.queries += 1
         if request.too_long:
             log.warning("query from %s refused: identifier over %d bytes", caller,
                         MAX_IDENTIFIER)
             return IDENTIFIER_DOES_NOT_MATCH, "Identifier too long"
         try:
-            syntax = request.context.transfer_syntax
-            identifier = decode(io.BytesIO(bytes(request.identifier)),
-                                syntax == encoding.IMPLICIT_VR_LITTLE_ENDIAN,
-                                syntax != encoding.EXPLICIT_VR_BIG_ENDIAN)
+            implicit, little = syntax.encoding_of(request.context.transfer_syntax)
+            identifier = dataset.decode_dataset(bytes(request.identifier), implicit, little)
             keys = query_keys(identifier)
             query = compile_query(keys)
         except Exception as exc:  # an identifier pydicom cannot decode
@@ -286,7 +297,7 @@ class WorklistService:
             if identifier is None:
                 tree, charset = response_tree(query.select(item.tree), asked_charset)
                 try:
-                    identifier = encoding.encode_tree(tree, vrs, writer.syntax, charset)
+                    identifier = dataset.encode_tree(tree, vrs, writer.syntax, charset)
                 except (ValueError, UnicodeError, struct.error) as exc:
                     # One unencodable item must not end the query.
                     log.error("worklist item %s cannot be sent: %s", item.name, exc)
@@ -295,7 +306,7 @@ class WorklistService:
             writer.pending(identifier)
             matched += 1
         writer.flush()
-        association_.responses += matched
+        tally.responses += matched
         log.info(
             "query from %s on %s: %d matched of %d, %s in %.3f s",
             caller,
@@ -336,8 +347,8 @@ def run(config: Config, listen_fd: int) -> int:
         log.info("worklist re-read on SIGHUP: %d items", len(directory))
 
     try:
-        listener.serve(service, config, "mwl", RECEIVE_MAX_PDU, listen_fd,
-                       on_hangup=reload)
+        dicom_settings.serve(service, config, "mwl", RECEIVE_MAX_PDU, listen_fd,
+                             on_hangup=reload)
     finally:
         watcher.stop()
     return 0

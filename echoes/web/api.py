@@ -296,10 +296,11 @@ def remove_ae(title: str) -> Response:
 
 @blueprint.post("/aes/<title>/echo")
 def echo_ae(title: str) -> Response:
-    from echoes.dicom import requestor
+    from echoes.services import dicom_settings
 
     remote = _configured(title)
-    ok, message, milliseconds = requestor.verify(state().config, remote, timeout=ECHO_TIMEOUT)
+    ok, message, milliseconds = dicom_settings.verify(state().config, remote,
+                                                      timeout=ECHO_TIMEOUT)
     return jsonify(ae=title, ok=ok, message=message, ms=round(milliseconds, 1))
 
 

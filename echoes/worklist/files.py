@@ -38,7 +38,7 @@ from pydicom import datadict, valuerep
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from echoes.dicom.encoding import vr_for
+from echoes.dicom.dataset import vr_for
 from echoes.dicom.part10 import uid_problem
 from echoes.worklist.match import Query, Tree
 

@@ -1,0 +1,108 @@
+"""The one place the configuration becomes :mod:`echoes.dicom`'s plain settings.
+
+echoes.dicom imports nothing else from echoes: its ports, TLS contexts and
+outbound associations take dataclasses of plain values.  This module builds
+them from a :class:`~echoes.config.Config` (and an ``[ae:*]`` section), and
+wraps the two entry points that need a configuration besides: serving a
+port (SIGHUP re-reads the configuration and reopens the log) and opening an
+association to a configured AE (the sender, the Browser's verify button,
+``echoes start``/``check``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from echoes.config import Config, RemoteAE
+from echoes.dicom import acceptor, requestor, server, tls
+from echoes.dicom.service import Port
+from echoes.services import verification
+
+
+def tls_files(config: Config) -> tls.TLSFiles | None:
+    """Our TLS certificate, key and CAs, or None when TLS is not configured."""
+    if not config.tls:
+        return None
+    assert config.tls_private_key is not None and config.tls_ca_certificates is not None
+    assert config.tls_certificate is not None
+    return tls.TLSFiles(config.tls_certificate, config.tls_private_key,
+                        config.tls_ca_certificates)
+
+
+def association_settings(config: Config, role: str, maximum_length: int) -> acceptor.Settings:
+    """The rules of the port of ``role`` ("store" or "mwl") for each association."""
+    return acceptor.Settings(
+        ae_title=config.ae_title,
+        acse_timeout=config.acse_timeout,
+        network_timeout=config.network_timeout,
+        maximum_length=maximum_length,
+        max_associations=config.max_associations,
+        allowed_calling_aes=frozenset(config.calling_aes_for(role)),
+        require_called_ae=config.require_called_ae,
+        role=role,
+    )
+
+
+def port_settings(config: Config, role: str, maximum_length: int) -> server.PortSettings:
+    """Everything the port of ``role`` is served by."""
+    return server.PortSettings(
+        association=association_settings(config, role, maximum_length),
+        allowed_networks=tuple(config.allowed_networks),
+        tls=tls_files(config),
+        drain_seconds=config.dimse_timeout,
+    )
+
+
+def serve(service: Any, config: Config, role: str, maximum_length: int, listen_fd: int,
+          on_hangup: Callable[[Config], None] | None = None) -> server.AssociationServer:
+    """Serve ``service`` and Verification (every port answers C-ECHO) on the
+    port of ``role`` until SIGTERM/SIGINT (:func:`echoes.dicom.server.serve`).
+
+    SIGHUP re-reads the configuration file, reopens the log and applies the
+    port's rules to new associations, then calls ``on_hangup`` with the fresh
+    configuration for what the service itself keeps.
+    """
+    from echoes import logs
+
+    current = [config]
+
+    def hangup(port: server.AssociationServer) -> None:
+        fresh = logs.reload(current[0], role)
+        port.configure(port_settings(fresh, role, maximum_length))
+        current[0] = fresh
+        if on_hangup is not None:
+            on_hangup(fresh)
+
+    port = Port(verification.service(), service)
+    return server.serve(port, port_settings(config, role, maximum_length), listen_fd, hangup)
+
+
+def destination(config: Config, remote: RemoteAE, timeout: float | None = None,
+                calling_ae: str | None = None) -> requestor.Destination:
+    """How to reach ``remote`` from ``config.ae_title`` (or ``calling_ae``).
+
+    ``timeout`` bounds the connect, the negotiation and each response
+    (default: the configured acse_timeout and dimse_timeout).
+    """
+    return requestor.Destination(
+        host=remote.host, port=remote.port, called_ae=remote.title,
+        calling_ae=calling_ae or config.ae_title,
+        acse_timeout=timeout or config.acse_timeout,
+        dimse_timeout=timeout or config.dimse_timeout,
+        tls=remote.tls, tls_files=tls_files(config),
+    )
+
+
+def associate(config: Config, remote: RemoteAE, contexts: list[tuple[str, list[str]]],
+              timeout: float | None = None,
+              calling_ae: str | None = None) -> requestor.Requestor:
+    """One try at an association to a configured AE (:func:`echoes.dicom.requestor.associate`)."""
+    return requestor.associate(destination(config, remote, timeout, calling_ae), contexts)
+
+
+def verify(config: Config, remote: RemoteAE, timeout: float = 10.0,
+           calling_ae: str | None = None) -> tuple[bool, str, float]:
+    """C-ECHO a configured AE as the sender would reach it
+    (:func:`echoes.dicom.requestor.verify`)."""
+    return requestor.verify(destination(config, remote, timeout, calling_ae))
