@@ -34,19 +34,19 @@ retries went in the same batch behind it again until all had failed.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from echoes import logs
 from echoes.config import Config, Reloader, RemoteAE
 from echoes.dicom import requestor
 from echoes.dicom.requestor import AssociationFailed, Requestor
+from echoes.processes.worker import Worker
 from echoes.queue import jobs
 from echoes.services import outbound
 from echoes.services.outbound import (
@@ -114,6 +114,10 @@ class Run:
 class Sender:
     """Sends due jobs, one thread per destination, state written after each object."""
 
+    #: Called at each dispatch: the sender process's heartbeat (see
+    #: echoes.processes.worker.Heartbeat); nothing elsewhere.
+    beat: Callable[[], None] = staticmethod(lambda: None)
+
     def __init__(self, config: Config) -> None:
         self.reloader = Reloader(config)
         self.layout = spool.SpoolLayout(config.spool_dir)
@@ -153,6 +157,7 @@ class Sender:
 
     def dispatch(self) -> None:
         """Start a send thread for each destination with due jobs and none running."""
+        self.beat()
         if self.stopping.is_set():
             return
         config = self.reloader.current()
@@ -478,30 +483,36 @@ class Sender:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
-def run(config: Config) -> int:
-    """The sender process: dispatch on an APScheduler schedule until SIGTERM."""
-    from apscheduler.schedulers.background import BackgroundScheduler
+class SenderWorker(Worker):
+    """The sender process: dispatch on an APScheduler schedule until SIGTERM.
 
-    sender = Sender(config)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    hangup = threading.Event()
+    Each dispatch beats the heartbeat, so a scheduler that stopped running
+    it (a dispatch stuck on a lock: APScheduler skips the runs behind it)
+    falls silent and the process is restarted.
+    """
 
-    def request_reload(*_args) -> None:
-        sender.reloader.request()
-        hangup.set()
+    role = "sender"
 
-    signal.signal(signal.SIGHUP, request_reload)
-    scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
-    scheduler.add_job(sender.dispatch, "interval", seconds=DISPATCH_SECONDS, id="dispatch",
-                      next_run_time=datetime.now().astimezone())
-    scheduler.start()
-    log.info("sender watching %s", sender.layout.outgoing)
-    while not stop.wait(0.5):
-        if hangup.is_set():
-            hangup.clear()
-            logs.reload(config, "sender")
-    scheduler.shutdown(wait=False)
-    sender.stop(config.dimse_timeout)
-    return 0
+    def start(self) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self.sender = sender = Sender(self.config)
+        sender.beat = self.heartbeat.beat
+        self.scheduler = BackgroundScheduler(
+            job_defaults={"coalesce": True, "max_instances": 1})
+        self.scheduler.add_job(sender.dispatch, "interval", seconds=DISPATCH_SECONDS,
+                               id="dispatch", next_run_time=datetime.now().astimezone())
+        self.scheduler.start()
+        log.info("sender watching %s", sender.layout.outgoing)
+
+    def reload(self, _fresh: Config) -> None:
+        self.sender.reloader.request()  # destinations and timeouts, at the next dispatch
+
+    def stop(self) -> None:
+        self.scheduler.shutdown(wait=False)
+        self.sender.stop(self.config.dimse_timeout)
+
+
+def run(config: Config, listen_fd: int = -1) -> int:
+    """The sender process until SIGTERM (``listen_fd``: none, the sender has no port)."""
+    return SenderWorker(config, listen_fd).main()

@@ -39,7 +39,6 @@ from echoes import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from echoes.config import Config
 from echoes.dicom import acceptor as association
 from echoes.dicom import encoding, pdu, sopclasses
-from echoes.dicom import server as listener
 from echoes.dicom.part10 import DEFLATED_SYNTAXES, MalformedDataset, check_part10, uid_problem
 from echoes.storage import spool
 
@@ -302,22 +301,3 @@ def accepted_contexts() -> dict[str, frozenset[str]]:
              for sop_class in sopclasses.store_scp_classes()}
     table[sopclasses.VERIFICATION] = frozenset(sopclasses.UNCOMPRESSED)
     return table
-
-
-def run(config: Config, listen_fd: int) -> int:
-    """Serve associations on ``listen_fd`` until SIGTERM; return the exit code."""
-    layout = spool.SpoolLayout(config.spool_dir)
-    layout.create()
-    spool.remove_dead_worker_tmp(layout)
-    folder = layout.worker_tmp(os.getpid())
-    folder.mkdir(parents=True, exist_ok=True)
-    service = StoreService(config, layout, folder)
-
-    def reload(fresh: Config) -> None:
-        service.config = fresh  # min_free_mb, for the objects received from now on
-
-    listener.serve(service, config, "store", RECEIVE_MAX_PDU, listen_fd, on_hangup=reload)
-    service.spares.close()
-    for leftover in folder.glob("*.part"):
-        leftover.unlink(missing_ok=True)
-    return 0

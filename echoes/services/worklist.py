@@ -33,7 +33,6 @@ from pynetdicom.dsutils import decode
 from echoes.config import Config
 from echoes.dicom import acceptor as association
 from echoes.dicom import encoding, pdu, sopclasses
-from echoes.dicom import server as listener
 from echoes.worklist import files as worklist
 from echoes.worklist.match import QueryKey, Tree, compile_query
 
@@ -322,22 +321,3 @@ def load_directory(config: Config) -> worklist.WorklistDirectory:
              config.worklist_dir, len(directory), len(directory.invalid()),
              time.monotonic() - started)
     return directory
-
-
-def run(config: Config, listen_fd: int) -> int:
-    """Serve Modality Worklist on ``listen_fd`` until SIGTERM."""
-    directory = load_directory(config)
-    watcher = worklist.WorklistWatcher(directory)
-    watcher.start()
-    service = WorklistService(directory)
-
-    def reload(_fresh: Config) -> None:
-        directory.load()
-        log.info("worklist re-read on SIGHUP: %d items", len(directory))
-
-    try:
-        listener.serve(service, config, "mwl", RECEIVE_MAX_PDU, listen_fd,
-                       on_hangup=reload)
-    finally:
-        watcher.stop()
-    return 0
