@@ -163,7 +163,7 @@ def main() -> int:
     from echoes.web import listen
 
     sock = listen(config)
-    code = ("import sys; from echoes import config, logs; from echoes.web import run; "
+    code = ("import sys; from echoes import config, logs; from echoes.processes.web import run; "
             f"c = config.load({str(config_path)!r}); logs.setup(c, 'web'); "
             f"sys.exit(run(c, {sock.fileno()}))")
     process = subprocess.Popen([sys.executable, "-c", code], pass_fds=(sock.fileno(),))

@@ -565,38 +565,9 @@ def cmd_passwd(args: argparse.Namespace, config: config_module.Config) -> int:
 
 def cmd_worker(args: argparse.Namespace, config: config_module.Config) -> int:
     """Entry point of a supervised child (not for people)."""
-    from echoes.processes import supervisor
+    from echoes.processes import worker
 
-    supervisor.die_with_parent()
-    supervisor.set_title(args.role)
-    logs.setup(config, args.role)
-    # An archive keeps what it receives: pydicom's warnings about values
-    # that break VR rules (leading zeros in UIDs...) are noise here.
-    from pydicom import config as pydicom_config
-
-    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
-    if args.role == "store":
-        from echoes.services import storage as store
-
-        return store.run(config, args.listen_fd)
-    if args.role == "mwl":
-        from echoes.services import worklist as mwl
-
-        return mwl.run(config, args.listen_fd)
-    if args.role == "ingester":
-        from echoes.processes import ingester
-
-        return ingester.run(config)
-    if args.role == "sender":
-        from echoes.processes import sender
-
-        return sender.run(config)
-    if args.role == "web":
-        from echoes import web
-
-        return web.run(config, args.listen_fd)
-    print(f"echoes: unknown worker role {args.role!r}", file=sys.stderr)
-    return 2
+    return worker.run_role(args.role, config, args.listen_fd)
 
 
 COMMANDS = {

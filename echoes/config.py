@@ -185,6 +185,9 @@ KEYS: dict[str, tuple[Callable[[str], Any], str | None, bool]] = {
     "acse_timeout": (_parse_float(1, 3600), "30", False),
     "dimse_timeout": (_parse_float(1, 3600), "60", False),
     "network_timeout": (_parse_float(1, 3600), "60", False),
+    # Below 3 s a child busy for a moment (a start, a full disk's retry) would
+    # be killed for being slow, not for being hung.
+    "heartbeat_timeout": (_parse_float(3, 3600), "60", False),
     "max_associations": (_parse_int(1, 1000), "32", False),
     "allowed_calling_aes": (_parse_ae_list, "", False),
     "store_allowed_calling_aes": (_parse_ae_list, "", False),
@@ -257,6 +260,7 @@ class Config:
     acse_timeout: float
     dimse_timeout: float
     network_timeout: float
+    heartbeat_timeout: float
     max_associations: int
     allowed_calling_aes: tuple[str, ...]
     store_allowed_calling_aes: tuple[str, ...]

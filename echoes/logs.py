@@ -85,7 +85,8 @@ def setup(config: Config | None, role: str, to_stderr: bool = True) -> None:
 
 
 def reload(config: Config, role: str) -> Config:
-    """On SIGHUP: re-read the config file for the log settings and reopen the log.
+    """On SIGHUP (the worker base's, echoes.processes.worker): re-read the config
+    file for the log settings and reopen the log.
 
     Returns the fresh configuration (or ``config`` when the file became
     invalid, which is logged).  Call it from the main loop, not from inside a

@@ -40,8 +40,8 @@ from pynetdicom.dsutils import decode
 from echoes.dicom import part10
 from echoes.dicom import part10 as validation
 from echoes.dicom.part10 import MalformedDataset
-from echoes.processes import sender
 from echoes.queue import jobs
+from echoes.services import outbound
 
 try:  # pydicom-data (a test extra) installs its files as the package data_store
     import data_store
@@ -133,9 +133,9 @@ def ours(path: Path, target: str, folder: Path) -> Path:
               "TransferSyntaxUID": str(meta.TransferSyntaxUID), "path": path.name}
     job = jobs.new_job("PEER", record, "forward", 0.0)
     accepted = {(job.sop_class_uid, target)}
-    route = sender.choose_route(job.sop_class_uid, job.transfer_syntax, accepted)
+    route = outbound.choose_route(job.sop_class_uid, job.transfer_syntax, accepted)
     assert route.kind in ("reencode", "decompress"), route
-    syntax, data_set = sender.payload(job, route, sender.prepare(path, route), accepted)
+    syntax, data_set = outbound.payload(job, route, outbound.prepare(path, route), accepted)
     assert syntax == target
     converted = folder / "ours.dcm"
     converted.write_bytes(part10.part10_header(job.sop_class_uid, job.sop_instance_uid, syntax,
@@ -146,7 +146,7 @@ def ours(path: Path, target: str, folder: Path) -> Path:
 def dcmconv(path: Path, target: str, folder: Path) -> Path:
     """``path`` converted to ``target`` by dcmtk (decompressed by pydicom first)."""
     stored = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
-    if stored in sender.ENCAPSULATED:
+    if stored in outbound.ENCAPSULATED:
         dataset = pydicom.dcmread(path)
         dataset.decompress(generate_instance_uid=False)
         path = folder / "decompressed.dcm"
@@ -320,8 +320,8 @@ def test_big_endian_8_bit_ow_pixels_arrive_as_the_little_endian_original() -> No
     source = TEST_FILES / "SC_rgb_small_odd_big_endian.dcm"
     sop_class = str(pydicom.dcmread(source).SOPClassUID)
     accepted = {(sop_class, ExplicitVRLittleEndian)}
-    route = sender.choose_route(sop_class, ExplicitVRBigEndian, accepted)
-    data = sender.encode_dataset(sender.prepare(source, route), False, True)
+    route = outbound.choose_route(sop_class, ExplicitVRBigEndian, accepted)
+    data = outbound.encode_dataset(outbound.prepare(source, route), False, True)
     arrived = decode(io.BytesIO(data), False, True)
     arrived.file_meta = FileMetaDataset()
     arrived.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

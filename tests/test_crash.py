@@ -20,7 +20,7 @@ from collections.abc import Callable
 import psutil
 import pydicom
 import pytest
-from conftest import DCMTK_ENV, Server, make_dataset, write_part10
+from conftest import DCMTK_ENV, Server, make_dataset, start_server, stop_server, write_part10
 from pydicom.uid import generate_uid
 
 OBJECTS = 500
@@ -132,6 +132,55 @@ def test_kill_once_each_in_default_suite(server: Server, dcmtk, tmp_path) -> Non
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     print(f"\nrounds {rounds}, killed {killed}; acknowledged {len(acknowledged)}, "
           f"archived {len(archived)}, indexed {len(indexed)}")
+
+
+def test_a_hung_ingester_is_replaced_and_nothing_is_lost(dcmtk, tmp_path) -> None:
+    """SIGSTOP the ingester while objects stream in: it stops beating, and the
+    supervisor kills and replaces it within heartbeat_timeout (3 s here) plus a
+    little, with an ERROR naming it; every acknowledged object ends up archived
+    and indexed, and no other process (all alive, some busy) is taken for hung.
+    """
+    timeout = 3
+    server = start_server(tmp_path / "home", heartbeat_timeout=timeout)
+    try:
+        files = make_corpus(tmp_path / "corpus", 120)
+        uid_of = {f.name: pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
+                  for f in files}
+        frozen: dict[int, float] = {}
+
+        def freeze_ingester(n: int) -> None:
+            if n == 20:
+                pid = server.children("ingester")[0]
+                os.kill(pid, signal.SIGSTOP)
+                frozen[pid] = time.monotonic()
+
+        acknowledged = send_counting(server.port, files[:80], freeze_ingester)
+        assert len(frozen) == 1, "the ingester was not frozen mid-stream"
+        [(pid, stopped_at)] = frozen.items()
+        while True:  # the store workers went on acknowledging into the spool meanwhile
+            replaced = [other for other in server.children("ingester") if other != pid]
+            silent = time.monotonic() - stopped_at
+            if replaced:
+                break
+            assert silent < timeout + 5, f"the frozen ingester not replaced in {silent:.1f} s"
+            time.sleep(0.1)
+        assert silent > timeout - 1, f"replaced after {silent:.1f} s: before heartbeat_timeout"
+        acknowledged |= send_counting(server.port, files[80:])  # to the new ingester
+        for _ in range(3):
+            missing = [f for f in files if f.name not in acknowledged]
+            if missing:
+                acknowledged |= send_counting(server.port, missing)
+        assert acknowledged == set(uid_of)
+
+        server.wait_ingested(len(files), timeout=30)
+        sent = set(uid_of.values())
+        indexed, archived = server.indexed_sops(), server.archived_sops()
+        assert sorted(indexed) == sorted(archived) == sorted(sent)
+        log = server.config.log_file.read_text()
+        assert re.search(rf"ERROR .*ingester\[0\] pid {pid} silent for \d+\.\d s", log), log
+        assert log.count(" silent for ") == 1, "a live process was taken for hung"
+    finally:
+        stop_server(server)
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Unit tests for the pure helpers of echoes.processes.sender (no sockets, no processes)."""
+"""Unit tests for the pure helpers of echoes.services.outbound (no sockets, no processes)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ from pynetdicom.dsutils import decode, encode
 
 from echoes.dicom import part10, pdu
 from echoes.processes import sender
-from echoes.processes.sender import DELIVERED, PERMANENT, TRANSIENT, Route
 from echoes.queue import jobs
+from echoes.services import outbound
+from echoes.services.outbound import DELIVERED, PERMANENT, TRANSIENT, Route
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
@@ -79,32 +80,32 @@ def make_job(sop_class: str = CT, syntax: str = ExplicitVRLittleEndian,
     (0xA800, TRANSIENT),
 ])
 def test_outcome_of(status, outcome):
-    assert sender.outcome_of(status)[0] == outcome
+    assert outbound.outcome_of(status)[0] == outcome
 
 
 def test_outcome_of_success_has_no_words():
-    assert sender.outcome_of(0x0000) == (DELIVERED, "")
+    assert outbound.outcome_of(0x0000) == (DELIVERED, "")
 
 
 @pytest.mark.parametrize("status", [0xB000, 0xB007, 0x0001])
 def test_outcome_of_warnings_say_warning(status):
-    outcome, words = sender.outcome_of(status)
+    outcome, words = outbound.outcome_of(status)
     assert outcome == DELIVERED
     assert "warning" in words
 
 
 def test_outcome_of_words():
-    assert sender.outcome_of(0xA700) == (TRANSIENT, "out of resources")
-    assert sender.outcome_of(0xA7FF) == (TRANSIENT, "out of resources")
-    assert sender.outcome_of(0x0110) == (TRANSIENT, "processing failure")
-    assert sender.outcome_of(0xA900) == (PERMANENT, "data set does not match SOP class")
-    assert sender.outcome_of(0xC000) == (PERMANENT, "cannot understand")
-    assert sender.outcome_of(0xCFFF) == (PERMANENT, "cannot understand")
-    assert sender.outcome_of(0x0122) == (PERMANENT, "SOP class not supported")
+    assert outbound.outcome_of(0xA700) == (TRANSIENT, "out of resources")
+    assert outbound.outcome_of(0xA7FF) == (TRANSIENT, "out of resources")
+    assert outbound.outcome_of(0x0110) == (TRANSIENT, "processing failure")
+    assert outbound.outcome_of(0xA900) == (PERMANENT, "data set does not match SOP class")
+    assert outbound.outcome_of(0xC000) == (PERMANENT, "cannot understand")
+    assert outbound.outcome_of(0xCFFF) == (PERMANENT, "cannot understand")
+    assert outbound.outcome_of(0x0122) == (PERMANENT, "SOP class not supported")
 
 
 def test_outcome_of_unknown_failure_is_transient():
-    assert sender.outcome_of(0xD000) == (TRANSIENT, "failure")
+    assert outbound.outcome_of(0xD000) == (TRANSIENT, "failure")
 
 
 # -- syntaxes_for ----------------------------------------------------------------
@@ -114,40 +115,40 @@ def test_outcome_of_unknown_failure_is_transient():
 def test_syntaxes_for_little_endian_gets_a_context_of_its_own(stored):
     # Not left to the peer's pick among the three: dcmtk's picks Explicit VR
     # Little Endian, and an object stored Implicit VR went out re-encoded.
-    assert sender.syntaxes_for(stored) == [[stored], UNCOMPRESSED]
+    assert outbound.syntaxes_for(stored) == [[stored], UNCOMPRESSED]
 
 
 def test_syntaxes_for_big_endian_gets_a_context_of_its_own():
-    assert sender.syntaxes_for(ExplicitVRBigEndian) == [[ExplicitVRBigEndian], UNCOMPRESSED]
+    assert outbound.syntaxes_for(ExplicitVRBigEndian) == [[ExplicitVRBigEndian], UNCOMPRESSED]
 
 
 def test_syntaxes_for_jpeg_lossless_sv1():
-    assert sender.syntaxes_for(JPEGLosslessSV1) == [
+    assert outbound.syntaxes_for(JPEGLosslessSV1) == [
         [JPEGLosslessSV1], [JPEGLossless], UNCOMPRESSED]
 
 
 def test_syntaxes_for_jpeg_lossless_process14():
-    assert sender.syntaxes_for(JPEGLossless) == [[JPEGLossless], UNCOMPRESSED]
+    assert outbound.syntaxes_for(JPEGLossless) == [[JPEGLossless], UNCOMPRESSED]
 
 
 @pytest.mark.parametrize("stored", [JPEG2000, JPEG2000Lossless])
 def test_syntaxes_for_jpeg2000(stored):
-    assert sender.syntaxes_for(stored) == [[stored], UNCOMPRESSED]
+    assert outbound.syntaxes_for(stored) == [[stored], UNCOMPRESSED]
 
 
 def test_syntaxes_for_deflate():
-    assert sender.syntaxes_for(DeflatedExplicitVRLittleEndian) == [
+    assert outbound.syntaxes_for(DeflatedExplicitVRLittleEndian) == [
         [DeflatedExplicitVRLittleEndian], UNCOMPRESSED]
 
 
 def test_syntaxes_for_unknown_stored_syntax():
-    assert sender.syntaxes_for("") == [UNCOMPRESSED]
+    assert outbound.syntaxes_for("") == [UNCOMPRESSED]
 
 
 def test_syntaxes_for_returns_fresh_lists():
-    first = sender.syntaxes_for(ExplicitVRLittleEndian)
+    first = outbound.syntaxes_for(ExplicitVRLittleEndian)
     first[-1].append("mutated")
-    assert sender.syntaxes_for(ExplicitVRLittleEndian) == [[ExplicitVRLittleEndian],
+    assert outbound.syntaxes_for(ExplicitVRLittleEndian) == [[ExplicitVRLittleEndian],
                                                            UNCOMPRESSED]
 
 
@@ -155,12 +156,12 @@ def test_syntaxes_for_returns_fresh_lists():
 
 
 def test_plan_batch_empty():
-    assert sender.plan_batch([]) == ([], [])
+    assert outbound.plan_batch([]) == ([], [])
 
 
 def test_plan_batch_shares_contexts_for_same_class_and_syntax():
     due = [make_job(CT, ExplicitVRLittleEndian, sop=f"1.{n}") for n in range(5)]
-    batch, contexts = sender.plan_batch(due)
+    batch, contexts = outbound.plan_batch(due)
     assert batch == due
     assert contexts == [(CT, [ExplicitVRLittleEndian]), (CT, UNCOMPRESSED)]
 
@@ -174,7 +175,7 @@ def test_plan_batch_distinct_classes_and_syntaxes():
         make_job(SC, JPEGLosslessSV1, sop="1.5"),
         make_job(SC, JPEGLosslessSV1, sop="1.6"),
     ]
-    batch, contexts = sender.plan_batch(due)
+    batch, contexts = outbound.plan_batch(due)
     assert batch == due
     assert contexts == [
         (CT, [ExplicitVRLittleEndian]),
@@ -191,7 +192,7 @@ def test_plan_batch_distinct_classes_and_syntaxes():
 
 
 def test_plan_batch_stops_at_max_contexts(monkeypatch):
-    monkeypatch.setattr(sender, "MAX_CONTEXTS", 4)
+    monkeypatch.setattr(outbound, "MAX_CONTEXTS", 4)
     due = [
         make_job(CT, ExplicitVRLittleEndian, sop="1.1"),  # 2 contexts
         make_job(MR, JPEG2000, sop="1.2"),  # 2 more: 4
@@ -199,38 +200,38 @@ def test_plan_batch_stops_at_max_contexts(monkeypatch):
         make_job(SC, ExplicitVRLittleEndian, sop="1.4"),  # 2 more: 6 > 4, stop
         make_job(CT, ExplicitVRLittleEndian, sop="1.5"),  # after the stop: not taken
     ]
-    batch, contexts = sender.plan_batch(due)
+    batch, contexts = outbound.plan_batch(due)
     assert batch == due[:3]
     assert len(contexts) == 4
     assert (SC, UNCOMPRESSED) not in contexts
 
 
 def test_plan_batch_never_splits_a_jobs_contexts(monkeypatch):
-    monkeypatch.setattr(sender, "MAX_CONTEXTS", 4)
+    monkeypatch.setattr(outbound, "MAX_CONTEXTS", 4)
     due = [make_job(CT, ExplicitVRLittleEndian, sop="1.1"),
            make_job(SC, JPEGLosslessSV1, sop="1.2")]  # needs 3 contexts
-    batch, contexts = sender.plan_batch(due)
+    batch, contexts = outbound.plan_batch(due)
     assert batch == due[:1]
     assert contexts == [(CT, [ExplicitVRLittleEndian]), (CT, UNCOMPRESSED)]
 
 
 def test_plan_batch_stops_at_batch_max(monkeypatch):
-    monkeypatch.setattr(sender, "BATCH_MAX", 3)
+    monkeypatch.setattr(outbound, "BATCH_MAX", 3)
     due = [make_job(CT, ExplicitVRLittleEndian, sop=f"1.{n}") for n in range(7)]
-    batch, contexts = sender.plan_batch(due)
+    batch, contexts = outbound.plan_batch(due)
     assert batch == due[:3]
     assert contexts == [(CT, [ExplicitVRLittleEndian]), (CT, UNCOMPRESSED)]
 
 
 def test_plan_batch_contexts_cover_every_job_in_batch(monkeypatch):
-    monkeypatch.setattr(sender, "MAX_CONTEXTS", 5)
+    monkeypatch.setattr(outbound, "MAX_CONTEXTS", 5)
     due = [make_job(cls, ts, sop=f"1.{n}") for n, (cls, ts) in enumerate([
         (CT, JPEGLosslessSV1), (CT, ExplicitVRLittleEndian), (MR, JPEG2000),
         (SC, ExplicitVRLittleEndian)])]
-    batch, contexts = sender.plan_batch(due)
+    batch, contexts = outbound.plan_batch(due)
     proposed = {(cls, tuple(ts)) for cls, ts in contexts}
     assert len(contexts) <= 5
-    assert all(sender._fits(job, proposed) for job in batch)
+    assert all(outbound.fits(job, proposed) for job in batch)
     assert batch == due[:2]
 
 
@@ -239,80 +240,80 @@ def test_plan_batch_contexts_cover_every_job_in_batch(monkeypatch):
 
 def test_route_file_when_stored_syntax_accepted():
     accepted = {(CT, ExplicitVRLittleEndian)}
-    assert sender.choose_route(CT, ExplicitVRLittleEndian, accepted) == Route("file")
+    assert outbound.choose_route(CT, ExplicitVRLittleEndian, accepted) == Route("file")
 
 
 def test_route_file_for_compressed_accepted_as_stored():
     accepted = {(CT, JPEG2000), (CT, ExplicitVRLittleEndian)}
-    assert sender.choose_route(CT, JPEG2000, accepted).kind == "file"
+    assert outbound.choose_route(CT, JPEG2000, accepted).kind == "file"
 
 
 def test_route_file_for_sv1_accepted_as_stored():
     accepted = {(SC, JPEGLosslessSV1), (SC, JPEGLossless)}
-    assert sender.choose_route(SC, JPEGLosslessSV1, accepted).kind == "file"
+    assert outbound.choose_route(SC, JPEGLosslessSV1, accepted).kind == "file"
 
 
 def test_route_relabel_sv1_as_process14():
     accepted = {(SC, JPEGLossless)}
-    assert sender.choose_route(SC, JPEGLosslessSV1, accepted) == Route("relabel")
+    assert outbound.choose_route(SC, JPEGLosslessSV1, accepted) == Route("relabel")
 
 
 def test_route_relabel_preferred_over_decompress():
     accepted = {(SC, JPEGLossless), (SC, ExplicitVRLittleEndian)}
-    assert sender.choose_route(SC, JPEGLosslessSV1, accepted).kind == "relabel"
+    assert outbound.choose_route(SC, JPEGLosslessSV1, accepted).kind == "relabel"
 
 
 @pytest.mark.parametrize("stored", [JPEG2000, JPEGLosslessSV1, JPEGBaseline8Bit, JPEGLossless])
 def test_route_decompress_when_only_uncompressed_accepted(stored):
     accepted = {(CT, ExplicitVRLittleEndian)}
-    assert sender.choose_route(CT, stored, accepted) == Route(
+    assert outbound.choose_route(CT, stored, accepted) == Route(
         "decompress", target=ExplicitVRLittleEndian)
 
 
 def test_route_decompress_prefers_little_endian():
     accepted = {(CT, ExplicitVRBigEndian), (CT, ImplicitVRLittleEndian)}
-    assert sender.choose_route(CT, JPEG2000, accepted).target == ImplicitVRLittleEndian
+    assert outbound.choose_route(CT, JPEG2000, accepted).target == ImplicitVRLittleEndian
 
 
 def test_route_reencode_implicit_to_explicit():
     accepted = {(CT, ExplicitVRLittleEndian)}
-    assert sender.choose_route(CT, ImplicitVRLittleEndian, accepted).kind == "reencode"
+    assert outbound.choose_route(CT, ImplicitVRLittleEndian, accepted).kind == "reencode"
 
 
 def test_route_reencode_explicit_to_implicit():
     accepted = {(CT, ImplicitVRLittleEndian)}
-    assert sender.choose_route(CT, ExplicitVRLittleEndian, accepted).kind == "reencode"
+    assert outbound.choose_route(CT, ExplicitVRLittleEndian, accepted).kind == "reencode"
 
 
 def test_route_reencode_deflate_to_uncompressed():
     accepted = {(CT, ExplicitVRLittleEndian)}
-    route = sender.choose_route(CT, DeflatedExplicitVRLittleEndian, accepted)
+    route = outbound.choose_route(CT, DeflatedExplicitVRLittleEndian, accepted)
     assert route .kind == "reencode"
 
 
 def test_route_other_class_accepted_does_not_count():
     accepted = {(MR, ExplicitVRLittleEndian), (MR, JPEG2000)}
-    route = sender.choose_route(CT, JPEG2000, accepted)
+    route = outbound.choose_route(CT, JPEG2000, accepted)
     assert route.kind == "refuse"
 
 
 def test_route_refuse_when_class_rejected():
     accepted = {(MR, ExplicitVRLittleEndian)}
-    route = sender.choose_route(CT, ExplicitVRLittleEndian, accepted)
+    route = outbound.choose_route(CT, ExplicitVRLittleEndian, accepted)
     assert route.kind == "refuse"
     assert CT in route.reason
     assert "SOP class" in route.reason
 
 
 def test_route_refuse_when_nothing_accepted():
-    route = sender.choose_route(CT, ExplicitVRLittleEndian, set())
+    route = outbound.choose_route(CT, ExplicitVRLittleEndian, set())
     assert route.kind == "refuse"
     assert CT in route.reason
 
 
 def test_route_refuse_when_only_unusable_compressed_syntax_accepted():
     accepted = {(CT, JPEGBaseline8Bit)}
-    route = sender.choose_route(CT, JPEG2000, accepted)
+    route = outbound.choose_route(CT, JPEG2000, accepted)
     assert route.kind == "refuse"
     assert JPEG2000 in route.reason
     assert CT in route.reason
@@ -321,7 +322,7 @@ def test_route_refuse_when_only_unusable_compressed_syntax_accepted():
 
 def test_route_refuse_process14_not_relabelled_to_sv1():
     # .57 is not a valid SV1 stream in general: no relabelling that way.
-    route = sender.choose_route(SC, JPEGLossless, {(SC, JPEGLosslessSV1)})
+    route = outbound.choose_route(SC, JPEGLossless, {(SC, JPEGLosslessSV1)})
     assert route.kind == "refuse"
     assert JPEGLossless in route.reason
 
@@ -339,23 +340,23 @@ def test_test_files_are_what_we_expect():
 
 
 def test_prepare_file_returns_the_path():
-    assert sender.prepare(JPEG_SV1, Route("file")) == JPEG_SV1
-    assert sender.prepare(RTDOSE, Route("file")) is RTDOSE
+    assert outbound.prepare(JPEG_SV1, Route("file")) == JPEG_SV1
+    assert outbound.prepare(RTDOSE, Route("file")) is RTDOSE
 
 
 def test_prepare_file_does_not_read():
     missing = Path("/nonexistent/echoes/object.dcm")
-    assert sender.prepare(missing, Route("file")) == missing
+    assert outbound.prepare(missing, Route("file")) == missing
 
 
 def test_prepare_missing_file_raises_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
-        sender.prepare(tmp_path / "gone.dcm", Route("reencode"))
+        outbound.prepare(tmp_path / "gone.dcm", Route("reencode"))
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # an invalid UI value in rtdose.dcm
 def test_prepare_reencode_implicit():
-    ds = sender.prepare(RTDOSE, Route("reencode"))
+    ds = outbound.prepare(RTDOSE, Route("reencode"))
     assert isinstance(ds, Dataset)
     assert ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
     assert ds.SOPInstanceUID == dcmread(RTDOSE).SOPInstanceUID
@@ -366,7 +367,7 @@ def test_prepare_reencode_implicit():
 
 def test_prepare_relabel_sv1_as_process14():
     original = dcmread(JPEG_SV1)
-    ds = sender.prepare(JPEG_SV1, Route("relabel"))
+    ds = outbound.prepare(JPEG_SV1, Route("relabel"))
     assert isinstance(ds, Dataset)
     assert ds.file_meta.TransferSyntaxUID == JPEGLossless
     assert ds.PixelData == original.PixelData
@@ -376,7 +377,7 @@ def test_prepare_relabel_sv1_as_process14():
 def test_prepare_decompress_sv1():
     original = dcmread(JPEG_SV1)
     expected = original.pixel_array
-    ds = sender.prepare(JPEG_SV1, Route("decompress"))
+    ds = outbound.prepare(JPEG_SV1, Route("decompress"))
     assert isinstance(ds, Dataset)
     assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert ds.SOPInstanceUID == original.SOPInstanceUID
@@ -406,9 +407,9 @@ def test_decompress_route_without_pixel_data_reencodes(syntax, tmp_path):
     dataset.save_as(path, enforce_file_format=True)
     job = make_job(dataset.SOPClassUID, JPEG2000Lossless, dataset.SOPInstanceUID)
     accepted = {(job.sop_class_uid, syntax)}
-    route = sender.choose_route(job.sop_class_uid, JPEG2000Lossless, accepted)
+    route = outbound.choose_route(job.sop_class_uid, JPEG2000Lossless, accepted)
     assert route == Route("decompress", target=syntax)
-    sent_in, data = sender.payload(job, route, sender.prepare(path, route), accepted)
+    sent_in, data = outbound.payload(job, route, outbound.prepare(path, route), accepted)
     uid = pydicom.uid.UID(syntax)
     arrived = decode(data, uid.is_implicit_VR, uid.is_little_endian)
     assert sent_in == syntax
@@ -423,7 +424,7 @@ def reencoded_pixels(source: Path, syntax: str) -> np.ndarray:
     pynetdicom's send_c_store encodes a Dataset with dsutils.encode in the
     accepted uncompressed syntax; decode those bytes as the peer would.
     """
-    prepared = sender.prepare(source, Route("reencode", target=syntax))
+    prepared = outbound.prepare(source, Route("reencode", target=syntax))
     uid = pydicom.uid.UID(syntax)
     data = encode(prepared, uid.is_implicit_VR, uid.is_little_endian)
     assert data
@@ -446,7 +447,7 @@ DEFLATED = TEST_FILES / "image_dfl.dcm"  # Deflated Explicit VR Little Endian
 def test_prepare_reencode_deflate():
     original = dcmread(DEFLATED)
     assert original.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
-    ds = sender.prepare(DEFLATED, Route("reencode"))
+    ds = outbound.prepare(DEFLATED, Route("reencode"))
     assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert np.array_equal(reencoded_pixels(DEFLATED, ExplicitVRLittleEndian),
                           original.pixel_array)
@@ -457,7 +458,7 @@ BIG_ENDIAN = TEST_FILES / "rtdose_expb.dcm"  # Explicit VR Big Endian, 32-bit OW
 
 def test_prepare_reencode_big_endian_is_labelled_big_endian():
     assert dcmread(BIG_ENDIAN).file_meta.TransferSyntaxUID == ExplicitVRBigEndian
-    ds = sender.prepare(BIG_ENDIAN, Route("reencode"))
+    ds = outbound.prepare(BIG_ENDIAN, Route("reencode"))
     assert ds.file_meta.TransferSyntaxUID == ExplicitVRBigEndian
 
 
@@ -466,7 +467,7 @@ def test_big_endian_stored_is_reencoded_when_peer_picks_little_endian():
     # a peer that picks Explicit VR Little Endian gets route "reencode".
     sop_class = str(dcmread(BIG_ENDIAN).SOPClassUID)
     accepted = {(sop_class, ExplicitVRLittleEndian)}
-    assert sender.choose_route(sop_class, ExplicitVRBigEndian, accepted).kind == "reencode"
+    assert outbound.choose_route(sop_class, ExplicitVRBigEndian, accepted).kind == "reencode"
 
 
 MR_BIG_ENDIAN = TEST_FILES / "MR_small_bigendian.dcm"  # Explicit VR Big Endian, 16-bit OW
@@ -487,7 +488,7 @@ def test_reencode_to_big_endian_and_back_is_lossless(source, tmp_path):
     (A byte-order neutral check for 32-bit OW too, where pydicom and dcmtk
     read big endian differently; test_conversion holds the sender to dcmtk's.)
     """
-    prepared = sender.prepare(source, Route("reencode", target=ExplicitVRBigEndian))
+    prepared = outbound.prepare(source, Route("reencode", target=ExplicitVRBigEndian))
     there = decode(BytesIO(encode(prepared, False, False)), False, False)
     there.file_meta = FileMetaDataset()
     there.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
@@ -495,7 +496,7 @@ def test_reencode_to_big_endian_and_back_is_lossless(source, tmp_path):
     there.file_meta.MediaStorageSOPInstanceUID = there.SOPInstanceUID
     path = tmp_path / "big.dcm"
     there.save_as(path, enforce_file_format=True)
-    back = sender.prepare(path, Route("reencode", target=ExplicitVRLittleEndian))
+    back = outbound.prepare(path, Route("reencode", target=ExplicitVRLittleEndian))
     data = encode(back, False, True)
     assert decode(BytesIO(data), False, True).PixelData == dcmread(source).PixelData
 
@@ -524,7 +525,7 @@ def test_odd_deflated_data_set_goes_out_as_even_fragments(length, tmp_path):
     path.write_bytes(part10.part10_header(CT, "1.2.3.4", DeflatedExplicitVRLittleEndian,
                                             "1.2.3", "TEST") + data[:length])
     job = make_job(CT, DeflatedExplicitVRLittleEndian)
-    syntax, data_set = sender.payload(job, Route("file"), path, set())
+    syntax, data_set = outbound.payload(job, Route("file"), path, set())
     assert syntax == DeflatedExplicitVRLittleEndian
     with data_set:
         stream = b"".join(pdu.p_data_stream(1, b"cmd!", data_set, 22, group_bytes=32))
@@ -537,7 +538,7 @@ def test_even_deflated_data_set_is_not_padded(tmp_path):
     path = tmp_path / "deflated.dcm"
     path.write_bytes(part10.part10_header(CT, "1.2.3.4", DeflatedExplicitVRLittleEndian,
                                             "1.2.3", "TEST") + b"ab" * 40)
-    syntax, data_set = sender.payload(make_job(CT, DeflatedExplicitVRLittleEndian),
+    syntax, data_set = outbound.payload(make_job(CT, DeflatedExplicitVRLittleEndian),
                                       Route("file"), path, set())
     with data_set:
         assert data_set.read() == b"ab" * 40
@@ -568,11 +569,11 @@ def test_done_jobs_are_pruned_after_keep_done_hours(tmp_path):
 
 
 def test_studies_sent_names_each_study_and_count() -> None:
-    assert sender.studies_sent(Counter()) == ""
-    assert sender.studies_sent(Counter({"1.2.3": 20, "1.2.4": 1})) == (
+    assert outbound.studies_sent(Counter()) == ""
+    assert outbound.studies_sent(Counter({"1.2.3": 20, "1.2.4": 1})) == (
         "; studies 1.2.3 (20), 1.2.4 (1)")
-    many = Counter({f"1.2.{n}": 100 - n for n in range(sender.STUDIES_LOGGED + 3)})
-    line = sender.studies_sent(many)
+    many = Counter({f"1.2.{n}": 100 - n for n in range(outbound.STUDIES_LOGGED + 3)})
+    line = outbound.studies_sent(many)
     assert line.startswith("; studies 1.2.0 (100), 1.2.1 (99)")
-    assert line.count("(") == sender.STUDIES_LOGGED
+    assert line.count("(") == outbound.STUDIES_LOGGED
     assert line.endswith(" and 3 more")

@@ -29,7 +29,7 @@ from echoes.dicom.part10 import read_meta
 from echoes.dicom.transport import PDUReader
 from echoes.processes import sender
 from echoes.queue import jobs
-from echoes.services import dicom_settings
+from echoes.services import dicom_settings, outbound
 from echoes.storage import spool
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
@@ -126,7 +126,7 @@ def test_abort_blames_the_object_on_the_wire_only(tmp_path: Path, peers: list) -
     assert worker.isolated() == {queued[2].id}
 
     # Its retry goes on an association of its own, never in front of new jobs.
-    assert sender.plan_batch([store.read(job.id) for job in queued[2:]],
+    assert outbound.plan_batch([store.read(job.id) for job in queued[2:]],
                              worker.isolated())[0] == [store.read(queued[2].id)]
     store.write(jobs.retried(store.read(queued[2].id), time.time()))
     holder.clear()  # the peer takes it now

@@ -788,7 +788,7 @@ def test_http_bind_defaults_to_loopback_only(tmp_path: Path) -> None:
 
 
 def _run_web(config: config_module.Config, sock: socket.socket) -> subprocess.Popen:
-    code = ("import sys; from echoes import config; from echoes.web import run; "
+    code = ("import sys; from echoes import config; from echoes.processes.web import run; "
             f"sys.exit(run(config.load({str(config.path)!r}), {sock.fileno()}))")
     return subprocess.Popen([sys.executable, "-c", code], pass_fds=(sock.fileno(),),
                             stderr=subprocess.PIPE)

@@ -14,12 +14,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import signal
 import socket
 import socketserver
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,65 +167,3 @@ def _refuse_connection(request: socket.socket, client_address: tuple, role: str)
         pass
     log.warning("rejected association from %s:%s on the %s port: address not in "
                 "allowed_networks", client_address[0], client_address[1], role)
-
-
-def serve(service: Any, settings: PortSettings, listen_fd: int,
-          on_hangup: Callable[[AssociationServer], None] | None = None) -> AssociationServer:
-    """Serve ``service`` on the listening socket ``listen_fd`` until SIGTERM/SIGINT,
-    then let open associations finish (up to ``drain_seconds``).
-
-    SIGHUP calls ``on_hangup`` with the server (in the main thread), which
-    re-reads what it needs and applies new rules with
-    :meth:`AssociationServer.configure`.  Returns the stopped server.
-    """
-    server = AssociationServer(service, settings, listen_fd)
-
-    def hangup() -> None:
-        if on_hangup is not None:
-            on_hangup(server)
-
-    def drain_seconds() -> float:
-        assert server.port_settings is not None
-        return server.port_settings.drain_seconds
-
-    _run_until_stopped(server, settings.association.ae_title, drain_seconds, hangup)
-    return server
-
-
-def _run_until_stopped(server: Any, ae_title: str, drain_seconds: Callable[[], float],
-                       on_hangup: Callable[[], None] | None) -> None:
-    """Accept in a thread; in the main thread wait for signals, then drain.
-
-    SIGHUP is never fatal to a worker: it runs ``on_hangup`` here, in the main
-    thread (logging takes locks, so not in the signal handler).
-    """
-    stop = threading.Event()
-    hangup = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-
-    def on_sighup(*_: object) -> None:
-        hangup.set()
-        stop.set()  # wakes the loop below
-
-    signal.signal(signal.SIGHUP, on_sighup)
-    thread = threading.Thread(target=server.serve_forever, name="accept", daemon=True)
-    thread.start()
-    log.info("%s serving on %s:%d (pid %d)", ae_title, *server.server_address[:2], os.getpid())
-    while True:
-        stop.wait()
-        if hangup.is_set():
-            hangup.clear()
-            stop.clear()
-            if on_hangup is not None:
-                on_hangup()
-            continue
-        break
-    server.shutdown()
-    server.server_close()
-    deadline = time.monotonic() + drain_seconds()
-    while server.active_associations and time.monotonic() < deadline:
-        time.sleep(0.05)
-    left = len(server.active_associations)
-    if left:
-        log.warning("%d associations still open at exit (pid %d)", left, os.getpid())

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from watchdog.events import FileCreatedEvent, FileSystemEventHandler
@@ -39,11 +39,11 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyEmitter
 from watchdog.observers.inotify_c import InotifyConstants, Mask
 
-from echoes import logs
 from echoes.config import Config, Reloader
 from echoes.index import open_index
 from echoes.index.record import InstanceRecord, read_record
 from echoes.ops import integrity
+from echoes.processes.worker import Worker
 from echoes.queue import jobs, open_job_store
 from echoes.storage import durable, spool
 from echoes.storage.objects import open_object_store
@@ -64,6 +64,10 @@ GATHER_SECONDS = 0.05
 
 class Ingester:
     """Turns spooled files into archived, indexed objects, a batch at a time."""
+
+    #: Called per object and per batch: the ingester process's heartbeat
+    #: (see echoes.processes.worker.Heartbeat); nothing elsewhere.
+    beat: Callable[[], None] = staticmethod(lambda: None)
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -90,6 +94,7 @@ class Ingester:
         latest: dict[str, tuple[InstanceRecord, Path]] = {}
         superseded: list[Path] = []
         for path in paths:
+            self.beat()
             try:
                 record = read_record(path)
             except FileNotFoundError:
@@ -141,6 +146,7 @@ class Ingester:
         """
         total = 0
         while stop is None or not stop.is_set():
+            self.beat()
             started = time.monotonic()
             pending = spool.pending_incoming(self.layout)[:BATCH_MAX]
             if not pending:
@@ -186,48 +192,59 @@ def watch_arrivals(folder: Path, wake: threading.Event) -> BaseObserver:
     return observer
 
 
-def run(config: Config) -> int:
-    """The ingester process: drain, then wait for more, until SIGTERM."""
-    ingester = Ingester(config)
-    stop = threading.Event()
-    wake = threading.Event()
+class IngesterWorker(Worker):
+    """The ingester process: drain, then wait for more, until SIGTERM; then drain again.
 
-    def request_stop(*_args) -> None:
-        stop.set()
-        wake.set()
+    The loop beats the heartbeat (per object read, per batch, and while it
+    waits), so an ingester stuck in it falls silent and is restarted.
+    """
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    hangup = threading.Event()
+    role = "ingester"
 
-    def request_reload(*_args) -> None:
-        ingester.reloader.request()
-        hangup.set()
-        wake.set()
+    def start(self) -> None:
+        config = self.config
+        self.ingester = ingester = Ingester(config)
+        ingester.beat = self.heartbeat.beat
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self.observer = watch_arrivals(ingester.layout.incoming, self.wake)
+        log.info("ingester watching %s", ingester.layout.incoming)
+        self.loop = self.spawn(self.ingest, "ingest")
 
-    signal.signal(signal.SIGHUP, request_reload)
-    observer = watch_arrivals(ingester.layout.incoming, wake)
-    log.info("ingester watching %s", ingester.layout.incoming)
-    try:
-        while not stop.is_set():
-            wake.clear()
-            if hangup.is_set():
-                hangup.clear()
-                logs.reload(config, "ingester")
-            try:
-                ingester.drain(stop)
-                outcome = integrity.serve_request(config, ingester.index)
-                if outcome is not None:
-                    log.info("reindex done: %s", outcome)
-            except OSError as exc:
-                log.error("ingest paused: %s; retrying in %.0f s", exc, SWEEP_SECONDS)
-                stop.wait(SWEEP_SECONDS)
-            if wake.wait(SWEEP_SECONDS):
-                stop.wait(GATHER_SECONDS)
-        # Whatever was acknowledged before the stop is archived before exit.
-        ingester.drain()
-    finally:
-        observer.stop()
-        observer.join(5)
-        ingester.index.close()
-    return 0
+    def ingest(self) -> None:
+        """The loop: runs on its own thread until stop()."""
+        config, ingester = self.config, self.ingester
+        stop, wake, heartbeat = self.stopping, self.wake, self.heartbeat
+        try:
+            while not stop.is_set():
+                wake.clear()
+                try:
+                    ingester.drain(stop)
+                    with heartbeat.covering():  # a reindex is one long call
+                        outcome = integrity.serve_request(config, ingester.index)
+                    if outcome is not None:
+                        log.info("reindex done: %s", outcome)
+                except OSError as exc:
+                    log.error("ingest paused: %s; retrying in %.0f s", exc, SWEEP_SECONDS)
+                    heartbeat.wait(stop, SWEEP_SECONDS)
+                if heartbeat.wait(wake, SWEEP_SECONDS):
+                    stop.wait(GATHER_SECONDS)
+            # Whatever was acknowledged before the stop is archived before exit.
+            ingester.drain()
+        finally:
+            self.observer.stop()
+            self.observer.join(5)
+            ingester.index.close()
+
+    def reload(self, _fresh: Config) -> None:
+        self.ingester.reloader.request()  # the forwarding destinations, at the next batch
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+        self.loop.join()
+
+
+def run(config: Config, listen_fd: int = -1) -> int:
+    """The ingester process until SIGTERM (``listen_fd``: none, the ingester has no port)."""
+    return IngesterWorker(config, listen_fd).main()

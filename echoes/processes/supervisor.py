@@ -1,12 +1,21 @@
 """Supervisor: starts, watches and restarts every echoes process.
 
-The one place that handles process signals for the whole server.  It binds
+It takes the signals meant for the whole server (the children's own
+handling is the worker base's, :mod:`echoes.processes.worker`).  It binds
 the store port once and passes the listening socket to each store worker
 (so the port never closes while a worker restarts), then runs each role of
 ``ROLES`` as a child ``python -m echoes _worker ROLE``.  A child that exits is
 started again at once (after a short back-off when it keeps dying) and the
 event is logged.  SIGTERM or SIGINT stops the store workers first (no new
 objects), then the ingester (which drains the spool), then the rest.
+
+Each child gets the write end of a pipe of its own and beats on it
+(:class:`echoes.processes.worker.Heartbeat`).  A child silent for
+``heartbeat_timeout`` seconds is hung (stopped, deadlocked, stuck in a
+loop): it is killed with SIGKILL, which never waits on the child, logged as
+an ERROR, and restarted as any child that exits.  What it acknowledged is
+safe: the spool and the job files are the truth, and the ingester's work is
+idempotent.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from dataclasses import dataclass, field
 
 from echoes import logs
 from echoes.config import RESTART_KEYS, Config, Reloader, changed_keys, restart_needed
+from echoes.processes.worker import HEARTBEAT_FD, set_title
 from echoes.storage import spool
 
 log = logging.getLogger("echoes.supervisor")
@@ -58,37 +68,11 @@ REBIND_SECONDS = 2.0
 #: A child that lived shorter than this is restarted after a back-off.
 HEALTHY_SECONDS = 5.0
 MAX_BACKOFF = 1.5
+#: A child that has not beaten yet (Python starting, imports) is given at
+#: least this long before heartbeat_timeout applies to it.
+FIRST_BEAT_SECONDS = 15.0
 POLL_SECONDS = 0.1
 STOP_GRACE_SECONDS = 30.0
-
-
-def die_with_parent() -> None:
-    """In a child: get SIGTERM when the supervisor dies, even by kill -9.
-
-    Without it, workers orphaned by a killed supervisor keep the DICOM ports
-    and a restarted supervisor could not bind them.  SIGTERM (not SIGKILL)
-    so the orphans still finish what they acknowledged.  Linux only
-    (prctl PR_SET_PDEATHSIG); elsewhere a no-op.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the supervisor died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def set_title(role: str) -> None:
-    """Name this process ``echoes: ROLE`` for ps and top."""
-    try:
-        import setproctitle
-
-        setproctitle.setproctitle(f"echoes: {role}")
-    except ImportError:  # pragma: no cover - a declared dependency
-        pass
 
 
 @dataclass
@@ -102,6 +86,14 @@ class Child:
     failures: int = 0
     not_before: float = 0.0
     argv: list[str] = field(default_factory=list)
+    #: read end of the child's heartbeat pipe (-1: none open)
+    heartbeat: int = -1
+    #: when the child last beat, or was started (time.monotonic)
+    beaten: float = 0.0
+    #: whether it has beaten at all since it was started
+    has_beaten: bool = False
+    #: killed for its silence, not reaped yet: not killed again
+    silenced: bool = False
 
 
 def bind_socket(address: str, port: int) -> socket.socket:
@@ -177,6 +169,10 @@ class Supervisor:
         self.sockets: dict[str, socket.socket] = {}
         #: optional role -> when its busy port is tried next (time.monotonic)
         self.waiting: dict[str, float] = {}
+        #: seconds of silence after which a child is killed (applied on SIGHUP)
+        self.heartbeat_timeout = config.heartbeat_timeout
+        #: when watch_once last ran (time.monotonic)
+        self.watched = time.monotonic()
 
     def _argv(self, role: str) -> list[str]:
         argv = [sys.executable, "-m", "echoes", "--config", str(self.config.path),
@@ -187,9 +183,49 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         pass_fds = (self.sockets[child.role].fileno(),) if child.role in self.sockets else ()
-        child.process = subprocess.Popen(self._argv(child.role), pass_fds=pass_fds)
-        child.started = time.monotonic()
+        # Non-blocking at both ends (the flag is the pipe's, shared with the
+        # child): a child never waits on a supervisor that is behind, and
+        # the supervisor never waits on a silent child.
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        os.set_blocking(write_end, False)
+        try:
+            child.process = subprocess.Popen(
+                self._argv(child.role), pass_fds=(*pass_fds, write_end),
+                env={**os.environ, HEARTBEAT_FD: str(write_end)})
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        child.heartbeat = read_end
+        child.started = child.beaten = time.monotonic()
+        child.has_beaten = child.silenced = False
         log.info("started %s[%d] pid %d", child.role, child.slot, child.process.pid)
+
+    def _listen_to_heartbeat(self, child: Child, now: float) -> None:
+        """Note the child's beats; kill it (SIGKILL) when it has been silent too long."""
+        try:
+            if os.read(child.heartbeat, 4096):
+                child.beaten, child.has_beaten = now, True
+        except BlockingIOError:  # no beat since the last look
+            pass
+        silent = now - child.beaten
+        allowed = (self.heartbeat_timeout if child.has_beaten
+                   else max(self.heartbeat_timeout, FIRST_BEAT_SECONDS))
+        if silent < allowed or child.silenced or child.process is None:
+            return
+        log.error("%s[%d] pid %d silent for %.1f s (heartbeat_timeout %g s): hung; "
+                  "killing it (SIGKILL) and starting it again", child.role, child.slot,
+                  child.process.pid, silent, self.heartbeat_timeout)
+        child.process.kill()
+        child.silenced = True
+
+    @staticmethod
+    def _close_heartbeat(child: Child) -> None:
+        if child.heartbeat >= 0:
+            os.close(child.heartbeat)
+            child.heartbeat = -1
 
     def start(self) -> None:
         """Create folders, bind ports, start every child."""
@@ -245,15 +281,23 @@ class Supervisor:
             self._start_role(role)
 
     def watch_once(self) -> None:
-        """Restart any child that has exited (called every POLL_SECONDS)."""
+        """Restart any child that has exited or fallen silent (called every POLL_SECONDS)."""
         now = time.monotonic()
+        if now - self.watched > self.heartbeat_timeout / 2:
+            # The supervisor itself did not run (stopped, starved): the
+            # children's silence since is not theirs to answer for.
+            for child in self.children:
+                child.beaten = now
+        self.watched = now
         if self.waiting:
             self._retry_ports(now)
         for child in self.children:
             process = child.process
             if process is not None and process.poll() is None:
+                self._listen_to_heartbeat(child, now)
                 continue
             if process is not None:
+                self._close_heartbeat(child)
                 lived = now - child.started
                 child.failures = 0 if lived >= HEALTHY_SECONDS else child.failures + 1
                 delay = min(MAX_BACKOFF, 0.1 * 2**child.failures) if child.failures else 0.0
@@ -293,6 +337,8 @@ class Supervisor:
                 if code != 0:  # a clean stop is code 0: anything else is a bug to see
                     log.error("%s pid %d exited with %s while stopping", role, process.pid,
                               _describe_exit(code))
+        for child in self.children:
+            self._close_heartbeat(child)
         log.info("stopped")
 
     def forward_signal(self, signum: int) -> None:
@@ -340,6 +386,7 @@ def run(config: Config, on_started: Callable[[], None] | None = None) -> int:
                 previous = reloader.config
                 reloader.request()
                 fresh = reloader.current()
+                supervisor.heartbeat_timeout = fresh.heartbeat_timeout
                 logs.setup(fresh, "supervisor", to_stderr=logs.to_stderr())
                 applied = [name for name in changed_keys(previous, fresh)
                            if name not in RESTART_KEYS]

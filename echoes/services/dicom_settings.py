@@ -11,13 +11,8 @@ association to a configured AE (the sender, the Browser's verify button,
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from echoes.config import Config, RemoteAE
 from echoes.dicom import acceptor, requestor, server, tls
-from echoes.dicom.service import Port
-from echoes.services import verification
 
 
 def tls_files(config: Config) -> tls.TLSFiles | None:
@@ -52,30 +47,6 @@ def port_settings(config: Config, role: str, maximum_length: int) -> server.Port
         tls=tls_files(config),
         drain_seconds=config.dimse_timeout,
     )
-
-
-def serve(service: Any, config: Config, role: str, maximum_length: int, listen_fd: int,
-          on_hangup: Callable[[Config], None] | None = None) -> server.AssociationServer:
-    """Serve ``service`` and Verification (every port answers C-ECHO) on the
-    port of ``role`` until SIGTERM/SIGINT (:func:`echoes.dicom.server.serve`).
-
-    SIGHUP re-reads the configuration file, reopens the log and applies the
-    port's rules to new associations, then calls ``on_hangup`` with the fresh
-    configuration for what the service itself keeps.
-    """
-    from echoes import logs
-
-    current = [config]
-
-    def hangup(port: server.AssociationServer) -> None:
-        fresh = logs.reload(current[0], role)
-        port.configure(port_settings(fresh, role, maximum_length))
-        current[0] = fresh
-        if on_hangup is not None:
-            on_hangup(fresh)
-
-    port = Port(verification.service(), service)
-    return server.serve(port, port_settings(config, role, maximum_length), listen_fd, hangup)
 
 
 def destination(config: Config, remote: RemoteAE, timeout: float | None = None,

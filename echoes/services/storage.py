@@ -56,7 +56,6 @@ from echoes.dicom.dimse import (
 )
 from echoes.dicom.part10 import MalformedDataset, check_part10, uid_problem
 from echoes.dicom.syntax import DEFLATED
-from echoes.services import dicom_settings
 from echoes.storage import spool
 
 log = logging.getLogger("echoes.store")
@@ -325,22 +324,3 @@ def accepted_contexts() -> dict[str, frozenset[str]]:
     table = {sop_class: frozenset(sopclasses.STORE_TRANSFER_SYNTAXES)
              for sop_class in sopclasses.store_scp_classes()}
     return table
-
-
-def run(config: Config, listen_fd: int) -> int:
-    """Serve associations on ``listen_fd`` until SIGTERM; return the exit code."""
-    layout = spool.SpoolLayout(config.spool_dir)
-    layout.create()
-    spool.remove_dead_worker_tmp(layout)
-    folder = layout.worker_tmp(os.getpid())
-    folder.mkdir(parents=True, exist_ok=True)
-    service = StoreService(config, layout, folder)
-
-    def reload(fresh: Config) -> None:
-        service.config = fresh  # min_free_mb, for the objects received from now on
-
-    dicom_settings.serve(service, config, "store", RECEIVE_MAX_PDU, listen_fd, on_hangup=reload)
-    service.spares.close()
-    for leftover in folder.glob("*.part"):
-        leftover.unlink(missing_ok=True)
-    return 0

@@ -40,7 +40,6 @@ from echoes.dicom.dimse import (
     PENDING,
     SUCCESS,
 )
-from echoes.services import dicom_settings
 from echoes.worklist import files as worklist
 from echoes.worklist.match import QueryKey, Tree, compile_query
 
@@ -333,22 +332,3 @@ def load_directory(config: Config) -> worklist.WorklistDirectory:
              config.worklist_dir, len(directory), len(directory.invalid()),
              time.monotonic() - started)
     return directory
-
-
-def run(config: Config, listen_fd: int) -> int:
-    """Serve Modality Worklist on ``listen_fd`` until SIGTERM."""
-    directory = load_directory(config)
-    watcher = worklist.WorklistWatcher(directory)
-    watcher.start()
-    service = WorklistService(directory)
-
-    def reload(_fresh: Config) -> None:
-        directory.load()
-        log.info("worklist re-read on SIGHUP: %d items", len(directory))
-
-    try:
-        dicom_settings.serve(service, config, "mwl", RECEIVE_MAX_PDU, listen_fd,
-                             on_hangup=reload)
-    finally:
-        watcher.stop()
-    return 0

@@ -5,8 +5,8 @@ production WSGI server made of threads in one process, with no forking of
 its own, so it fits under the supervisor like the other roles (the
 supervisor binds ``http_bind:http_port`` once and passes the socket; a
 restarted web process serves on the same socket).  Nothing is served on an
-address other than ``http_bind``: :func:`run` refuses a socket bound
-elsewhere.
+address other than ``http_bind``: the ``web`` role
+(:mod:`echoes.processes.web`) refuses a socket bound elsewhere.
 
 Layout: :mod:`auth` (login, sessions, CSRF, security headers), :mod:`api`
 (JSON under ``/api/``), :mod:`pages` (HTML), :mod:`catalog` (the pure read
@@ -16,16 +16,12 @@ models), :mod:`state` (what the process keeps between requests).
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import socket
-import threading
 from typing import Any
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from echoes import logs
 from echoes.config import Config
 from echoes.web import api, auth, pages
 from echoes.web.state import WebState
@@ -113,50 +109,3 @@ def stop_server(server: Any) -> None:
 
     server.task_dispatcher.shutdown()
     server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
-
-
-def run(config: Config, listen_fd: int) -> int:
-    """Serve the Browser on the supervisor's socket until SIGTERM; the ``web`` role.
-
-    Refuses (exit 1, logged) a socket bound to another address than
-    ``http_bind``, so a wiring mistake never serves patient data to the
-    network.
-    """
-    sock = socket.socket(fileno=os.dup(listen_fd))
-    os.close(listen_fd)
-    bound = sock.getsockname()[0]
-    if bound != config.http_bind:
-        log.error("web: socket bound to %s, but http_bind is %s: not serving", bound,
-                  config.http_bind)
-        sock.close()
-        return 1
-    app = create_app(config)
-    app.extensions["echoes"].catalog.warm_up()
-    server = make_server(app, sock)
-
-    def stop(_signum: int, _frame: object) -> None:
-        raise SystemExit(0)  # waitress's loop catches it and shuts its threads down
-
-    hangup = threading.Event()
-
-    def reopen() -> None:  # logging takes locks: not from inside the signal handler
-        while True:
-            hangup.wait()
-            hangup.clear()
-            logs.reload(config, "web")
-
-    def request_reload(_signum: int, _frame: object) -> None:
-        app.extensions["echoes"].config_changed()
-        hangup.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGHUP, request_reload)
-    threading.Thread(target=reopen, name="web-hangup", daemon=True).start()
-    log.info("Browser on http://%s:%d/", config.http_bind, sock.getsockname()[1])
-    try:
-        server.run()
-    finally:
-        server.close()
-    log.info("web stopped")
-    return 0

@@ -1,0 +1,46 @@
+"""The ``store`` role: a store SCP worker process (``store_workers`` of them share the port).
+
+What it does with an object is :mod:`echoes.services.storage`'s; this shell
+makes the worker's spool folder, serves the port (:class:`DicomPort`) and,
+after the last association, removes what it leaves behind.
+"""
+
+from __future__ import annotations
+
+import os
+
+from echoes.config import Config
+from echoes.processes.port import DicomPort
+from echoes.services.storage import RECEIVE_MAX_PDU, StoreService
+from echoes.storage import spool
+
+
+class StoreWorker(DicomPort):
+    """Receives C-STORE into ``spool/tmp/<pid>/`` and publishes into ``spool/incoming``."""
+
+    role = "store"
+    maximum_length = RECEIVE_MAX_PDU
+
+    def service(self) -> StoreService:
+        config = self.config
+        layout = spool.SpoolLayout(config.spool_dir)
+        layout.create()
+        spool.remove_dead_worker_tmp(layout)
+        folder = layout.worker_tmp(os.getpid())
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.store = StoreService(config, layout, folder)
+        return self.store
+
+    def reconfigure(self, fresh: Config) -> None:
+        self.store.config = fresh  # min_free_mb, for the objects received from now on
+
+    def closed(self) -> None:
+        self.store.spares.close()
+        for leftover in self.folder.glob("*.part"):
+            leftover.unlink(missing_ok=True)
+
+
+def run(config: Config, listen_fd: int = -1) -> int:
+    """Serve associations on ``listen_fd`` until SIGTERM; return the exit code."""
+    return StoreWorker(config, listen_fd).main()
