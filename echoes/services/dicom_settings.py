@@ -2,10 +2,10 @@
 
 echoes.dicom imports nothing else from echoes: its ports, TLS contexts and
 outbound associations take dataclasses of plain values.  This module builds
-them from a :class:`~echoes.config.Config` (and an ``[ae:*]`` section), and
-wraps the two entry points that need a configuration besides: serving a
-port (SIGHUP re-reads the configuration and reopens the log) and opening an
-association to a configured AE (the sender, the Browser's verify button,
+them from a :class:`~echoes.config.Config` (and an ``[ae:*]`` section): a
+port's rules (:func:`port_settings`, at start and on every SIGHUP, by
+:mod:`echoes.processes.port`) and the way to a configured AE
+(:func:`associate`, :func:`verify`: the sender, the Browser's verify button,
 ``echoes start``/``check``).
 """
 

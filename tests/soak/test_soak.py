@@ -30,7 +30,7 @@ from pathlib import Path
 import psutil
 import pydicom
 import pytest
-from conftest import DCMTK_ENV, Server, free_port, make_dataset, write_config, write_part10
+from helpers import DCMTK_ENV, Server, free_port, make_dataset, write_config, write_part10
 from pydicom.uid import generate_uid
 
 from echoes import config as config_module
