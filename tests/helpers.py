@@ -17,6 +17,11 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
+from pynetdicom.pdu_primitives import (
+    SOPClassCommonExtendedNegotiation,
+    SOPClassExtendedNegotiation,
+    UserIdentityNegotiation,
+)
 
 from echoes import config as config_module
 from echoes.index import embedded as index
@@ -221,3 +226,30 @@ def tracebacks(server: Server) -> str:
         return ""
     start = output.find("Traceback")
     return output[start:start + 3000] if start >= 0 else ""
+
+
+# -- A-ASSOCIATE-RQ user information items a peer may add (pynetdicom's primitives) --
+
+
+def extended(sop_class: str) -> SOPClassExtendedNegotiation:
+    """A SOP Class Extended Negotiation item (echoes supports none: read past)."""
+    item = SOPClassExtendedNegotiation()
+    item.sop_class_uid = sop_class
+    item.service_class_application_information = b"\x01\x00"
+    return item
+
+
+def common(sop_class: str) -> SOPClassCommonExtendedNegotiation:
+    item = SOPClassCommonExtendedNegotiation()
+    item.sop_class_uid = sop_class
+    item.service_class_uid = "1.2.840.10008.4.2"
+    return item
+
+
+def identity() -> UserIdentityNegotiation:
+    item = UserIdentityNegotiation()
+    item.user_identity_type = 2
+    item.primary_field = b"user"
+    item.secondary_field = b"secret"
+    item.positive_response_requested = True
+    return item

@@ -8,10 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from helpers import Server, make_dataset, start_server, stop_server
+from helpers import Server, common, extended, identity, make_dataset, start_server, stop_server
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, build_role
-from test_unit_negotiation import common, extended, identity
 
 from echoes.dicom import pdu
 

@@ -6,15 +6,13 @@ identity read past.  Pure: PDUs built and read by pynetdicom as the independent 
 from __future__ import annotations
 
 import pytest
+from helpers import common, extended, identity
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
     ImplementationClassUIDNotification,
     MaximumLengthNotification,
     SCP_SCU_RoleSelectionNegotiation,
-    SOPClassCommonExtendedNegotiation,
-    SOPClassExtendedNegotiation,
-    UserIdentityNegotiation,
 )
 from pynetdicom.presentation import build_context
 
@@ -51,29 +49,6 @@ def request_bytes(extra: list) -> bytes:
     request = A_ASSOCIATE_RQ()
     request.from_primitive(primitive)
     return request.encode()
-
-
-def extended(sop_class: str) -> SOPClassExtendedNegotiation:
-    item = SOPClassExtendedNegotiation()
-    item.sop_class_uid = sop_class
-    item.service_class_application_information = b"\x01\x00"
-    return item
-
-
-def common(sop_class: str) -> SOPClassCommonExtendedNegotiation:
-    item = SOPClassCommonExtendedNegotiation()
-    item.sop_class_uid = sop_class
-    item.service_class_uid = "1.2.840.10008.4.2"
-    return item
-
-
-def identity() -> UserIdentityNegotiation:
-    item = UserIdentityNegotiation()
-    item.user_identity_type = 2
-    item.primary_field = b"user"
-    item.secondary_field = b"secret"
-    item.positive_response_requested = True
-    return item
 
 
 def answer(data: bytes) -> tuple[pdu.AssociateRequest, list[pdu.ContextResult],
