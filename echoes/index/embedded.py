@@ -43,8 +43,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from echoes.index.base import newest_first, query
+from echoes.index.instance import InstanceRecord
 from echoes.index.journal import JournalStorage, journal_path
-from echoes.index.record import InstanceRecord
 from echoes.index.tally import StudyTally
 from echoes.storage.durable import fsync_dir
 

@@ -11,7 +11,6 @@ nothing that runs.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,36 +24,10 @@ from pydicom.values import convert_value
 
 from echoes.dicom.part10 import MalformedDataset, check_part10, read_meta
 from echoes.dicom.syntax import DEFLATED as DEFLATED_SYNTAXES
+from echoes.index.instance import InstanceRecord
 from echoes.storage.objects import object_key
 
-
-@dataclass(frozen=True)
-class InstanceRecord:
-    """What the index keeps about one archived object."""
-
-    SOPInstanceUID: str
-    SOPClassUID: str
-    SeriesInstanceUID: str
-    StudyInstanceUID: str
-    PatientID: str = ""
-    PatientName: str = ""
-    PatientBirthDate: str = ""
-    PatientSex: str = ""
-    StudyDate: str = ""
-    StudyTime: str = ""
-    StudyDescription: str = ""
-    AccessionNumber: str = ""
-    ReferringPhysicianName: str = ""
-    StudyID: str = ""
-    Modality: str = ""
-    SeriesNumber: str = ""
-    SeriesDescription: str = ""
-    InstanceNumber: str = ""
-    TransferSyntaxUID: str = ""
-    path: str = ""
-    size: int = 0
-    received: str = ""
-    calling_ae: str = ""
+__all__ = ["InstanceRecord", "read_record", "received_time"]
 
 
 #: Header keywords copied into the index (the record's DICOM fields).
