@@ -1,17 +1,20 @@
-"""Issue 7's targets, echoes side by side with dcmtk and Orthanc, in one run.
+"""Issues 7 and 16's targets, echoes side by side with dcmtk and Orthanc, in one run.
 
 Why one command: the machine is small and noisy, so only ratios taken minutes
 apart in the same run mean anything.  Each row starts every system in turn
-(never two at once) on loopback, with a fresh empty store, sends the same
-corpus with dcmtk's ``storescu`` (``TCP_NODELAY=1`` unless the row is about
-Nagle), checks that every object arrived (files on disk for storescp,
-Orthanc's REST ``/statistics``, echoes' index), and turns the figures into
-PASS/FAIL against the targets.  One table goes to stdout and to
+(never two at once) on loopback, with a fresh empty store, idle before its
+clock starts, sends the same corpus with dcmtk's ``storescu``
+(``TCP_NODELAY=1`` unless the row is about Nagle) or, for one association per
+object, ``per_association.py`` (pynetdicom), checks that every object arrived
+(files on disk for storescp, Orthanc's REST ``/statistics``, files in echoes'
+archive folder), and turns the figures into PASS/FAIL against the targets.
+Each row runs ``--rounds`` times (3), the systems alternating; figures are
+medians with their spread.  One table goes to stdout and to
 ``bench/out/compare-<timestamp>.txt``.
 
 Rows (``--only`` takes these names): ingest, nagle, worklist, scale,
-memory, forward.  ``--quick`` runs smaller counts for a smoke test; its
-verdicts are not the issue's.
+memory, forward, startup.  ``--quick`` runs smaller counts for a smoke test;
+its verdicts are not the issue's.
 
 Needs dcmtk and orthanc from Debian (it installs nothing) and the project's
 venv python (``.venv/bin/python bench/compare.py``).
