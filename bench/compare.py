@@ -1,17 +1,20 @@
-"""Issue 7's targets, echoes side by side with dcmtk and Orthanc, in one run.
+"""Issues 7 and 16's targets, echoes side by side with dcmtk and Orthanc, in one run.
 
 Why one command: the machine is small and noisy, so only ratios taken minutes
 apart in the same run mean anything.  Each row starts every system in turn
-(never two at once) on loopback, with a fresh empty store, sends the same
-corpus with dcmtk's ``storescu`` (``TCP_NODELAY=1`` unless the row is about
-Nagle), checks that every object arrived (files on disk for storescp,
-Orthanc's REST ``/statistics``, echoes' index), and turns the figures into
-PASS/FAIL against the targets.  One table goes to stdout and to
+(never two at once) on loopback, with a fresh empty store, idle before its
+clock starts, sends the same corpus with dcmtk's ``storescu``
+(``TCP_NODELAY=1`` unless the row is about Nagle) or, for one association per
+object, ``per_association.py`` (pynetdicom), checks that every object arrived
+(files on disk for storescp, Orthanc's REST ``/statistics``, files in echoes'
+archive folder), and turns the figures into PASS/FAIL against the targets.
+Each row runs ``--rounds`` times (3), the systems alternating; figures are
+medians with their spread.  One table goes to stdout and to
 ``bench/out/compare-<timestamp>.txt``.
 
 Rows (``--only`` takes these names): ingest, nagle, worklist, scale,
-memory, forward.  ``--quick`` runs smaller counts for a smoke test; its
-verdicts are not the issue's.
+memory, forward, startup.  ``--quick`` runs smaller counts for a smoke test;
+its verdicts are not the issue's.
 
 Needs dcmtk and orthanc from Debian (it installs nothing) and the project's
 venv python (``.venv/bin/python bench/compare.py``).
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import http.cookiejar
 import json
 import os
 import platform
@@ -46,6 +50,7 @@ from common import (
     ENV,
     OUT,
     MissingTool,
+    echo,
     free_port,
     nagle_env,
     stop_process,
@@ -58,13 +63,14 @@ from common import wait_echo as _wait_echo
 from ingest import big_object, corpus, image
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from werkzeug.security import generate_password_hash
 from worklist import WLM_AE, item, queries, write_corpus
 
 from echoes import config as config_module
 from echoes.index.embedded import ArchiveIndex, InstanceRecord, read_studies
 from echoes.storage import objects
 
-ROWS = ("ingest", "nagle", "worklist", "scale", "memory", "forward")
+ROWS = ("ingest", "nagle", "worklist", "scale", "memory", "forward", "startup")
 SYSTEMS = ("dcmtk", "orthanc", "echoes")
 ORTHANC_WORKLIST_PLUGIN = Path("/usr/share/orthanc/plugins/libModalityWorklists.so")
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -73,8 +79,18 @@ SETTLE_SECONDS = 300.0
 #: ... and gives up sooner when its count stands still this long.
 STALL_SECONDS = 30.0
 T0 = time.monotonic()
+#: The Browser's password in the start-up row.
+BROWSER_PASSWORD = "bench"
 #: --keep: leave every server's folder (logs, stores) in bench/out for a look.
 KEEP = False
+#: The round being run (0, 1, ...): odd rounds run the systems in reverse order.
+ROUND = 0
+
+
+def order() -> tuple[str, ...]:
+    """The systems in this round's order: rounds alternate it, so no system is always
+    the one measured right after another's run (page cache, writeback, CPU clock)."""
+    return SYSTEMS if ROUND % 2 == 0 else SYSTEMS[::-1]
 
 
 @dataclass(frozen=True)
@@ -86,6 +102,8 @@ class Sizes:
     concurrent: int = 1000
     associations: int = 4
     nagle: int = 500
+    per_association: int = 500
+    nagle_per_association: int = 100
     mwl_items: int = 10000
     runs: int = 7
     universal_runs: int = 3
@@ -97,7 +115,8 @@ class Sizes:
 
 
 FULL = Sizes()
-QUICK = Sizes(ct=200, tiny=400, concurrent=200, nagle=50, mwl_items=2000, runs=3,
+QUICK = Sizes(ct=200, tiny=400, concurrent=200, nagle=50, per_association=50,
+              nagle_per_association=20, mwl_items=2000, runs=3,
               universal_runs=1, scale_batch=200, scale_total=10_000, big_frames=200,
               mwl_memory_items=5000, forward=200)
 
@@ -133,6 +152,59 @@ def tiny_corpus(count: int) -> list[Path]:
         ds = image(study, series, n % 100 + 1)
         ds.PatientID, ds.PatientName = patient, f"TINY^{patient}"
         ds.Rows = ds.Columns = 16
+        ds.PixelData = pixels
+        ds.save_as(folder / f"{n:05d}.dcm", enforce_file_format=True)
+    (folder / ".done").touch()
+    return sorted(folder.glob("*.dcm"))
+
+
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def ct_studies(count: int, per_study: int = 100) -> list[Path]:
+    """``count`` CT 512x512 16-bit objects in studies of ``per_study``, one series each.
+
+    Issue 16's independent harness sent these: an archive files each study
+    in a folder of its own and indexes per study, so one study of 1,000
+    (``ingest.corpus``) is the easier case.
+    """
+    folder = OUT / f"ct{count}-studies{per_study}"
+    if (folder / ".done").exists():
+        return sorted(folder.glob("*.dcm"))
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    pixels = np.random.default_rng(1).integers(0, 4096, (512, 512)).astype("<u2").tobytes()
+    study = series = patient = ""
+    for n in range(count):
+        if n % per_study == 0:
+            study, series, patient = generate_uid(), generate_uid(), f"CT{n // per_study:04d}"
+        ds = image(study, series, n % per_study + 1)
+        ds.PatientID, ds.PatientName = patient, f"CT^{patient}"
+        ds.PixelData = pixels
+        ds.save_as(folder / f"{n:05d}.dcm", enforce_file_format=True)
+    (folder / ".done").touch()
+    return sorted(folder.glob("*.dcm"))
+
+
+def sc_corpus(count: int, per_study: int = 100) -> list[Path]:
+    """``count`` secondary-capture objects, 16x16 8-bit, studies of ``per_study``, one series
+    each: issue 16's tiny corpus (the tiny CT corpus above is 16-bit, two series a study)."""
+    folder = OUT / f"sc{count}-studies{per_study}"
+    if (folder / ".done").exists():
+        return sorted(folder.glob("*.dcm"))
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    pixels = np.random.default_rng(3).integers(0, 256, (16, 16)).astype("u1").tobytes()
+    study = series = patient = ""
+    for n in range(count):
+        if n % per_study == 0:
+            study, series, patient = generate_uid(), generate_uid(), f"SC{n // per_study:04d}"
+        ds = image(study, series, n % per_study + 1)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
+        ds.Modality, ds.ConversionType = "OT", "WSD"
+        ds.PatientID, ds.PatientName = patient, f"SC^{patient}"
+        ds.Rows = ds.Columns = 16
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
         ds.PixelData = pixels
         ds.save_as(folder / f"{n:05d}.dcm", enforce_file_format=True)
     (folder / ".done").touch()
@@ -269,7 +341,7 @@ class Orthanc(Receiver):
                                            f"{work / 'orthanc.log'}") from None
                     time.sleep(0.1)
             wait_echo(self.port, self.called, process=self.process)
-            wait_idle(self.process.pid)
+            wait_idle(self.process.pid, timeout=60, window=1.0, busy=0.02)
         except BaseException:
             self.stop()
             raise
@@ -285,17 +357,28 @@ class Orthanc(Receiver):
 
 
 class Echoes(Receiver):
-    """echoes from this checkout (``python -m echoes start``), default store_workers."""
+    """echoes from this checkout (``python -m echoes start``), ``store_workers = 2``
+    (the default, written out) and otherwise default settings.
+
+    ``count`` is what the archive folder holds (``*.dcm`` below ``archive_dir``):
+    the ingester moves an object there after indexing it, so that is the
+    later moment, the one issue 16's harness stopped its clock at.  With
+    ``counting="index"`` it is the index's count instead (the scale row: a
+    walk of 100,000 files per poll would measure the walk).
+    """
 
     name = "echoes"
     called = "ECHOES"
 
-    def __init__(self, home: Path, worklist_dir: Path | None = None, extra: str = "") -> None:
+    def __init__(self, home: Path, worklist_dir: Path | None = None, extra: str = "",
+                 counting: str = "archive", start: bool = True) -> None:
         (home / "etc").mkdir(parents=True)
         self.home = home
+        self.counting = counting
         self.ini = home / "etc" / "echoes.ini"
         lines = ["[echoes]", "bind = 127.0.0.1", f"store_port = {free_port()}",
-                 f"mwl_port = {free_port()}", f"http_port = {free_port()}", "min_free_mb = 100"]
+                 f"mwl_port = {free_port()}", f"http_port = {free_port()}", "min_free_mb = 100",
+                 "store_workers = 2"]
         if worklist_dir is not None:
             lines.append(f"worklist_dir = {worklist_dir}")
         self.ini.write_text("\n".join(lines) + "\n" + extra)
@@ -304,7 +387,8 @@ class Echoes(Receiver):
         self.with_worklist = worklist_dir is not None
         self.starts = 0
         self.process: subprocess.Popen | None = None
-        self.start()
+        if start:
+            self.start()
 
     def start(self) -> None:
         """Start and wait until the store port answers and the ingester watches."""
@@ -323,7 +407,8 @@ class Echoes(Receiver):
                 if time.monotonic() > deadline or self.process.poll() is not None:
                     raise RuntimeError("echoes' ingester did not start")
                 time.sleep(0.05)
-            wait_idle(self.process.pid)  # the sender and the rest done starting too
+            # Every process idle (the sender, the web process and the rest done starting).
+            wait_idle(self.process.pid, timeout=60, window=1.0, busy=0.02)
         except BaseException:
             self.stop()
             raise
@@ -350,7 +435,10 @@ class Echoes(Receiver):
         return " | ".join(lines[-3:])
 
     def count(self) -> int:
-        return sum(s["NumberOfInstances"] for s in read_studies(self.config.index_path))
+        if self.counting == "index":
+            return sum(s["NumberOfInstances"] for s in read_studies(self.config.index_path))
+        return sum(1 for _root, _dirs, names in os.walk(self.config.archive_dir)
+                   for name in names if name.endswith(".dcm"))
 
     def pids(self, role: str) -> list[int]:
         """Processes named ``echoes: ROLE`` under this supervisor."""
@@ -432,6 +520,8 @@ class Cell:
     value: float | None = None
     ok: bool = True
     note: str = ""
+    #: Every round's value (the median is ``value``); the table shows min-max.
+    runs: list[float] = field(default_factory=list)
 
 
 def failed(exc: BaseException) -> Cell:
@@ -461,6 +551,24 @@ def send(port: int, files: list[Path], associations: int = 1, nagle: bool = Fals
     return seconds, "; ".join(errors)
 
 
+PER_ASSOCIATION = Path(__file__).resolve().parent / "per_association.py"
+
+
+def send_per_association(port: int, files: list[Path], nagle: bool = False,
+                         called: str = "ANY-SCP") -> tuple[float, str]:
+    """One association per object (bench/per_association.py, pynetdicom, TCP_NODELAY
+    unless ``nagle``): seconds until it returned; its errors."""
+    argv = [sys.executable, str(PER_ASSOCIATION), *(["--nagle"] if nagle else []), str(port),
+            called, "-"]
+    started = time.perf_counter()
+    done = subprocess.run(argv, input="\n".join(map(str, files)), capture_output=True,
+                          text=True)
+    seconds = time.perf_counter() - started
+    text = (done.stdout + done.stderr).strip()
+    return seconds, (f"client exit {done.returncode}: {text[-200:]}"
+                     if done.returncode or text else "")
+
+
 def settle(target: Receiver, expected: int, timeout: float = SETTLE_SECONDS,
            stall: float = STALL_SECONDS) -> int:
     """Poll the receiver's own count until ``expected``; the last count.
@@ -484,10 +592,14 @@ def settle(target: Receiver, expected: int, timeout: float = SETTLE_SECONDS,
 
 
 def ingest(target: Receiver, files: list[Path], associations: int = 1, nagle: bool = False,
-           already: int = 0) -> Cell:
-    """Seconds from the first storescu start until the receiver holds every object."""
+           already: int = 0, per_association: bool = False) -> Cell:
+    """Seconds from the first client start until the receiver holds every object
+    (storescu, or one pynetdicom association per object with ``per_association``)."""
     started = time.perf_counter()
-    _sent, errors = send(target.port, files, associations, nagle)
+    if per_association:
+        _sent, errors = send_per_association(target.port, files, nagle, target.called)
+    else:
+        _sent, errors = send(target.port, files, associations, nagle, target.called)
     found = settle(target, already + len(files))
     seconds = time.perf_counter() - started
     arrived = found - already
@@ -533,6 +645,8 @@ class Figure:
     cells: dict[str, Cell]
     checks: list[Check] = field(default_factory=list)
     how: str = ""
+    #: The targets, applied to the merged cells once every round ran (:func:`judge`).
+    targets: list[Callable[[Figure, dict[str, Figure]], None]] = field(default_factory=list)
 
 
 PEER_NAMES = {"dcmtk": "storescp", "orthanc": "Orthanc"}
@@ -545,6 +659,27 @@ def cell_of(fig: Figure, system: str) -> Cell:
 
 def at_most(fig: Figure, peer: str, limit: float, peer_name: str = "") -> None:
     """Target: echoes' value is at most ``limit`` times the peer's (time, lower is better)."""
+    fig.targets.append(lambda f, _all: _at_most(f, peer, limit, peer_name))
+
+
+def faster_by(fig: Figure, peer: str, factor: float, peer_name: str = "") -> None:
+    """Target: echoes is at least ``factor`` times faster than the peer."""
+    fig.targets.append(lambda f, _all: _faster_by(f, peer, factor, peer_name))
+
+
+def below(fig: Figure, limit: float, unit: str) -> None:
+    """Target: echoes' own figure under an absolute limit."""
+    fig.targets.append(lambda f, _all: _below(f, limit, unit))
+
+
+def judge(fig: Figure, figures: dict[str, Figure]) -> None:
+    """Turn the figure's targets into checks (on the medians of every round)."""
+    fig.checks = []
+    for target in fig.targets:
+        target(fig, figures)
+
+
+def _at_most(fig: Figure, peer: str, limit: float, peer_name: str = "") -> None:
     name = peer_name or PEER_NAMES[peer]
     mine, theirs = cell_of(fig, "echoes"), cell_of(fig, peer)
     if mine.value is None or theirs.value is None or theirs.value <= 0:
@@ -555,8 +690,7 @@ def at_most(fig: Figure, peer: str, limit: float, peer_name: str = "") -> None:
                             mine.ok and theirs.ok and ratio <= limit))
 
 
-def faster_by(fig: Figure, peer: str, factor: float, peer_name: str = "") -> None:
-    """Target: echoes is at least ``factor`` times faster than the peer."""
+def _faster_by(fig: Figure, peer: str, factor: float, peer_name: str = "") -> None:
     name = peer_name or PEER_NAMES[peer]
     mine, theirs = cell_of(fig, "echoes"), cell_of(fig, peer)
     if mine.value is None or theirs.value is None or mine.value <= 0:
@@ -568,8 +702,7 @@ def faster_by(fig: Figure, peer: str, factor: float, peer_name: str = "") -> Non
                             mine.ok and theirs.ok and ratio >= factor))
 
 
-def below(fig: Figure, limit: float, unit: str) -> None:
-    """Target: echoes' own figure under an absolute limit."""
+def _below(fig: Figure, limit: float, unit: str) -> None:
     mine = cell_of(fig, "echoes")
     if mine.value is None:
         fig.checks.append(Check("n/a", f"< {limit:g} {unit}", False))
@@ -583,8 +716,38 @@ def fmt(cell: Cell | None, unit: str) -> str:
         return "-"
     if cell.value is None:
         return "error"
-    text = f"{cell.value:.0f}" if unit in ("ms", "MiB") else f"{cell.value:.2f}"
+
+    def number(value: float) -> str:
+        return f"{value:.0f}" if unit in ("ms", "MiB") else f"{value:.2f}"
+
+    text = number(cell.value)
+    if len(cell.runs) > 1:
+        text += f" ({number(min(cell.runs))}-{number(max(cell.runs))})"
     return text if cell.ok else text + "!"
+
+
+def merge(rounds: list[list[Figure]]) -> list[Figure]:
+    """One figure per key from every round's: each cell the median of its rounds,
+    with every round's value kept for the spread; valid only if every round was."""
+    merged = []
+    for first in rounds[0]:
+        same = [fig for figures in rounds for fig in figures if fig.key == first.key]
+        cells = {}
+        for system in first.cells:
+            taken = [fig.cells[system] for fig in same if system in fig.cells]
+            values = [cell.value for cell in taken if cell.value is not None]
+            notes = list(dict.fromkeys(cell.note for cell in taken if cell.note))
+            if len(taken) > 1 and values:
+                notes = [f"rounds: {', '.join(f'{v:.3g}' for v in values)}", *notes]
+            cells[system] = Cell(statistics.median(values) if values else None,
+                                 all(cell.ok for cell in taken) and len(values) == len(same),
+                                 "; ".join(notes[:4]), values)
+        merged.append(Figure(first.key, first.label, first.unit, cells, how=first.how,
+                             targets=first.targets))
+    by_key = {fig.key: fig for fig in merged}
+    for fig in merged:
+        judge(fig, by_key)
+    return merged
 
 
 def render(figures: list[Figure], header: list[str], wall: float, quick: bool) -> str:
@@ -634,56 +797,81 @@ def render(figures: list[Figure], header: list[str], wall: float, quick: bool) -
 
 
 def row_ingest(sizes: Sizes, work: Path) -> list[Figure]:
-    """Issue 7 target 1: three ingest workloads, storescp, Orthanc, echoes in turn."""
-    ct, tiny, ct4 = corpus(sizes.ct), tiny_corpus(sizes.tiny), corpus(sizes.concurrent)
+    """Issue 16 target 1 and 2: four ingest workloads, storescp, Orthanc, echoes in turn."""
+    ct, tiny, ct4 = (ct_studies(sizes.ct), sc_corpus(sizes.tiny),
+                     ct_studies(sizes.concurrent))
+    one_each = sc_corpus(sizes.tiny)[:sizes.per_association]
     workloads = [
-        ("1a", f"ingest {sizes.ct:,} CT 512x512 16-bit, 1 association", ct, 1),
-        ("1b", f"ingest {sizes.tiny:,} tiny 16x16, 1 association", tiny, 1),
+        ("1a", f"ingest {sizes.ct:,} CT 512x512 16-bit, 1 association", ct, 1, False),
+        ("1b", f"ingest {sizes.tiny:,} tiny 16x16 8-bit, 1 association", tiny, 1, False),
         ("1c", f"ingest {sizes.concurrent:,} CT, {sizes.associations} concurrent associations",
-         ct4, sizes.associations),
+         ct4, sizes.associations, False),
+        ("1d", f"ingest {len(one_each):,} tiny, one association per object", one_each, 1, True),
     ]
     figures = []
-    for key, label, files, associations in workloads:
+    for key, label, files, associations, each in workloads:
         warm(files)
         cells = {}
-        for system in SYSTEMS:
+        for system in order():
             def run(system: str = system, files: list[Path] = files,
-                    associations: int = associations) -> Cell:
+                    associations: int = associations, each: bool = each) -> Cell:
                 with scratch(work, system) as folder, \
-                        receiver(system, folder, fork=associations > 1) as target:
-                    return ingest(target, files, associations)
+                        receiver(system, folder, fork=associations > 1 or each) as target:
+                    return ingest(target, files, associations, per_association=each)
             cells[system] = measure(f"{key} {system}: {label}", run)
         fig = Figure(key, label, "s", cells)
-        at_most(fig, "orthanc", 1.0)
+        at_most(fig, "orthanc", 0.8)
         if key == "1a":
             at_most(fig, "dcmtk", 2.0)
-        if key == "1a":
-            fig.how = ("seconds from storescu start (TCP_NODELAY=1, -xe) until every object is "
-                       "on storescp's disk / counted by Orthanc's /statistics / in echoes' index"
-                       "; storescp uses --fork in 1c; echoes default store_workers; each "
-                       "system starts empty")
+            fig.how = ("seconds from the first client's start until every object is on "
+                       "storescp's disk / counted by Orthanc's /statistics / a file in echoes' "
+                       "archive folder (moved there after indexing); storescu -xe -aec <AE> "
+                       "with TCP_NODELAY=1, the files on its command line (1c: one storescu per "
+                       "association, each every Nth file; storescp --fork); CT in studies of "
+                       "100, one series each; tiny = secondary capture 16x16 8-bit, the same; "
+                       "echoes store_workers = 2, Orthanc without plugins, "
+                       "DicomCheckCalledAet false")
+        if key == "1d":
+            at_most(fig, "dcmtk", 1.0)
+            fig.how = ("bench/per_association.py: pynetdicom opens an association, stores one "
+                       "object (proposing its SOP class in its syntax and implicit VR), "
+                       "releases, for each object; TCP_NODELAY on its socket; storescp --fork")
         figures.append(fig)
     return figures
 
 
 def row_nagle(sizes: Sizes, work: Path) -> list[Figure]:
-    """Issue 7 target 2: a sender that leaves Nagle on (storescu without TCP_NODELAY)."""
-    files = tiny_corpus(sizes.tiny)[:sizes.nagle]
+    """Issue 7 target 2 and issue 16's: senders that leave Nagle's algorithm on."""
+    files = sc_corpus(sizes.tiny)[:sizes.nagle]
+    each = sc_corpus(sizes.tiny)[:sizes.nagle_per_association]
     warm(files)
-    label = f"Nagle-on storescu, {len(files):,} tiny, 1 association"
-    cells = {}
-    for system in SYSTEMS:
-        def run(system: str = system) -> Cell:
-            with scratch(work, system) as folder, receiver(system, folder) as target:
-                return ingest(target, files, nagle=True)
-        cells[system] = measure(f"2 {system}: {label}", run)
-    fig = Figure("2", label, "s", cells, how=(
-        f"{len(files)} of the tiny objects (fewer than 1b: a Nagle-on sender stalls ~40-90 ms "
-        "per object on a peer without quick ACKs); storescu's environment has no "
-        "TCP_NODELAY, storescp keeps TCP_NODELAY=1"))
-    faster_by(fig, "dcmtk", 5.0)
-    faster_by(fig, "orthanc", 5.0)
-    return [fig]
+    figures = []
+    for key, label, chosen, per_association in (
+            ("2a", f"Nagle-on storescu, {len(files):,} tiny, 1 association", files, False),
+            ("2b", f"Nagle-on pynetdicom, {len(each):,} tiny, one association per object",
+             each, True)):
+        cells = {}
+        for system in order():
+            def run(system: str = system, chosen: list[Path] = chosen,
+                    per_association: bool = per_association) -> Cell:
+                with scratch(work, system) as folder, \
+                        receiver(system, folder, fork=per_association) as target:
+                    return ingest(target, chosen, nagle=True, per_association=per_association)
+            cells[system] = measure(f"{key} {system}: {label}", run)
+        fig = Figure(key, label, "s", cells)
+        if per_association:
+            fig.how = ("the 1d client without TCP_NODELAY on its socket (pynetdicom's "
+                       "default), storescp --fork with TCP_NODELAY=1")
+            faster_by(fig, "dcmtk", 2.0)
+            faster_by(fig, "orthanc", 2.0)
+        else:
+            fig.how = (f"{len(files)} of the tiny objects (fewer than 1b: a Nagle-on sender "
+                       "stalls ~40-90 ms per object on a peer without quick ACKs); storescu's "
+                       "environment has no TCP_NODELAY, storescp keeps TCP_NODELAY=1")
+            faster_by(fig, "dcmtk", 5.0)
+            faster_by(fig, "orthanc", 5.0)
+        figures.append(fig)
+    return figures
 
 
 def findscu(port: int, called: str, args: list[str], count: bool = False) -> tuple[float, int]:
@@ -721,7 +909,7 @@ def row_worklist(sizes: Sizes, work: Path) -> list[Figure]:
             return Orthanc(folder, worklists=wlm_dir / WLM_AE)
         return Echoes(folder / "home", worklist_dir=json_dir)
 
-    for system in SYSTEMS:
+    for system in order():
         progress(f"3 {system}: {sizes.mwl_items:,} worklist items")
         try:
             with scratch(work, system) as folder, servers(system, folder) as server:
@@ -845,7 +1033,7 @@ def row_scale(sizes: Sizes, work: Path) -> list[Figure]:
     how = ""
     progress(f"4 echoes: {batch:,} tiny into an empty archive, prefill, {batch:,} at {total:,}")
     try:
-        with scratch(work, "echoes") as folder, Echoes(folder / "home") as target:
+        with scratch(work, "echoes") as folder, Echoes(folder / "home", counting="index") as target:
             cells["first"] = ingest(target, first)
             target.stop()
             started = time.perf_counter()
@@ -882,13 +1070,17 @@ def row_scale(sizes: Sizes, work: Path) -> list[Figure]:
                        {"echoes": cells["first"]}, how=how)
     last_fig = Figure("4b", f"ingest {batch:,} tiny at {total - batch:,}-{total:,} instances",
                       "s", {"echoes": cells["last"]})
-    a, b = cells["first"], cells["last"]
-    if a.value and b.value is not None:
-        ratio = b.value / a.value
-        last_fig.checks.append(Check(f"{ratio:.2f}x 4a", "<= 1.5x 4a",
-                                     a.ok and b.ok and ratio <= 1.5))
-    else:
-        last_fig.checks.append(Check("n/a", "<= 1.5x 4a", False))
+
+    def grows(fig: Figure, figures: dict[str, Figure]) -> None:
+        a, b = cell_of(figures["4a"], "echoes"), cell_of(fig, "echoes")
+        if a.value and b.value is not None:
+            ratio = b.value / a.value
+            fig.checks.append(Check(f"{ratio:.2f}x 4a", "<= 1.5x 4a",
+                                    a.ok and b.ok and ratio <= 1.5))
+        else:
+            fig.checks.append(Check("n/a", "<= 1.5x 4a", False))
+
+    last_fig.targets.append(grows)
     studies_fig = Figure("4c", f"echoes studies --json, {total:,} instances", "s",
                          {"echoes": cells["studies"]},
                          how="wall time of the whole command (python start included), "
@@ -1078,9 +1270,110 @@ def row_forward(sizes: Sizes, work: Path) -> list[Figure]:
     return [total_fig, latency_fig, push_fig]
 
 
+def started_echoes(target: Echoes, first: Path) -> tuple[Cell, Cell]:
+    """``echoes start`` of a stopped echoes: (DICOM ready, Browser's first page) cells.
+
+    DICOM ready: the store port answers C-ECHO, then the worklist port, then
+    storescu's first object is acknowledged.  The Browser: logged in (POST
+    /api/login) and GET / (the studies page) answered 200, tried every 20 ms
+    from a thread of its own from the same start.
+    """
+    port = target.config.http_port
+    page: dict[str, float] = {}
+    started = time.perf_counter()
+    target.starts += 1
+    process = target.process = subprocess.Popen(
+        [sys.executable, "-m", "echoes", "--config", str(target.ini), "start"],
+        stdout=open(target.home / "echoes.out", "ab"),  # noqa: SIM115
+        stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = started + 60
+
+    def browse() -> None:
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        login = json.dumps({"user": "admin", "password": BROWSER_PASSWORD}).encode()
+        logged_in = False
+        while time.perf_counter() < deadline and process.poll() is None:
+            try:
+                if not logged_in:
+                    with opener.open(urllib.request.Request(
+                            f"http://127.0.0.1:{port}/api/login", data=login,
+                            headers={"Content-Type": "application/json"}), timeout=10) as reply:
+                        logged_in = reply.status == 200
+                with opener.open(f"http://127.0.0.1:{port}/", timeout=10) as reply:
+                    body = reply.read()
+                    if reply.status == 200 and b"/login" not in reply.url.encode():
+                        page["seconds"], page["bytes"] = time.perf_counter() - started, len(body)
+                        return
+            except OSError:
+                pass
+            time.sleep(0.02)
+
+    browser = threading.Thread(target=browse, daemon=True)
+    browser.start()
+    steps: list[str] = []
+    dicom: Cell | None = None
+    for dicom_port, called in ((target.port, target.called),
+                               (target.config.mwl_port, target.called), (target.port, "")):
+        while dicom is None:
+            if called:
+                if echo(dicom_port, called):
+                    steps.append(f"{'store' if dicom_port == target.port else 'mwl'} port "
+                                 f"{time.perf_counter() - started:.2f} s")
+                    break
+            else:
+                _sent, errors = send(dicom_port, [first], called=target.called)
+                if not errors:
+                    steps.append(f"first object {time.perf_counter() - started:.2f} s")
+                    break
+            if time.perf_counter() > deadline or process.poll() is not None:
+                dicom = Cell(None, False, f"not ready after {time.perf_counter() - started:.0f}"
+                                          f" s: {target.problems()}")
+            time.sleep(0.02)
+    if dicom is None:
+        dicom = Cell(time.perf_counter() - started, True, "; ".join(steps))
+    browser.join(max(0.0, deadline - time.perf_counter()))
+    web = (Cell(page["seconds"], True, f"{page['bytes']:,} bytes") if "seconds" in page
+           else Cell(None, False, "GET / never answered 200 after logging in"))
+    return dicom, web
+
+
+def row_startup(sizes: Sizes, work: Path) -> list[Figure]:
+    """Issue 16 target 4: ``echoes start`` until it serves DICOM and the Browser."""
+    first = sc_corpus(sizes.tiny)[:1]
+    progress("7 echoes: start until DICOM answers and the Browser's first page")
+    try:
+        with scratch(work, "echoes") as folder:
+            target = Echoes(folder / "home", start=False, extra=(
+                f"http_password_hash = {generate_password_hash(BROWSER_PASSWORD)}\n"))
+            try:
+                dicom, web = started_echoes(target, first[0])
+            finally:
+                target.stop()
+    except Exception as exc:
+        dicom, web = failed(exc), failed(exc)
+    for cell in (dicom, web):
+        if cell.note:
+            progress(f"  {cell.note}")
+    dicom_fig = Figure("7a", "echoes start: both DICOM ports answer, first object stored", "s",
+                       {"echoes": dicom},
+                       how="from `python -m echoes start` (an empty home, store_workers = 2) "
+                           "until echoscu succeeds on the store port, then on the worklist "
+                           "port, then storescu's first object is acknowledged (each polled "
+                           "every 20 ms)")
+    below(dicom_fig, 2.0, "s")
+    web_fig = Figure("7b", "echoes start: the Browser's first page (log in, GET /)", "s",
+                     {"echoes": web},
+                     how="from the same start until POST /api/login then GET / (the studies "
+                         "page) answer 200 on the web port (tried every 20 ms from a thread, "
+                         "beside 7a's polling)")
+    below(web_fig, 3.0, "s")
+    return [dicom_fig, web_fig]
+
+
 RUNNERS: dict[str, Callable[[Sizes, Path], list[Figure]]] = {
     "ingest": row_ingest, "nagle": row_nagle, "worklist": row_worklist, "scale": row_scale,
-    "memory": row_memory, "forward": row_forward,
+    "memory": row_memory, "forward": row_forward, "startup": row_startup,
 }
 
 
@@ -1094,7 +1387,7 @@ def first_line(argv: list[str]) -> str:
     return lines[0].strip() if lines else "?"
 
 
-def header(sizes: Sizes, quick: bool, work: Path) -> list[str]:
+def header(sizes: Sizes, quick: bool, work: Path, rounds: int) -> list[str]:
     """Where and with what the figures were taken."""
     root = Path(__file__).resolve().parent.parent
     commit = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h %s"],
@@ -1114,8 +1407,12 @@ def header(sizes: Sizes, quick: bool, work: Path) -> list[str]:
         f"TCP_NODELAY=1 for every dcmtk process except the Nagle-on sender",
         f"Orthanc: {tool('Orthanc')} ({first_line([tool('Orthanc'), '--version'])}), "
         f"worklist plugin {ORTHANC_WORKLIST_PLUGIN}",
-        "each system runs alone with a fresh empty store, started and idle before its clock "
-        f"starts; figures are one run each; load average at start {os.getloadavg()[0]:.2f}",
+        "each system runs alone with a fresh empty store, started and idle (every process "
+        "under 2% of a CPU for 1 s) before its clock starts; "
+        + (f"each figure is the median of {rounds} rounds (min-max in brackets), the systems "
+           "alternating, ratios and verdicts on the medians" if rounds > 1
+           else "figures are one run each")
+        + f"; load average at start {os.getloadavg()[0]:.2f}",
         f"stores under {work} (one file system for all)",
     ]
 
@@ -1134,14 +1431,19 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller counts (smoke test)")
     parser.add_argument("--only", action="append", choices=ROWS, metavar="ROW",
                         help=f"run only this row (repeatable): {', '.join(ROWS)}")
+    parser.add_argument("--rounds", type=int, default=3, metavar="N",
+                        help="run each row N times, the systems alternating, and report "
+                             "medians with the spread (default 3)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the servers' folders (logs, stores) after the run")
     parser.add_argument("--workdir", default=None,
                         help="where every server's store goes (default: the system temp "
                              "folder; the same for every system)")
     args = parser.parse_args()
-    global KEEP
+    global KEEP, ROUND
     KEEP = args.keep
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     sizes = QUICK if args.quick else FULL
     rows = [row for row in ROWS if not args.only or row in args.only]  # the table's order
     try:
@@ -1154,12 +1456,17 @@ def main() -> int:
     # checkout may sit on a watched or synced folder (here /work creates a
     # file 10x slower than /tmp), which would measure the folder, not the server.
     work = Path(tempfile.mkdtemp(prefix="echoes-compare-", dir=args.workdir))
-    top = header(sizes, args.quick, work)
+    top = header(sizes, args.quick, work, args.rounds)
     started = time.monotonic()
     figures: list[Figure] = []
     try:
         for row in rows:
-            figures += RUNNERS[row](sizes, work)
+            rounds = []
+            for ROUND in range(args.rounds):
+                if args.rounds > 1:
+                    progress(f"{row}: round {ROUND + 1} of {args.rounds}")
+                rounds.append(RUNNERS[row](sizes, work))
+            figures += merge(rounds)
     finally:
         if KEEP:
             print(f"kept every server's folder in {work}", file=sys.stderr)

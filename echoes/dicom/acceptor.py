@@ -225,6 +225,8 @@ def serve(sock: socket.socket, address: tuple, service: Service, settings: Setti
                 service.closed(association, how)
             except Exception:
                 log.exception("closing association state failed")
+        if how == "released":
+            _await_close(sock, settings.acse_timeout)
 
 
 def _rejection(request: pdu.AssociateRequest, settings: Settings
@@ -344,6 +346,17 @@ def _respond(sock: socket.socket, association: Association, message: _Message,
     association.machine.on(sm.P_DATA_REQUEST)  # DT-1
     sock.sendall(pdu.p_data_command(message.context.context_id, response,
                                     association.peer_maximum_length))
+
+
+def _await_close(sock: socket.socket, artim: float) -> None:
+    """Sta13 after our A-RELEASE-RP: the requestor closes the connection (PS3.8
+    AR-3); wait for that, up to the ARTIM timer, before closing ours."""
+    try:
+        sock.settimeout(artim)
+        while sock.recv(4096):
+            pass  # AA-6: a PDU now is ignored
+    except OSError:
+        pass
 
 
 def _abort(sock: socket.socket, machine: sm.Machine, reason: tuple[int, int]) -> None:
