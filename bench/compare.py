@@ -62,6 +62,7 @@ from common import (
 from common import wait_echo as _wait_echo
 from ingest import big_object, corpus, image
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from werkzeug.security import generate_password_hash
 from worklist import WLM_AE, item, queries, write_corpus
@@ -161,6 +162,29 @@ def tiny_corpus(count: int) -> list[Path]:
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
+def _studies(name: str, count: int, per_study: int, pixels: bytes,
+             shape: Callable[[Dataset], None]) -> list[Path]:
+    """``count`` objects in studies of ``per_study``, one series each, made once and
+    kept in ``OUT/name`` (``shape`` turns the CT ``image`` into the corpus' kind)."""
+    folder = OUT / name
+    if (folder / ".done").exists():
+        return sorted(folder.glob("*.dcm"))
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    prefix = name[:2].upper()
+    study = series = patient = ""
+    for n in range(count):
+        if n % per_study == 0:
+            study, series, patient = generate_uid(), generate_uid(), f"{prefix}{n // per_study:04d}"
+        ds = image(study, series, n % per_study + 1)
+        shape(ds)
+        ds.PatientID, ds.PatientName = patient, f"{prefix}^{patient}"
+        ds.PixelData = pixels
+        ds.save_as(folder / f"{n:05d}.dcm", enforce_file_format=True)
+    (folder / ".done").touch()
+    return sorted(folder.glob("*.dcm"))
+
+
 def ct_studies(count: int, per_study: int = 100) -> list[Path]:
     """``count`` CT 512x512 16-bit objects in studies of ``per_study``, one series each.
 
@@ -168,47 +192,23 @@ def ct_studies(count: int, per_study: int = 100) -> list[Path]:
     in a folder of its own and indexes per study, so one study of 1,000
     (``ingest.corpus``) is the easier case.
     """
-    folder = OUT / f"ct{count}-studies{per_study}"
-    if (folder / ".done").exists():
-        return sorted(folder.glob("*.dcm"))
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
     pixels = np.random.default_rng(1).integers(0, 4096, (512, 512)).astype("<u2").tobytes()
-    study = series = patient = ""
-    for n in range(count):
-        if n % per_study == 0:
-            study, series, patient = generate_uid(), generate_uid(), f"CT{n // per_study:04d}"
-        ds = image(study, series, n % per_study + 1)
-        ds.PatientID, ds.PatientName = patient, f"CT^{patient}"
-        ds.PixelData = pixels
-        ds.save_as(folder / f"{n:05d}.dcm", enforce_file_format=True)
-    (folder / ".done").touch()
-    return sorted(folder.glob("*.dcm"))
+    return _studies(f"ct{count}-studies{per_study}", count, per_study, pixels, lambda ds: None)
+
+
+def _secondary_capture(ds: Dataset) -> None:
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
+    ds.Modality, ds.ConversionType = "OT", "WSD"
+    ds.Rows = ds.Columns = 16
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
 
 
 def sc_corpus(count: int, per_study: int = 100) -> list[Path]:
     """``count`` secondary-capture objects, 16x16 8-bit, studies of ``per_study``, one series
     each: issue 16's tiny corpus (the tiny CT corpus above is 16-bit, two series a study)."""
-    folder = OUT / f"sc{count}-studies{per_study}"
-    if (folder / ".done").exists():
-        return sorted(folder.glob("*.dcm"))
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
     pixels = np.random.default_rng(3).integers(0, 256, (16, 16)).astype("u1").tobytes()
-    study = series = patient = ""
-    for n in range(count):
-        if n % per_study == 0:
-            study, series, patient = generate_uid(), generate_uid(), f"SC{n // per_study:04d}"
-        ds = image(study, series, n % per_study + 1)
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
-        ds.Modality, ds.ConversionType = "OT", "WSD"
-        ds.PatientID, ds.PatientName = patient, f"SC^{patient}"
-        ds.Rows = ds.Columns = 16
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
-        ds.PixelData = pixels
-        ds.save_as(folder / f"{n:05d}.dcm", enforce_file_format=True)
-    (folder / ".done").touch()
-    return sorted(folder.glob("*.dcm"))
+    return _studies(f"sc{count}-studies{per_study}", count, per_study, pixels,
+                    _secondary_capture)
 
 
 def worklist_json(count: int) -> Path:
