@@ -192,6 +192,7 @@ KEYS: dict[str, tuple[Callable[[str], Any], str | None, bool]] = {
     "allowed_calling_aes": (_parse_ae_list, "", False),
     "store_allowed_calling_aes": (_parse_ae_list, "", False),
     "mwl_allowed_calling_aes": (_parse_ae_list, "", False),
+    "qr_allowed_calling_aes": (_parse_ae_list, "", False),
     "allowed_networks": (_parse_networks, "", False),
     "require_called_ae": (parse_bool, "no", False),
     "tls_certificate": (_parse_optional, "", True),
@@ -265,6 +266,8 @@ class Config:
     allowed_calling_aes: tuple[str, ...]
     store_allowed_calling_aes: tuple[str, ...]
     mwl_allowed_calling_aes: tuple[str, ...]
+    #: Who may query and retrieve on the store port (empty: whoever the port lets in).
+    qr_allowed_calling_aes: tuple[str, ...]
     allowed_networks: tuple[str, ...]
     require_called_ae: bool
     tls_certificate: Path | None
