@@ -12,7 +12,7 @@ An object's path through this module::
                                the calling AE as Source AE Title)
     P-DATA data fragments   -> appended to that file as they arrive
     last fragment           -> check_object()           (free space, structure, UIDs)
-                            -> fsync, spool.publish_incoming()  (rename, fsync dir)
+                            -> spool.publish_incoming() (rename, fsync file and dir)
                             -> Success 0x0000           (only now)
 
 The upper layer is our own (:mod:`echoes.dicom.acceptor`, :mod:`echoes.dicom.pdu`),
@@ -289,10 +289,10 @@ class StoreService:
             check_object(path, receiver.sop_class, receiver.sop_instance, receiver.fd)
             size = os.fstat(receiver.fd).st_size
             try:
-                # The receive descriptor is fsynced, then the file renamed and
-                # the incoming folder (kept open) fsynced: no open() per object.
-                os.fsync(receiver.fd)
-                spool.publish_incoming(path, self.layout, self.incoming_fd)
+                # Renamed into incoming, then the receive descriptor and the
+                # incoming folder (kept open) fsynced: one journal commit,
+                # no open() per object (see spool.publish_incoming).
+                spool.publish_incoming(receiver.fd, path, self.layout, self.incoming_fd)
             except OSError as exc:
                 raise StoreRefused(
                     OUT_OF_RESOURCES, f"Out of resources: {exc.strerror}"

@@ -65,13 +65,30 @@ def incoming_name() -> str:
     return f"{time.time_ns():020d}-{os.getpid()}-{next(_sequence):06d}{SUFFIX}"
 
 
-def publish_incoming(synced_file: Path, layout: SpoolLayout, incoming_fd: int) -> Path:
-    """Move an already fsynced file into ``incoming/`` and make the rename
-    durable, fsyncing the folder through a descriptor the caller keeps open
-    (the store worker's per-object path: no open() per object).
+def publish_incoming(written: int, path: Path, layout: SpoolLayout, incoming_fd: int) -> Path:
+    """Move a complete receive file into ``incoming/`` and make it durable:
+    its data and the rename, before the caller acknowledges the object.
+
+    ``written`` is the open descriptor the file was written through;
+    ``incoming_fd`` the incoming folder, kept open by the caller (the store
+    worker's per-object path: no open() per object).
+
+    Why rename first, then fsync.  On ext4 every fsync that has metadata to
+    write waits for one journal commit, and the new file's size and its
+    rename are both metadata: fsync-then-rename-then-fsync-the-folder waited
+    for two commits per object, rename-then-fsync for one (the folder's
+    fsync then finds its entry committed already).  What a crash between the
+    rename and the fsync can leave in ``incoming/`` was never acknowledged:
+    after a kill -9 the data is in the page cache and the file whole; after
+    a power cut it may be short, and the ingester parks it in
+    ``spool/rejected/`` with a log line (the sender was never told it was
+    stored, so it sends it again).  If the fsync fails (EIO), the caller
+    answers a failure, and the file, though not known to be on disk, may
+    still be ingested: the sender's retry then replaces it.
     """
     target = layout.incoming / incoming_name()
-    os.replace(synced_file, target)
+    os.replace(path, target)
+    os.fsync(written)
     os.fsync(incoming_fd)
     return target
 

@@ -19,12 +19,13 @@ def make_ingester(tmp_path):
 
 
 def publish(path, layout):
-    """Into ``incoming/`` as the store SCP puts it there (fsync, publish_incoming)."""
-    durable.fsync_file(path)
+    """Into ``incoming/`` as the store SCP puts it there (publish_incoming)."""
     folder = os.open(layout.incoming, os.O_RDONLY | os.O_DIRECTORY)
+    written = os.open(path, os.O_RDONLY)
     try:
-        return spool.publish_incoming(path, layout, folder)
+        return spool.publish_incoming(written, path, layout, folder)
     finally:
+        os.close(written)
         os.close(folder)
 
 
