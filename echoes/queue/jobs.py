@@ -46,7 +46,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from echoes.storage.durable import atomic_write_bytes, fsync_dir
+from echoes.storage.durable import atomic_write_batch, atomic_write_bytes, fsync_dir
 
 log = logging.getLogger("echoes.jobs")
 
@@ -294,18 +294,18 @@ class JobStore:
         self.write(done, durable=False)
 
     def write_many(self, jobs: Iterable[Job]) -> int:
-        """Write several jobs durably with one fsync of the open jobs' folder;
-        return how many.
+        """Write several jobs durably, fsynced together, with one fsync of the
+        open jobs' folder (:func:`atomic_write_batch`); return how many.
         """
+        batch: list[tuple[Path, bytes]] = []
         count = 0
         for job in jobs:
             if job.state == DONE:  # not what the writers of many jobs write
                 self.write(job)
-            else:  # data fsynced through the descriptor that wrote it
-                _put(self.path_for(job.id), encode(job), durable=True, sync_folder=False)
+            else:
+                batch.append((self.path_for(job.id), encode(job)))
             count += 1
-        if count:
-            fsync_dir(self.folder)
+        atomic_write_batch(batch)
         return count
 
     def queue(self, destination: str, records: Iterable[dict], origin: str, now: float) -> int:
