@@ -171,8 +171,14 @@ class Worker:
         self.listen_fd = listen_fd
         self.heartbeat = Heartbeat.inherited()
         self._stop = threading.Event()
-        self._hangup = threading.Event()
-        self._wake = threading.Event()
+        #: Set by the signal handlers: plain flags, no lock a handler could
+        #: deadlock on (it runs on the main thread, between any two bytecodes).
+        self._stop_requested = False
+        self._hangup_requested = False
+        #: The main thread sleeps reading this pipe: signals (set_wakeup_fd) and
+        #: a role thread that ended write to it.
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
         self._failure: BaseException | None = None
 
     # -- what a role says --------------------------------------------------------
@@ -205,11 +211,35 @@ class Worker:
             finally:
                 if self._failure is not None:
                     self._stop.set()
-                    self._wake.set()
+                    self._wake()
 
         thread = threading.Thread(target=guarded, name=name, daemon=True)
         thread.start()
         return thread
+
+    def _wake(self) -> None:
+        """Wake the main thread (from any thread)."""
+        try:
+            os.write(self._wake_write, b"!")
+        except BlockingIOError:
+            pass  # full: it has enough to wake up
+
+    def _sleep(self) -> None:
+        """Block the main thread until a signal or :meth:`_wake`.
+
+        Why a pipe and not a threading.Event: the kernel may deliver SIGHUP or
+        SIGTERM to any thread of the process; Python runs the handler on the
+        main thread only when that thread next runs Python code, and a main
+        thread blocked on a lock never does.  A reload could then wait forever
+        (seen once: a store worker still plain DICOM 10 s after a SIGHUP that
+        turned TLS on).  ``signal.set_wakeup_fd`` has the C-level handler, on
+        whichever thread, write to this pipe: the read returns, and the
+        pending handlers run before the next line.
+        """
+        try:
+            os.read(self._wake_read, 512)
+        except InterruptedError:
+            pass
 
     def main(self) -> int:
         """The process of the role, from its title to its exit code."""
@@ -217,13 +247,12 @@ class Worker:
         logs.setup(self.config, self.role)
 
         def request_stop(*_args: object) -> None:
-            self._stop.set()
-            self._wake.set()
+            self._stop_requested = True
 
         def request_reload(*_args: object) -> None:
-            self._hangup.set()
-            self._wake.set()
+            self._hangup_requested = True
 
+        signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGHUP, request_reload)
@@ -234,14 +263,15 @@ class Worker:
             logging.getLogger(f"echoes.{self.role}").error("%s", exc)
             return 1
         while True:
-            self._wake.wait()
-            self._wake.clear()
-            if self._hangup.is_set():
-                self._hangup.clear()
+            if self._stop_requested:
+                self._stop.set()
+            if self._hangup_requested and not self._stop.is_set():
+                self._hangup_requested = False
                 self.config = logs.reload(self.config, self.role)
                 self.reload(self.config)
             if self._stop.is_set():
                 break
+            self._sleep()
         self.stop()
         if self._failure is not None:
             raise self._failure
