@@ -26,7 +26,7 @@ import time
 
 from echoes.config import Config
 from echoes.dicom import acceptor as association
-from echoes.dicom import dataset, dimse, pdu, syntax
+from echoes.dicom import dataset, dimse, part10, pdu, syntax
 from echoes.dicom.dimse import CANCEL, CANNOT_UNDERSTAND, SUCCESS, UNABLE_TO_PROCESS
 from echoes.index import IndexReader, open_index
 from echoes.index.cache import CachingReader
@@ -93,7 +93,9 @@ class QueryService:
                                     f"identifier over {MAX_IDENTIFIER} bytes")
         try:
             implicit, little = syntax.encoding_of(request.context.transfer_syntax)
-            identifier = dataset.decode_dataset(bytes(request.identifier), implicit, little)
+            data = bytes(request.identifier)
+            part10.check_dataset(data, implicit, little)  # pydicom keeps truncated values
+            identifier = dataset.decode_dataset(data, implicit, little)
         except Exception as exc:  # anything pydicom cannot read as a data set
             raise qr_find.FindError(CANNOT_UNDERSTAND,
                                     f"cannot decode the identifier: {exc}") from None
