@@ -251,3 +251,35 @@ def test_the_record_keeps_the_qr_keys(tmp_path):
         record = read_record(write_part10(ds, tmp_path / f"{syntax}.dcm", syntax))
         assert (record.Rows, record.Columns, record.NumberOfFrames) == ("8", "8", "1")
         assert (record.SeriesDate, record.BodyPartExamined) == ("20261201", "CHEST")
+
+
+def test_any_identifier_bytes_give_a_query_or_a_find_error():
+    """Mutated identifiers (bytes flipped, cut, lengths broken): parse never raises
+    anything but FindError, so no query ends in an exception and an A-ABORT."""
+    import random
+    from types import SimpleNamespace
+
+    from echoes.services.find import FindRequest
+
+    valid = dataset.encode_tree({0x00080052: "SERIES", 0x0020000D: "1.2.3", 0x00100010: "DOE*",
+                                 0x00080005: "ISO_IR 100", 0x00280010: "512",
+                                 0x00080020: "20260101-"}, {}, ExplicitVRLittleEndian, "ascii")
+    rng = random.Random(17)
+    outcomes = {"query": 0, "refused": 0}
+    for _ in range(3000):
+        data = bytearray(valid)
+        for _flip in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if rng.random() < 0.3:
+            data = data[:rng.randrange(len(data))]
+        for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            request = FindRequest(None, None,  # type: ignore[arg-type]
+                                  SimpleNamespace(transfer_syntax=syntax,
+                                                  abstract_syntax=STUDY_ROOT_FIND), {})
+            request.identifier = data
+            try:
+                QueryService.parse(request)
+                outcomes["query"] += 1
+            except FindError:
+                outcomes["refused"] += 1
+    assert outcomes["query"] and outcomes["refused"]
