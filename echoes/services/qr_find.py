@@ -180,7 +180,7 @@ def undecodable(exc: Exception) -> str:
     the exception's kind and the tag it names, never its text, which may quote
     the identifier's bytes (patient data must not reach the log at INFO)."""
     tag = re.search(r"\([0-9A-Fa-f]{4},[0-9A-Fa-f]{4}\)", str(exc))
-    return (f"cannot decode the identifier ({type(exc).__name__}"
+    return (f"undecodable identifier ({type(exc).__name__}"
             f"{' at ' + tag.group(0) if tag else ''})")
 
 
