@@ -14,6 +14,7 @@ stopping a large C-FIND.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -636,3 +637,18 @@ def test_c_cancel_from_findscu(bulky: Server, tmp_path: Path, dcmtk: None) -> No
     assert found.final.startswith("Cancel"), found.output[-500:]
     assert found.output.count("(Pending)") < BULK_STUDIES
 
+
+
+def test_qr_allowed_calling_aes_applies_on_reload(bulky: Server) -> None:
+    """SIGHUP: the store workers' Q/R service takes the new list (last: it changes
+    the module's second server)."""
+    query = bad("STUDY", PatientID="NOBODY")
+    assert [status for status, _ in pyfind(bulky, query)] == [0x0000]
+    ini = bulky.home / "etc" / "echoes.ini"
+    ini.write_text(ini.read_text() + "qr_allowed_calling_aes = VIEWER\n")
+    bulky.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while [status for status, _ in pyfind(bulky, query)] != [0xC124]:
+        assert time.monotonic() < deadline, "the new qr_allowed_calling_aes was not applied"
+        time.sleep(0.2)
+    assert [status for status, _ in pyfind(bulky, query, calling="VIEWER")] == [0x0000]
