@@ -153,6 +153,16 @@ def _constraint(vr: str, text: str) -> tuple | None:
     return ("values", frozenset(part.strip(" ") for part in text.split("\\")))
 
 
+def index_keys(vr: str, stored: str) -> set[str]:
+    """The forms of a stored value that :attr:`Query.constraints` compare with:
+    an index keyed by them finds every item a constraint can match (a multi-valued
+    value under each of its values too, as the predicates split it)."""
+    parts = [stored, *(stored.split("\\") if "\\" in stored else [])]
+    if vr == "DA":
+        return {_normalize(vr, part) for part in parts}
+    return {part.strip(" ") for part in parts}
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
