@@ -560,8 +560,8 @@ def rest(url: str, body: object | None = None) -> object:
         return json.load(reply)
 
 
-def orthanc_query(base: str, query: dict) -> list[dict]:
-    started = rest(base + "/modalities/echoes/query", {"Level": "Study", "Query": query})
+def orthanc_query(base: str, query: dict, level: str = "Study") -> list[dict]:
+    started = rest(base + "/modalities/echoes/query", {"Level": level, "Query": query})
     path = started["Path"]  # type: ignore[index]
     answers = rest(f"{base}{path}/answers")
     return [rest(f"{base}{path}/answers/{n}/content?simplify")  # type: ignore[misc]
@@ -576,6 +576,10 @@ def test_orthanc_queries_echoes_at_study_level(orthanc: str) -> None:
     latin = orthanc_query(orthanc, {"PatientName": "müller*", "StudyDate": "20260101-"})
     assert [(a["StudyInstanceUID"], a["PatientName"]) for a in latin] == [
         (_uid(3), "MÜLLER^HANS")]
+    series = orthanc_query(orthanc, {"StudyInstanceUID": _uid(1), "Modality": "",
+                                     "SeriesNumber": ""}, level="Series")
+    assert sorted(a["SeriesInstanceUID"] for a in series) == [  # type: ignore[index]
+        series_uid(BY_UID[_uid(1)], 1), series_uid(BY_UID[_uid(1)], 2)]
 
 
 # -- C-CANCEL in the middle of a large C-FIND -------------------------------------------------
