@@ -343,3 +343,13 @@ def qr_compile(filters: dict[str, str]):
     from echoes.index.base import _compile
 
     return _compile(filters)
+
+
+@pytest.mark.parametrize("model", [qr_find.PATIENT_ROOT_MOVE, qr_find.STUDY_ROOT_GET])
+def test_move_and_get_identifiers_follow_the_same_hierarchy(model):
+    query = parse_identifier(model, identifier(
+        QueryRetrieveLevel="SERIES", PatientID="P1", StudyInstanceUID="1.2",
+        SeriesInstanceUID="1.2.3\\1.2.4"))
+    assert query.filters["SeriesInstanceUID"] == "1.2.3\\1.2.4"
+    assert refused(model, QueryRetrieveLevel="IMAGE", StudyInstanceUID="1.2",
+                   PatientID="P1").status == IDENTIFIER_DOES_NOT_MATCH
