@@ -656,3 +656,18 @@ def test_qr_allowed_calling_aes_applies_on_reload(bulky: Server) -> None:
         assert time.monotonic() < deadline, "the new qr_allowed_calling_aes was not applied"
         time.sleep(0.2)
     assert [status for status, _ in pyfind(bulky, query, calling="VIEWER")] == [0x0000]
+
+
+def test_an_unreadable_study_shard_is_c001_and_the_server_goes_on(bulky: Server) -> None:
+    """After the reload test (VIEWER is the one allowed caller now)."""
+    study = f"{_uid(9)}.7"
+    shard = bulky.config.index_path.with_name("index.json.d") / f"{study}.json"
+    kept = shard.read_bytes()
+    shard.write_bytes(b"{not json")
+    try:
+        query = bad("SERIES", StudyInstanceUID=study, SeriesInstanceUID="")
+        assert [status for status, _ in pyfind(bulky, query, calling="VIEWER")] == [0xC001]
+    finally:
+        shard.write_bytes(kept)
+    assert [status for status, _ in pyfind(bulky, query, calling="VIEWER")] == [0xFF00, 0x0000]
+    assert "C-FIND from VIEWER failed" in bulky.config.log_file.read_text()
