@@ -318,7 +318,8 @@ def test_the_catalog_index_narrows_but_finds_what_a_scan_finds(tmp_path):
             SOPInstanceUID=f"1.9.{n}.1", SOPClassUID="1.2", SeriesInstanceUID=f"1.9.{n}",
             StudyInstanceUID=f"1.9.{n}", PatientID=rng.choice(ids),
             AccessionNumber=rng.choice(["A1", "A2", "", "A1\\A3"]), StudyID=str(n % 3),
-            StudyDate=rng.choice(dates), PatientName=rng.choice(["DOE^J", "ROE^R"]),
+            StudyDate=rng.choice(dates),
+            PatientName=rng.choice(["DOE^J", "ROE^R", "MÜLLER^HANS", "doe^j^^", "D\\X^Y"]),
             path=f"x/{n}", size=1, received="2026") for n in range(200)])
     finally:
         writer.close()
@@ -329,14 +330,19 @@ def test_the_catalog_index_narrows_but_finds_what_a_scan_finds(tmp_path):
                     {"StudyID": "2"}, {"StudyDate": "20260103"}, {"StudyDate": "20260102-"},
                     {"StudyDate": "-20260101"}, {"StudyDate": "20260101-20260103"},
                     {"StudyDate": "20260101-20260103", "PatientID": "P2"},
-                    {"StudyDate": "20260101", "PatientName": "doe*"}, {"PatientID": ""}):
+                    {"StudyDate": "20260101", "PatientName": "doe*"}, {"PatientID": ""},
+                    {"PatientName": "DOE*"}, {"PatientName": "doe^*"}, {"PatientName": "d*"},
+                    {"PatientName": "MÜ*"}, {"PatientName": "müller^h*"},
+                    {"PatientName": "R?E*"}, {"PatientName": "*OE^J"}):
         expected = sorted(d["StudyInstanceUID"] for d in scan.query("STUDY", filters))
         assert sorted(d["StudyInstanceUID"] for d in cached.query("STUDY", filters)) == \
             expected, filters
-        assert expected or filters == {"PatientID": "P3"}  # the cases find something
+        assert expected or filters == {"PatientID": "P3"}, filters  # the cases find some
     narrowed = cached.study_candidates(qr_compile({"PatientID": "P2"}))
     assert narrowed is not None and 0 < len(narrowed) < 100  # not a scan
-    assert cached.study_candidates(qr_compile({"PatientName": "DOE*"})) is None
+    narrowed = cached.study_candidates(qr_compile({"PatientName": "DOE*"}))
+    assert narrowed is not None and 0 < len(narrowed) < 150
+    assert cached.study_candidates(qr_compile({"PatientName": "*OE"})) is None
 
 
 def qr_compile(filters: dict[str, str]):
