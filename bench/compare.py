@@ -13,7 +13,8 @@ medians with their spread.  One table goes to stdout and to
 ``bench/out/compare-<timestamp>.txt``.
 
 Rows (``--only`` takes these names): ingest, nagle, worklist, scale,
-memory, forward, startup.  ``--quick`` runs smaller counts for a smoke test;
+memory, forward, startup, qr (issue 17: Q/R C-FIND, also against dcmtk's dcmqrscp).
+``--quick`` runs smaller counts for a smoke test;
 its verdicts are not the issue's.
 
 Needs dcmtk and orthanc from Debian (it installs nothing) and the project's
@@ -46,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import qr
 from common import (
     ENV,
     OUT,
@@ -71,7 +73,7 @@ from echoes import config as config_module
 from echoes.index.embedded import ArchiveIndex, InstanceRecord, read_studies
 from echoes.storage import objects
 
-ROWS = ("ingest", "nagle", "worklist", "scale", "memory", "forward", "startup")
+ROWS = ("ingest", "nagle", "worklist", "scale", "memory", "forward", "startup", "qr")
 SYSTEMS = ("dcmtk", "orthanc", "echoes")
 ORTHANC_WORKLIST_PLUGIN = Path("/usr/share/orthanc/plugins/libModalityWorklists.so")
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -113,13 +115,15 @@ class Sizes:
     big_frames: int = 2000
     mwl_memory_items: int = 50_000
     forward: int = 1000
+    qr_studies: int = 1000
+    qr_per_study: int = 100
 
 
 FULL = Sizes()
 QUICK = Sizes(ct=200, tiny=400, concurrent=200, nagle=50, per_association=50,
               nagle_per_association=20, mwl_items=2000, runs=3,
               universal_runs=1, scale_batch=200, scale_total=10_000, big_frames=200,
-              mwl_memory_items=5000, forward=200)
+              mwl_memory_items=5000, forward=200, qr_studies=60, qr_per_study=5)
 
 
 def progress(message: str) -> None:
@@ -307,7 +311,8 @@ class Orthanc(Receiver):
     called = "ORTHANC"
 
     def __init__(self, work: Path, worklists: Path | None = None,
-                 forward_to: int | None = None) -> None:
+                 forward_to: int | None = None,
+                 extra: dict[str, object] | None = None) -> None:
         work.mkdir(parents=True, exist_ok=True)
         self.port, self.http = free_port(), free_port()
         settings: dict[str, object] = {
@@ -331,6 +336,7 @@ class Orthanc(Receiver):
                               "  SendToModality(instanceId, 'dest')\nend\n")
             settings.update({"LuaScripts": [str(script)],
                              "DicomModalities": {"dest": ["DEST", "127.0.0.1", forward_to]}})
+        settings.update(extra or {})
         config = work / "orthanc.json"
         config.write_text(json.dumps(settings, indent=1))
         # Orthanc's DICOM side is dcmtk: without TCP_NODELAY=1 in its environment
@@ -761,7 +767,8 @@ def merge(rounds: list[list[Figure]]) -> list[Figure]:
 
 def render(figures: list[Figure], header: list[str], wall: float, quick: bool) -> str:
     """The table, its footnotes and a summary line."""
-    heads = ["figure", "storescp/wlmscpfs", "Orthanc", "echoes", "ratio", "target", "result"]
+    heads = ["figure", "storescp/wlmscpfs/dcmqrscp", "Orthanc", "echoes", "ratio", "target",
+             "result"]
     rows: list[list[str]] = []
     for fig in figures:
         values = [fmt(fig.cells.get(system), fig.unit) for system in SYSTEMS]
@@ -1407,9 +1414,106 @@ def row_startup(sizes: Sizes, work: Path) -> list[Figure]:
     return [dicom_fig, web_fig]
 
 
+# --- Query/Retrieve C-FIND (issue 17: 8a, 8b) ---------------------------------------
+
+#: Each system's Q/R archive, loaded in the first round and served again in the
+#: later ones (loading 100,000 objects into Orthanc takes minutes): system -> state.
+_QR_LOADED: dict[str, object] = {}
+
+
+@contextlib.contextmanager
+def qr_server(system: str, files: list[Path], work: Path, per_study: int
+              ) -> Iterator[Receiver | qr.DcmQRSCP]:
+    """The system serving the Q/R archive: loaded the first time, restarted later."""
+    folder = work / f"qr-{system}"
+    first = system not in _QR_LOADED
+    if system == "dcmtk":
+        # The corpus is sorted by study: its first studies are what dcmqrscp gets.
+        indexed = qr.dcmqrscp_studies(len(files) // per_study, per_study)
+        server: Receiver | qr.DcmQRSCP = qr.DcmQRSCP(
+            folder, files[:indexed * per_study] if first else None)
+        _QR_LOADED[system] = True
+    elif system == "orthanc":
+        server = Orthanc(folder, extra={"DicomAlwaysAllowFind": True})
+        if first:
+            for start in range(0, len(files), 1000):
+                send(server.port, files[start:start + 1000], 2, called=server.called)
+            found = settle(server, len(files))
+            if found != len(files):
+                server.stop()
+                raise RuntimeError(f"Orthanc holds {found} of {len(files)} objects")
+            _QR_LOADED[system] = True
+            wait_idle(server.process.pid, timeout=300, window=1.0, busy=0.02)
+    else:
+        target = _QR_LOADED.get(system)
+        if not isinstance(target, Echoes):
+            target = Echoes(folder / "home", start=False)
+            qr.fill_echoes(target.config, files)
+            _QR_LOADED[system] = target
+        target.start()
+        server = target
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def row_qr(sizes: Sizes, work: Path) -> list[Figure]:
+    """Issue 17 targets 8a, 8b: study-level C-FIND, echoes vs Orthanc vs dcmqrscp."""
+    files = qr.corpus(sizes.qr_studies, sizes.qr_per_study)
+    wanted = qr.queries(sizes.qr_studies, sizes.qr_per_study)
+    medians: dict[str, dict[str, Cell]] = {q.key: {} for q in wanted}
+    matches: dict[str, dict[str, int]] = {q.key: {} for q in wanted}
+    for system in order():
+        progress(f"8 {system}: Q/R C-FIND on {len(files):,} instances"
+                 f"{'' if system in _QR_LOADED else ' (loading them first)'}")
+        try:
+            with qr_server(system, files, work, sizes.qr_per_study) as server:
+                for query in wanted:
+                    try:
+                        _seconds, matches[query.key][system] = qr.findscu(
+                            server.port, server.called, query.keys, count=True)
+                        medians[query.key][system] = Cell(1000 * statistics.median(
+                            qr.findscu(server.port, server.called, query.keys)[0]
+                            for _ in range(sizes.runs)))
+                    except Exception as exc:  # that query fails, the other goes on
+                        medians[query.key][system] = failed(exc)
+                        progress(f"  {query.key}: {exc}")
+        except Exception as exc:
+            progress(f"  {system} did not serve: {exc}")
+            for query in wanted:
+                medians[query.key][system] = failed(exc)
+    figures = []
+    for query in wanted:
+        cells = medians[query.key]
+        for system, found in matches[query.key].items():
+            if found != query.matches:
+                cells[system].ok = False
+                cells[system].note = (cells[system].note + " " if cells[system].note else "") \
+                    + f"{found} matches, expected {query.matches}"
+        fig = Figure(query.key, f"{query.label}, {query.matches} matches", "ms", cells)
+        faster_by(fig, "orthanc", 5.0)
+        faster_by(fig, "dcmtk", 5.0, "dcmqrscp")
+        figures.append(fig)
+    indexed = qr.dcmqrscp_studies(sizes.qr_studies, sizes.qr_per_study)
+    figures[0].how = (
+        f"median wall time of whole findscu -S -q runs (process start to exit), {sizes.runs} "
+        f"runs after one counted run; archive: {sizes.qr_studies:,} studies x "
+        f"{sizes.qr_per_study} tiny objects ({len(files):,}); Orthanc received them over "
+        "DICOM (storescu), echoes got them through its own header reader and index writer "
+        f"(files in its archive, server stopped); dcmqrscp holds the first {indexed:,} studies "
+        f"({indexed * sizes.qr_per_study:,} instances, indexed by dcmqridx): at most "
+        f"{qr.DCMQRSCP_MAX_STUDIES} studies fit one storage area, and its index takes "
+        "quadratic time to build (one 8 KB record per image, scanned whole per insertion: "
+        f"{qr.DCMQRSCP_MAX_INSTANCES:,} take minutes, 50,000 would take hours); every match "
+        "lies in those studies and every server must return the expected number; archives "
+        "loaded in the first round, served again in the later ones")
+    return figures
+
+
 RUNNERS: dict[str, Callable[[Sizes, Path], list[Figure]]] = {
     "ingest": row_ingest, "nagle": row_nagle, "worklist": row_worklist, "scale": row_scale,
-    "memory": row_memory, "forward": row_forward, "startup": row_startup,
+    "memory": row_memory, "forward": row_forward, "startup": row_startup, "qr": row_qr,
 }
 
 
@@ -1455,7 +1559,8 @@ def header(sizes: Sizes, quick: bool, work: Path, rounds: int) -> list[str]:
 
 def check_tools() -> None:
     """Exit with the Debian package to install when a peer is missing."""
-    for name in ("storescu", "storescp", "findscu", "echoscu", "wlmscpfs", "Orthanc"):
+    for name in ("storescu", "storescp", "findscu", "echoscu", "wlmscpfs", "Orthanc",
+                 "dcmqrscp", "dcmqridx"):
         tool(name)
     if not ORTHANC_WORKLIST_PLUGIN.exists():
         raise MissingTool(f"{ORTHANC_WORKLIST_PLUGIN} missing: install the Debian package "

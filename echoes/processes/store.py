@@ -1,6 +1,7 @@
 """The ``store`` role: a store SCP worker process (``store_workers`` of them share the port).
 
-What it does with an object is :mod:`echoes.services.storage`'s; this shell
+What it does with an object is :mod:`echoes.services.storage`'s, and with a
+query :mod:`echoes.services.query`'s (Query/Retrieve shares the port); this shell
 makes the worker's spool folder, serves the port (:class:`DicomPort`) and,
 after the last association, removes what it leaves behind.
 """
@@ -10,7 +11,9 @@ from __future__ import annotations
 import os
 
 from echoes.config import Config
+from echoes.dicom.service import Port
 from echoes.processes.port import DicomPort
+from echoes.services.query import QueryService
 from echoes.services.storage import RECEIVE_MAX_PDU, StoreService
 from echoes.storage import spool
 
@@ -21,7 +24,7 @@ class StoreWorker(DicomPort):
     role = "store"
     maximum_length = RECEIVE_MAX_PDU
 
-    def service(self) -> StoreService:
+    def service(self) -> Port:
         config = self.config
         layout = spool.SpoolLayout(config.spool_dir)
         layout.create()
@@ -30,10 +33,13 @@ class StoreWorker(DicomPort):
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.store = StoreService(config, layout, folder)
-        return self.store
+        # -- Query/Retrieve on the store port, next to storage (issue 17) --
+        self.query = QueryService(config)  # C-FIND, Patient and Study Root
+        return Port(self.store, self.query)
 
     def reconfigure(self, fresh: Config) -> None:
         self.store.config = fresh  # min_free_mb, for the objects received from now on
+        self.query.config = fresh  # qr_allowed_calling_aes, ae_title (Q/R, issue 17)
 
     def closed(self) -> None:
         self.store.spares.close()
