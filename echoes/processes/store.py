@@ -1,6 +1,8 @@
 """The ``store`` role: a store SCP worker process (``store_workers`` of them share the port).
 
-What it does with an object is :mod:`echoes.services.storage`'s; this shell
+What it does with an object is :mod:`echoes.services.storage`'s, and the
+Query/Retrieve SOP classes on the same port are :mod:`echoes.services.retrieve`'s
+(C-MOVE, C-GET); this shell
 makes the worker's spool folder, serves the port (:class:`DicomPort`) and,
 after the last association, removes what it leaves behind.
 """
@@ -10,7 +12,9 @@ from __future__ import annotations
 import os
 
 from echoes.config import Config
+from echoes.dicom.service import Port
 from echoes.processes.port import DicomPort
+from echoes.services.retrieve import RetrieveService
 from echoes.services.storage import RECEIVE_MAX_PDU, StoreService
 from echoes.storage import spool
 
@@ -21,7 +25,7 @@ class StoreWorker(DicomPort):
     role = "store"
     maximum_length = RECEIVE_MAX_PDU
 
-    def service(self) -> StoreService:
+    def service(self) -> Port:
         config = self.config
         layout = spool.SpoolLayout(config.spool_dir)
         layout.create()
@@ -30,10 +34,13 @@ class StoreWorker(DicomPort):
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.store = StoreService(config, layout, folder)
-        return self.store
+        # Query/Retrieve (issue 17) next to storage, on the same AE and port.
+        self.retrieve = RetrieveService(config)  # C-MOVE, C-GET
+        return Port(self.store, self.retrieve)
 
     def reconfigure(self, fresh: Config) -> None:
         self.store.config = fresh  # min_free_mb, for the objects received from now on
+        self.retrieve.config = fresh  # [ae:*] destinations, qr_allowed_calling_aes
 
     def closed(self) -> None:
         self.store.spares.close()
