@@ -13,8 +13,8 @@ medians with their spread.  One table goes to stdout and to
 ``bench/out/compare-<timestamp>.txt``.
 
 Rows (``--only`` takes these names): ingest, nagle, worklist, scale,
-memory, forward, startup.  ``--quick`` runs smaller counts for a smoke test;
-its verdicts are not the issue's.
+memory, forward, startup, retrieve (issue 17: 8c C-MOVE, 8d C-GET).
+``--quick`` runs smaller counts for a smoke test; its verdicts are not the issue's.
 
 Needs dcmtk and orthanc from Debian (it installs nothing) and the project's
 venv python (``.venv/bin/python bench/compare.py``).
@@ -71,7 +71,7 @@ from echoes import config as config_module
 from echoes.index.embedded import ArchiveIndex, InstanceRecord, read_studies
 from echoes.storage import objects
 
-ROWS = ("ingest", "nagle", "worklist", "scale", "memory", "forward", "startup")
+ROWS = ("ingest", "nagle", "worklist", "scale", "memory", "forward", "startup", "retrieve")
 SYSTEMS = ("dcmtk", "orthanc", "echoes")
 ORTHANC_WORKLIST_PLUGIN = Path("/usr/share/orthanc/plugins/libModalityWorklists.so")
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -113,13 +113,15 @@ class Sizes:
     big_frames: int = 2000
     mwl_memory_items: int = 50_000
     forward: int = 1000
+    #: CT objects in the study moved and got in the retrieve row (8c, 8d).
+    retrieve: int = 1000
 
 
 FULL = Sizes()
 QUICK = Sizes(ct=200, tiny=400, concurrent=200, nagle=50, per_association=50,
               nagle_per_association=20, mwl_items=2000, runs=3,
               universal_runs=1, scale_batch=200, scale_total=10_000, big_frames=200,
-              mwl_memory_items=5000, forward=200)
+              mwl_memory_items=5000, forward=200, retrieve=50)
 
 
 def progress(message: str) -> None:
@@ -306,7 +308,8 @@ class Orthanc(Receiver):
     name = "Orthanc"
     called = "ORTHANC"
 
-    def __init__(self, work: Path, worklists: Path | None = None) -> None:
+    def __init__(self, work: Path, worklists: Path | None = None,
+                 modalities: dict[str, list] | None = None) -> None:
         work.mkdir(parents=True, exist_ok=True)
         self.port, self.http = free_port(), free_port()
         settings: dict[str, object] = {
@@ -316,6 +319,8 @@ class Orthanc(Receiver):
             "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
             "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True, "SaveJobs": False,
         }
+        if modalities:  # C-MOVE destinations and the AEs allowed to move and get
+            settings["DicomModalities"] = modalities
         if worklists is not None:
             settings.update({
                 "Plugins": [str(ORTHANC_WORKLIST_PLUGIN)],
@@ -1371,9 +1376,96 @@ def row_startup(sizes: Sizes, work: Path) -> list[Figure]:
     return [dicom_fig, web_fig]
 
 
+#: The calling AE of movescu and getscu in the retrieve row, and the move destination's.
+RETRIEVER, MOVE_DEST = "BENCHSCU", "DEST"
+
+
+def retrieved(system: str, files: list[Path], work: Path, operation: str) -> Cell:
+    """One C-MOVE (movescu, to a fresh storescp) or C-GET (getscu) of the study of
+    ``files`` from a fresh ``system`` that holds it: seconds from the client's start
+    until it returned, valid when every object arrived."""
+    study = dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+    with contextlib.ExitStack() as stack:
+        folder = stack.enter_context(scratch(work, system))
+        scp = stack.enter_context(StoreSCP(folder / "dest")) if operation == "move" else None
+        target: Receiver
+        if system == "orthanc":
+            modalities = {"bench": [RETRIEVER, "127.0.0.1", 0]}
+            if scp is not None:
+                modalities["dest"] = [MOVE_DEST, "127.0.0.1", scp.port]
+            target = stack.enter_context(Orthanc(folder / "orthanc", modalities=modalities))
+        else:
+            extra = (f"\n[ae:{MOVE_DEST}]\nhost = 127.0.0.1\nport = {scp.port}\nforward = no\n"
+                     if scp is not None else "")
+            target = stack.enter_context(Echoes(folder / "home", extra=extra))
+        loaded = ingest(target, files)
+        if not loaded.ok:
+            return Cell(None, False, f"loading the study: {loaded.note}")
+        pid = target.process.pid if target.process is not None else 0  # type: ignore[attr-defined]
+        wait_idle(pid, timeout=120, window=1.0, busy=0.02)
+        keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
+        if scp is not None:
+            argv = [tool("movescu"), "-S", "-aet", RETRIEVER, "-aec", target.called,
+                    "-aem", MOVE_DEST, *keys, "127.0.0.1", str(target.port)]
+            arrived = scp.count
+        else:
+            got = folder / "got"
+            got.mkdir()
+            argv = [tool("getscu"), "-S", "-aet", RETRIEVER, "-aec", target.called,
+                    "-od", str(got), *keys, "127.0.0.1", str(target.port)]
+
+            def arrived() -> int:
+                return sum(1 for entry in os.scandir(got) if entry.is_file())
+        started = time.perf_counter()
+        done = subprocess.run(argv, env=ENV, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        count = arrived()
+        output = (done.stdout + done.stderr).strip()
+        note = f"{count} of {len(files)} arrived" + (
+            f"; {argv[0].rsplit('/', 1)[-1]} exit {done.returncode}: {output[-200:]}"
+            if done.returncode or output else "")
+        return Cell(seconds, count == len(files) and done.returncode == 0, note)
+
+
+def row_retrieve(sizes: Sizes, work: Path) -> list[Figure]:
+    """Issue 17 (c) and (d): C-MOVE of a CT study to a storescp (movescu) and C-GET of it
+    (getscu), echoes and Orthanc, against storescu sending the same files to storescp."""
+    files = corpus(sizes.retrieve)
+    warm(files)
+
+    def direct() -> Cell:
+        with scratch(work, "dcmtk") as folder, StoreSCP(folder) as scp:
+            return ingest(scp, files)
+
+    cells: dict[str, dict[str, Cell]] = {"move": {}, "get": {}}
+    for system in order():
+        if system == "dcmtk":
+            cells["move"]["dcmtk"] = cells["get"]["dcmtk"] = measure(
+                f"8c/8d dcmtk: storescu -> storescp, {len(files):,} CT", direct)
+            continue
+        for operation in ("move", "get"):
+            cells[operation][system] = measure(
+                f"8{'c' if operation == 'move' else 'd'} {system}: C-{operation.upper()} of "
+                f"{len(files):,} CT", lambda s=system, o=operation: retrieved(s, files, work, o))
+    how = ("the archive holds the one study (loaded by storescu, then idle); the clock runs "
+           "from the client's start until it returned (the final response: every object "
+           "stored); storescp/wlmscpfs column: storescu sending the same files straight to "
+           "storescp")
+    move = Figure("8c", f"C-MOVE {len(files):,} CT to storescp (movescu)", "s", cells["move"],
+                  how=how)
+    at_most(move, "orthanc", 1.0)
+    at_most(move, "dcmtk", 1.25, "storescu direct")
+    get = Figure("8d", f"C-GET {len(files):,} CT (getscu)", "s", cells["get"],
+                 how="as 8c; getscu writes what it gets into a folder, as storescp does")
+    at_most(get, "orthanc", 1.0)
+    at_most(get, "dcmtk", 1.25, "storescu direct")
+    return [move, get]
+
+
 RUNNERS: dict[str, Callable[[Sizes, Path], list[Figure]]] = {
     "ingest": row_ingest, "nagle": row_nagle, "worklist": row_worklist, "scale": row_scale,
     "memory": row_memory, "forward": row_forward, "startup": row_startup,
+    "retrieve": row_retrieve,
 }
 
 
@@ -1419,7 +1511,8 @@ def header(sizes: Sizes, quick: bool, work: Path, rounds: int) -> list[str]:
 
 def check_tools() -> None:
     """Exit with the Debian package to install when a peer is missing."""
-    for name in ("storescu", "storescp", "findscu", "echoscu", "wlmscpfs", "Orthanc"):
+    for name in ("storescu", "storescp", "findscu", "echoscu", "wlmscpfs", "movescu", "getscu",
+                 "Orthanc"):
         tool(name)
     if not ORTHANC_WORKLIST_PLUGIN.exists():
         raise MissingTool(f"{ORTHANC_WORKLIST_PLUGIN} missing: install the Debian package "

@@ -252,6 +252,7 @@ class RetrieveService:
             accepted = {(cx.abstract_syntax, cx.transfer_syntax) for cx in assoc.accepted_contexts}
             send = _over_requestor(assoc, originator)
             done = 0
+            went_through = counts.completed + counts.warning
             first_failure = ""
             try:
                 for item in batch:
@@ -274,7 +275,10 @@ class RetrieveService:
                                 request.destination, first_failure)
             queue = queue[done:]
             if queue and not assoc.is_established and assoc.lost:
-                lost_in_a_row = lost_in_a_row + 1 if counts.completed == 0 else 0
+                # ended under an object (that one failed): the rest go over a new
+                # association, unless the destination takes nothing at all
+                nothing = counts.completed + counts.warning == went_through
+                lost_in_a_row = lost_in_a_row + 1 if nothing else 0
                 if lost_in_a_row >= LOST_IN_A_ROW:
                     counts.fail_rest(item.sop_instance_uid for item in queue)
                     return False
