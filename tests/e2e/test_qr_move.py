@@ -98,13 +98,17 @@ def start_storescp(folder: Path, title: str) -> StoreSCP:
 
 
 class SlowSCP:
-    """A pynetdicom storage SCP that takes ``delay`` seconds per object (C-CANCEL test)."""
+    """A pynetdicom storage SCP that takes ``delay`` seconds per object (C-CANCEL test);
+    with ``trouble``, it aborts the association at its 3rd object and refuses the 10th
+    with 0xC000 (the reconnect and 0xB000 test)."""
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float, trouble: bool = False) -> None:
         self.port = free_port()
         self.received: list[str] = []
         self.delay = delay
-        ae = AE(ae_title="SLOW")
+        self.trouble = trouble
+        self.calls = 0
+        ae = AE(ae_title="FLAKY" if trouble else "SLOW")
         ae.add_supported_context(SecondaryCaptureImageStorage,
                                  [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self.server = ae.start_server(("127.0.0.1", self.port), block=False,
@@ -112,6 +116,12 @@ class SlowSCP:
 
     def store(self, event: evt.Event) -> int:
         time.sleep(self.delay)
+        self.calls += 1
+        if self.trouble and self.calls == 3:
+            event.assoc.abort()
+            return 0xC000
+        if self.trouble and self.calls == 10:
+            return 0xC000
         self.received.append(event.request.AffectedSOPInstanceUID)
         return 0x0000
 
@@ -126,6 +136,7 @@ class Archive:
     server: Server
     plain: StoreSCP
     slow: SlowSCP
+    flaky: SlowSCP
     down_port: int
     study: str
     series: list[str]
@@ -164,6 +175,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
     work = tmp_path_factory.mktemp("qrmove")
     plain = start_storescp(work / "plain", "PLAIN")
     slow = SlowSCP(0.15)
+    flaky = SlowSCP(0.0, trouble=True)
     down_port = free_port()  # nothing listens there
     orthanc_port = free_port()
     home = work / "home"
@@ -171,7 +183,8 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
                         network_timeout=5)
     sections = "".join(f"\n[ae:{title}]\nhost = 127.0.0.1\nport = {port}\nforward = no\n"
                        for title, port in (("PLAIN", plain.port), ("DOWN", down_port),
-                                           ("SLOW", slow.port), ("ORTHANC", orthanc_port)))
+                                           ("SLOW", slow.port), ("FLAKY", flaky.port),
+                                           ("ORTHANC", orthanc_port)))
     path.write_text(path.read_text() + sections)
     server = _start(home)
     try:
@@ -190,7 +203,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
         _storescu(server.port, [jpeg], "-xs", "-R")
         _storescu(server.port, [rle], "-xr", "-R")
         server.wait_ingested(STUDY_SIZE + 2)
-        yield Archive(server, plain, slow, down_port, study, series, sops,
+        yield Archive(server, plain, slow, flaky, down_port, study, series, sops,
                       str(pydicom.dcmread(jpeg, stop_before_pixels=True).StudyInstanceUID),
                       str(pydicom.dcmread(rle, stop_before_pixels=True).StudyInstanceUID),
                       orthanc_port, work)
@@ -199,6 +212,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
         plain.process.terminate()
         plain.process.wait(10)
         slow.stop()
+        flaky.stop()
 
 
 @pytest.fixture
@@ -387,6 +401,21 @@ def test_destination_down_is_failures_not_a_hang(archive: Archive) -> None:
     assert final.NumberOfCompletedSuboperations == 0
     assert identifier is not None
     assert set(identifier.FailedSOPInstanceUIDList) == set(archive.sops[1::2])
+
+
+def test_some_failed_is_b000_with_their_uids(archive: Archive) -> None:
+    """The destination aborts under the 3rd object and refuses the 10th: the move goes on
+    over a new association, 0xB000 names exactly those two."""
+    statuses, identifier = py_move(archive, "FLAKY", _identifier(
+        "SERIES", StudyInstanceUID=archive.study, SeriesInstanceUID=archive.series[0]))
+    final = statuses[-1]
+    assert final.Status == 0xB000, final
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (
+        STUDY_SIZE // 2 - 2, 2)
+    series = archive.sops[0::2]  # in instance order, as they were sent
+    assert identifier is not None
+    assert list(identifier.FailedSOPInstanceUIDList) == [series[2], series[9]]
+    assert set(archive.flaky.received) == set(series) - {series[2], series[9]}
 
 
 def test_c_cancel_stops_a_move(archive: Archive) -> None:
