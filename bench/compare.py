@@ -1390,7 +1390,7 @@ def retrieved(system: str, files: list[Path], work: Path, operation: str) -> Cel
         scp = stack.enter_context(StoreSCP(folder / "dest")) if operation == "move" else None
         target: Receiver
         if system == "orthanc":
-            modalities = {"bench": [RETRIEVER, "127.0.0.1", 0]}
+            modalities = {"bench": [RETRIEVER, "127.0.0.1", 104]}  # get: no call back
             if scp is not None:
                 modalities["dest"] = [MOVE_DEST, "127.0.0.1", scp.port]
             target = stack.enter_context(Orthanc(folder / "orthanc", modalities=modalities))
