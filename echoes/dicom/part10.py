@@ -13,6 +13,7 @@ values, so a 1 GB object costs a handful of reads, not 1 GB of memory.
 
 from __future__ import annotations
 
+import io
 import re
 import struct
 import zlib
@@ -194,6 +195,14 @@ def check_part10(fp: BinaryIO, size: int, capture: dict[int, bytes] | None = Non
     if capture is not None:
         capture.update(walker.captured)
     return syntax
+
+
+def check_dataset(data: bytes, implicit: bool, little: bool) -> None:
+    """Check a bare data set's structure (a C-FIND identifier, no File Meta):
+    MalformedDataset when a length runs past the end or it stops mid-element.
+    pydicom reads such bytes without complaint, keeping a truncated value."""
+    walker = _Walker(io.BytesIO(data), len(data), implicit=implicit, little=little)
+    walker.walk_dataset(depth=0, implicit=implicit, until_item_end=False)
 
 
 def _check_deflated(fp: BinaryIO, offset: int) -> None:

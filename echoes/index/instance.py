@@ -33,6 +33,13 @@ class InstanceRecord:
     SeriesNumber: str = ""
     SeriesDescription: str = ""
     InstanceNumber: str = ""
+    # Q/R keys (issue 17); documents written before them lack these fields:
+    # readers use .get(), and a query on them simply does not match those.
+    SeriesDate: str = ""
+    BodyPartExamined: str = ""
+    Rows: str = ""
+    Columns: str = ""
+    NumberOfFrames: str = ""
     TransferSyntaxUID: str = ""
     path: str = ""
     size: int = 0

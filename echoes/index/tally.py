@@ -20,7 +20,8 @@ PATIENT_STUDY_FIELDS = (
     "StudyDate", "StudyTime", "StudyDescription", "AccessionNumber",
     "ReferringPhysicianName", "StudyID",
 )
-SERIES_FIELDS = ("SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription")
+SERIES_FIELDS = ("SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription",
+                 "SeriesDate", "BodyPartExamined")
 
 
 class Tally:
@@ -95,7 +96,8 @@ class StudyTally:
         newest = tally.resolve(d for d in instances.values()
                                if d["SeriesInstanceUID"] == series_uid)
         assert newest is not None
-        return {**{key: newest[key] for key in SERIES_FIELDS},
+        # .get: instances indexed before SeriesDate/BodyPartExamined were kept lack them.
+        return {**{key: newest.get(key, "") for key in SERIES_FIELDS},
                 "NumberOfSeriesRelatedInstances": tally.count}
 
     def summary(self, instances: dict[str, dict]) -> dict | None:

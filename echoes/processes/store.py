@@ -1,8 +1,8 @@
 """The ``store`` role: a store SCP worker process (``store_workers`` of them share the port).
 
-What it does with an object is :mod:`echoes.services.storage`'s, and the
-Query/Retrieve SOP classes on the same port are :mod:`echoes.services.retrieve`'s
-(C-MOVE, C-GET); this shell
+What it does with an object is :mod:`echoes.services.storage`'s; Query/Retrieve
+shares the port: a query is :mod:`echoes.services.query`'s (C-FIND), a
+retrieve :mod:`echoes.services.retrieve`'s (C-MOVE, C-GET); this shell
 makes the worker's spool folder, serves the port (:class:`DicomPort`) and,
 after the last association, removes what it leaves behind.
 """
@@ -14,6 +14,7 @@ import os
 from echoes.config import Config
 from echoes.dicom.service import Port
 from echoes.processes.port import DicomPort
+from echoes.services.query import QueryService
 from echoes.services.retrieve import RetrieveService
 from echoes.services.storage import RECEIVE_MAX_PDU, StoreService
 from echoes.storage import spool
@@ -34,13 +35,15 @@ class StoreWorker(DicomPort):
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.store = StoreService(config, layout, folder)
-        # Query/Retrieve (issue 17) next to storage, on the same AE and port.
+        # -- Query/Retrieve on the store port, next to storage (issue 17) --
+        self.query = QueryService(config)  # C-FIND, Patient and Study Root
         self.retrieve = RetrieveService(config)  # C-MOVE, C-GET
-        return Port(self.store, self.retrieve)
+        return Port(self.store, self.query, self.retrieve)
 
     def reconfigure(self, fresh: Config) -> None:
         self.store.config = fresh  # min_free_mb, for the objects received from now on
-        self.retrieve.config = fresh  # [ae:*] destinations, qr_allowed_calling_aes
+        self.query.config = fresh  # qr_allowed_calling_aes, ae_title (Q/R, issue 17)
+        self.retrieve.config = fresh  # [ae:*] move destinations, qr_allowed_calling_aes
 
     def closed(self) -> None:
         self.store.spares.close()
