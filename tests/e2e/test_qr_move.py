@@ -418,6 +418,110 @@ def test_some_failed_is_b000_with_their_uids(archive: Archive) -> None:
     assert set(archive.flaky.received) == set(series) - {series[2], series[9]}
 
 
+def test_silent_destination_fails_within_network_timeout(archive: Archive) -> None:
+    """A destination that takes the TCP connection but never answers the A-ASSOCIATE-RQ
+    (a listening socket nobody accepts on): the objects are failures once
+    network_timeout (5 s here) has passed, the move does not hang."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        home = archive.server.config.path
+        text = home.read_text()
+        home.write_text(text + f"\n[ae:SILENT]\nhost = 127.0.0.1\nport = {port}\nforward = no\n")
+        try:
+            reload = subprocess.run([sys.executable, "-m", "echoes", "--config", str(home),
+                                     "reload"], capture_output=True, text=True)
+            assert reload.returncode == 0, reload.stderr
+
+            def known() -> bool:  # a move of nothing: 0xA801 until the worker reloaded
+                nothing = _identifier("STUDY", StudyInstanceUID=generate_uid())
+                return py_move(archive, "SILENT", nothing)[0][-1].Status == 0x0000
+
+            wait_for(known, 10, "the store worker did not take the new [ae:SILENT]")
+            statuses, _ = py_move(archive, "SILENT", _identifier(
+                "IMAGE", StudyInstanceUID=archive.study, SOPInstanceUID=archive.sops[:2]))
+        finally:
+            home.write_text(text)
+    final = statuses[-1]
+    assert final.Status == 0xA702, final
+    assert final.NumberOfFailedSuboperations == 2
+    assert "no association to SILENT" in archive.log()
+
+
+def test_c_cancel_stops_a_get(archive: Archive) -> None:
+    """C-CANCEL while echoes sends C-GET sub-operations over the requester's association
+    (the requester takes a while per object): 0xFE00 with the remaining count."""
+    got: list[str] = []
+
+    def store(event: evt.Event) -> int:
+        time.sleep(0.1)
+        got.append(event.request.AffectedSOPInstanceUID)
+        return 0x0000
+
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(SecondaryCaptureImageStorage, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", archive.server.port, ae_title=ECHOES_AE,
+                         ext_neg=[build_role(SecondaryCaptureImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, store)])
+    assert assoc.is_established
+    statuses = []
+    try:
+        for status, _found in assoc.send_c_get(
+                _identifier("STUDY", StudyInstanceUID=archive.study),
+                StudyRootQueryRetrieveInformationModelGet, msg_id=9):
+            statuses.append(status)
+            if status.Status == 0xFF00 and len(statuses) == 1:
+                context = assoc._get_valid_context(StudyRootQueryRetrieveInformationModelGet,
+                                                   "", "scu")
+                assoc.send_c_cancel(9, context.context_id)
+    finally:
+        assoc.release()
+    final = statuses[-1]
+    assert final.Status == 0xFE00, final
+    assert final.NumberOfRemainingSuboperations > 0
+    assert len(got) < STUDY_SIZE
+    assert "C-GET from PYSCU at STUDY level" in archive.log()
+
+
+def test_large_object_is_streamed_not_read_whole(archive: Archive, tmp_path: Path) -> None:
+    """C-GET of a 64 MiB object: the store worker's peak memory grows by far less than
+    the object (it is sent from the file in pieces, as the sender sends)."""
+    import psutil
+
+    ds = make_dataset(rows=5800, patient_id="PBIG")  # 5800 x 5800 x 2 bytes = 64 MiB
+    ds.PixelData = np.random.default_rng(5).integers(0, 65535, 5800 * 5800,
+                                                     dtype="<u2").tobytes()
+    big = write_part10(ds, tmp_path / "big.dcm")
+    del ds
+    before = sum(1 for _ in archive.server.indexed_sops())
+    _storescu(archive.server.port, [big])
+    archive.server.wait_ingested(before + 1, timeout=60)
+    [worker] = archive.server.children("store")
+
+    def peak() -> int:
+        for line in Path(f"/proc/{worker}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmHWM")
+
+    start = peak()
+    out = tmp_path / "got"
+    out.mkdir()
+    done = subprocess.run(
+        ["getscu", "-S", "-aet", "GETSCU", "-aec", ECHOES_AE, "-od", str(out),
+         "-k", "QueryRetrieveLevel=STUDY", "-k",
+         f"StudyInstanceUID={pydicom.dcmread(big, stop_before_pixels=True).StudyInstanceUID}",
+         "127.0.0.1", str(archive.server.port)], env=DCMTK_ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [arrived] = list(out.iterdir())
+    assert arrived.stat().st_size >= 5800 * 5800 * 2
+    assert peak() - start < 16 << 20, psutil.Process(worker).memory_info()
+
+
 def test_c_cancel_stops_a_move(archive: Archive) -> None:
     archive.slow.received.clear()
     statuses, _ = py_move(archive, "SLOW", _identifier("STUDY", StudyInstanceUID=archive.study),
