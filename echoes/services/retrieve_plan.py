@@ -14,12 +14,18 @@ without a peer::
 
 Statuses (PS3.4 C.4.2.1.5, C.4.3.1.4): all sent 0x0000; some failed or
 warned 0xB000 with the Failed SOP Instance UID List; none could be sent
-0xA702 (dcmqrscp's choice too: "Refused: out of resources, unable to perform
-sub-operations"); cancelled 0xFE00 with the remaining count.  An identifier
-that names nothing archived is 0x0000 with zero sub-operations, as dcmqrscp
-and Orthanc answer it (Orthanc's MoveScp: no sub-operation means Success):
-a viewer asking for priors that are not here is not an error the standard
-names, and 0xA701/0xA702 would make it report the archive as broken.
+0xA702 (dcmqrscp answers so too, checked with a destination down: "Refused: out of
+resources, unable to perform
+sub-operations"); cancelled 0xFE00 with the remaining count.
+
+An identifier that names nothing archived is 0x0000 with zero sub-operations,
+as dcmqrscp answers it (dcmtk 3.6.7, checked with movescu); Orthanc 1.10.1
+answers 0xC000 ("Failed: unable to process", its handler throws on an unknown
+resource).  Why dcmqrscp's: PS3.4 C.4.2.3.1 makes the final status a summary
+of the sub-operations, and with none nothing failed; 0xA701/0xA702 name
+resources, not absent data; a viewer asking for priors that are not here
+should not report the archive as broken.  The requester sees 0 completed,
+and the log has a WARNING line.
 """
 
 from __future__ import annotations

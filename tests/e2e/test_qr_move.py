@@ -536,7 +536,8 @@ def test_c_cancel_stops_a_move(archive: Archive) -> None:
 
 
 def test_move_of_a_uid_not_archived(archive: Archive) -> None:
-    """0x0000 with no sub-operation, as dcmqrscp and Orthanc answer, and a log line."""
+    """0x0000 with no sub-operation, as dcmqrscp answers (Orthanc: 0xC000), and a log
+    line."""
     statuses, _ = py_move(archive, "PLAIN", _identifier("STUDY",
                                                         StudyInstanceUID=generate_uid()))
     assert [s.Status for s in statuses] == [0x0000]

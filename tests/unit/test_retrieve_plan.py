@@ -109,7 +109,7 @@ def test_all_completed_is_success_without_remaining() -> None:
     ((COMPLETED, WARNING), dimse.SUBOPERATIONS_WARNING),
     ((WARNING, FAILED), dimse.SUBOPERATIONS_WARNING),
     ((FAILED, FAILED), dimse.UNABLE_TO_PERFORM_SUBOPERATIONS),
-    ((), dimse.SUCCESS),  # nothing archived matched: as dcmqrscp and Orthanc
+    ((), dimse.SUCCESS),  # nothing archived matched: as dcmqrscp answers
 ])
 def test_final_status(results: tuple[str, ...], status: int) -> None:
     counts = SubOperations(len(results))
