@@ -14,9 +14,9 @@ without a peer::
 
 Statuses (PS3.4 C.4.2.1.5, C.4.3.1.4): all sent 0x0000; some failed or
 warned 0xB000 with the Failed SOP Instance UID List; none could be sent
-0xA702 (dcmqrscp answers so too, checked with a destination down: "Refused: out of
-resources, unable to perform
-sub-operations"); cancelled 0xFE00 with the remaining count.
+0xA702 (dcmqrscp answers so too, checked with a destination down: "Refused:
+out of resources, unable to perform sub-operations"); cancelled 0xFE00 with
+the remaining count.
 
 An identifier that names nothing archived is 0x0000 with zero sub-operations,
 as dcmqrscp answers it (dcmtk 3.6.7, checked with movescu); Orthanc 1.10.1
