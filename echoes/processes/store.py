@@ -37,7 +37,7 @@ class StoreWorker(DicomPort):
         self.store = StoreService(config, layout, folder)
         # -- Query/Retrieve on the store port, next to storage (issue 17) --
         self.query = QueryService(config)  # C-FIND, Patient and Study Root
-        self.retrieve = RetrieveService(config)  # C-MOVE, C-GET
+        self.retrieve = RetrieveService(config, self.query.index)  # C-MOVE, C-GET
         return Port(self.store, self.query, self.retrieve)
 
     def reconfigure(self, fresh: Config) -> None:

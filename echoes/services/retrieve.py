@@ -41,7 +41,8 @@ from echoes.dicom import acceptor as association
 from echoes.dicom import dataset, dimse, pdu, sopclasses, syntax
 from echoes.dicom.requestor import AssociationFailed, Requestor
 from echoes.dicom.service import Final
-from echoes.index import open_index
+from echoes.index import IndexReader, open_index
+from echoes.index.cache import CachingReader
 from echoes.services import dicom_settings, qr_access
 from echoes.services.delivery import store_one
 from echoes.services.outbound import DELIVERED, PaddedDataSet, plan_batch
@@ -140,8 +141,11 @@ def result_of(outcome: str, detail: str) -> str:
 class RetrieveService:
     """C-MOVE and C-GET, Patient Root and Study Root (see echoes.dicom.service.Service)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, index: IndexReader | None = None) -> None:
         self.config = config
+        #: The find service's cached reader when given (store.py): a viewer finds,
+        #: then moves the same study, and one catalog copy per worker is enough.
+        self.index = index or CachingReader(open_index(config))
         self.accepted = {uid: frozenset(syntax.UNCOMPRESSED) for uid in RETRIEVE_CLASSES}
         #: C-GET: a requester may take the SCP role of every storage class.
         self.roles = {uid: (True, True) for uid in sopclasses.store_scp_classes()}
@@ -196,7 +200,7 @@ class RetrieveService:
                               f"Move destination {request.destination[:16]!r} unknown",
                               "move destination not configured as [ae:...]")
         try:
-            items = items_of(open_index(config).query(IMAGE, selection.filters))
+            items = items_of(self.index.query(IMAGE, selection.filters))
         except (OSError, ValueError) as exc:
             log.error("%s from %s at %s level: the index cannot be read: %s", what, caller,
                       selection.level, exc)
