@@ -13,7 +13,8 @@ medians with their spread.  One table goes to stdout and to
 ``bench/out/compare-<timestamp>.txt``.
 
 Rows (``--only`` takes these names): ingest, nagle, worklist, scale,
-memory, forward, startup, retrieve (issue 17: 8c C-MOVE, 8d C-GET).
+memory, forward, startup, qr (issue 17: Q/R C-FIND, also against dcmtk's dcmqrscp),
+retrieve (issue 17: 8c C-MOVE, 8d C-GET).
 ``--quick`` runs smaller counts for a smoke test; its verdicts are not the issue's.
 
 Needs dcmtk and orthanc from Debian (it installs nothing) and the project's
@@ -46,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import qr
 from common import (
     ENV,
     OUT,
@@ -71,7 +73,8 @@ from echoes import config as config_module
 from echoes.index.embedded import ArchiveIndex, InstanceRecord, read_studies
 from echoes.storage import objects
 
-ROWS = ("ingest", "nagle", "worklist", "scale", "memory", "forward", "startup", "retrieve")
+ROWS = ("ingest", "nagle", "worklist", "scale", "memory", "forward", "startup", "qr",
+        "retrieve")
 SYSTEMS = ("dcmtk", "orthanc", "echoes")
 ORTHANC_WORKLIST_PLUGIN = Path("/usr/share/orthanc/plugins/libModalityWorklists.so")
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -113,6 +116,8 @@ class Sizes:
     big_frames: int = 2000
     mwl_memory_items: int = 50_000
     forward: int = 1000
+    qr_studies: int = 1000
+    qr_per_study: int = 100
     #: CT objects in the study moved and got in the retrieve row (8c, 8d).
     retrieve: int = 1000
 
@@ -121,7 +126,8 @@ FULL = Sizes()
 QUICK = Sizes(ct=200, tiny=400, concurrent=200, nagle=50, per_association=50,
               nagle_per_association=20, mwl_items=2000, runs=3,
               universal_runs=1, scale_batch=200, scale_total=10_000, big_frames=200,
-              mwl_memory_items=5000, forward=200, retrieve=50)
+              mwl_memory_items=5000, forward=200, qr_studies=60, qr_per_study=5,
+              retrieve=50)
 
 
 def progress(message: str) -> None:
@@ -309,7 +315,7 @@ class Orthanc(Receiver):
     called = "ORTHANC"
 
     def __init__(self, work: Path, worklists: Path | None = None,
-                 modalities: dict[str, list] | None = None) -> None:
+                 extra: dict[str, object] | None = None) -> None:
         work.mkdir(parents=True, exist_ok=True)
         self.port, self.http = free_port(), free_port()
         settings: dict[str, object] = {
@@ -319,14 +325,13 @@ class Orthanc(Receiver):
             "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
             "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True, "SaveJobs": False,
         }
-        if modalities:  # C-MOVE destinations and the AEs allowed to move and get
-            settings["DicomModalities"] = modalities
         if worklists is not None:
             settings.update({
                 "Plugins": [str(ORTHANC_WORKLIST_PLUGIN)],
                 "Worklists": {"Enable": True, "Database": str(worklists)},
                 "DicomAlwaysAllowFindWorklist": True,
             })
+        settings.update(extra or {})
         config = work / "orthanc.json"
         config.write_text(json.dumps(settings, indent=1))
         # Orthanc's DICOM side is dcmtk: without TCP_NODELAY=1 in its environment
@@ -757,7 +762,8 @@ def merge(rounds: list[list[Figure]]) -> list[Figure]:
 
 def render(figures: list[Figure], header: list[str], wall: float, quick: bool) -> str:
     """The table, its footnotes and a summary line."""
-    heads = ["figure", "storescp/wlmscpfs", "Orthanc", "echoes", "ratio", "target", "result"]
+    heads = ["figure", "storescp/wlmscpfs/dcmqrscp", "Orthanc", "echoes", "ratio", "target",
+             "result"]
     rows: list[list[str]] = []
     for fig in figures:
         values = [fmt(fig.cells.get(system), fig.unit) for system in SYSTEMS]
@@ -1376,33 +1382,165 @@ def row_startup(sizes: Sizes, work: Path) -> list[Figure]:
     return [dicom_fig, web_fig]
 
 
+# --- Query/Retrieve C-FIND (issue 17: 8a, 8b) ---------------------------------------
+
+#: Each system's Q/R archive, loaded in the first round and served again in the
+#: later ones (loading 100,000 objects into Orthanc takes minutes): system -> state.
+_QR_LOADED: dict[str, object] = {}
+
+
+@contextlib.contextmanager
+def qr_server(system: str, files: list[Path], work: Path, per_study: int
+              ) -> Iterator[Receiver | qr.DcmQRSCP]:
+    """The system serving the Q/R archive: loaded the first time, restarted later."""
+    folder = work / f"qr-{system}"
+    first = system not in _QR_LOADED
+    if system == "dcmtk":
+        # The corpus is sorted by study: its first studies are what dcmqrscp can index.
+        server: Receiver | qr.DcmQRSCP = qr.DcmQRSCP(
+            folder, files[:qr.DCMQRSCP_MAX_STUDIES * per_study] if first else None)
+        _QR_LOADED[system] = True
+    elif system == "orthanc":
+        server = Orthanc(folder, extra={"DicomAlwaysAllowFind": True})
+        if first:
+            for start in range(0, len(files), 1000):
+                send(server.port, files[start:start + 1000], 2, called=server.called)
+            found = settle(server, len(files))
+            if found != len(files):
+                server.stop()
+                raise RuntimeError(f"Orthanc holds {found} of {len(files)} objects")
+            _QR_LOADED[system] = True
+            wait_idle(server.process.pid, timeout=300, window=1.0, busy=0.02)
+    else:
+        target = _QR_LOADED.get(system)
+        if not isinstance(target, Echoes):
+            target = Echoes(folder / "home", start=False)
+            qr.fill_echoes(target.config, files)
+            _QR_LOADED[system] = target
+        target.start()
+        server = target
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def row_qr(sizes: Sizes, work: Path) -> list[Figure]:
+    """Issue 17 targets 8a, 8b: study-level C-FIND, echoes vs Orthanc vs dcmqrscp."""
+    files = qr.corpus(sizes.qr_studies, sizes.qr_per_study)
+    wanted = qr.queries(sizes.qr_studies)
+    medians: dict[str, dict[str, Cell]] = {q.key: {} for q in wanted}
+    matches: dict[str, dict[str, int]] = {q.key: {} for q in wanted}
+    for system in order():
+        progress(f"8 {system}: Q/R C-FIND on {len(files):,} instances"
+                 f"{'' if system in _QR_LOADED else ' (loading them first)'}")
+        try:
+            with qr_server(system, files, work, sizes.qr_per_study) as server:
+                for query in wanted:
+                    try:
+                        _seconds, matches[query.key][system] = qr.findscu(
+                            server.port, server.called, query.keys, count=True)
+                        medians[query.key][system] = Cell(1000 * statistics.median(
+                            qr.findscu(server.port, server.called, query.keys)[0]
+                            for _ in range(sizes.runs)))
+                    except Exception as exc:  # that query fails, the other goes on
+                        medians[query.key][system] = failed(exc)
+                        progress(f"  {query.key}: {exc}")
+        except Exception as exc:
+            progress(f"  {system} did not serve: {exc}")
+            for query in wanted:
+                medians[query.key][system] = failed(exc)
+    figures = []
+    for query in wanted:
+        cells = medians[query.key]
+        for system, found in matches[query.key].items():
+            if found != query.matches:
+                cells[system].ok = False
+                cells[system].note = (cells[system].note + " " if cells[system].note else "") \
+                    + f"{found} matches, expected {query.matches}"
+        fig = Figure(query.key, f"{query.label}, {query.matches} matches", "ms", cells)
+        faster_by(fig, "orthanc", 5.0)
+        faster_by(fig, "dcmtk", 5.0, "dcmqrscp")
+        figures.append(fig)
+    indexed = min(sizes.qr_studies, qr.DCMQRSCP_MAX_STUDIES)
+    figures[0].how = (
+        f"median wall time of whole findscu -S -q runs (process start to exit), {sizes.runs} "
+        f"runs after one counted run; archive: {sizes.qr_studies:,} studies x "
+        f"{sizes.qr_per_study} tiny objects ({len(files):,}); Orthanc received them over "
+        "DICOM (storescu), echoes got them through its own header reader and index writer "
+        f"(files in its archive, server stopped), dcmqrscp holds the first {indexed:,} studies "
+        f"({indexed * sizes.qr_per_study:,} instances: {qr.DCMQRSCP_MAX_STUDIES} studies is "
+        "the most one dcmqrscp storage area indexes), indexed by dcmqridx; every match lies in "
+        "those, and every server must return the expected number; archives loaded in the "
+        "first round, served again in the later ones")
+    return figures
+
+
 #: The calling AE of movescu and getscu in the retrieve row, and the move destination's.
 RETRIEVER, MOVE_DEST = "BENCHSCU", "DEST"
 
 
+#: Systems whose retrieve archive already holds the CT study (later rounds skip loading).
+_RETRIEVE_LOADED: set[str] = set()
+
+
+@contextlib.contextmanager
+def retrieve_server(system: str, files: list[Path], work: Path, folder: Path,
+                    destination: int) -> Iterator[Receiver]:
+    """``system`` holding the CT study of ``files``, started, idle, and knowing the move
+    destination (port ``destination``; 0: none) and the caller.
+
+    When the qr row ran before in this run, this is its archive of qr_studies x
+    qr_per_study objects with the CT study added (the issue's "same archive"),
+    else a fresh one holding the study alone.
+    """
+    shared = system in _QR_LOADED
+    if system == "orthanc":
+        modalities = {"bench": [RETRIEVER, "127.0.0.1", 104]}  # a C-GET calls nothing back
+        if destination:
+            modalities["dest"] = [MOVE_DEST, "127.0.0.1", destination]
+        target: Receiver = Orthanc(work / "qr-orthanc" if shared else folder / "orthanc",
+                                   extra={"DicomAlwaysAllowFind": True,
+                                          "DicomModalities": modalities})
+    else:
+        section = (f"\n[ae:{MOVE_DEST}]\nhost = 127.0.0.1\nport = {destination}\n"
+                   "forward = no\n" if destination else "")
+        existing = _QR_LOADED.get(system)
+        if isinstance(existing, Echoes):
+            echoes = existing
+            text = echoes.ini.read_text()
+            echoes.ini.write_text(text.split(f"\n[ae:{MOVE_DEST}]")[0] + section)
+            echoes.start()
+        else:
+            echoes = Echoes(folder / "home", extra=section)
+        echoes.counting = "index"  # a walk of a large archive per poll would be the load
+        target = echoes
+    try:
+        key = system if shared else ""
+        if key not in _RETRIEVE_LOADED:
+            already = target.count()
+            loaded = ingest(target, files, already=already)
+            if not loaded.ok:
+                raise RuntimeError(f"loading the study: {loaded.note}")
+            if key:
+                _RETRIEVE_LOADED.add(key)
+        wait_idle(target.process.pid, timeout=300, window=1.0,  # type: ignore[attr-defined]
+                  busy=0.02)
+        yield target
+    finally:
+        target.stop()
+
+
 def retrieved(system: str, files: list[Path], work: Path, operation: str) -> Cell:
     """One C-MOVE (movescu, to a fresh storescp) or C-GET (getscu) of the study of
-    ``files`` from a fresh ``system`` that holds it: seconds from the client's start
-    until it returned, valid when every object arrived."""
+    ``files`` from ``system`` holding it (:func:`retrieve_server`): seconds from the
+    client's start until it returned, valid when every object arrived."""
     study = dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
     with contextlib.ExitStack() as stack:
         folder = stack.enter_context(scratch(work, system))
         scp = stack.enter_context(StoreSCP(folder / "dest")) if operation == "move" else None
-        target: Receiver
-        if system == "orthanc":
-            modalities = {"bench": [RETRIEVER, "127.0.0.1", 104]}  # get: no call back
-            if scp is not None:
-                modalities["dest"] = [MOVE_DEST, "127.0.0.1", scp.port]
-            target = stack.enter_context(Orthanc(folder / "orthanc", modalities=modalities))
-        else:
-            extra = (f"\n[ae:{MOVE_DEST}]\nhost = 127.0.0.1\nport = {scp.port}\nforward = no\n"
-                     if scp is not None else "")
-            target = stack.enter_context(Echoes(folder / "home", extra=extra))
-        loaded = ingest(target, files)
-        if not loaded.ok:
-            return Cell(None, False, f"loading the study: {loaded.note}")
-        pid = target.process.pid if target.process is not None else 0  # type: ignore[attr-defined]
-        wait_idle(pid, timeout=120, window=1.0, busy=0.02)
+        target = stack.enter_context(retrieve_server(system, files, work, folder,
+                                                     scp.port if scp is not None else 0))
         keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
         if scp is not None:
             argv = [tool("movescu"), "-S", "-aet", RETRIEVER, "-aec", target.called,
@@ -1447,7 +1585,10 @@ def row_retrieve(sizes: Sizes, work: Path) -> list[Figure]:
             cells[operation][system] = measure(
                 f"8{'c' if operation == 'move' else 'd'} {system}: C-{operation.upper()} of "
                 f"{len(files):,} CT", lambda s=system, o=operation: retrieved(s, files, work, o))
-    how = ("the archive holds the one study (loaded by storescu, then idle); the clock runs "
+    archive = ("the qr row's archive (8a) with the study added by storescu"
+               if "echoes" in _QR_LOADED and "orthanc" in _QR_LOADED
+               else "the one study, loaded by storescu (run with the qr row for its archive)")
+    how = (f"archive: {archive}; each system restarted and idle before the clock, which runs "
            "from the client's start until it returned (the final response: every object "
            "stored); storescp/wlmscpfs column: storescu sending the same files straight to "
            "storescp")
@@ -1464,7 +1605,7 @@ def row_retrieve(sizes: Sizes, work: Path) -> list[Figure]:
 
 RUNNERS: dict[str, Callable[[Sizes, Path], list[Figure]]] = {
     "ingest": row_ingest, "nagle": row_nagle, "worklist": row_worklist, "scale": row_scale,
-    "memory": row_memory, "forward": row_forward, "startup": row_startup,
+    "memory": row_memory, "forward": row_forward, "startup": row_startup, "qr": row_qr,
     "retrieve": row_retrieve,
 }
 
@@ -1512,7 +1653,7 @@ def header(sizes: Sizes, quick: bool, work: Path, rounds: int) -> list[str]:
 def check_tools() -> None:
     """Exit with the Debian package to install when a peer is missing."""
     for name in ("storescu", "storescp", "findscu", "echoscu", "wlmscpfs", "movescu", "getscu",
-                 "Orthanc"):
+                 "Orthanc", "dcmqrscp", "dcmqridx"):
         tool(name)
     if not ORTHANC_WORKLIST_PLUGIN.exists():
         raise MissingTool(f"{ORTHANC_WORKLIST_PLUGIN} missing: install the Debian package "

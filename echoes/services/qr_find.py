@@ -21,6 +21,7 @@ Set no one knows, is 0xC000 ("Unable to process" range).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,7 +146,7 @@ def parse_identifier(model: str, identifier: Dataset) -> FindQuery:
     try:
         values = _values(identifier)
     except Exception as exc:  # a value pydicom cannot convert (bad length, bytes)
-        raise FindError(CANNOT_UNDERSTAND, f"cannot decode the identifier: {exc}") from None
+        raise FindError(CANNOT_UNDERSTAND, undecodable(exc)) from None
     levels = MODEL_LEVELS[model]
     level = values.get("QueryRetrieveLevel", "").strip().upper()
     if not level:
@@ -172,6 +173,15 @@ def parse_identifier(model: str, identifier: Dataset) -> FindQuery:
             query.filters[document_field] = value
         query.answer.append((tag_for_keyword(name), document_field))
     return query
+
+
+def undecodable(exc: Exception) -> str:
+    """The ErrorComment (and log words) for an identifier that cannot be read:
+    the exception's kind and the tag it names, never its text, which may quote
+    the identifier's bytes (patient data must not reach the log at INFO)."""
+    tag = re.search(r"\([0-9A-Fa-f]{4},[0-9A-Fa-f]{4}\)", str(exc))
+    return (f"undecodable identifier ({type(exc).__name__}"
+            f"{' at ' + tag.group(0) if tag else ''})")
 
 
 def _values(identifier: Dataset) -> dict[str, str]:

@@ -96,9 +96,10 @@ class QueryService:
             data = bytes(request.identifier)
             part10.check_dataset(data, implicit, little)  # pydicom keeps truncated values
             identifier = dataset.decode_dataset(data, implicit, little)
+        except part10.MalformedDataset as exc:  # structural words only: no values
+            raise qr_find.FindError(CANNOT_UNDERSTAND, f"malformed identifier: {exc}") from None
         except Exception as exc:  # anything pydicom cannot read as a data set
-            raise qr_find.FindError(CANNOT_UNDERSTAND,
-                                    f"cannot decode the identifier: {exc}") from None
+            raise qr_find.FindError(CANNOT_UNDERSTAND, qr_find.undecodable(exc)) from None
         return qr_find.parse_identifier(request.context.abstract_syntax, identifier)
 
     def find(self, query: qr_find.FindQuery) -> list[dict]:

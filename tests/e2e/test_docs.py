@@ -77,3 +77,15 @@ def test_readme_links_the_conformance_tables_not_files_users_lack() -> None:
     readme = (REPO / "README.md").read_text()
     assert "docs/conformance.md" in readme
     assert "SPEC.md" not in readme and "MEDSTRAT" not in readme
+
+
+def test_query_retrieve_classes_are_what_the_store_port_accepts() -> None:
+    from echoes.services.query import QueryService
+
+    doc = DOC.read_text()
+    listed = uids(section(section(doc, "## Query/Retrieve SCP (store port)"),
+                          "### SOP classes and transfer syntaxes"))
+    service = QueryService(None, reader=object())  # type: ignore[arg-type]  # its table only
+    assert sorted(listed) == sorted(service.accepted)
+    assert all(set(syntaxes) == set(sopclasses.STORE_TRANSFER_SYNTAXES[:3])
+               for syntaxes in service.accepted.values())

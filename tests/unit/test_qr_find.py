@@ -283,3 +283,18 @@ def test_any_identifier_bytes_give_a_query_or_a_find_error():
             except FindError:
                 outcomes["refused"] += 1
     assert outcomes["query"] and outcomes["refused"]
+
+
+def test_an_undecodable_identifier_is_refused_without_quoting_its_values():
+    raw = (b"\x08\x00\x52\x00CS\x06\x00STUDY "
+           b"\x10\x00\x20\x00LO\x04\x00P123"
+           b"\x28\x00\x10\x00US\x03\x00DOE")
+    error = refused_raw(raw)
+    assert error.status == CANNOT_UNDERSTAND and "(0028,0010)" in error.comment
+    assert "DOE" not in error.comment and "P123" not in error.comment
+
+
+def refused_raw(raw: bytes) -> FindError:
+    with pytest.raises(FindError) as caught:
+        parse_identifier(STUDY_ROOT_FIND, dataset.decode_dataset(raw, False, True))
+    return caught.value
