@@ -229,8 +229,8 @@ class RetrieveService:
             data_set = dataset.encode_tree({FAILED_SOP_INSTANCE_UID_LIST: value},
                                            {FAILED_SOP_INSTANCE_UID_LIST: "UI"},
                                            request.context.transfer_syntax, "ascii")
-        comment = "" if status in (dimse.SUCCESS, dimse.CANCEL) else (
-            f"{counts.failed} of {counts.total} sub-operations failed")
+        comment = (f"{counts.failed} of {counts.total} sub-operations failed"
+                   if counts.failed and not cancelled else "")
         return Final(status, comment, elements, data_set)
 
     def move(self, request: RetrieveRequest, remote: RemoteAE, items: list[Item],
