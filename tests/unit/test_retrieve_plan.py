@@ -241,3 +241,26 @@ def test_store_one_relabels_jpeg_lossless_sv1(tmp_path: Path) -> None:
     attempt = delivery.store_one(item, path, {(item.sop_class_uid, JPEGLossless)},
                                  lambda cls, syntax, sop, data: seen.append(syntax) or (0, ""))
     assert (attempt.route, seen) == ("relabel", [JPEGLossless])
+
+
+# -- Role Selection on the store port (C-GET) ----------------------------------------------
+
+
+def test_store_port_lets_a_requester_take_the_scp_role_of_storage_classes_only() -> None:
+    """A C-GET requester proposes CT Image Storage as SCP (not SCU): granted; the same
+    asked of a Q/R class leaves it no role: that context is a user rejection."""
+    from echoes.dicom import pdu
+    from echoes.dicom.service import Port
+    from echoes.services.retrieve import RetrieveService
+    from echoes.services.retrieve_plan import STUDY_ROOT_GET
+
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    port = Port(RetrieveService(None, index=object()))  # type: ignore[arg-type]
+    results = [pdu.ContextResult(1, pdu.ACCEPTANCE, ct, ExplicitVRLittleEndian),
+               pdu.ContextResult(3, pdu.ACCEPTANCE, STUDY_ROOT_GET, ExplicitVRLittleEndian)]
+    answered, roles = pdu.negotiate_roles(
+        results, {ct: (False, True), STUDY_ROOT_GET: (False, True)}, port.roles)
+    assert roles == {ct: (False, True)}
+    assert [r.result for r in answered] == [pdu.ACCEPTANCE, pdu.USER_REJECTION]
+    # a port of services without roles: the requestor stays SCU only
+    assert Port().roles == {}
