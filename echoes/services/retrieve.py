@@ -28,10 +28,12 @@ makes the objects failed sub-operations within it, never a hang.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from pydicom.multival import MultiValue
@@ -74,6 +76,8 @@ KEYS = {0x00080052: "QueryRetrieveLevel", 0x00100020: "PatientID",
         0x0020000D: "StudyInstanceUID", 0x0020000E: "SeriesInstanceUID",
         0x00080018: "SOPInstanceUID"}
 FAILED_SOP_INSTANCE_UID_LIST = 0x00080058
+#: How often the C-MOVE heartbeat looks whether a Pending response is due.
+HEARTBEAT_POLL_SECONDS = 0.1
 
 _message_ids = itertools.cycle(range(1, 65536))
 
@@ -109,17 +113,36 @@ class RetrieveRequest:
 
 
 class Progress:
-    """Pending responses of one retrieve, as its SubOperations says they are due."""
+    """Pending responses of one retrieve, as its SubOperations says they are due.
+
+    A C-MOVE also keeps a heartbeat (:meth:`heartbeat`): a thread that sends a
+    Pending response each PENDING_EVERY_SECONDS while one sub-operation takes
+    longer (a large object, a destination that takes ``network_timeout`` to
+    fail), so a requester with its own DIMSE timeout (pynetdicom: 30 s) does
+    not give up first.  Every use of the requester's socket (the Pending
+    writes, the C-CANCEL look) is under one lock: a TLS socket takes no
+    concurrent read and write.  C-GET has none: its socket carries the
+    C-STORE data, which no other message may interleave (PS3.8 9.3.5).
+    """
 
     def __init__(self, request: RetrieveRequest, counts: SubOperations) -> None:
         self.request = request
         self.counts = counts
+        self.lock = threading.Lock()
 
     def after_one(self) -> None:
         """A sub-operation ended: send a Pending response if one is due."""
-        now = time.monotonic()
-        if not self.counts.pending_due(now):
-            return
+        with self.lock:
+            now = time.monotonic()
+            if self.counts.pending_due(now):
+                self._send(now)
+
+    def cancelled(self) -> bool:
+        """Whether the requester sent a C-CANCEL (see Association.cancel_requested)."""
+        with self.lock:
+            return self.request.association.cancel_requested()
+
+    def _send(self, now: float) -> None:
         request = self.request
         command = dimse.command_set({
             dimse.AFFECTED_SOP_CLASS: request.sop_class,
@@ -129,6 +152,30 @@ class Progress:
             **self.counts.pending(now)})
         request.association.send(pdu.p_data_command(
             request.context.context_id, command, request.association.peer_maximum_length))
+
+    @contextlib.contextmanager
+    def heartbeat(self) -> Iterator[None]:
+        """Pending responses each PENDING_EVERY_SECONDS while the body runs."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(HEARTBEAT_POLL_SECONDS):
+                with self.lock:
+                    now = time.monotonic()
+                    if stop.is_set() or not self.counts.heartbeat_due(now):
+                        continue
+                    try:
+                        self._send(now)
+                    except Exception:  # noqa: BLE001 - the requester is gone (broken
+                        return  # pipe, aborted): the main thread finds out on its own
+
+        thread = threading.Thread(target=beat, name="move-pending", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
 
 def result_of(outcome: str, detail: str) -> str:
@@ -236,8 +283,13 @@ class RetrieveService:
     def move(self, request: RetrieveRequest, remote: RemoteAE, items: list[Item],
              counts: SubOperations) -> bool:
         """C-STORE ``items`` to the move destination; True when cancelled."""
-        config = self.config
         progress = Progress(request, counts)
+        with progress.heartbeat():
+            return self._move(request, remote, items, counts, progress)
+
+    def _move(self, request: RetrieveRequest, remote: RemoteAE, items: list[Item],
+              counts: SubOperations, progress: Progress) -> bool:
+        config = self.config
         originator = (request.association.calling_ae, request.message_id)
         queue = list(items)
         lost_in_a_row = 0
@@ -260,7 +312,7 @@ class RetrieveService:
             first_failure = ""
             try:
                 for item in batch:
-                    if request.association.cancel_requested():
+                    if progress.cancelled():
                         return True
                     attempt = store_one(item, objects.path_of(item.path), accepted, send)
                     done += 1

@@ -212,6 +212,12 @@ class SubOperations:
                 or self.done - self.told_done >= PENDING_EVERY_OBJECTS
                 or now - self.told_at >= PENDING_EVERY_SECONDS)
 
+    def heartbeat_due(self, now: float) -> bool:
+        """Whether a Pending response is due with or without progress: one
+        sub-operation (or the association to the destination) has taken
+        PENDING_EVERY_SECONDS since the last response."""
+        return self.remaining > 0 and now - self.told_at >= PENDING_EVERY_SECONDS
+
     def pending(self, now: float) -> dict[int, int]:
         """The counts of a Pending response (and note it was sent)."""
         self.told_done, self.told_at = self.done, now

@@ -449,6 +449,11 @@ def test_silent_destination_fails_within_network_timeout(archive: Archive) -> No
     assert final.Status == 0xA702, final
     assert final.NumberOfFailedSuboperations == 2
     assert "no association to SILENT" in archive.log()
+    # while echoes waited for the destination, Pending responses each second (a
+    # requester with a DIMSE timeout shorter than network_timeout keeps waiting)
+    waiting = [s for s in statuses[:-1] if s.Status == 0xFF00]
+    assert len(waiting) >= 2
+    assert all(s.NumberOfRemainingSuboperations == 2 for s in waiting)
 
 
 def test_c_cancel_stops_a_get(archive: Archive) -> None:

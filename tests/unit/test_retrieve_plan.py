@@ -146,6 +146,20 @@ def test_pending_after_the_first_then_every_50_or_each_second() -> None:
     assert counts.pending_due(101.5)  # slow objects: the clock decides
 
 
+def test_heartbeat_each_second_without_progress() -> None:
+    """A C-MOVE's heartbeat: a Pending response a second after the last one even when
+    no sub-operation ended (a large object, a slow connect), none once all are done."""
+    counts = SubOperations(2, started=10.0)
+    assert not counts.heartbeat_due(10.9)
+    assert counts.heartbeat_due(11.0)  # still connecting: completed 0, remaining 2
+    assert counts.pending(11.0)[dimse.REMAINING_SUBOPERATIONS] == 2
+    assert not counts.heartbeat_due(11.5)
+    assert counts.heartbeat_due(12.0)
+    counts.record("1", COMPLETED)
+    counts.record("2", COMPLETED)
+    assert not counts.heartbeat_due(20.0)  # the final response follows
+
+
 def test_no_pending_for_the_last_object() -> None:
     counts = SubOperations(1)
     counts.record("1", COMPLETED)
