@@ -11,6 +11,7 @@ one other title shows the refusal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -70,6 +71,10 @@ class StoreSCP:
         for path in self.received():
             path.unlink()
 
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
 
 def wait_for(condition, timeout: float, message: str) -> None:  # noqa: ANN001
     deadline = time.monotonic() + timeout
@@ -93,7 +98,11 @@ def start_storescp(folder: Path, title: str) -> StoreSCP:
     process = subprocess.Popen(["storescp", "-aet", title, "-od", str(folder), str(port)],
                                env=DCMTK_ENV, stdout=subprocess.DEVNULL,
                                stderr=subprocess.STDOUT)
-    wait_for(lambda: _listening(port), 10, "storescp did not start")
+    try:
+        wait_for(lambda: _listening(port), 10, "storescp did not start")
+    except BaseException:
+        process.kill()
+        raise
     return StoreSCP(title, port, folder, process)
 
 
@@ -157,8 +166,13 @@ def _start(home: Path) -> Server:
     process = subprocess.Popen([sys.executable, "-m", "echoes", "--config", str(config.path),
                                 "start"], stdout=out, stderr=subprocess.STDOUT)
     server = Server(home, config, process)
-    wait_for(lambda: bool(server.children("store")) and echo_ok(config.store_port), 30,
-             "echoes did not start")
+    try:
+        wait_for(lambda: bool(server.children("store")) and echo_ok(config.store_port), 30,
+                 "echoes did not start")
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
     return server
 
 
@@ -173,21 +187,25 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
     if not shutil.which("movescu"):
         pytest.fail("dcmtk is not installed: run bin/test, which installs it")
     work = tmp_path_factory.mktemp("qrmove")
-    plain = start_storescp(work / "plain", "PLAIN")
-    slow = SlowSCP(0.15)
-    flaky = SlowSCP(0.0, trouble=True)
-    down_port = free_port()  # nothing listens there
-    orthanc_port = free_port()
-    home = work / "home"
-    path = write_config(home, store_workers=1, qr_allowed_calling_aes=CALLERS,
-                        network_timeout=5)
-    sections = "".join(f"\n[ae:{title}]\nhost = 127.0.0.1\nport = {port}\nforward = no\n"
-                       for title, port in (("PLAIN", plain.port), ("DOWN", down_port),
-                                           ("SLOW", slow.port), ("FLAKY", flaky.port),
-                                           ("ORTHANC", orthanc_port)))
-    path.write_text(path.read_text() + sections)
-    server = _start(home)
-    try:
+    with contextlib.ExitStack() as cleanup:  # whatever started is stopped, setup failing too
+        plain = start_storescp(work / "plain", "PLAIN")
+        cleanup.callback(plain.stop)
+        slow = SlowSCP(0.15)
+        cleanup.callback(slow.stop)
+        flaky = SlowSCP(0.0, trouble=True)
+        cleanup.callback(flaky.stop)
+        down_port = free_port()  # nothing listens there
+        orthanc_port = free_port()
+        home = work / "home"
+        path = write_config(home, store_workers=1, qr_allowed_calling_aes=CALLERS,
+                            network_timeout=5)
+        sections = "".join(f"\n[ae:{title}]\nhost = 127.0.0.1\nport = {port}\nforward = no\n"
+                           for title, port in (("PLAIN", plain.port), ("DOWN", down_port),
+                                               ("SLOW", slow.port), ("FLAKY", flaky.port),
+                                               ("ORTHANC", orthanc_port)))
+        path.write_text(path.read_text() + sections)
+        server = _start(home)
+        cleanup.callback(stop_server, server)
         study, series = generate_uid(), [generate_uid(), generate_uid()]
         files = []
         source = work / "source"
@@ -207,12 +225,6 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
                       str(pydicom.dcmread(jpeg, stop_before_pixels=True).StudyInstanceUID),
                       str(pydicom.dcmread(rle, stop_before_pixels=True).StudyInstanceUID),
                       orthanc_port, work)
-    finally:
-        stop_server(server)
-        plain.process.terminate()
-        plain.process.wait(10)
-        slow.stop()
-        flaky.stop()
 
 
 @pytest.fixture
