@@ -1396,9 +1396,10 @@ def qr_server(system: str, files: list[Path], work: Path, per_study: int
     folder = work / f"qr-{system}"
     first = system not in _QR_LOADED
     if system == "dcmtk":
-        # The corpus is sorted by study: its first studies are what dcmqrscp can index.
+        # The corpus is sorted by study: its first studies are what dcmqrscp gets.
+        indexed = qr.dcmqrscp_studies(len(files) // per_study, per_study)
         server: Receiver | qr.DcmQRSCP = qr.DcmQRSCP(
-            folder, files[:qr.DCMQRSCP_MAX_STUDIES * per_study] if first else None)
+            folder, files[:indexed * per_study] if first else None)
         _QR_LOADED[system] = True
     elif system == "orthanc":
         server = Orthanc(folder, extra={"DicomAlwaysAllowFind": True})
@@ -1428,7 +1429,7 @@ def qr_server(system: str, files: list[Path], work: Path, per_study: int
 def row_qr(sizes: Sizes, work: Path) -> list[Figure]:
     """Issue 17 targets 8a, 8b: study-level C-FIND, echoes vs Orthanc vs dcmqrscp."""
     files = qr.corpus(sizes.qr_studies, sizes.qr_per_study)
-    wanted = qr.queries(sizes.qr_studies)
+    wanted = qr.queries(sizes.qr_studies, sizes.qr_per_study)
     medians: dict[str, dict[str, Cell]] = {q.key: {} for q in wanted}
     matches: dict[str, dict[str, int]] = {q.key: {} for q in wanted}
     for system in order():
@@ -1462,17 +1463,19 @@ def row_qr(sizes: Sizes, work: Path) -> list[Figure]:
         faster_by(fig, "orthanc", 5.0)
         faster_by(fig, "dcmtk", 5.0, "dcmqrscp")
         figures.append(fig)
-    indexed = min(sizes.qr_studies, qr.DCMQRSCP_MAX_STUDIES)
+    indexed = qr.dcmqrscp_studies(sizes.qr_studies, sizes.qr_per_study)
     figures[0].how = (
         f"median wall time of whole findscu -S -q runs (process start to exit), {sizes.runs} "
         f"runs after one counted run; archive: {sizes.qr_studies:,} studies x "
         f"{sizes.qr_per_study} tiny objects ({len(files):,}); Orthanc received them over "
         "DICOM (storescu), echoes got them through its own header reader and index writer "
-        f"(files in its archive, server stopped), dcmqrscp holds the first {indexed:,} studies "
-        f"({indexed * sizes.qr_per_study:,} instances: {qr.DCMQRSCP_MAX_STUDIES} studies is "
-        "the most one dcmqrscp storage area indexes), indexed by dcmqridx; every match lies in "
-        "those, and every server must return the expected number; archives loaded in the "
-        "first round, served again in the later ones")
+        f"(files in its archive, server stopped); dcmqrscp holds the first {indexed:,} studies "
+        f"({indexed * sizes.qr_per_study:,} instances, indexed by dcmqridx): at most "
+        f"{qr.DCMQRSCP_MAX_STUDIES} studies fit one storage area, and its index takes "
+        "quadratic time to build (one 8 KB record per image, scanned whole per insertion: "
+        f"{qr.DCMQRSCP_MAX_INSTANCES:,} take minutes, 50,000 would take hours); every match "
+        "lies in those studies and every server must return the expected number; archives "
+        "loaded in the first round, served again in the later ones")
     return figures
 
 

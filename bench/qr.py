@@ -8,15 +8,20 @@ is named ``<SURNAME>^P<n>`` with 20 six-letter surnames in turn, and dated
 replacing fixed-length placeholders (pydicom would take minutes for 100,000)
 and kept in ``bench/out``.
 
-dcmqrscp keeps at most ``DCMQRSCP_MAX_STUDIES`` (500) studies per storage
-area (``DB_UpperMaxStudies`` in dcmtk's dcmqrdbi.h; more are not indexed),
-so it gets the first 500 studies (50,000 instances), indexed with
-``dcmqridx``; the queries are built so that every match lies in those 500,
-and every server must return the same number of matches:
+dcmqrscp keeps at most 500 studies per storage area (``DB_UpperMaxStudies`` in
+dcmtk's dcmqrdbi.h), and its index grows in quadratic time: ``index.dat``
+holds one ~8 KB record per image and every insertion (dcmqridx, or a C-STORE)
+scans it whole (here 1,000 files took 2.6 s, the next 1,000 9.6 s: its 500
+studies x 100 would take hours).  So it gets the first
+``dcmqrscp_studies(...)`` studies, at most ``DCMQRSCP_MAX_INSTANCES`` (10,000)
+instances, indexed with ``dcmqridx`` once; the queries are built so that
+every match lies in those, and every server must return the same number of
+matches:
 
-- 8a: study level by PatientID: the two studies of patient ``PID<studies // 8>``;
+- 8a: study level by PatientID: the two studies of the patient of study
+  ``indexed // 4``;
 - 8b: PatientName ``MUL*`` (one surname in 20) and a StudyDate range
-  covering studies ``studies // 10`` .. ``0.6 x min(studies, 500)``.
+  covering studies ``indexed // 10`` .. ``0.6 x indexed``.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ STUDY_ROOT_FIND = "-S"
 DCMQRSCP_AE = "DCMQRSCP"
 #: dcmtk's DB_UpperMaxStudies: the most studies one dcmqrscp storage area indexes.
 DCMQRSCP_MAX_STUDIES = 500
+#: The most instances given to dcmqrscp: its index takes quadratic time to build.
+DCMQRSCP_MAX_INSTANCES = 10_000
 SURNAMES = ("MULLER", "SMITHE", "JOHNSO", "BROWNE", "GARCIA", "MILLER", "DAVISO", "MARTIN",
             "WILSON", "ANDERS", "THOMAS", "TAYLOR", "MOOREE", "JACKSO", "WHITEE", "HARRIS",
             "CLARKE", "LEWISS", "ROBINS", "WALKER")
@@ -116,11 +123,16 @@ class Query:
     matches: int
 
 
-def queries(studies: int) -> list[Query]:
+def dcmqrscp_studies(studies: int, per_study: int) -> int:
+    """How many of the first studies dcmqrscp gets (see the module docstring)."""
+    return max(1, min(studies, DCMQRSCP_MAX_STUDIES, DCMQRSCP_MAX_INSTANCES // per_study))
+
+
+def queries(studies: int, per_study: int) -> list[Query]:
     """Rows 8a and 8b, with the matches each server must return."""
-    indexed = min(studies, DCMQRSCP_MAX_STUDIES)
-    patient = studies // 8 // 2  # the patient of study studies // 8 (and its neighbour)
-    low, high = studies // 10, indexed * 6 // 10
+    indexed = dcmqrscp_studies(studies, per_study)
+    patient = indexed // 4 // 2  # the patient of study indexed // 4 (and its neighbour)
+    low, high = indexed // 10, indexed * 6 // 10
     wanted = sum(1 for n in range(low, high + 1) if n % len(SURNAMES) == 0)
     return [
         Query("8a", "study-level C-FIND by PatientID",

@@ -84,6 +84,10 @@ class IndexReader(Protocol):
         """The documents of ``level`` (STUDY, SERIES, IMAGE) that match every filter
         (see :func:`query`)."""
 
+    # Optional: ``study_candidates(query) -> list[dict] | None``, study summaries
+    # that include every one the compiled study-level query matches (an index of
+    # the catalog), None to have :func:`query` scan them all.
+
 
 class IndexWriter(IndexReader, Protocol):
     """The one writer (the ingester, or ``echoes reindex`` with the server stopped)."""
@@ -161,7 +165,11 @@ def query(reader: IndexReader, level: str, filters: Mapping[str, str]) -> list[d
                 details[uid] = detail
         candidates: Iterable[dict] = [detail["study"] for detail in details.values()]
     else:
-        candidates = reader.studies()
+        # A reader with an index of the catalog names a superset of the matches
+        # (echoes.index.cache.CachingReader); the engine below still decides.
+        narrow = getattr(reader, "study_candidates", None)
+        narrowed = narrow(study_query) if narrow is not None else None
+        candidates = reader.studies() if narrowed is None else narrowed
     studies = [summary for summary in candidates if study_query.matches(_Tree(summary))]
     if level == STUDY:
         return [dict(summary) for summary in studies]

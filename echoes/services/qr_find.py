@@ -37,13 +37,24 @@ from echoes.dicom.dimse import CANNOT_UNDERSTAND, IDENTIFIER_DOES_NOT_MATCH
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 
+#: The MOVE and GET classes of the same two models (C-MOVE/C-GET identifiers
+#: follow the same levels and unique keys: :func:`parse_identifier` reads them too).
+PATIENT_ROOT_MOVE, PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.1.3"
+STUDY_ROOT_MOVE, STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.2", "1.2.840.10008.5.1.4.1.2.2.3"
+
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
-#: Each information model's levels, top down (PS3.4 C.6.1.1, C.6.2.1).
+_PATIENT_ROOT_LEVELS = (PATIENT, STUDY, SERIES, IMAGE)
+_STUDY_ROOT_LEVELS = (STUDY, SERIES, IMAGE)
+#: Each information model's levels, top down (PS3.4 C.6.1.1, C.6.2.1), by SOP class.
 MODEL_LEVELS = {
-    PATIENT_ROOT_FIND: (PATIENT, STUDY, SERIES, IMAGE),
-    STUDY_ROOT_FIND: (STUDY, SERIES, IMAGE),
+    **dict.fromkeys((PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_ROOT_GET),
+                    _PATIENT_ROOT_LEVELS),
+    **dict.fromkeys((STUDY_ROOT_FIND, STUDY_ROOT_MOVE, STUDY_ROOT_GET), _STUDY_ROOT_LEVELS),
 }
-MODEL_NAMES = {PATIENT_ROOT_FIND: "Patient Root", STUDY_ROOT_FIND: "Study Root"}
+MODEL_NAMES = {
+    **dict.fromkeys((PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_ROOT_GET), "Patient Root"),
+    **dict.fromkeys((STUDY_ROOT_FIND, STUDY_ROOT_MOVE, STUDY_ROOT_GET), "Study Root"),
+}
 UNIQUE_KEYS = {PATIENT: "PatientID", STUDY: "StudyInstanceUID",
                SERIES: "SeriesInstanceUID", IMAGE: "SOPInstanceUID"}
 

@@ -75,8 +75,10 @@ class QueryService:
             log.warning("C-FIND from %s (%s) refused (0x%04X): %s", caller,
                         qr_find.MODEL_NAMES.get(model, model), exc.status, exc.comment)
             return exc.status, exc.comment
-        except Exception:
-            log.exception("C-FIND from %s failed", caller)
+        except Exception as exc:  # the index unreadable: this query fails, not the worker
+            # One line, no traceback: a traceback in a worker's output means a crash.
+            log.error("C-FIND from %s failed (0x%04X): %s: %s", caller, UNABLE_TO_PROCESS,
+                      type(exc).__name__, exc)
             return UNABLE_TO_PROCESS, "Unable to process the query"
         matched, outcome = self.send(request, query, documents)
         log.info("C-FIND from %s: %s, %s level, %d keys (matched on %s), %d matches, "

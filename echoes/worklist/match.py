@@ -153,6 +153,33 @@ def _constraint(vr: str, text: str) -> tuple | None:
     return ("values", frozenset(part.strip(" ") for part in text.split("\\")))
 
 
+def name_prefix(key: QueryKey) -> str | None:
+    """The folded prefix a person-name key asks for (``DOE*`` -> ``doe``), when
+    its only wildcard is one trailing ``*``: an index of folded names
+    (:func:`index_keys` with ``PN``) then finds every match among names that
+    start with it.  None for any other value."""
+    text = _text(key.value)
+    if key.vr != "PN" or "\\" in text or "?" in text:
+        return None
+    folded = _fold("PN", text)
+    head = folded[:-1]
+    if not folded.endswith("*") or not head or "*" in head:
+        return None
+    return head
+
+
+def index_keys(vr: str, stored: str) -> set[str]:
+    """The forms of a stored value that :attr:`Query.constraints` compare with:
+    an index keyed by them finds every item a constraint can match (a multi-valued
+    value under each of its values too, as the predicates split it)."""
+    parts = [stored, *(stored.split("\\") if "\\" in stored else [])]
+    if vr == "DA":
+        return {_normalize(vr, part) for part in parts}
+    if vr == "PN":
+        return {_fold(vr, part) for part in parts}
+    return {part.strip(" ") for part in parts}
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 

@@ -14,6 +14,7 @@ stopping a large C-FIND.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -559,8 +560,8 @@ def rest(url: str, body: object | None = None) -> object:
         return json.load(reply)
 
 
-def orthanc_query(base: str, query: dict) -> list[dict]:
-    started = rest(base + "/modalities/echoes/query", {"Level": "Study", "Query": query})
+def orthanc_query(base: str, query: dict, level: str = "Study") -> list[dict]:
+    started = rest(base + "/modalities/echoes/query", {"Level": level, "Query": query})
     path = started["Path"]  # type: ignore[index]
     answers = rest(f"{base}{path}/answers")
     return [rest(f"{base}{path}/answers/{n}/content?simplify")  # type: ignore[misc]
@@ -575,6 +576,10 @@ def test_orthanc_queries_echoes_at_study_level(orthanc: str) -> None:
     latin = orthanc_query(orthanc, {"PatientName": "müller*", "StudyDate": "20260101-"})
     assert [(a["StudyInstanceUID"], a["PatientName"]) for a in latin] == [
         (_uid(3), "MÜLLER^HANS")]
+    series = orthanc_query(orthanc, {"StudyInstanceUID": _uid(1), "Modality": "",
+                                     "SeriesNumber": ""}, level="Series")
+    assert sorted(a["SeriesInstanceUID"] for a in series) == [  # type: ignore[index]
+        series_uid(BY_UID[_uid(1)], 1), series_uid(BY_UID[_uid(1)], 2)]
 
 
 # -- C-CANCEL in the middle of a large C-FIND -------------------------------------------------
@@ -636,3 +641,33 @@ def test_c_cancel_from_findscu(bulky: Server, tmp_path: Path, dcmtk: None) -> No
     assert found.final.startswith("Cancel"), found.output[-500:]
     assert found.output.count("(Pending)") < BULK_STUDIES
 
+
+
+def test_qr_allowed_calling_aes_applies_on_reload(bulky: Server) -> None:
+    """SIGHUP: the store workers' Q/R service takes the new list (last: it changes
+    the module's second server)."""
+    query = bad("STUDY", PatientID="NOBODY")
+    assert [status for status, _ in pyfind(bulky, query)] == [0x0000]
+    ini = bulky.home / "etc" / "echoes.ini"
+    ini.write_text(ini.read_text() + "qr_allowed_calling_aes = VIEWER\n")
+    bulky.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while [status for status, _ in pyfind(bulky, query)] != [0xC124]:
+        assert time.monotonic() < deadline, "the new qr_allowed_calling_aes was not applied"
+        time.sleep(0.2)
+    assert [status for status, _ in pyfind(bulky, query, calling="VIEWER")] == [0x0000]
+
+
+def test_an_unreadable_study_shard_is_c001_and_the_server_goes_on(bulky: Server) -> None:
+    """After the reload test (VIEWER is the one allowed caller now)."""
+    study = f"{_uid(9)}.7"
+    shard = bulky.config.index_path.with_name("index.json.d") / f"{study}.json"
+    kept = shard.read_bytes()
+    shard.write_bytes(b"{not json")
+    try:
+        query = bad("SERIES", StudyInstanceUID=study, SeriesInstanceUID="")
+        assert [status for status, _ in pyfind(bulky, query, calling="VIEWER")] == [0xC001]
+    finally:
+        shard.write_bytes(kept)
+    assert [status for status, _ in pyfind(bulky, query, calling="VIEWER")] == [0xFF00, 0x0000]
+    assert "C-FIND from VIEWER failed" in bulky.config.log_file.read_text()

@@ -298,3 +298,64 @@ def refused_raw(raw: bytes) -> FindError:
     with pytest.raises(FindError) as caught:
         parse_identifier(STUDY_ROOT_FIND, dataset.decode_dataset(raw, False, True))
     return caught.value
+
+
+def test_the_catalog_index_narrows_but_finds_what_a_scan_finds(tmp_path):
+    """Study-level queries through the caching reader's catalog index give exactly
+    what the matching engine finds over every study (odd values included: ACR-NEMA
+    dates, multi-valued IDs, trailing spaces, empty values)."""
+    import random
+
+    from echoes.index.embedded import EmbeddedIndex
+
+    rng = random.Random(5)
+    path = tmp_path / "index.json"
+    writer = ArchiveIndex(path)
+    dates = ["20260101", "20260102", "2026.01.03", "", "20251231", "20260215"]
+    ids = ["P1", "P2", "P1\\P9", "P3 ", "", "p1"]
+    try:
+        writer.apply([InstanceRecord(
+            SOPInstanceUID=f"1.9.{n}.1", SOPClassUID="1.2", SeriesInstanceUID=f"1.9.{n}",
+            StudyInstanceUID=f"1.9.{n}", PatientID=rng.choice(ids),
+            AccessionNumber=rng.choice(["A1", "A2", "", "A1\\A3"]), StudyID=str(n % 3),
+            StudyDate=rng.choice(dates),
+            PatientName=rng.choice(["DOE^J", "ROE^R", "MÜLLER^HANS", "doe^j^^", "D\\X^Y"]),
+            path=f"x/{n}", size=1, received="2026") for n in range(200)])
+    finally:
+        writer.close()
+    scan = EmbeddedIndex(path)
+    cached = CachingReader(EmbeddedIndex(path))
+    for filters in ({"PatientID": "P1"}, {"PatientID": "P9"}, {"PatientID": "P3"},
+                    {"PatientID": "P1\\P2"}, {"PatientID": "P*"}, {"AccessionNumber": "A3"},
+                    {"StudyID": "2"}, {"StudyDate": "20260103"}, {"StudyDate": "20260102-"},
+                    {"StudyDate": "-20260101"}, {"StudyDate": "20260101-20260103"},
+                    {"StudyDate": "20260101-20260103", "PatientID": "P2"},
+                    {"StudyDate": "20260101", "PatientName": "doe*"}, {"PatientID": ""},
+                    {"PatientName": "DOE*"}, {"PatientName": "doe^*"}, {"PatientName": "d*"},
+                    {"PatientName": "MÜ*"}, {"PatientName": "müller^h*"},
+                    {"PatientName": "R?E*"}, {"PatientName": "*OE^J"}):
+        expected = sorted(d["StudyInstanceUID"] for d in scan.query("STUDY", filters))
+        assert sorted(d["StudyInstanceUID"] for d in cached.query("STUDY", filters)) == \
+            expected, filters
+        assert expected or filters == {"PatientID": "P3"}, filters  # the cases find some
+    narrowed = cached.study_candidates(qr_compile({"PatientID": "P2"}))
+    assert narrowed is not None and 0 < len(narrowed) < 100  # not a scan
+    narrowed = cached.study_candidates(qr_compile({"PatientName": "DOE*"}))
+    assert narrowed is not None and 0 < len(narrowed) < 150
+    assert cached.study_candidates(qr_compile({"PatientName": "*OE"})) is None
+
+
+def qr_compile(filters: dict[str, str]):
+    from echoes.index.base import _compile
+
+    return _compile(filters)
+
+
+@pytest.mark.parametrize("model", [qr_find.PATIENT_ROOT_MOVE, qr_find.STUDY_ROOT_GET])
+def test_move_and_get_identifiers_follow_the_same_hierarchy(model):
+    query = parse_identifier(model, identifier(
+        QueryRetrieveLevel="SERIES", PatientID="P1", StudyInstanceUID="1.2",
+        SeriesInstanceUID="1.2.3\\1.2.4"))
+    assert query.filters["SeriesInstanceUID"] == "1.2.3\\1.2.4"
+    assert refused(model, QueryRetrieveLevel="IMAGE", StudyInstanceUID="1.2",
+                   PatientID="P1").status == IDENTIFIER_DOES_NOT_MATCH
