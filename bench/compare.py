@@ -13,9 +13,9 @@ medians with their spread.  One table goes to stdout and to
 ``bench/out/compare-<timestamp>.txt``.
 
 Rows (``--only`` takes these names): ingest, nagle, worklist, scale,
-memory, forward, startup, qr (issue 17: Q/R C-FIND, also against dcmtk's dcmqrscp).
-``--quick`` runs smaller counts for a smoke test;
-its verdicts are not the issue's.
+memory, forward, startup, qr (issue 17: Q/R C-FIND, also against dcmtk's dcmqrscp),
+retrieve (issue 17: 8c C-MOVE, 8d C-GET).
+``--quick`` runs smaller counts for a smoke test; its verdicts are not the issue's.
 
 Needs dcmtk and orthanc from Debian (it installs nothing) and the project's
 venv python (``.venv/bin/python bench/compare.py``).
@@ -73,7 +73,8 @@ from echoes import config as config_module
 from echoes.index.embedded import ArchiveIndex, InstanceRecord, read_studies
 from echoes.storage import objects
 
-ROWS = ("ingest", "nagle", "worklist", "scale", "memory", "forward", "startup", "qr")
+ROWS = ("ingest", "nagle", "worklist", "scale", "memory", "forward", "startup", "qr",
+        "retrieve")
 SYSTEMS = ("dcmtk", "orthanc", "echoes")
 ORTHANC_WORKLIST_PLUGIN = Path("/usr/share/orthanc/plugins/libModalityWorklists.so")
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -117,13 +118,16 @@ class Sizes:
     forward: int = 1000
     qr_studies: int = 1000
     qr_per_study: int = 100
+    #: CT objects in the study moved and got in the retrieve row (8c, 8d).
+    retrieve: int = 1000
 
 
 FULL = Sizes()
 QUICK = Sizes(ct=200, tiny=400, concurrent=200, nagle=50, per_association=50,
               nagle_per_association=20, mwl_items=2000, runs=3,
               universal_runs=1, scale_batch=200, scale_total=10_000, big_frames=200,
-              mwl_memory_items=5000, forward=200, qr_studies=60, qr_per_study=5)
+              mwl_memory_items=5000, forward=200, qr_studies=60, qr_per_study=5,
+              retrieve=50)
 
 
 def progress(message: str) -> None:
@@ -1511,9 +1515,137 @@ def row_qr(sizes: Sizes, work: Path) -> list[Figure]:
     return figures
 
 
+#: The calling AE of movescu and getscu in the retrieve row, and the move destination's.
+RETRIEVER, MOVE_DEST = "BENCHSCU", "DEST"
+
+
+#: Systems whose retrieve archive already holds the CT study (later rounds skip loading).
+_RETRIEVE_LOADED: set[str] = set()
+
+
+@contextlib.contextmanager
+def retrieve_server(system: str, files: list[Path], work: Path, folder: Path,
+                    destination: int) -> Iterator[Receiver]:
+    """``system`` holding the CT study of ``files``, started, idle, and knowing the move
+    destination (port ``destination``; 0: none) and the caller.
+
+    When the qr row ran before in this run, this is its archive of qr_studies x
+    qr_per_study objects with the CT study added (the issue's "same archive"),
+    else a fresh one holding the study alone.
+    """
+    shared = system in _QR_LOADED
+    if system == "orthanc":
+        modalities = {"bench": [RETRIEVER, "127.0.0.1", 104]}  # a C-GET calls nothing back
+        if destination:
+            modalities["dest"] = [MOVE_DEST, "127.0.0.1", destination]
+        target: Receiver = Orthanc(work / "qr-orthanc" if shared else folder / "orthanc",
+                                   extra={"DicomAlwaysAllowFind": True,
+                                          "DicomModalities": modalities})
+    else:
+        section = (f"\n[ae:{MOVE_DEST}]\nhost = 127.0.0.1\nport = {destination}\n"
+                   "forward = no\n" if destination else "")
+        existing = _QR_LOADED.get(system)
+        if isinstance(existing, Echoes):
+            echoes = existing
+            text = echoes.ini.read_text()
+            echoes.ini.write_text(text.split(f"\n[ae:{MOVE_DEST}]")[0] + section)
+            echoes.start()
+        else:
+            echoes = Echoes(folder / "home", extra=section)
+        echoes.counting = "index"  # a walk of a large archive per poll would be the load
+        target = echoes
+    try:
+        key = system if shared else ""
+        if key not in _RETRIEVE_LOADED:
+            already = target.count()
+            loaded = ingest(target, files, already=already)
+            if not loaded.ok:
+                raise RuntimeError(f"loading the study: {loaded.note}")
+            if key:
+                _RETRIEVE_LOADED.add(key)
+        wait_idle(target.process.pid, timeout=300, window=1.0,  # type: ignore[attr-defined]
+                  busy=0.02)
+        yield target
+    finally:
+        target.stop()
+
+
+def retrieved(system: str, files: list[Path], work: Path, operation: str) -> Cell:
+    """One C-MOVE (movescu, to a fresh storescp) or C-GET (getscu) of the study of
+    ``files`` from ``system`` holding it (:func:`retrieve_server`): seconds from the
+    client's start until it returned, valid when every object arrived."""
+    study = dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+    with contextlib.ExitStack() as stack:
+        folder = stack.enter_context(scratch(work, system))
+        scp = stack.enter_context(StoreSCP(folder / "dest")) if operation == "move" else None
+        target = stack.enter_context(retrieve_server(system, files, work, folder,
+                                                     scp.port if scp is not None else 0))
+        keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
+        if scp is not None:
+            argv = [tool("movescu"), "-S", "-aet", RETRIEVER, "-aec", target.called,
+                    "-aem", MOVE_DEST, *keys, "127.0.0.1", str(target.port)]
+            arrived = scp.count
+        else:
+            got = folder / "got"
+            got.mkdir()
+            argv = [tool("getscu"), "-S", "-aet", RETRIEVER, "-aec", target.called,
+                    "-od", str(got), *keys, "127.0.0.1", str(target.port)]
+
+            def arrived() -> int:
+                return sum(1 for entry in os.scandir(got) if entry.is_file())
+        started = time.perf_counter()
+        done = subprocess.run(argv, env=ENV, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        count = arrived()
+        output = (done.stdout + done.stderr).strip()
+        note = f"{count} of {len(files)} arrived" + (
+            f"; {argv[0].rsplit('/', 1)[-1]} exit {done.returncode}: {output[-200:]}"
+            if done.returncode or output else "")
+        return Cell(seconds, count == len(files) and done.returncode == 0, note)
+
+
+def row_retrieve(sizes: Sizes, work: Path) -> list[Figure]:
+    """Issue 17 (c) and (d): C-MOVE of a CT study to a storescp (movescu) and C-GET of it
+    (getscu), echoes and Orthanc, against storescu sending the same files to storescp."""
+    files = corpus(sizes.retrieve)
+    warm(files)
+
+    def direct() -> Cell:
+        with scratch(work, "dcmtk") as folder, StoreSCP(folder) as scp:
+            return ingest(scp, files)
+
+    cells: dict[str, dict[str, Cell]] = {"move": {}, "get": {}}
+    for system in order():
+        if system == "dcmtk":
+            cells["move"]["dcmtk"] = cells["get"]["dcmtk"] = measure(
+                f"8c/8d dcmtk: storescu -> storescp, {len(files):,} CT", direct)
+            continue
+        for operation in ("move", "get"):
+            cells[operation][system] = measure(
+                f"8{'c' if operation == 'move' else 'd'} {system}: C-{operation.upper()} of "
+                f"{len(files):,} CT", lambda s=system, o=operation: retrieved(s, files, work, o))
+    archive = ("the qr row's archive (8a) with the study added by storescu"
+               if "echoes" in _QR_LOADED and "orthanc" in _QR_LOADED
+               else "the one study, loaded by storescu (run with the qr row for its archive)")
+    how = (f"archive: {archive}; each system restarted and idle before the clock, which runs "
+           "from the client's start until it returned (the final response: every object "
+           "stored); storescp/wlmscpfs column: storescu sending the same files straight to "
+           "storescp")
+    move = Figure("8c", f"C-MOVE {len(files):,} CT to storescp (movescu)", "s", cells["move"],
+                  how=how)
+    at_most(move, "orthanc", 1.0)
+    at_most(move, "dcmtk", 1.25, "storescu direct")
+    get = Figure("8d", f"C-GET {len(files):,} CT (getscu)", "s", cells["get"],
+                 how="as 8c; getscu writes what it gets into a folder, as storescp does")
+    at_most(get, "orthanc", 1.0)
+    at_most(get, "dcmtk", 1.25, "storescu direct")
+    return [move, get]
+
+
 RUNNERS: dict[str, Callable[[Sizes, Path], list[Figure]]] = {
     "ingest": row_ingest, "nagle": row_nagle, "worklist": row_worklist, "scale": row_scale,
     "memory": row_memory, "forward": row_forward, "startup": row_startup, "qr": row_qr,
+    "retrieve": row_retrieve,
 }
 
 
@@ -1559,8 +1691,8 @@ def header(sizes: Sizes, quick: bool, work: Path, rounds: int) -> list[str]:
 
 def check_tools() -> None:
     """Exit with the Debian package to install when a peer is missing."""
-    for name in ("storescu", "storescp", "findscu", "echoscu", "wlmscpfs", "Orthanc",
-                 "dcmqrscp", "dcmqridx"):
+    for name in ("storescu", "storescp", "findscu", "echoscu", "wlmscpfs", "movescu", "getscu",
+                 "Orthanc", "dcmqrscp", "dcmqridx"):
         tool(name)
     if not ORTHANC_WORKLIST_PLUGIN.exists():
         raise MissingTool(f"{ORTHANC_WORKLIST_PLUGIN} missing: install the Debian package "

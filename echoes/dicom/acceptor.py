@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from echoes.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, dimse, pdu
 from echoes.dicom import statemachine as sm
-from echoes.dicom.service import Receiver, Service
+from echoes.dicom.service import Final, Receiver, Service
 from echoes.dicom.transport import PDUReader, PeerGone, PeerTimedOut
 
 
@@ -80,6 +80,11 @@ class Association:
     contexts: dict[int, pdu.ContextResult] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     cancelled: bool = False
+    #: SOP class -> (SCU, SCP) roles granted to the requestor by Role Selection
+    #: (only the classes it proposed roles for; the others: SCU only).
+    roles: dict[str, tuple[bool, bool]] = field(default_factory=dict)
+    #: Responses the peer sent mid-operation, not taken yet (see read_response).
+    responses: list[dict[int, bytes]] = field(default_factory=list)
     machine: sm.Machine = field(default_factory=lambda: sm.Machine(requestor=False))
 
     def send(self, data: bytes) -> None:
@@ -101,7 +106,27 @@ class Association:
         pending = getattr(sock, "pending", None)  # TLS: bytes already decrypted
         if not (pending and pending()) and not select.select([sock], [], [], 0)[0]:
             return False
-        kind, body = reader.read()
+        self._read_during_operation(())
+        return self.cancelled
+
+    def read_response(self, expected: int) -> dict[int, bytes]:
+        """The next response of command field ``expected`` the peer sends while
+        we answer a request (C-GET: the C-STORE-RSP to each sub-operation),
+        blocking up to the association's read timeout (``network_timeout``:
+        PeerTimedOut then).  A C-CANCEL-RQ arriving first is remembered
+        (:meth:`cancel_requested`); a response without a data set is all a
+        peer may send besides.
+        """
+        while True:
+            if self.responses:
+                return self.responses.pop(0)
+            self._read_during_operation((expected,))
+
+    def _read_during_operation(self, expected: tuple[int, ...]) -> None:
+        """Read one PDU mid-operation: C-CANCEL-RQs and ``expected`` responses (one
+        command fragment each; kept in :attr:`responses`), nothing else."""
+        assert self.reader is not None
+        kind, body = self.reader.read()
         action = self.machine.on_pdu(kind)
         if action == "AA-3":
             raise PeerGone("aborted by the peer during an operation")
@@ -111,15 +136,18 @@ class Association:
             raise pdu.PDUError(f"PDU type 0x{kind:02X} during an operation")
         for _context, control, fragment in pdu.iter_pdvs(body):
             if control != pdu.COMMAND_BIT | pdu.LAST_BIT:
-                raise pdu.PDUError("only a one-fragment C-CANCEL may arrive mid-operation")
+                raise pdu.PDUError("only one-fragment commands may arrive mid-operation")
             try:
                 command = dimse.parse_command(bytes(fragment))
             except ValueError as exc:
                 raise pdu.PDUError(f"command set: {exc}") from None
-            if dimse.command_us(command, dimse.COMMAND_FIELD) != dimse.C_CANCEL_RQ:
-                raise pdu.PDUError("a request other than C-CANCEL during an operation")
-            self.cancelled = True
-        return self.cancelled
+            field_ = dimse.command_us(command, dimse.COMMAND_FIELD)
+            if field_ == dimse.C_CANCEL_RQ:
+                self.cancelled = True
+            elif field_ in expected and not dimse.has_data_set(command):
+                self.responses.append(command)
+            else:
+                raise pdu.PDUError(f"message 0x{field_:04X} during an operation")
 
 
 class Limiter:
@@ -183,7 +211,9 @@ def serve(sock: socket.socket, address: tuple, service: Service, settings: Setti
             how = "rejected"
             return
         results, roles = pdu.negotiate_roles(
-            pdu.negotiate(request.contexts, service.accepted), request.roles)
+            pdu.negotiate(request.contexts, service.accepted), request.roles,
+            getattr(service, "roles", None))
+        association.roles = roles
         association.contexts = {r.context_id: r for r in results if r.result == pdu.ACCEPTANCE}
         association.peer_maximum_length = request.maximum_length
         if 0 < request.maximum_length <= pdu.PDV_HEADER:
@@ -296,6 +326,7 @@ def _on_pdv(sock: socket.socket, association: Association, service: Service,
             raise pdu.PDUError("data set fragment without a command")
         message = _Message(context)
         association.cancelled = False
+        association.responses.clear()
     elif message.context.context_id != context_id:
         raise pdu.PDUError("PDV on another presentation context mid-message")
     if control & pdu.COMMAND_BIT:
@@ -335,17 +366,25 @@ def _respond(sock: socket.socket, association: Association, message: _Message,
     message_id = dimse.command_us(command, dimse.MESSAGE_ID, 0)
     sop_class = dimse.command_uid(command, dimse.AFFECTED_SOP_CLASS)
     sop_instance = dimse.command_uid(command, dimse.AFFECTED_SOP_INSTANCE) or None
-    comment = ""
-    if receiver is not None:
-        status, comment = receiver.finish()
+    result: tuple[int, str] | Final = (
+        receiver.finish() if receiver is not None else
+        (dimse.UNRECOGNIZED_OPERATION, f"operation 0x{field_:04X} not served on this port"))
+    if isinstance(result, Final):
+        response = dimse.command_set({
+            dimse.AFFECTED_SOP_CLASS: sop_class, dimse.COMMAND_FIELD: field_ | dimse.RESPONSE_BIT,
+            dimse.MESSAGE_ID_RESPONDED_TO: message_id, dimse.STATUS: result.status,
+            dimse.DATA_SET_TYPE: dimse.DATA_SET_PRESENT if result.data_set else dimse.NO_DATA_SET,
+            dimse.ERROR_COMMENT: result.comment, **result.elements})
+        data = pdu.p_data_pdus(message.context.context_id, response, result.data_set,
+                               association.peer_maximum_length)
     else:
-        status = dimse.UNRECOGNIZED_OPERATION
-        comment = f"operation 0x{field_:04X} not served on this port"
-    response = dimse.response_command(field_ | dimse.RESPONSE_BIT, sop_class, message_id,
-                                      status, sop_instance, comment)
+        status, comment = result
+        response = dimse.response_command(field_ | dimse.RESPONSE_BIT, sop_class, message_id,
+                                          status, sop_instance, comment)
+        data = pdu.p_data_command(message.context.context_id, response,
+                                  association.peer_maximum_length)
     association.machine.on(sm.P_DATA_REQUEST)  # DT-1
-    sock.sendall(pdu.p_data_command(message.context.context_id, response,
-                                    association.peer_maximum_length))
+    sock.sendall(data)
 
 
 def _await_close(sock: socket.socket, artim: float) -> None:

@@ -28,6 +28,11 @@ DOES_NOT_MATCH_SOP_CLASS = 0xA900
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 UNABLE_TO_PROCESS = 0xC001
+#: C-MOVE / C-GET (PS3.4 C.4.2.1.5, C.4.3.1.4): sub-operations could not all
+#: be done, none could, the Move Destination is unknown.
+SUBOPERATIONS_WARNING = 0xB000
+UNABLE_TO_PERFORM_SUBOPERATIONS = 0xA702
+MOVE_DESTINATION_UNKNOWN = 0xA801
 
 # -- command set elements (group 0000), PS3.7 E.1 and E.2 ------------------------
 
@@ -221,11 +226,15 @@ def message(command_field: int, **values: str | int | tuple[int, ...] | None) ->
     return command_set(elements)  # type: ignore[arg-type]
 
 
-def store_request_command(sop_class: str, sop_instance: str, message_id: int) -> bytes:
-    """The command set of a C-STORE-RQ with a data set."""
+def store_request_command(sop_class: str, sop_instance: str, message_id: int,
+                          originator: tuple[str, int] | None = None) -> bytes:
+    """The command set of a C-STORE-RQ with a data set; ``originator`` (AE title,
+    message ID) for a C-MOVE's sub-operation (PS3.7 9.3.1.1)."""
     return command_set({AFFECTED_SOP_CLASS: sop_class, COMMAND_FIELD: C_STORE_RQ,
                         MESSAGE_ID: message_id, PRIORITY: MEDIUM_PRIORITY,
-                        DATA_SET_TYPE: DATA_SET_PRESENT, AFFECTED_SOP_INSTANCE: sop_instance})
+                        DATA_SET_TYPE: DATA_SET_PRESENT, AFFECTED_SOP_INSTANCE: sop_instance,
+                        MOVE_ORIGINATOR_AE: originator[0] if originator else None,
+                        MOVE_ORIGINATOR_MESSAGE_ID: originator[1] if originator else None})
 
 
 def echo_request_command(sop_class: str, message_id: int) -> bytes:

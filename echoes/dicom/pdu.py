@@ -230,7 +230,8 @@ def negotiate(contexts: list[PresentationContextRequest],
 
 
 #: Roles we take as acceptor unless a service says otherwise: the requestor
-#: may be SCU, not SCP (every service of echoes is an SCP).
+#: may be SCU, not SCP (C-GET's storage classes say otherwise: there the
+#: requestor takes the SCP role and we send it C-STOREs).
 REQUESTOR_SCU_ONLY = (True, False)
 
 

@@ -183,15 +183,16 @@ class Requestor:
                      if cx.abstract_syntax == sop_class and cx.transfer_syntax == syntax), None)
 
     def send_c_store(self, context: AcceptedContext, sop_instance: str,
-                     data_set: BinaryIO) -> StoreResult | None:
+                     data_set: BinaryIO, originator: tuple[str, int] | None = None,
+                     ) -> StoreResult | None:
         """C-STORE the data set read from ``data_set`` (streamed); None when no
         response came (timeout, abort, broken connection: the association is
-        then closed).
+        then closed).  ``originator``: the C-MOVE's (AE title, message ID).
         """
         if not self.is_established:
             return None
         command = dimse.store_request_command(context.abstract_syntax, sop_instance,
-                                              next(_message_ids))
+                                              next(_message_ids), originator)
         try:
             self.machine.on(sm.P_DATA_REQUEST)  # DT-1 (for the whole message)
             for group in pdu.p_data_stream(context.context_id, command, data_set,

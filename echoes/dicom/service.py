@@ -20,7 +20,7 @@ answered, as echoes always has).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from echoes.dicom import dimse, pdu
@@ -29,14 +29,32 @@ if TYPE_CHECKING:
     from echoes.dicom.acceptor import Association
 
 
+@dataclass(frozen=True)
+class Final:
+    """A final response that carries more than a status and a comment.
+
+    C-MOVE and C-GET answer with sub-operation counts in the command set and,
+    when some failed, an identifier with the Failed SOP Instance UID List
+    (PS3.4 C.4.2.1.6); a receiver returns this instead of the plain pair.
+    """
+
+    status: int
+    comment: str = ""
+    #: Extra US elements of the response's command set (element -> value).
+    elements: Mapping[int, int] = field(default_factory=dict)
+    #: The response's data set, encoded in the context's syntax (empty: none).
+    data_set: bytes = b""
+
+
 class Receiver(Protocol):
     """Where the fragments of one request's data set go, and who decides its status."""
 
     def write(self, fragment: memoryview) -> None:
         """Take the next fragment (called as each PDV arrives)."""
 
-    def finish(self) -> tuple[int, str]:
-        """The request is complete: return (DIMSE status, error comment).
+    def finish(self) -> tuple[int, str] | Final:
+        """The request is complete: return (DIMSE status, error comment), or a
+        :class:`Final` for a response with counts or a data set.
 
         May send Pending responses first (:meth:`Association.send`)."""
 
@@ -49,6 +67,10 @@ class Service(Protocol):
 
     #: abstract syntax -> transfer syntaxes accepted for it
     accepted: Mapping[str, frozenset[str]]
+    #: SOP class -> (SCU, SCP) roles a requestor may take in SCP/SCU Role
+    #: Selection (PS3.7 D.3.3.4), when not only SCU: C-GET's storage classes.
+    #: Optional: a service without it leaves the requestor SCU only.
+    # roles: Mapping[str, tuple[bool, bool]]
 
     def receiver(self, association: Association, context: pdu.ContextResult,
                  command: dict[int, bytes]) -> Receiver | None:
@@ -129,6 +151,12 @@ class Port:
     def __init__(self, *services: Service) -> None:
         self.services: Sequence[Service] = services
         self.accepted: dict[str, frozenset[str]] = {}
+        #: Role Selection the services support, together (see Service.roles).
+        self.roles: dict[str, tuple[bool, bool]] = {}
+        for service in services:
+            for sop_class, (scu, scp) in getattr(service, "roles", {}).items():
+                had = self.roles.get(sop_class, (False, False))
+                self.roles[sop_class] = (had[0] or scu, had[1] or scp)
         #: abstract syntax -> the port's services, its own service first
         self.routes: dict[str, tuple[Service, ...]] = {}
         for service in services:

@@ -10,8 +10,8 @@ scheduler, the associations and the job bookkeeping)::
       -> plan_batch()            (stored syntax, JPEG lossless .70/.57 where
                                   so encoded, the three uncompressed syntaxes)
       -> Sender.associate()      (tenacity: a few quick tries with backoff)
-      -> for each job: choose_route() -> prepare() -> payload() -> C-STORE
-         -> outcome_of(status)
+      -> for each job: delivery.store_one(): choose_route() -> prepare()
+         -> payload() -> C-STORE -> outcome_of(status)
       -> jobs.delivered / attempt_failed / refused, written back at once
 
 All due jobs of one destination go over one association (up to
@@ -40,6 +40,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import BinaryIO
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -48,17 +49,15 @@ from echoes.dicom.requestor import AssociationFailed, Requestor
 from echoes.processes.worker import Worker
 from echoes.queue import jobs, open_job_store
 from echoes.services import dicom_settings, outbound
+from echoes.services.delivery import ENCODE, MISSING, ROUTE, SENT, store_one
 from echoes.services.outbound import (
     DELIVERED,
     PERMANENT,
     SKIPPED,
     TRANSIENT,
-    choose_route,
+    PaddedDataSet,
     fits,
-    outcome_of,
-    payload,
     plan_batch,
-    prepare,
     studies_sent,
 )
 from echoes.storage import spool
@@ -397,43 +396,33 @@ class Sender:
             if current is None or current.state not in jobs.ACTIVE:
                 return SKIPPED
             job = current  # queued anew meanwhile: send it as it is now
-        route = choose_route(job.sop_class_uid, job.transfer_syntax, accepted)
+        def send(sop_class: str, syntax: str, sop_instance: str,
+                 data_set: BinaryIO | PaddedDataSet) -> tuple[int, str] | None:
+            context = assoc.context_for(sop_class, syntax)
+            response = (assoc.send_c_store(context, sop_instance, data_set)
+                        if context is not None else None)
+            return None if response is None else (response.status, response.comment)
+
+        attempt = store_one(job, self.objects.path_of(job.path), accepted, send)
         now = time.time()
-        if route.kind == "refuse":
-            self._record(jobs.refused(job, route.reason, now))
-            log.error("%s: %s refused: %s", job.destination, job.sop_instance_uid, route.reason)
-            return PERMANENT
-        try:
-            prepared = prepare(self.objects.path_of(job.path), route)
-        except FileNotFoundError:  # moved away since ready_jobs saw it: look again soon
+        if attempt.stage == MISSING:  # moved away since ready_jobs saw it: look again soon
             self._await_file(job, now)
             return SKIPPED
-        except Exception as exc:  # cannot decode or decompress: retrying will not help
-            reason = f"cannot prepare for sending ({route.kind}): {type(exc).__name__}: {exc}"
-            self._record(jobs.refused(job, reason[:300], now))
-            log.error("%s: %s: %s", job.destination, job.sop_instance_uid, reason)
+        if attempt.stage != SENT:  # no usable context, cannot decode, decompress or encode
+            self._record(jobs.refused(job, attempt.detail, now))
+            if attempt.stage != ENCODE:
+                log.error("%s: %s%s: %s", job.destination, job.sop_instance_uid,
+                          " refused" if attempt.stage == ROUTE else "", attempt.detail)
             return PERMANENT
-        try:
-            syntax, data_set = payload(job, route, prepared, accepted)
-        except (ValueError, AttributeError, StopIteration, OSError) as exc:
-            self._record(jobs.refused(job, f"cannot send: {exc}"[:300], time.time()))
-            return PERMANENT
-        with data_set:
-            context = assoc.context_for(job.sop_class_uid, syntax)
-            response = (assoc.send_c_store(context, job.sop_instance_uid, data_set)
-                        if context is not None else None)
-        now = time.time()
-        if response is None:
+        if attempt.status is None:
             error = assoc.lost or "no response (timeout or association lost)"
             self._record(jobs.attempt_failed(job, error, now, config.retry_interval,
                                              config.max_attempts))
             return TRANSIENT
-        status, comment = response.status, response.comment
-        outcome, words = outcome_of(status)
-        detail = f"0x{status:04X} {words}" + (f": {comment}" if comment else "")
+        outcome, detail = attempt.outcome, attempt.detail
         if outcome == DELIVERED:
-            self._record(jobs.delivered(job, now, detail if words else ""), basis=job)
-            if words:
+            self._record(jobs.delivered(job, now, detail), basis=job)
+            if detail:
                 log.warning("%s: %s stored with %s", job.destination, job.sop_instance_uid,
                             detail)
         elif outcome == PERMANENT:

@@ -1,7 +1,8 @@
 """The ``store`` role: a store SCP worker process (``store_workers`` of them share the port).
 
-What it does with an object is :mod:`echoes.services.storage`'s, and with a
-query :mod:`echoes.services.query`'s (Query/Retrieve shares the port); this shell
+What it does with an object is :mod:`echoes.services.storage`'s; Query/Retrieve
+shares the port: a query is :mod:`echoes.services.query`'s (C-FIND), a
+retrieve :mod:`echoes.services.retrieve`'s (C-MOVE, C-GET); this shell
 makes the worker's spool folder, serves the port (:class:`DicomPort`) and,
 after the last association, removes what it leaves behind.
 """
@@ -14,6 +15,7 @@ from echoes.config import Config
 from echoes.dicom.service import Port
 from echoes.processes.port import DicomPort
 from echoes.services.query import QueryService
+from echoes.services.retrieve import RetrieveService
 from echoes.services.storage import RECEIVE_MAX_PDU, StoreService
 from echoes.storage import spool
 
@@ -35,11 +37,13 @@ class StoreWorker(DicomPort):
         self.store = StoreService(config, layout, folder)
         # -- Query/Retrieve on the store port, next to storage (issue 17) --
         self.query = QueryService(config)  # C-FIND, Patient and Study Root
-        return Port(self.store, self.query)
+        self.retrieve = RetrieveService(config, self.query.index)  # C-MOVE, C-GET
+        return Port(self.store, self.query, self.retrieve)
 
     def reconfigure(self, fresh: Config) -> None:
         self.store.config = fresh  # min_free_mb, for the objects received from now on
         self.query.config = fresh  # qr_allowed_calling_aes, ae_title (Q/R, issue 17)
+        self.retrieve.config = fresh  # [ae:*] move destinations, qr_allowed_calling_aes
 
     def closed(self) -> None:
         self.store.spares.close()

@@ -23,7 +23,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, TypeVar
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -74,6 +74,22 @@ STATUS_OUTCOMES: tuple[tuple[int, int, str, str], ...] = (
 )
 
 
+class Outbound(Protocol):
+    """One object to send, as planning and encoding need it: a sender's job
+    (:class:`echoes.queue.jobs.Job`) or a C-MOVE/C-GET sub-operation."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def sop_class_uid(self) -> str: ...
+    @property
+    def sop_instance_uid(self) -> str: ...
+    @property
+    def transfer_syntax(self) -> str: ...
+
+
+T = TypeVar("T", bound=Outbound)
+
 #: Studies named in an association's log line at most.
 STUDIES_LOGGED = 20
 
@@ -115,8 +131,8 @@ def syntaxes_for(stored: str) -> list[list[str]]:
     return proposals
 
 
-def plan_batch(due: list[jobs.Job], isolated: frozenset[str] = frozenset(),
-               ) -> tuple[list[jobs.Job], list[tuple[str, list[str]]]]:
+def plan_batch(due: list[T], isolated: frozenset[str] = frozenset(),
+               ) -> tuple[list[T], list[tuple[str, list[str]]]]:
     """Jobs that fit one association and the presentation contexts they need.
 
     A job in ``isolated`` (its object was on the wire when an association
@@ -125,7 +141,7 @@ def plan_batch(due: list[jobs.Job], isolated: frozenset[str] = frozenset(),
     """
     contexts: list[tuple[str, list[str]]] = []
     seen: set[tuple[str, tuple[str, ...]]] = set()
-    batch: list[jobs.Job] = []
+    batch: list[T] = []
     for job in due:
         if job.id in isolated:
             if batch:
@@ -300,7 +316,7 @@ def uncompressed_target(sop_class: str, accepted: set[tuple[str, str]]) -> str:
     return next(ts for ts in UNCOMPRESSED if (sop_class, ts) in accepted)
 
 
-def payload(job: jobs.Job, route: Route, prepared: Path | Dataset,
+def payload(job: Outbound, route: Route, prepared: Path | Dataset,
             accepted: set[tuple[str, str]]) -> tuple[str, BinaryIO | PaddedDataSet]:
     """(transfer syntax of the context to use, the data set bytes to send).
 

@@ -81,11 +81,14 @@ def test_readme_links_the_conformance_tables_not_files_users_lack() -> None:
 
 def test_query_retrieve_classes_are_what_the_store_port_accepts() -> None:
     from echoes.services.query import QueryService
+    from echoes.services.retrieve import RetrieveService
 
     doc = DOC.read_text()
     listed = uids(section(section(doc, "## Query/Retrieve SCP (store port)"),
                           "### SOP classes and transfer syntaxes"))
-    service = QueryService(None, reader=object())  # type: ignore[arg-type]  # its table only
-    assert sorted(listed) == sorted(service.accepted)
+    query = QueryService(None, reader=object())  # type: ignore[arg-type]  # its table only
+    retrieve = RetrieveService(None, index=object())  # type: ignore[arg-type]
+    accepted = {**query.accepted, **retrieve.accepted}
+    assert sorted(listed) == sorted(accepted)
     assert all(set(syntaxes) == set(sopclasses.STORE_TRANSFER_SYNTAXES[:3])
-               for syntaxes in service.accepted.values())
+               for syntaxes in accepted.values())

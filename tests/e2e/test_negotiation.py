@@ -16,6 +16,7 @@ from echoes.dicom import pdu
 
 VERIFICATION = "1.2.840.10008.1.1"
 MR = "1.2.840.10008.5.1.4.1.1.4"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 
 
 @pytest.fixture(scope="module")
@@ -33,20 +34,25 @@ def test_peer_proposing_roles_and_extended_negotiation(server: Server) -> None:
     ae.add_requested_context(VERIFICATION)
     ae.add_requested_context(dataset.SOPClassUID, ExplicitVRLittleEndian)
     ae.add_requested_context(MR, ExplicitVRLittleEndian)
+    ae.add_requested_context(STUDY_ROOT_MOVE, ExplicitVRLittleEndian)
     ext_neg = [build_role(dataset.SOPClassUID, scu_role=True, scp_role=True),
                build_role(MR, scu_role=False, scp_role=True),  # asks us to be the MR SCU
+               build_role(STUDY_ROOT_MOVE, scu_role=False, scp_role=True),  # no role left
                extended(dataset.SOPClassUID), common(MR), identity()]
     assoc = ae.associate("127.0.0.1", server.config.store_port, ae_title="ECHOES",
                          ext_neg=ext_neg)
     assert assoc.is_established
     try:
         contexts = {str(cx.abstract_syntax): cx for cx in assoc.accepted_contexts}
-        # Granted: the peer is SCU only (we never act as a storage SCU).
+        # Granted as asked for storage classes: the peer may store (SCU) and,
+        # for C-GET (issue 17), take what we send it (SCP).
         stored_cx = contexts[dataset.SOPClassUID]
-        assert (stored_cx.as_scu, stored_cx.as_scp) == (True, False)
-        assert MR not in contexts
+        assert (stored_cx.as_scu, stored_cx.as_scp) == (True, True)
+        assert (contexts[MR].as_scu, contexts[MR].as_scp) == (False, True)
+        # A Q/R class leaves the peer no role but SCU: only SCP asked, rejected.
+        assert STUDY_ROOT_MOVE not in contexts
         rejected = {str(cx.abstract_syntax): cx.result for cx in assoc.rejected_contexts}
-        assert rejected[MR] == pdu.USER_REJECTION
+        assert rejected[STUDY_ROOT_MOVE] == pdu.USER_REJECTION
         answered = [type(item).__name__ for item in assoc.acceptor.user_information]
         assert "SOPClassExtendedNegotiation" not in answered
         assert "UserIdentityNegotiation" not in answered
