@@ -43,6 +43,12 @@ class PortSettings:
     drain_seconds: float = 30.0
 
 
+#: How long a finished association's thread waits for the next one.
+IDLE_THREAD_SECONDS = 5.0
+#: How many finished associations' threads wait at most.
+KEEP_IDLE_THREADS = 4
+
+
 class HandlerThreads:
     """Threads for associations, kept after their association ends and reused.
 
@@ -52,12 +58,17 @@ class HandlerThreads:
     A-ASSOCIATE-RQ (strace of a store worker, 2026-12-04), time the peer
     waits for its A-ASSOCIATE-AC.  Not concurrent.futures' pool either: its
     threads are joined at interpreter exit, so one hung association would keep
-    a stopping worker alive.  A new thread is started only when none is idle;
-    one idle for ``idle_seconds`` exits.  Daemon threads, as before.
+    a stopping worker alive.  A new thread is started only when none is idle.
+    At most ``keep_idle`` wait for the next association, each for at most
+    ``idle_seconds`` (a modality's next association comes milliseconds
+    later); the others exit, so a burst of connections leaves no threads
+    behind for long.  Daemon threads, as before.
     """
 
-    def __init__(self, idle_seconds: float = 60.0) -> None:
+    def __init__(self, idle_seconds: float = IDLE_THREAD_SECONDS,
+                 keep_idle: int = KEEP_IDLE_THREADS) -> None:
         self.idle_seconds = idle_seconds
+        self.keep_idle = keep_idle
         self.jobs: queue.SimpleQueue[tuple[Callable[..., object], tuple]] = queue.SimpleQueue()
         self.lock = threading.Lock()
         #: Threads waiting for a job (decremented by the submitter that hands them one).
@@ -77,6 +88,8 @@ class HandlerThreads:
         while True:
             function(*args)
             with self.lock:
+                if self.idle >= self.keep_idle:
+                    return
                 self.idle += 1
             while True:
                 try:

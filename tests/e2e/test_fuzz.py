@@ -47,6 +47,8 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 from pynetdicom import AE
 
+from echoes.dicom.server import IDLE_THREAD_SECONDS
+
 # Hypothesis caches (constants, unicode tables) outside the checkout; no example
 # database either (``database=None``): every run is fresh.
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "echoes-test-fuzz-hypothesis")
@@ -910,7 +912,9 @@ def burst_worker(target: Target, role: str) -> tuple[float, float, int, int, flo
     for _ in range(BURST):
         hostile_burst(port, rng)
     took = time.monotonic() - started
-    threads = settle(worker, target.idle_threads[role], ACSE_TIMEOUT + NETWORK_TIMEOUT + 2)
+    # A finished association's thread may wait IDLE_THREAD_SECONDS for the next one.
+    threads = settle(worker, target.idle_threads[role],
+                     ACSE_TIMEOUT + NETWORK_TIMEOUT + IDLE_THREAD_SECONDS + 2)
     after = worker.memory_info().rss / 2**20
     return before, after, target.idle_threads[role], threads, took
 

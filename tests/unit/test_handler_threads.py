@@ -28,7 +28,7 @@ def test_an_idle_thread_takes_the_next_association() -> None:
 
 
 def test_concurrent_associations_get_threads_of_their_own() -> None:
-    pool = HandlerThreads()
+    pool = HandlerThreads(keep_idle=5)
     release = threading.Event()
     started = threading.Semaphore(0)
 
@@ -42,6 +42,17 @@ def test_concurrent_associations_get_threads_of_their_own() -> None:
         assert started.acquire(timeout=5)
     release.set()
     _wait(lambda: pool.idle == 5)
+
+
+def test_at_most_keep_idle_threads_wait_after_a_burst() -> None:
+    pool = HandlerThreads(keep_idle=2)
+    release = threading.Event()
+    for _ in range(5):
+        pool.submit(release.wait, 5)
+    _wait(lambda: threading.active_count() >= 5)
+    before_burst = threading.active_count() - 5
+    release.set()
+    _wait(lambda: pool.idle == 2 and threading.active_count() == before_burst + 2)
 
 
 def test_threads_idle_too_long_leave() -> None:
