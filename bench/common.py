@@ -152,6 +152,19 @@ def wait_idle(pid: int, timeout: float = 20.0, window: float = 0.5,
     return False
 
 
+def start_dcmtk_server(argv: list[str], port: int, called: str = "ANY-SCP",
+                      **popen: object) -> subprocess.Popen:
+    """Start a dcmtk server (``ENV``: TCP_NODELAY=1) and wait until it answers C-ECHO
+    on ``port``; stopped again if it does not (storescp, wlmscpfs, dcmqrscp)."""
+    process = subprocess.Popen(argv, env=ENV, **popen)  # type: ignore[call-overload]
+    try:
+        wait_echo(port, called, process=process)
+    except BaseException:
+        stop_process(process, 10)
+        raise
+    return process
+
+
 def stop_process(process: subprocess.Popen, timeout: float = 60.0) -> None:
     """SIGTERM, wait, then SIGKILL: a server this benchmark started must not outlive it."""
     if process.poll() is not None:

@@ -55,6 +55,7 @@ from common import (
     echo,
     free_port,
     nagle_env,
+    start_dcmtk_server,
     stop_process,
     storescu_acknowledged,
     tool,
@@ -286,12 +287,8 @@ class StoreSCP(Receiver):
         argv = [tool("storescp"), *(["--fork"] if fork else []), *(["-v"] if log else []),
                 "-od", str(self.folder), str(self.port)]
         output = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(argv, env=ENV, stdout=output, stderr=subprocess.STDOUT)
-        try:
-            wait_echo(self.port, process=self.process)
-        except BaseException:
-            self.stop()
-            raise
+        self.process = start_dcmtk_server(argv, self.port, stdout=output,
+                                          stderr=subprocess.STDOUT)
 
     def count(self) -> int:
         return sum(1 for entry in os.scandir(self.folder) if entry.is_file())
@@ -496,14 +493,9 @@ class WlmScpFs(Receiver):
 
     def __init__(self, folder: Path) -> None:
         self.port = free_port()
-        self.process = subprocess.Popen([tool("wlmscpfs"), "-dfp", str(folder), str(self.port)],
-                                        env=ENV, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
-        try:
-            wait_echo(self.port, self.called, process=self.process)
-        except BaseException:
-            self.stop()
-            raise
+        self.process = start_dcmtk_server(
+            [tool("wlmscpfs"), "-dfp", str(folder), str(self.port)], self.port, self.called,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self) -> None:
         stop_process(self.process, 10)

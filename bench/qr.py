@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import ENV, OUT, free_port, stop_process, tool, wait_echo
+from common import ENV, OUT, free_port, start_dcmtk_server, stop_process, tool
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -188,13 +188,9 @@ class DcmQRSCP:
             f"AETable BEGIN\n{DCMQRSCP_AE} {database} RW ({DCMQRSCP_MAX_STUDIES}, 1024mb) ANY\n"
             "AETable END\n")
         log = open(work / "dcmqrscp.log", "ab")  # noqa: SIM115
-        self.process = subprocess.Popen([tool("dcmqrscp"), "-c", str(config), str(self.port)],
-                                        cwd=work, env=ENV, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_echo(self.port, self.called, process=self.process)
-        except BaseException:
-            self.stop()
-            raise
+        self.process = start_dcmtk_server(
+            [tool("dcmqrscp"), "-c", str(config), str(self.port)], self.port, self.called,
+            cwd=work, stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
         stop_process(self.process, 10)

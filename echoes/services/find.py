@@ -2,7 +2,8 @@
 
 Both services collect a small identifier, then answer with a stream of
 Pending responses and a final status, looking for a C-CANCEL every few
-responses.  The collecting (:class:`FindRequest`) and the writing
+responses.  The collecting (:class:`IdentifierRequest`, also the C-MOVE and
+C-GET requests') and the writing
 (:class:`PendingWriter`) are the same for both, so they live here once;
 what matches and what an answer holds is each service's own.
 """
@@ -66,10 +67,12 @@ class Answerer(Protocol):
         """Send the Pending responses; return (final status, error comment)."""
 
 
-class FindRequest:
-    """One C-FIND-RQ: its identifier arrives in fragments, then it is answered."""
+class IdentifierRequest:
+    """A request whose identifier arrives in fragments and is collected, bounded by
+    :data:`MAX_IDENTIFIER`, before it is served (C-FIND here, C-MOVE and C-GET in
+    :mod:`echoes.services.retrieve`)."""
 
-    def __init__(self, service: Answerer, association_: association.Association,
+    def __init__(self, service: object, association_: association.Association,
                  context: pdu.ContextResult, command: dict[int, bytes]) -> None:
         self.service = service
         self.association = association_
@@ -87,7 +90,13 @@ class FindRequest:
             self.identifier += fragment
 
     def discard(self) -> None:
-        """Nothing was stored; nothing to undo."""
+        """Nothing was started; nothing to undo."""
+
+
+class FindRequest(IdentifierRequest):
+    """One C-FIND-RQ: its identifier arrives in fragments, then it is answered."""
+
+    service: Answerer
 
     def finish(self) -> tuple[int, str]:
         """Answer: Pending responses now, the final status returned."""

@@ -47,6 +47,7 @@ from echoes.index import IndexReader, open_index
 from echoes.index.cache import CachingReader
 from echoes.services import dicom_settings, qr_access
 from echoes.services.delivery import store_one
+from echoes.services.find import MAX_IDENTIFIER, IdentifierRequest
 from echoes.services.outbound import DELIVERED, PaddedDataSet, plan_batch
 from echoes.services.retrieve_plan import (
     COMPLETED,
@@ -65,9 +66,6 @@ from echoes.storage.objects import open_object_store
 
 log = logging.getLogger("echoes.retrieve")
 
-#: The largest identifier read (a retrieve names a few UIDs; a list of a
-#: thousand SOP Instance UIDs is ~64 KiB).
-MAX_IDENTIFIER = 1 << 20
 #: Associations in a row to the move destination that end before one object
 #: went through: the destination takes nothing, the rest fail at once.
 LOST_IN_A_ROW = 2
@@ -82,30 +80,16 @@ HEARTBEAT_POLL_SECONDS = 0.1
 _message_ids = itertools.cycle(range(1, 65536))
 
 
-class RetrieveRequest:
+class RetrieveRequest(IdentifierRequest):
     """One C-MOVE-RQ or C-GET-RQ: its identifier arrives in fragments, then it is served."""
+
+    service: RetrieveService
 
     def __init__(self, service: RetrieveService, association_: association.Association,
                  context: pdu.ContextResult, command: dict[int, bytes]) -> None:
-        self.service = service
-        self.association = association_
-        self.context = context
+        super().__init__(service, association_, context, command)
         self.command_field = dimse.command_us(command, dimse.COMMAND_FIELD)
-        self.sop_class = dimse.command_uid(command, dimse.AFFECTED_SOP_CLASS)
-        self.message_id = dimse.command_us(command, dimse.MESSAGE_ID, 0)
         self.destination = dimse.command_text(command, dimse.MOVE_DESTINATION)
-        self.identifier = bytearray()
-        self.too_long = False
-
-    def write(self, fragment: memoryview) -> None:
-        """Collect the identifier (bounded)."""
-        if len(self.identifier) + len(fragment) > MAX_IDENTIFIER:
-            self.too_long = True
-        else:
-            self.identifier += fragment
-
-    def discard(self) -> None:
-        """Nothing was started; nothing to undo."""
 
     def finish(self) -> Final:
         """Serve the retrieve: Pending responses now, the final one returned."""
