@@ -10,7 +10,9 @@ what matches and what an answer holds is each service's own.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
+
+from pydicom.multival import MultiValue
 
 from echoes.dicom import acceptor as association
 from echoes.dicom import dimse, pdu
@@ -21,6 +23,16 @@ CANCEL_CHECK_EVERY = 16
 
 #: The largest C-FIND identifier we read (a query is a few hundred bytes).
 MAX_IDENTIFIER = 1 << 20
+
+
+def value_text(value: Any) -> str:
+    """An identifier element's value as the matching engine takes it: multiple
+    values joined by backslashes, bytes (an undecoded value) as empty."""
+    if value is None or isinstance(value, bytes | bytearray):
+        return ""
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(value_text(part) for part in value)
+    return str(value)
 
 
 class PendingWriter:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from pydicom.charset import python_encoding
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
@@ -33,6 +32,7 @@ from pydicom.multival import MultiValue
 
 from echoes.dicom import dataset
 from echoes.dicom.dimse import CANNOT_UNDERSTAND, IDENTIFIER_DOES_NOT_MATCH
+from echoes.services.find import value_text
 
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
@@ -204,16 +204,8 @@ def _values(identifier: Dataset) -> dict[str, str]:
             continue
         name = keyword_for_tag(element.tag)
         if name:
-            values[name] = _text(element.value)
+            values[name] = value_text(element.value)
     return values
-
-
-def _text(value: Any) -> str:
-    if value is None or isinstance(value, bytes | bytearray):
-        return ""
-    if isinstance(value, MultiValue | list | tuple):
-        return "\\".join(_text(part) for part in value)
-    return str(value)
 
 
 # -- documents -> answers ------------------------------------------------------------

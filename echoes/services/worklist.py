@@ -27,7 +27,6 @@ from typing import Any
 
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 
 from echoes.config import Config
 from echoes.dicom import acceptor as association
@@ -47,6 +46,7 @@ from echoes.services.find import (
     MAX_IDENTIFIER,
     FindRequest,
     PendingWriter,  # noqa: F401
+    value_text,
 )
 from echoes.worklist import files as worklist
 from echoes.worklist.match import QueryKey, Tree, compile_query
@@ -71,16 +71,8 @@ def query_keys(identifier: Dataset) -> dict[int, QueryKey]:
         if element.VR == "SQ":
             keys[tag] = QueryKey("SQ", [query_keys(item) for item in element.value or []])
         else:
-            keys[tag] = QueryKey(element.VR, _text(element.value))
+            keys[tag] = QueryKey(element.VR, value_text(element.value))
     return keys
-
-
-def _text(value: Any) -> str:
-    if value is None or isinstance(value, bytes | bytearray):
-        return ""
-    if isinstance(value, MultiValue | list | tuple):
-        return "\\".join(_text(part) for part in value)
-    return str(value)
 
 
 def query_vrs(keys: dict[int, QueryKey]) -> dict[int, Any]:
