@@ -27,7 +27,9 @@ matches:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import shutil
+import statistics
 import subprocess
 import time
 from dataclasses import dataclass
@@ -145,23 +147,53 @@ def queries(studies: int, per_study: int) -> list[Query]:
     ]
 
 
-def findscu(port: int, called: str, keys: tuple[str, ...], count: bool = False
-            ) -> tuple[float, int]:
-    """Wall time of one whole ``findscu -S`` run and (when counting) its matches
-    (-q for timed runs: no dump of each response, as the worklist row)."""
+#: Queries on one association in a timed per-query run (8a, 8b).
+QUERIES_PER_RUN = 50
+
+
+@functools.cache
+def query_file() -> Path:
+    """A C-FIND query file holding only QueryRetrieveLevel (the ``-k`` keys fill the
+    rest): findscu sends one query per file named, all on one association."""
+    text, path = OUT / ".qr-query.txt", OUT / ".qr-query.dcm"
+    OUT.mkdir(exist_ok=True)
+    text.write_text("(0008,0052) CS [STUDY]\n")
+    subprocess.run([tool("dump2dcm"), "--write-xfer-little", str(text), str(path)],
+                   env=ENV, check=True, capture_output=True)
+    return path
+
+
+def findscu(port: int, called: str, keys: tuple[str, ...], count: bool = False,
+            queries: int = 1) -> tuple[float, int]:
+    """Wall time of one whole ``findscu -S`` run sending ``queries`` queries on one
+    association, and (when counting) the matches of all of them (-q for timed runs:
+    no dump of each response, as the worklist row)."""
     argv = [tool("findscu"), STUDY_ROOT_FIND, "-aec", called, "-v" if count else "-q"]
     for key in keys:
         argv += ["-k", key]
     argv += ["127.0.0.1", str(port)]
+    if queries > 1:
+        argv += [str(query_file())] * queries
     started = time.perf_counter()
     done = subprocess.run(argv, env=ENV, capture_output=True, timeout=300)
     elapsed = time.perf_counter() - started
     text = done.stdout + done.stderr
     if done.returncode != 0 or b"Association Request Failed" in text:
         raise RuntimeError(f"findscu failed: {text.decode(errors='replace')[-300:]}")
-    if count and b"Final Find Response (Success)" not in text:
-        raise RuntimeError(f"the query failed: {text.decode(errors='replace')[-300:]}")
+    if count and text.count(b"Final Find Response (Success)") != queries:
+        raise RuntimeError(f"a query failed: {text.decode(errors='replace')[-300:]}")
     return elapsed, text.count(b"(Pending)")
+
+
+def per_query(port: int, called: str, keys: tuple[str, ...], runs: int) -> tuple[float, float]:
+    """(seconds per query, seconds of a whole one-query run): the median of ``runs``
+    findscu runs with 1 + QUERIES_PER_RUN queries on one association, less the median
+    of ``runs`` one-query runs, over QUERIES_PER_RUN.  What findscu's own start and
+    association cost (about 20 ms, the same for every server) cancels out."""
+    whole = statistics.median(findscu(port, called, keys)[0] for _ in range(runs))
+    many = statistics.median(findscu(port, called, keys, queries=1 + QUERIES_PER_RUN)[0]
+                             for _ in range(runs))
+    return (many - whole) / QUERIES_PER_RUN, whole
 
 
 class DcmQRSCP:
