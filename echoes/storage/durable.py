@@ -10,10 +10,18 @@ spool.  Nothing here knows about DICOM or about any layout.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+#: sync_file_range(2) flag: start writing the range out, do not wait.
+_SYNC_FILE_RANGE_WRITE = 2
+#: How much a receiver writes between two :func:`start_writeback` calls
+#: (128 KiB: see start_writeback for the measurement).
+WRITEBACK_CHUNK = 128 * 1024
 
 
 def fsync_dir(path: Path) -> None:
@@ -23,6 +31,42 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@functools.cache
+def _sync_file_range() -> Callable[..., int] | None:
+    """libc's sync_file_range (Linux), None where there is none.
+
+    Looked up among the symbols already loaded (``CDLL(None)``): no library
+    search, which would start a process (ldconfig).
+    """
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return function
+
+
+def start_writeback(fd: int, offset: int, length: int) -> bool:
+    """Start writing ``length`` bytes at ``offset`` of ``fd`` to the disk, without
+    waiting: the fsync that ends the object then has only the tail and the
+    flush left.
+
+    Why.  A store worker answers a C-STORE only after fdatasync; for a large
+    object that call wrote the whole file then.  Started while the rest is
+    still arriving from the network, the writes overlap the receive: a 512 KiB
+    file written in 16 KiB pieces on this VM's ext4 (no journal), fdatasync
+    0.61-0.68 ms before, 0.33 ms with a writeback started every 128 KiB, for
+    0.05 ms more CPU (2026-12-04, /tmp/fs2.py in the session notes).  A
+    failure here changes nothing: the fdatasync still decides.  Returns whether
+    the kernel took the request.
+    """
+    function = _sync_file_range()
+    if function is None or length <= 0:
+        return False
+    return function(fd, offset, length, _SYNC_FILE_RANGE_WRITE) == 0
 
 
 def fsync_dirs(folders: Iterable[Path]) -> None:
