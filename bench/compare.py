@@ -280,11 +280,14 @@ class StoreSCP(Receiver):
 
     name = "storescp"
 
-    def __init__(self, work: Path, fork: bool = False, log: Path | None = None) -> None:
+    def __init__(self, work: Path, fork: bool = False, log: Path | None = None,
+                 ignore: bool = False) -> None:
+        """``ignore``: answer Success and store nothing (row 1d0's null server)."""
         self.folder = work / "storescp"
         self.folder.mkdir(parents=True)
         self.port = free_port()
         argv = [tool("storescp"), *(["--fork"] if fork else []), *(["-v"] if log else []),
+                *(["--ignore"] if ignore else []),
                 "-od", str(self.folder), str(self.port)]
         output = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
         self.process = start_dcmtk_server(argv, self.port, stdout=output,
@@ -851,7 +854,33 @@ def row_ingest(sizes: Sizes, work: Path) -> list[Figure]:
                        "object (proposing its SOP class in its syntax and implicit VR), "
                        "releases, for each object; TCP_NODELAY on its socket; storescp --fork")
         figures.append(fig)
+        if key == "1d":
+            figures.append(null_server_floor(files, work))
     return figures
+
+
+def null_server_floor(files: list[Path], work: Path) -> Figure:
+    """Row 1d's client against a server that stores nothing (``storescp --ignore``, one
+    process): what the client alone costs, the floor for every server on 1d.
+
+    Why it is in the table: 1d's target (0.8x Orthanc's time) is out of reach if
+    this floor is above it; measuring it in the same run says so with a figure.
+    """
+    def run() -> Cell:
+        with scratch(work, "null") as folder:
+            target = StoreSCP(folder, ignore=True)
+            try:
+                seconds, errors = send_per_association(target.port, files, False, target.called)
+            finally:
+                target.stop()
+        return Cell(seconds, not errors, errors)
+
+    fig = Figure("1d0", "the 1d client against storescp --ignore (stores nothing): the "
+                 "floor for any server", "s", {"dcmtk": measure("1d0 null server", run)})
+    fig.how = ("1d's client and files; storescp --ignore answers Success without writing, "
+               "one process; seconds until the client returned; no target: it shows how much "
+               "of 1d no server can take away")
+    return fig
 
 
 def row_nagle(sizes: Sizes, work: Path) -> list[Figure]:
