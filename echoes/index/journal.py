@@ -431,10 +431,15 @@ def read_since(path: Path, position: Position) -> tuple[Position, list[Changes] 
     """The whole writes appended since ``position``, oldest first, and the new position.
 
     None instead of the list: the changes since ``position`` are no longer in
-    the journal (the file was compacted since): read the whole data again.
-    A journal only grows within its generation (a new one replaces it by
-    rename), so the bytes after ``offset`` are exactly the later writes.
+    the journal (the file was compacted since: the write that compacted it
+    is in the new file only): read the whole data again.  A journal only
+    grows within its generation (a new one replaces it by rename), so while
+    the file stays the same the bytes after ``offset`` are exactly the later
+    writes.  The file is looked at first: a compaction after that is seen
+    by the next call.
     """
+    if _base_changed(path, position.base):
+        return position, None
     try:
         with open(journal_path(path), "rb") as handle:
             header = handle.readline()
@@ -454,10 +459,9 @@ def read_since(path: Path, position: Position) -> tuple[Position, list[Changes] 
                     good = end + 1
                 return replace(position, journal=inode, offset=start + good), found
     except FileNotFoundError:
-        generation = None
-    if (generation is None or generation < position.generation) \
-            and not _base_changed(path, position.base):
-        return position, []  # no journal of this generation yet, the file unchanged
+        return position, []
+    if generation is not None and generation < position.generation:
+        return position, []  # no journal of this generation yet
     return position, None
 
 
