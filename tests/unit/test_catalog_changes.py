@@ -136,3 +136,27 @@ def test_the_browser_catalog_applies_a_change_without_a_full_load(tmp_path):
     assert "9.1.500" not in browser.current().by_uid
     assert browser.full_loads == 2
     writer.close()
+
+
+def test_the_qr_cache_updates_its_catalog_index_from_the_changes(tmp_path):
+    from echoes.index.cache import CachingReader
+
+    path = tmp_path / "index.json"
+    writer = ArchiveIndex(path)
+    rng = random.Random(7)
+    names = ["DOE^JANE", "DOE^JOHN", "ROE^R", "MÜLLER^A"]
+    writer.apply([record(n, n, name=rng.choice(names), date=f"202612{n % 28 + 1:02d}")
+                  for n in range(200)])
+    cached = CachingReader(EmbeddedIndex(path))
+    queries = [{"PatientID": "P3"}, {"PatientName": "DOE*"}, {"PatientName": "müller*"},
+               {"StudyDate": "20261205-20261212"}, {"StudyDate": "20261207"}]
+    for round_ in range(4):
+        for filters in queries:  # every table built, then carried over each change
+            found = {s["StudyInstanceUID"] for s in cached.query("STUDY", filters)}
+            fresh = {s["StudyInstanceUID"] for s in EmbeddedIndex(path).query("STUDY", filters)}
+            assert found == fresh, (round_, filters)
+        # studies changed (patient renamed, new date) and new ones
+        writer.apply([record(1000 + round_ * 10 + k, rng.randrange(260), name=rng.choice(names),
+                             date=f"202612{rng.randrange(1, 29):02d}") for k in range(10)])
+    assert cached.full_loads == 1 and cached.updates == 3
+    writer.close()
