@@ -229,7 +229,7 @@ class _Shard:
     """One study's shard as the writer holds it: data, running summary, storage."""
 
     def __init__(self, path: Path) -> None:
-        self.storage = JournalStorage(path)
+        self.storage = JournalStorage(path, sync_folder=False)  # once a batch: _commit
         self.data: dict[str, dict] = self.storage.load() or {}
         self.instances = self.data.setdefault(INSTANCES, {})
         self.series = self.data.setdefault(SERIES, {})
@@ -391,7 +391,7 @@ class ArchiveIndex(EmbeddedIndex):
     def __init__(self, index_path: Path) -> None:
         super().__init__(index_path)
         shard_dir(self.index_path).mkdir(parents=True, exist_ok=True)
-        self._catalog = JournalStorage(self.index_path, durable=False)
+        self._catalog = JournalStorage(self.index_path, durable=False, keep_encoded=False)
         self._studies: dict[str, dict] = {}
         self._meta: dict[str, dict] = {}
         self._shards: OrderedDict[str, _Shard] = OrderedDict()
@@ -579,6 +579,11 @@ class ArchiveIndex(EmbeddedIndex):
             else:
                 self._studies[key] = summary
             changes[key] = summary
+        renamed = [shard.storage for shard in touched.values() if shard.storage.renamed]
+        if renamed:  # the new shard files and journals, one folder fsync for all
+            fsync_dir(shard_dir(self.index_path))
+            for storage in renamed:
+                storage.renamed = False
         self._locations.flush()
         if touched:
             self._mark({"seq": self._seq, "done": True, "boot": self._boot}, changes)

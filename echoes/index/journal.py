@@ -186,10 +186,18 @@ class JournalStorage(Storage):
     changed; TinyDB's own :meth:`write` (whole data only) compacts.
     """
 
-    def __init__(self, path: str | Path, durable: bool = True, **_kwargs: Any) -> None:
+    def __init__(self, path: str | Path, durable: bool = True, *, sync_folder: bool = True,
+                 keep_encoded: bool = True, **_kwargs: Any) -> None:
         self.path = Path(path)
         self.journal = journal_path(self.path)
         self.durable = durable
+        # sync_folder False: a rename (compaction, new journal) is not made durable
+        # here; the caller fsyncs the folder once for many files (:attr:`renamed`).
+        self.sync_folder = sync_folder
+        self.renamed = False
+        # keep_encoded False: compaction encodes every document again instead of
+        # keeping each one's JSON (the catalog: memory of the writer, issue 18).
+        self.keep_encoded = keep_encoded
         self.generation: int | None = None  # of the file on disk; known once loaded
         self._highest = 0  # highest generation seen on disk (a new file goes above)
         self.base_bytes = 0
@@ -286,6 +294,8 @@ class JournalStorage(Storage):
             for key, document in documents.items():
                 entry = _entry(key, document)
                 encoded.append(entry)
+                if not self.keep_encoded:
+                    continue
                 if document is None:
                     cache.pop(key, None)
                 else:
@@ -324,6 +334,9 @@ class JournalStorage(Storage):
         self.close()
         tables: dict[str, Iterable[bytes]] = {}
         for table, documents in data.items():
+            if not self.keep_encoded:
+                tables[table] = [_entry(key, doc) for key, doc in documents.items()]
+                continue
             cache = self._encoded.setdefault(table, {})
             for key in documents.keys() - cache.keys():
                 cache[key] = _entry(key, documents[key])
@@ -333,7 +346,8 @@ class JournalStorage(Storage):
             tables[table] = cache.values()
         self.generation = self._highest = self._highest + 1
         chunks = _tables(tables, head=encode(GENERATION) + b":%d" % self.generation)
-        atomic_write_bytes(self.path, chunks, self.durable)
+        atomic_write_bytes(self.path, chunks, self.durable, self.sync_folder)
+        self.renamed = True
         self.base_bytes = sum(map(len, chunks))
         self.journal_bytes = 0
         self._journal_current = False
@@ -341,7 +355,8 @@ class JournalStorage(Storage):
     def _start_journal(self, first_line: bytes) -> None:
         """A new journal for this generation, replacing any older one by rename."""
         chunks = [_header(self.generation or 0), first_line]
-        atomic_write_bytes(self.journal, chunks, self.durable)
+        atomic_write_bytes(self.journal, chunks, self.durable, self.sync_folder)
+        self.renamed = True
         self._journal_current = True
         self.journal_bytes = sum(map(len, chunks))
 
