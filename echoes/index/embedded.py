@@ -400,7 +400,7 @@ class ArchiveIndex(EmbeddedIndex):
         self._seq = 0
         self._stale = False  # a batch failed: memory may disagree with the disk
         self.started_from = self._resume() or self._rebuild_from_shards()
-        log.info("index: started from %s", self.started_from)
+        log.info("started from %s", self.started_from)
 
     def _data(self) -> dict:
         return {STUDIES: self._studies, BATCH: self._meta}
