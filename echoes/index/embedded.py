@@ -213,6 +213,16 @@ class _Locations:
             self._fd = None
 
 
+def _shard_count(index_path: Path) -> int:
+    """How many study shards there are (one listing of the folder, nothing read)."""
+    try:
+        with os.scandir(shard_dir(index_path)) as entries:
+            return sum(1 for entry in entries
+                       if entry.name.endswith(".json") and not entry.name.startswith("."))
+    except FileNotFoundError:
+        return 0
+
+
 def _shard_files(index_path: Path) -> Iterator[tuple[str, Path]]:
     """(StudyInstanceUID, shard path) of every study shard, in name order."""
     folder = shard_dir(index_path)
@@ -422,9 +432,15 @@ class ArchiveIndex(EmbeddedIndex):
         self._studies = data.get(STUDIES) or {}
         self._meta = data.get(BATCH) or {}
         self._seq = last["seq"]
+        if plan:
+            self._recover(plan)
+        shards = _shard_count(self.index_path)
+        if shards != len(self._studies):  # shard files removed or added by hand
+            log.warning("the catalog lists %d studies, the index folder holds %d: "
+                        "reading every shard", len(self._studies), shards)
+            return ""
         if not plan:
             return "the catalog"
-        self._recover(plan)
         return f"the catalog, {len(plan)} studies of an unfinished batch read again"
 
     def _recover(self, study_uids: list[str]) -> None:

@@ -165,3 +165,15 @@ def test_the_locations_log_survives_a_torn_record_and_is_rewritten_when_long(
     assert {sop: db.location(sop) for sop in ("1.1", "1.2", "1.3")} == \
         {"1.1": "7.7", "1.2": "1.2.3", "1.3": "1.2.3"}
     db.close()
+
+
+def test_shards_removed_by_hand_are_noticed(tmp_path, boot):
+    """The catalog is not trusted when the folder holds another number of studies
+    (an admin who deleted shards to have them rebuilt)."""
+    path = tmp_path / "index.json"
+    build(path).close()
+    index.shard_path(path, "7.7").unlink()
+    db = ArchiveIndex(path)
+    assert db.started_from == "every shard"
+    db.close()
+    assert uids(path) == {"1.2.3": 1}
