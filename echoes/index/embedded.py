@@ -46,7 +46,14 @@ from pathlib import Path
 
 from echoes.index.base import newest_first, query
 from echoes.index.instance import InstanceRecord
-from echoes.index.journal import JournalStorage, JournalTail, Position, journal_path, read_since
+from echoes.index.journal import (
+    JournalStorage,
+    JournalTail,
+    Position,
+    journal_path,
+    paused_gc,
+    read_since,
+)
 from echoes.index.tally import StudyTally
 from echoes.storage.durable import atomic_write_bytes, fsync_dir, fsync_file
 
@@ -465,6 +472,10 @@ class ArchiveIndex(EmbeddedIndex):
 
     def _rebuild_from_shards(self) -> str:
         """Load SOP locations and write the catalog afresh from the shards."""
+        with paused_gc():
+            return self._rebuild()
+
+    def _rebuild(self) -> str:
         for shard in self._shards.values():
             shard.close()
         self._shards.clear()
@@ -687,7 +698,8 @@ def signature(path: Path) -> tuple:
 
 def read_studies(index_path: Path) -> list[dict]:
     """Every study summary in the catalog, newest study date first (copies)."""
-    return newest_first(dict(s) for s in EmbeddedIndex(index_path).studies())
+    with paused_gc():
+        return newest_first(dict(s) for s in EmbeddedIndex(index_path).studies())
 
 
 def read_study(index_path: Path, study_uid: str) -> dict | None:

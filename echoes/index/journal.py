@@ -36,11 +36,14 @@ tail when it loads the files, before appending again.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
+import threading
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -60,6 +63,37 @@ READ_ATTEMPTS = 8
 Changes = dict[str, dict[str, Any]]
 
 _PEEK = re.compile(rb'\{"' + GENERATION.encode() + rb'":(\d+)')
+
+
+_gc_lock = threading.Lock()
+_gc_depth = 0
+_gc_was_enabled = False
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """The cyclic garbage collector off while a whole file is decoded (any thread).
+
+    Why.  Decoding a catalog of 200,000 studies makes millions of objects,
+    and every few thousand allocations the collector walks all of them again:
+    half the time of reading it (measured: 0.66 s against 0.28 s at 50,000
+    studies).  JSON makes no cycles, so nothing is left for it to find.
+    Nested and concurrent uses are counted: it is enabled again (if it was)
+    when the last one ends.
+    """
+    global _gc_depth, _gc_was_enabled
+    with _gc_lock:
+        if _gc_depth == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_depth += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_depth -= 1
+            if _gc_depth == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 def journal_path(path: Path) -> Path:
@@ -212,6 +246,10 @@ class JournalStorage(Storage):
 
     def read(self) -> dict | None:
         """The data after the last whole write (None when there is no file)."""
+        with paused_gc():
+            return self._read()
+
+    def _read(self) -> dict | None:
         for _attempt in range(READ_ATTEMPTS):
             base = _read_base(self.path)
             if base is None:
@@ -246,6 +284,10 @@ class JournalStorage(Storage):
 
     def load(self) -> dict | None:
         """Read as the writer: learn sizes and generation, cut off a torn tail."""
+        with paused_gc():
+            return self._load()
+
+    def _load(self) -> dict | None:
         self.close()
         self._encoded.clear()
         base = _read_base(self.path)
@@ -419,6 +461,11 @@ class Position:
 def read_with_position(path: Path) -> tuple[dict | None, Position | None]:
     """The data after the last whole write, and where that leaves a follower
     (:func:`read_since`); (None, None) when there is no file."""
+    with paused_gc():
+        return _read_with_position(path)
+
+
+def _read_with_position(path: Path) -> tuple[dict | None, Position | None]:
     for _attempt in range(READ_ATTEMPTS):
         base = _read_base(path)
         if base is None:
