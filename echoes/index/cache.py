@@ -181,6 +181,10 @@ class CachingReader:
                 return cached[1]
             if self._changes is not None and self._position is not None:
                 position, changes = self._changes(self._position)
+                if not changes and changes is not None and cached is not None:
+                    self._position = position  # a batch's intent line: nothing changed
+                    self._catalog = (token, cached[1])
+                    return cached[1]
                 if changes is not None:
                     old = self._by_uid
                     self._by_uid = {**old, **changes}

@@ -248,6 +248,8 @@ class CatalogSnapshot:
         instead of every study sorted again.  Sort orders already computed are
         carried over, each changed study taken out and put back in its place.
         """
+        if not changes:  # the writer's intent line of a batch: nothing to show yet
+            return self
         if self._positions is None or len(changes) * 8 > len(self.studies) + 64:
             return CatalogSnapshot({**self.by_uid, **changes}.values())
         new = object.__new__(CatalogSnapshot)
