@@ -27,10 +27,16 @@ The writer keeps the shards it touched lately in memory, in TinyDB's raw
 layout, with running summaries (:mod:`echoes.index.tally`), so a batch is O(batch)
 work, not O(study).  It does not go through ``tinydb.Table`` for writes:
 ``Table`` rebuilds the whole table on every insert or remove.  The catalog is
-derived data: it is not fsynced, and it is rebuilt from the shards whenever
-the writer starts, so a crash between a shard write and the catalog write
-loses nothing.  Document ids are derived from UIDs (:func:`doc_id`), so
-writing the same SOP Instance UID again replaces its document.
+derived data, not fsynced per batch: each batch writes an intent line (its
+studies) before the shards and a done line (their summaries) after, so a
+starting writer knows what a crash may have left out and reads only those
+shards again (:func:`resume_plan`; every shard only when writes may have been
+lost to a power cut, or on an index without the marker).  Which study holds
+each instance is kept in ``<index_path>.loc`` the same way (:class:`_Locations`).
+Readers follow the catalog's journal instead of reading it whole after each
+change (:meth:`EmbeddedIndex.study_changes`).  Document ids are derived from
+UIDs (:func:`doc_id`), so writing the same SOP Instance UID again replaces
+its document.
 """
 
 from __future__ import annotations

@@ -32,6 +32,11 @@ The next append replaces the old journal by a new one (again by rename), so a
 reader that finds a journal *newer* than its file read the file just before
 it was replaced, and reads again.  The writer (one process) repairs a torn
 tail when it loads the files, before appending again.
+
+Since a journal only grows within its generation, it is also a change log: a
+long-lived reader (:class:`JournalTail`, :func:`read_since`) reads the file
+once and then only the lines appended after the position it stopped at,
+reading whole again only when the file was compacted since.
 """
 
 from __future__ import annotations
