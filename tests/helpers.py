@@ -5,6 +5,7 @@ environment.  Fixtures built on them are in conftest.py."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -105,6 +106,28 @@ class Server:
             detail = index.read_study(self.config.index_path, study["StudyInstanceUID"])
             sops.extend(i["SOPInstanceUID"] for i in detail["instances"])
         return sops
+
+    def catalog_problems(self) -> list[str]:
+        """Where the catalog (what the Browser and ``echoes studies`` list) disagrees
+        with the study shards (the instances): after any kill it must not."""
+        catalog = {s["StudyInstanceUID"]: s for s in self.studies()}
+        shards = {uid for uid, _path in index._shard_files(self.config.index_path)}
+        problems = [f"study {uid} has a shard, not in the catalog"
+                    for uid in sorted(shards - set(catalog))]
+        for uid, summary in sorted(catalog.items()):
+            detail = index.read_study(self.config.index_path, uid)
+            if detail is None or detail["study"] != summary:
+                problems.append(f"study {uid}: catalog {summary}, shard "
+                                f"{detail and detail['study']}")
+        return problems
+
+    def index_starts(self) -> list[str]:
+        """How each start of the ingester took the index (its log lines)."""
+        try:
+            text = self.config.log_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        return re.findall(r"index: started from (.*)", text)
 
     def archived_sops(self) -> list[str]:
         return [p.stem for p in self.config.archive_dir.rglob("*.dcm")]

@@ -18,6 +18,11 @@ query with one of those names its few candidate studies at once instead of
 running the matching engine over every study (20,000 studies: 34 ms a
 scan, 0.05 ms by PatientID, 3 ms for ``NAME0*`` and its 1,000 matches).  The
 engine still decides each candidate: an index only narrows, it never matches.
+
+After a change, a reader that tells what changed (the embedded index's
+``study_changes``, from the catalog's journal) has the catalog and the
+tables built so far updated with the changed summaries only, instead of
+read and built again (issue 18: 200,000 studies took seconds per change).
 """
 
 from __future__ import annotations
@@ -48,11 +53,51 @@ class _CatalogIndex:
         self.documents = documents
         self.exact: dict[str, dict[str, list[dict]]] = {}
         self.ordered: dict[str, tuple[list[str], list[dict]]] = {}
+        self.vrs: dict[str, str] = {}
         self.lock = threading.Lock()
+
+    def updated(self, documents: list[dict], old: Mapping[str, dict],
+                changes: Mapping[str, dict]) -> _CatalogIndex:
+        """The index of ``documents``: this one with ``changes`` (summaries by
+        StudyInstanceUID; ``old`` the summaries before) applied, the tables
+        built so far carried over (copied: a query may be reading this one)."""
+        new = _CatalogIndex(documents)
+        with self.lock:
+            for keyword, table in self.exact.items():
+                vr = new.vrs[keyword] = self.vrs[keyword]
+                table = dict(table)
+                for uid, document in changes.items():
+                    before = old.get(uid)
+                    if before is not None:
+                        for key in index_keys(vr, _text(before.get(keyword))):
+                            table[key] = [d for d in table.get(key, ()) if d is not before]
+                    for key in index_keys(vr, _text(document.get(keyword))):
+                        table[key] = [*table.get(key, ()), document]
+                new.exact[keyword] = table
+            for keyword, (keys, docs) in self.ordered.items():
+                vr = new.vrs[keyword] = self.vrs[keyword]
+                keys, docs = list(keys), list(docs)
+                for uid, document in changes.items():
+                    before = old.get(uid)
+                    if before is not None:
+                        for key in index_keys(vr, _text(before.get(keyword))):
+                            at = bisect.bisect_left(keys, key)
+                            while at < len(keys) and keys[at] == key and docs[at] is not before:
+                                at += 1
+                            if at < len(keys) and docs[at] is before:
+                                del keys[at], docs[at]
+                    for key in index_keys(vr, _text(document.get(keyword))):
+                        if key:
+                            at = bisect.bisect_right(keys, key)
+                            keys.insert(at, key)
+                            docs.insert(at, document)
+                new.ordered[keyword] = (keys, docs)
+        return new
 
     def _exact(self, keyword: str, vr: str) -> dict[str, list[dict]]:
         table = self.exact.get(keyword)
         if table is None:
+            self.vrs[keyword] = vr
             table = {}
             for document in self.documents:
                 for key in index_keys(vr, _text(document.get(keyword))):
@@ -63,6 +108,7 @@ class _CatalogIndex:
     def _ordered(self, keyword: str, vr: str) -> tuple[list[str], list[dict]]:
         pairs = self.ordered.get(keyword)
         if pairs is None:
+            self.vrs[keyword] = vr
             entries = sorted(((key, n) for n, document in enumerate(self.documents)
                               for key in index_keys(vr, _text(document.get(keyword))) if key),
                              key=lambda entry: entry[0])
@@ -111,6 +157,15 @@ class CachingReader:
         self._catalog: tuple[Hashable, list[dict]] | None = None
         self._indexed: _CatalogIndex | None = None
         self._details: OrderedDict[str, tuple[Hashable, dict | None]] = OrderedDict()
+        # A reader that tells what changed (EmbeddedIndex.study_changes): the
+        # catalog and its index are updated with the changed summaries only.
+        self._changes = getattr(reader, "study_changes", None)
+        self._position: Hashable | None = None
+        self._by_uid: dict[str, dict] = {}
+        self._catalog_lock = threading.Lock()
+        #: Catalogs read whole, and updated from changes (tests look).
+        self.full_loads = 0
+        self.updates = 0
 
     def version(self, study_uid: str | None = None) -> Hashable:
         return self.reader.version(study_uid)
@@ -120,9 +175,34 @@ class CachingReader:
         cached = self._catalog
         if cached is not None and cached[0] == token:
             return cached[1]
-        documents = self.reader.studies()
-        self._catalog = (token, documents)
-        return documents
+        with self._catalog_lock:
+            cached = self._catalog
+            if cached is not None and cached[0] == token:
+                return cached[1]
+            if self._changes is not None and self._position is not None:
+                position, changes = self._changes(self._position)
+                if not changes and changes is not None and cached is not None:
+                    self._position = position  # a batch's intent line: nothing changed
+                    self._catalog = (token, cached[1])
+                    return cached[1]
+                if changes is not None:
+                    old = self._by_uid
+                    self._by_uid = {**old, **changes}
+                    documents = list(self._by_uid.values())
+                    indexed = self._indexed
+                    if indexed is not None and indexed.documents is cached[1]:
+                        self._indexed = indexed.updated(documents, old, changes)
+                    self._position = position
+                    self._catalog = (token, documents)
+                    self.updates += 1
+                    return documents
+            if self._changes is not None:
+                self._position, _ = self._changes(None)  # before reading whole
+            documents = self.reader.studies()
+            self._by_uid = {document["StudyInstanceUID"]: document for document in documents}
+            self._catalog = (token, documents)
+            self.full_loads += 1
+            return documents
 
     def study_candidates(self, study_query: Query) -> list[dict] | None:
         """Study summaries that include every one ``study_query`` matches, found by

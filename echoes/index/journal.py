@@ -32,15 +32,24 @@ The next append replaces the old journal by a new one (again by rename), so a
 reader that finds a journal *newer* than its file read the file just before
 it was replaced, and reads again.  The writer (one process) repairs a torn
 tail when it loads the files, before appending again.
+
+Since a journal only grows within its generation, it is also a change log: a
+long-lived reader (:class:`JournalTail`, :func:`read_since`) reads the file
+once and then only the lines appended after the position it stopped at,
+reading whole again only when the file was compacted since.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
+import threading
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +68,37 @@ READ_ATTEMPTS = 8
 Changes = dict[str, dict[str, Any]]
 
 _PEEK = re.compile(rb'\{"' + GENERATION.encode() + rb'":(\d+)')
+
+
+_gc_lock = threading.Lock()
+_gc_depth = 0
+_gc_was_enabled = False
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """The cyclic garbage collector off while a whole file is decoded (any thread).
+
+    Why.  Decoding a catalog of 200,000 studies makes millions of objects,
+    and every few thousand allocations the collector walks all of them again:
+    half the time of reading it (measured: 0.66 s against 0.28 s at 50,000
+    studies).  JSON makes no cycles, so nothing is left for it to find.
+    Nested and concurrent uses are counted: it is enabled again (if it was)
+    when the last one ends.
+    """
+    global _gc_depth, _gc_was_enabled
+    with _gc_lock:
+        if _gc_depth == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_depth += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_depth -= 1
+            if _gc_depth == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 def journal_path(path: Path) -> Path:
@@ -185,10 +225,18 @@ class JournalStorage(Storage):
     changed; TinyDB's own :meth:`write` (whole data only) compacts.
     """
 
-    def __init__(self, path: str | Path, durable: bool = True, **_kwargs: Any) -> None:
+    def __init__(self, path: str | Path, durable: bool = True, *, sync_folder: bool = True,
+                 keep_encoded: bool = True, **_kwargs: Any) -> None:
         self.path = Path(path)
         self.journal = journal_path(self.path)
         self.durable = durable
+        # sync_folder False: a rename (compaction, new journal) is not made durable
+        # here; the caller fsyncs the folder once for many files (:attr:`renamed`).
+        self.sync_folder = sync_folder
+        self.renamed = False
+        # keep_encoded False: compaction encodes every document again instead of
+        # keeping each one's JSON (the catalog: memory of the writer, issue 18).
+        self.keep_encoded = keep_encoded
         self.generation: int | None = None  # of the file on disk; known once loaded
         self._highest = 0  # highest generation seen on disk (a new file goes above)
         self.base_bytes = 0
@@ -203,6 +251,10 @@ class JournalStorage(Storage):
 
     def read(self) -> dict | None:
         """The data after the last whole write (None when there is no file)."""
+        with paused_gc():
+            return self._read()
+
+    def _read(self) -> dict | None:
         for _attempt in range(READ_ATTEMPTS):
             base = _read_base(self.path)
             if base is None:
@@ -225,8 +277,22 @@ class JournalStorage(Storage):
 
     # -- writing (the one writer) ---------------------------------------------
 
+    def compact(self, data: dict, durable: bool | None = None) -> None:
+        """Replace everything by ``data`` now, reusing the entries already encoded
+        (``durable``: this once, whatever the storage's own setting)."""
+        saved = self.durable
+        self.durable = saved if durable is None else durable
+        try:
+            self._compact(data)
+        finally:
+            self.durable = saved
+
     def load(self) -> dict | None:
         """Read as the writer: learn sizes and generation, cut off a torn tail."""
+        with paused_gc():
+            return self._load()
+
+    def _load(self) -> dict | None:
         self.close()
         self._encoded.clear()
         base = _read_base(self.path)
@@ -275,6 +341,8 @@ class JournalStorage(Storage):
             for key, document in documents.items():
                 entry = _entry(key, document)
                 encoded.append(entry)
+                if not self.keep_encoded:
+                    continue
                 if document is None:
                     cache.pop(key, None)
                 else:
@@ -313,6 +381,9 @@ class JournalStorage(Storage):
         self.close()
         tables: dict[str, Iterable[bytes]] = {}
         for table, documents in data.items():
+            if not self.keep_encoded:
+                tables[table] = [_entry(key, doc) for key, doc in documents.items()]
+                continue
             cache = self._encoded.setdefault(table, {})
             for key in documents.keys() - cache.keys():
                 cache[key] = _entry(key, documents[key])
@@ -322,7 +393,8 @@ class JournalStorage(Storage):
             tables[table] = cache.values()
         self.generation = self._highest = self._highest + 1
         chunks = _tables(tables, head=encode(GENERATION) + b":%d" % self.generation)
-        atomic_write_bytes(self.path, chunks, self.durable)
+        atomic_write_bytes(self.path, chunks, self.durable, self.sync_folder)
+        self.renamed = True
         self.base_bytes = sum(map(len, chunks))
         self.journal_bytes = 0
         self._journal_current = False
@@ -330,7 +402,8 @@ class JournalStorage(Storage):
     def _start_journal(self, first_line: bytes) -> None:
         """A new journal for this generation, replacing any older one by rename."""
         chunks = [_header(self.generation or 0), first_line]
-        atomic_write_bytes(self.journal, chunks, self.durable)
+        atomic_write_bytes(self.journal, chunks, self.durable, self.sync_folder)
+        self.renamed = True
         self._journal_current = True
         self.journal_bytes = sum(map(len, chunks))
 
@@ -373,3 +446,116 @@ class JournalStorage(Storage):
             if match:
                 found = max(found, int(match.group(1)))
         return found
+
+
+# -- following a file: read it once, then only what was appended ---------------------------
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a reader of a journaled file stands: the file of ``generation`` (whose
+    identity is ``base``) and the journal (inode ``journal``, None: none of this
+    generation yet) read up to byte ``offset``."""
+
+    generation: int
+    base: tuple[int, int]
+    journal: int | None
+    offset: int
+
+
+def read_with_position(path: Path) -> tuple[dict | None, Position | None]:
+    """The data after the last whole write, and where that leaves a follower
+    (:func:`read_since`); (None, None) when there is no file."""
+    with paused_gc():
+        return _read_with_position(path)
+
+
+def _read_with_position(path: Path) -> tuple[dict | None, Position | None]:
+    for _attempt in range(READ_ATTEMPTS):
+        base = _read_base(path)
+        if base is None:
+            return None, None
+        data, generation, _size, identity = base
+        try:
+            with open(journal_path(path), "rb") as handle:
+                header = handle.readline()
+                journal_generation = _parse_header(header)
+                if journal_generation == generation:
+                    good = _replay(data, header + handle.read())
+                    inode = os.fstat(handle.fileno()).st_ino
+                    return data, Position(generation, identity, inode, good)
+        except FileNotFoundError:
+            return data, Position(generation, identity, None, 0)
+        if journal_generation is not None and journal_generation < generation:
+            return data, Position(generation, identity, None, 0)
+        if not _base_changed(path, identity):
+            return data, Position(generation, identity, None, 0)
+    # A busy writer kept replacing the file: this position makes the next call read whole.
+    return data, Position(-1, (0, 0), None, 0)
+
+
+def read_since(path: Path, position: Position) -> tuple[Position, list[Changes] | None]:
+    """The whole writes appended since ``position``, oldest first, and the new position.
+
+    None instead of the list: the changes since ``position`` are no longer in
+    the journal (the file was compacted since: the write that compacted it
+    is in the new file only): read the whole data again.  A journal only
+    grows within its generation (a new one replaces it by rename), so while
+    the file stays the same the bytes after ``offset`` are exactly the later
+    writes.  The file is looked at first: a compaction after that is seen
+    by the next call.
+    """
+    if _base_changed(path, position.base):
+        return position, None
+    try:
+        with open(journal_path(path), "rb") as handle:
+            header = handle.readline()
+            generation = _parse_header(header)
+            inode = os.fstat(handle.fileno()).st_ino
+            if generation == position.generation and position.journal in (None, inode):
+                start = position.offset if position.journal is not None else len(header)
+                handle.seek(start)
+                raw = handle.read()
+                found: list[Changes] = []
+                good = 0
+                while (end := raw.find(b"\n", good)) >= 0:
+                    changes = decode_line(raw[good:end])
+                    if changes is None:
+                        break
+                    found.append(changes)
+                    good = end + 1
+                return replace(position, journal=inode, offset=start + good), found
+    except FileNotFoundError:
+        return position, []
+    if generation is not None and generation < position.generation:
+        return position, []  # no journal of this generation yet
+    return position, None
+
+
+class JournalTail:
+    """A journaled file followed by one reader: read whole once, then only the
+    writes appended since (the writer's journal is the change log).
+
+    Why.  The catalog of 200,000 studies is about 100 MB of JSON: reading it
+    whole after every ingester batch cost the Browser seconds per change.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.data: dict = {}
+        self.position: Position | None = None
+        self.full_reads = 0  # how often it was read whole (tests and benches look)
+
+    def refresh(self) -> list[Changes] | None:
+        """Bring :attr:`data` up to date; the changes applied, None if read whole."""
+        if self.position is not None:
+            position, found = read_since(self.path, self.position)
+            if found is not None:
+                for changes in found:
+                    apply_changes(self.data, changes)
+                self.position = position
+                return found
+        data, self.position = read_with_position(self.path)
+        self.data = data or {}
+        self.full_reads += 1
+        return None

@@ -454,6 +454,10 @@ def health_report() -> dict:
         "disks": disks,
         "studies": len(snapshot), "instances": snapshot.instances,
         "received_last_hour": recent,
+        # How the study list kept up with the index: loads of the whole catalog,
+        # and updates from the changed summaries alone (issue 18).
+        "catalog": {"full_loads": state().catalog.full_loads,
+                    "updates": state().catalog.updates},
         "problems": [{"severity": health.NAMES[p.severity], "message": p.message}
                      for p in problems],
     }

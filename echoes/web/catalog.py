@@ -9,14 +9,17 @@ small classes at the end (:class:`StudyCatalog`, :class:`StudyReader`) only
 decide *when* to ask the index reader (:class:`~echoes.index.IndexReader`)
 again, by its version tokens.
 
-The catalog (every study summary) is read whole into memory once per change
-(of the reader's ``version()``), with a search key per study
-precomputed, and each sort order is computed once per version of the
-catalog.  A search is then one pass over the studies in the wanted order.
+The catalog (every study summary) is held in memory with a search key per
+study precomputed and each sort order computed once.  It is read whole once;
+after a change (of the reader's ``version()``) only the changed summaries
+are applied when the reader can tell them (``study_changes``: the embedded
+index reads them from the catalog's journal), else it is read whole again.
+A search is then one pass over the studies in the wanted order.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 import threading
 import time
@@ -203,11 +206,17 @@ class SearchResult:
 
 
 class CatalogSnapshot:
-    """Every study summary of one version of the catalog, ready to search."""
+    """Every study summary of one version of the catalog, ready to search.
+
+    A snapshot is never changed (requests search it from several threads):
+    :meth:`updated` makes the next one from a few changed summaries.
+    """
 
     def __init__(self, studies: Iterable[dict]) -> None:
         self.studies: list[dict] = list(studies)
         self.by_uid = {s["StudyInstanceUID"]: s for s in self.studies}
+        self._positions = {uid: n for n, uid in enumerate(self.by_uid)} \
+            if len(self.by_uid) == len(self.studies) else None
         self.instances = sum(s.get("NumberOfInstances", 0) for s in self.studies)
         # Search keys, computed once per catalog version: casefolded name, and
         # the modalities as a set, so one search is one cheap pass.
@@ -232,6 +241,56 @@ class CatalogSnapshot:
                                        key=lambda n: key(self.studies[n]))
                     self._orders[sort] = positions
         return positions
+
+    def updated(self, changes: Mapping[str, dict]) -> CatalogSnapshot:
+        """The snapshot with ``changes`` (summaries by StudyInstanceUID, new or
+        changed) applied: O(changes x log studies) and a copy of some lists,
+        instead of every study sorted again.  Sort orders already computed are
+        carried over, each changed study taken out and put back in its place.
+        """
+        if not changes:  # the writer's intent line of a batch: nothing to show yet
+            return self
+        if self._positions is None or len(changes) * 8 > len(self.studies) + 64:
+            return CatalogSnapshot({**self.by_uid, **changes}.values())
+        new = object.__new__(CatalogSnapshot)
+        studies, names = list(self.studies), list(self._names)
+        modalities = list(self._modalities)
+        positions = dict(self._positions)
+        by_uid = dict(self.by_uid)
+        instances = self.instances
+        changed: list[int] = []  # existing positions whose summary changes
+        added: list[int] = []
+        for uid, summary in changes.items():
+            n = positions.get(uid)
+            if n is None:
+                n = positions[uid] = len(studies)
+                studies.append(summary)
+                names.append("")
+                modalities.append(frozenset())
+                added.append(n)
+            else:
+                instances -= studies[n].get("NumberOfInstances", 0)
+                studies[n] = summary
+                changed.append(n)
+            instances += summary.get("NumberOfInstances", 0)
+            names[n] = summary.get("PatientName", "").casefold()
+            modalities[n] = frozenset(m.upper() for m in summary.get("ModalitiesInStudy", []))
+            by_uid[uid] = summary
+        orders: dict[str, list[int]] = {}
+        old = self.studies
+        for sort, order in list(self._orders.items()):
+            key = _sort_key(sort)
+            moved = list(order)
+            for n in changed:
+                at = bisect.bisect_left(moved, key(old[n]), key=lambda p: key(old[p]))
+                del moved[at]  # keys are unique: each ends with the study's UID
+            for n in changed + added:
+                bisect.insort(moved, n, key=lambda p: key(studies[p]))
+            orders[sort] = moved
+        new.studies, new.by_uid, new._positions = studies, by_uid, positions
+        new.instances, new._names, new._modalities = instances, names, modalities
+        new._orders, new._lock = orders, threading.Lock()
+        return new
 
     def _predicate(self, query: StudyQuery) -> Callable[[int], bool]:
         tests: list[Callable[[int], bool]] = []
@@ -505,10 +564,12 @@ SYNC_LOAD_SECONDS = 0.15
 class StudyCatalog:
     """The catalog in memory, read again when the index's version token changed.
 
-    A small catalog is read again before the request that noticed the
-    change.  A big one (100,000 studies take ~1.5 s to read and index) is
-    read again by a background thread while requests go on with the previous
-    version, so a search never waits for it, even while images keep arriving;
+    A change is applied before the request that noticed it when the reader
+    tells what changed (an update costs milliseconds), or when the catalog
+    was quick to load whole.  A catalog that took long to load whole
+    (100,000 studies take ~1.5 s to read and index) from a reader that
+    cannot tell is loaded again by a background thread while requests go on
+    with the previous version, so a search never waits for it, even while images keep arriving;
     only the very first request of the process does (see :meth:`warm_up`).
     """
 
@@ -520,13 +581,22 @@ class StudyCatalog:
         self._load_seconds = 0.0
         self._refreshing = False
         self._lock = threading.Lock()
+        # A reader that tells what changed (echoes.index.embedded.EmbeddedIndex.
+        # study_changes): the snapshot is updated, not read again whole.
+        self._changes = getattr(reader, "study_changes", None)
+        self._position: Hashable | None = None
+        #: Snapshots made from the whole catalog, and from a reader's changes
+        #: (what tests and benches look at: a change must not cost a full load).
+        self.full_loads = 0
+        self.updates = 0
 
     def current(self) -> CatalogSnapshot:
         """The catalog as of the last whole write (one version token when unchanged)."""
         now = self.reader.version()
         if now == self._signature:
             return self._snapshot
-        if self._loaded and self._load_seconds > SYNC_LOAD_SECONDS:
+        updatable = self._changes is not None and self._position is not None
+        if self._loaded and self._load_seconds > SYNC_LOAD_SECONDS and not updatable:
             with self._lock:
                 if not self._refreshing:
                     self._refreshing = True
@@ -535,6 +605,17 @@ class StudyCatalog:
             return self._snapshot
         self._load()
         return self._snapshot
+
+    def _updated(self) -> CatalogSnapshot | None:
+        """The snapshot with the reader's changes since the last load applied
+        (None: the reader cannot tell them, read whole)."""
+        if self._changes is None or self._position is None:
+            return None
+        position, changes = self._changes(self._position)
+        if changes is None:
+            return None
+        self._position = position
+        return self._snapshot.updated(changes)
 
     def warm_up(self) -> None:
         """Read the catalog now, in the background (at process start)."""
@@ -547,10 +628,17 @@ class StudyCatalog:
                 if now == self._signature:
                     return
                 started = time.perf_counter()
-                snapshot = CatalogSnapshot(self.reader.studies())
-                snapshot.order(DEFAULT_SORT)  # before anybody waits for it
+                snapshot = self._updated() if self._loaded else None
+                if snapshot is None:
+                    if self._changes is not None:
+                        self._position, _ = self._changes(None)  # before reading whole
+                    snapshot = CatalogSnapshot(self.reader.studies())
+                    snapshot.order(DEFAULT_SORT)  # before anybody waits for it
+                    self.full_loads += 1
+                    self._load_seconds = time.perf_counter() - started
+                else:
+                    self.updates += 1
                 self._snapshot, self._signature = snapshot, now
-                self._load_seconds = time.perf_counter() - started
                 self._loaded = True
             finally:
                 self._refreshing = False

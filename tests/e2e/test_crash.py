@@ -126,6 +126,12 @@ def test_kill_once_each_in_default_suite(server: Server, dcmtk, tmp_path) -> Non
         f"{len(sent - set(indexed))} not indexed; archived {len(archived)}, "
         f"indexed {len(indexed)} (duplicates count twice)")
     assert not server.files_outside()
+    assert not server.catalog_problems()
+    # The killed ingester's successor took the catalog as it was (issue 18), after
+    # reading again at most the studies of the batch the kill cut short.
+    starts = server.index_starts()
+    assert len(starts) >= 2 and all(start.startswith("the catalog") for start in starts[1:]), \
+        starts
     fsck = subprocess.run([sys.executable, "-m", "echoes", "--config",
                            str(server.home / "etc" / "echoes.ini"), "fsck"],
                           capture_output=True, text=True, timeout=60)
@@ -216,5 +222,6 @@ def test_kill_during_transfer_loses_nothing(server, dcmtk, tmp_path, victim):
     assert len(indexed) == len(set(indexed)), "an object is indexed twice"
     assert len(archived) == len(set(archived))
     assert not server.files_outside()
+    assert not server.catalog_problems()
     print(f"\n{victim}: killed {killed}x, sent {OBJECTS}, acknowledged {len(acked_uids)}, "
           f"archived {len(set(archived))}, indexed {len(set(indexed))}")

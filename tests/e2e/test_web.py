@@ -1268,6 +1268,42 @@ def test_health(site: Site) -> None:
     assert any("echoes is not running" in p["message"] for p in report["problems"])
 
 
+def test_a_new_study_is_listed_without_loading_the_catalog_again(serve, tmp_path: Path) -> None:
+    """Issue 18: after an ingester batch the Browser applies the changed studies to its
+    list; it does not read the whole catalog again (counted by /api/health)."""
+    from echoes.index.instance import InstanceRecord
+
+    def instance(n: int, name: str) -> InstanceRecord:
+        study = f"1.2.826.0.1.3680043.99.1.{n}"
+        return InstanceRecord(
+            SOPInstanceUID=f"1.2.826.0.1.3680043.99.3.{n}", SOPClassUID="1.2.840.10008.5.1.4.1.1.7",
+            SeriesInstanceUID=f"1.2.826.0.1.3680043.99.2.{n}", StudyInstanceUID=study,
+            PatientName=name, Modality="OT", path=f"{study}/x/{n}.dcm", size=10,
+            received=f"2026-12-04T10:00:{n:02d}.000+00:00")
+
+    archive_dir, index_path = tmp_path / "archive", tmp_path / "var" / "index.json"
+    writer = ArchiveIndex(index_path)  # the ingester of this archive
+    writer.apply([instance(n, f"OLD^{n}") for n in range(20)])
+    running = serve(Archive(archive_dir, index_path, "", "", "", "", "", 20))
+    assert running.client.login().status == 200
+    assert running.client.get("/api/studies").json()["total"] == 20
+    first = running.client.get("/api/health").json()["catalog"]
+    assert first["full_loads"] == 1
+    for n in (40, 41):  # two more batches, each one new study
+        writer.apply([instance(n, f"NEW^{n}")])
+        deadline = time.monotonic() + 30
+        while True:  # the catalog may be updated a moment after the write
+            listed = running.client.get("/api/studies").json()
+            if listed["total"] == n - 19:
+                break
+            assert time.monotonic() < deadline, listed["total"]
+            time.sleep(0.05)
+        assert listed["studies"][0]["PatientName"] == f"NEW^{n}"  # the last received first
+    now = running.client.get("/api/health").json()["catalog"]
+    assert now["full_loads"] == 1 and now["updates"] >= 2
+    writer.close()
+
+
 def test_api_errors_are_json_for_unknown_routes_methods_and_big_bodies(site: Site) -> None:
     unknown = site.client.get("/api/nothing")
     assert (unknown.status, unknown.error) == (404, "no such API endpoint: GET /api/nothing")

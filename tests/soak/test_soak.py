@@ -195,6 +195,7 @@ def test_soak(tmp_path: Path, dcmtk: None, seed: int) -> None:
         assert expected == set(archived) == set(indexed)
         assert expected <= forwarded
         assert duplicates == 0 and not outside
+        assert not server.catalog_problems()  # what the Browser lists = what is indexed
     finally:
         supervisor.send_signal(signal.SIGTERM)
         supervisor.wait(120)

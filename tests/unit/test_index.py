@@ -85,11 +85,23 @@ def test_catalog_rebuilt_from_shards_after_a_crash(tmp_path, monkeypatch):
     def killed(*_args):
         raise KeyboardInterrupt("killed between the shard writes and the catalog write")
 
-    monkeypatch.setattr(db._catalog, "commit", killed)
+    commit = db._catalog.commit
+    lines = []
+
+    def intent_then_killed(data, changes):
+        if lines:
+            killed()
+        lines.append(changes)
+        commit(data, changes)  # the intent line: the batch's studies, before their shards
+
+    monkeypatch.setattr(db._catalog, "commit", intent_then_killed)
     with pytest.raises(KeyboardInterrupt):
         db.apply([record("1.1"), record("1.2", study="7.7", series="7.7.1")])
     assert index.read_studies(path) == []  # catalog not yet written; shards are
-    ArchiveIndex(path).close()  # the restarted ingester
+    restarted = ArchiveIndex(path)  # the restarted ingester
+    assert "2 studies of an unfinished batch" in restarted.started_from
+    assert restarted.location("1.2") == "7.7"
+    restarted.close()
     assert {s["StudyInstanceUID"] for s in index.read_studies(path)} == {"1.2.3", "7.7"}
 
 
@@ -174,17 +186,26 @@ def test_failed_batch_is_retried_from_what_is_on_disk(tmp_path, monkeypatch):
             for s in index.read_studies(path)} == {"8.1": 2, "8.2": 1}
 
 
-def test_leftovers_of_a_killed_writer_are_removed_at_start(tmp_path):
+def test_leftovers_of_a_killed_writer_are_removed_at_start(tmp_path, monkeypatch):
     path = tmp_path / "index.json"
     db = ArchiveIndex(path)
     db.apply([record("1.1"), record("1.2", study="4.4", series="4.4.1")])
     db.apply([record("1.3", study="4.4", series="4.4.1")])
-    db.close()
     shard = index.shard_path(path, "4.4")
-    (shard.parent / ".4.4.json.123.tmp").write_text("{")
-    (tmp_path / ".index.json.123.tmp").write_text("{")
-    shard.unlink()  # killed between removing a shard and its journal
-    ArchiveIndex(path).close()
+
+    def killed_midway(self):
+        (shard.parent / ".4.4.json.123.tmp").write_text("{")
+        (tmp_path / ".index.json.123.tmp").write_text("{")
+        self.storage.path.unlink()
+        raise KeyboardInterrupt("killed between removing a shard and its journal")
+
+    monkeypatch.setattr(index._Shard, "remove_files", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        db.remove(["1.2", "1.3"])  # the study goes: its shard's files are removed
+    monkeypatch.undo()
+    restarted = ArchiveIndex(path)  # without close: the writer was killed
+    assert "1 studies of an unfinished batch" in restarted.started_from
+    restarted.close()
     assert not journal_path(shard).exists()
     assert not list(tmp_path.rglob("*.tmp"))
     assert [s["StudyInstanceUID"] for s in index.read_studies(path)] == ["1.2.3"]

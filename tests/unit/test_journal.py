@@ -193,3 +193,23 @@ def test_readers_only_ever_see_whole_writes(tmp_path, monkeypatch):
     assert not problems, problems[:3]
     assert seen and seen == sorted(seen)  # never back to an older state
     assert writer.generation > 2
+
+
+def test_paused_gc_is_enabled_again_by_the_last_of_overlapping_users():
+    import gc
+
+    assert gc.isenabled()
+    first, second = journal.paused_gc(), journal.paused_gc()
+    first.__enter__()
+    second.__enter__()  # another thread's read, overlapping
+    first.__exit__(None, None, None)
+    assert not gc.isenabled()  # the second still decodes
+    second.__exit__(None, None, None)
+    assert gc.isenabled()
+    gc.disable()  # a process that runs without it keeps it off
+    try:
+        with journal.paused_gc():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
