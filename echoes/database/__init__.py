@@ -1,0 +1,103 @@
+"""PostgreSQL for the index and job store backends: connecting, pools, the schema.
+
+Why a package of its own.  Both seams (:mod:`echoes.index`,
+:mod:`echoes.queue`) keep their data in the same database when
+``database_url`` is set; connecting, reporting a database that cannot be
+reached in one line, and upgrading the schema are written once here.
+
+A connection problem (server down, wrong password, unknown host or database)
+becomes :class:`DatabaseError`, whose message is one line naming the server
+without the password: ``echoes start`` prints it and exits non-zero, a
+long-running process logs it and retries.  Processes open their pool
+themselves, after the supervisor forked them (a connection must not be
+shared across a fork).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from echoes.database import migrations
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg_pool import ConnectionPool
+
+#: Seconds to wait for the server before calling it unreachable.
+CONNECT_TIMEOUT = 5
+#: Key of the advisory lock that serialises schema upgrades of several nodes.
+MIGRATION_LOCK = 0x6563686F  # "echo"
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be used; the message is one line for the admin."""
+
+
+def describe(url: str) -> str:
+    """``host:port/dbname`` of a URL, without user and password (for messages)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    port = parts.port or 5432
+    return f"{host}:{port}{parts.path or '/'}"
+
+
+def explain(url: str, exc: BaseException) -> DatabaseError:
+    """A one-line DatabaseError for a psycopg error (the server's first line)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = next((line for line in lines if "FATAL:" in line), lines[0] if lines else "")
+    if "FATAL:" in detail:
+        detail = detail.split("FATAL:", 1)[1].strip()
+    elif "failed: " in detail:  # "connection to server at ..., port 5432 failed: why"
+        detail = detail.rsplit("failed: ", 1)[1].strip()
+    detail = detail or type(exc).__name__
+    return DatabaseError(f"PostgreSQL at {describe(url)}: {detail}")
+
+
+def connect(url: str, autocommit: bool = False) -> psycopg.Connection:
+    """One connection (DatabaseError when the server cannot be used)."""
+    import psycopg
+
+    try:
+        return psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT, autocommit=autocommit)
+    except psycopg.Error as exc:
+        raise explain(url, exc) from None
+
+
+def open_pool(url: str, name: str, max_size: int = 4) -> ConnectionPool:
+    """A pool of this process's connections to ``url`` (opened lazily: a process
+    starts while the server is down, and its first use says so)."""
+    from psycopg_pool import ConnectionPool
+
+    return ConnectionPool(url, min_size=1, max_size=max_size, name=name, open=True,
+                          kwargs={"connect_timeout": CONNECT_TIMEOUT}, timeout=CONNECT_TIMEOUT,
+                          reconnect_timeout=0)
+
+
+def prepare(url: str) -> list[int]:
+    """Create or upgrade the schema; return the versions applied now.
+
+    All pending versions go in one transaction under an advisory lock: two
+    nodes starting at once do not both apply a version, and a failure leaves
+    the database as it was.
+    """
+    import psycopg
+
+    wanted = migrations.load()
+    try:
+        with connect(url) as connection, connection.transaction():
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            connection.execute(migrations.LEDGER)
+            applied = {row[0] for row in connection.execute(
+                "SELECT version FROM schema_migrations")}
+            try:
+                todo = migrations.pending(wanted, applied)
+            except ValueError as exc:
+                raise DatabaseError(f"PostgreSQL at {describe(url)}: {exc}") from None
+            for migration in todo:
+                connection.execute(migration.sql.encode())
+                connection.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                                   (migration.version, migration.name))
+    except psycopg.Error as exc:
+        raise explain(url, exc) from None
+    return [migration.version for migration in todo]
