@@ -30,8 +30,13 @@ CONNECT_TIMEOUT = 5
 MIGRATION_LOCK = 0x6563686F  # "echo"
 
 
-class DatabaseError(RuntimeError):
-    """The database cannot be used; the message is one line for the admin."""
+class DatabaseError(ConnectionError):
+    """The database cannot be used; the message is one line for the admin.
+
+    An OSError, as a full disk or a lost mount is: the ingester and the sender
+    already pause and try again on those, and a database that comes back is
+    caught up with the same way.
+    """
 
 
 def describe(url: str) -> str:
