@@ -85,6 +85,9 @@ CONNECT_ATTEMPTS = 3
 #: retry_interval with an attempt counted instead of one association each.
 LOST_IN_A_ROW = 3
 
+#: Due jobs of one destination taken per look (a batch is at most outbound.BATCH_MAX).
+CLAIM_LIMIT = 2 * outbound.BATCH_MAX
+
 #: Log level of a job's state change (others: WARNING).
 LOG_LEVELS = {jobs.DONE: logging.DEBUG, jobs.PENDING: logging.INFO}
 
@@ -208,7 +211,8 @@ class Sender:
     # -- one association ---------------------------------------------------------
 
     def ready_jobs(self, config: Config, title: str) -> list[jobs.Job]:
-        """Due jobs of ``title`` whose file is archived, oldest first.
+        """Due jobs of ``title`` whose file is archived, oldest first, claimed by this
+        sender (``store.claim``: with PostgreSQL, other nodes' senders skip them).
 
         A job whose file is not there yet (the ingester writes jobs just
         before it moves the files) is looked at again MISSING_FILE_RECHECK
@@ -216,9 +220,8 @@ class Sender:
         MISSING_FILE_GRACE.
         """
         now = time.time()
-        due = sorted((job for job in self.open_jobs()
-                      if job.destination == title and job.is_due(now)),
-                     key=lambda job: (job.created, job.id))
+        with self._store_lock:  # taken for this sender (other nodes' senders skip them)
+            due = self.store.claim(title, now, CLAIM_LIMIT)
         ready = []
         for job in due:
             if not self._file_expected(job, now):
@@ -493,7 +496,7 @@ class SenderWorker(Worker):
         self.scheduler.add_job(sender.dispatch, "interval", seconds=DISPATCH_SECONDS,
                                id="dispatch", next_run_time=datetime.now().astimezone())
         self.scheduler.start()
-        log.info("sender watching %s", sender.layout.outgoing)
+        log.info("sender watching %s", sender.store)
 
     def reload(self, _fresh: Config) -> None:
         self.sender.reloader.request()  # destinations and timeouts, at the next dispatch

@@ -257,6 +257,22 @@ class JobStore:
         """Where the job ``identifier`` lives once delivered."""
         return self.done_folder / f"{identifier}{self.SUFFIX}"
 
+    def __str__(self) -> str:
+        return str(self.folder)
+
+    def close(self) -> None:
+        """Nothing held open (the database backend closes its pool)."""
+
+    def claim(self, destination: str, now: float, limit: int) -> list[Job]:
+        """Due jobs of ``destination``, oldest first, at most ``limit``: what the sender
+        sends next.  The files are one node's: no other sender takes them, so
+        nothing is marked (the database backend marks its claims).
+        """
+        due = sorted((job for job in self.open_jobs()
+                      if job.destination == destination and job.is_due(now)),
+                     key=lambda job: (job.created, job.id))
+        return due[:limit]
+
     def write(self, job: Job, durable: bool = True) -> None:
         """Replace the job's file atomically (fsynced unless ``durable`` is False).
 

@@ -116,15 +116,13 @@ CREATE TABLE jobs (
     claimed_by         text NOT NULL DEFAULT '',
     claimed_until      double precision NOT NULL DEFAULT 0
 );
--- what a sender looks for: due jobs of a destination, oldest first
-CREATE INDEX jobs_due ON jobs (destination, next_attempt)
+-- what a sender claims: due jobs of a destination, oldest first
+CREATE INDEX jobs_due ON jobs (destination, created, id)
     WHERE state IN ('pending', 'retrying');
 CREATE INDEX jobs_by_state ON jobs (state, updated);
 CREATE INDEX jobs_by_study ON jobs (study_instance_uid);
 
--- The job store's version token (the Browser's queue page caches by it).
-CREATE TABLE jobs_state (
-    id      integer PRIMARY KEY CHECK (id = 1),
-    counter bigint NOT NULL
-);
-INSERT INTO jobs_state VALUES (1, 0);
+-- The job store's version token (the Browser's queue page caches by it):
+-- counted up after each committed write (a sequence: no row lock between
+-- the writers of several nodes).
+CREATE SEQUENCE jobs_version;
