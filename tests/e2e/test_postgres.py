@@ -3,13 +3,27 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psycopg
+import pydicom
 import pytest
-from helpers import free_port, write_config
+from helpers import (
+    DCMTK_ENV,
+    Server,
+    free_port,
+    make_dataset,
+    start_server,
+    stop_server,
+    write_config,
+    write_part10,
+)
 from pgserver import PgServer
+from pydicom.uid import generate_uid
 
 
 def start_once(home: Path, **extra: object) -> subprocess.CompletedProcess:
@@ -47,3 +61,134 @@ def test_a_wrong_password_at_start_is_one_line(tmp_path: Path, postgres: PgServe
         f"{database_url.rsplit('/', 1)[1]}: password authentication failed for user "
         '"postgres"']
     assert not (home / "var").exists() and not (home / "spool").exists()
+
+
+# -- a running echoes on PostgreSQL ------------------------------------------------------
+
+PASSWORD = "correct horse"
+
+
+def study_files(folder: Path, study: str, patient: str, name: str, count: int) -> list[Path]:
+    """``count`` small images of one study, as Part 10 files for storescu."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    series = generate_uid()
+    for n in range(count):
+        ds = make_dataset(study=study, series=series, patient_id=patient, modality="CT")
+        ds.PatientName = name
+        ds.AccessionNumber = f"ACC{patient}"
+        ds.StudyDate = "20261204"
+        ds.InstanceNumber = n + 1
+        files.append(write_part10(ds, folder / f"{study}-{n}.dcm"))
+    return files
+
+
+def storescu(port: int, files: list[Path]) -> None:
+    done = subprocess.run(["storescu", "-aec", "ECHOES", "127.0.0.1", str(port),
+                           *map(str, files)], env=DCMTK_ENV, capture_output=True, timeout=120)
+    assert done.returncode == 0, (done.stdout + done.stderr).decode(errors="replace")[-2000:]
+
+
+def echoes_cli(server: Server, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "echoes", "--config", str(server.config.path),
+                           *args], capture_output=True, text=True, timeout=60)
+
+
+def indexed(server: Server) -> list[dict]:
+    done = echoes_cli(server, "studies", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def wait_for(condition, timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(message)
+
+
+def test_echoes_on_postgresql_stores_lists_finds_and_forwards(
+        tmp_path: Path, database_url: str, dcmtk: None) -> None:
+    from werkzeug.security import generate_password_hash
+
+    destination_port = free_port()
+    received = tmp_path / "destination"
+    received.mkdir()
+    storescp = subprocess.Popen(["storescp", "-aet", "DEST", "-od", str(received),
+                                 str(destination_port)], env=DCMTK_ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    home = tmp_path / "home"
+    server = start_server(home, database_url=database_url, node_name="node-a",
+                          retry_interval=1, http_password_hash=generate_password_hash(
+                              PASSWORD, method="pbkdf2:sha256:1000"),
+                          sections=f"\n[ae:DEST]\nhost = 127.0.0.1\nport = "
+                                      f"{destination_port}\nforward = yes\n")
+    try:
+        one, two = generate_uid(), generate_uid()
+        files = (study_files(tmp_path / "in", one, "PG1", "DOE^JOHN", 6)
+                 + study_files(tmp_path / "in", two, "PG2", "ROE^JANE", 4))
+        storescu(server.port, files)
+
+        # echoes studies --json: both studies, counted, from PostgreSQL
+        wait_for(lambda: sum(s["NumberOfInstances"] for s in indexed(server)) == 10, 30,
+                 "not all objects indexed")
+        studies = {s["StudyInstanceUID"]: s for s in indexed(server)}
+        assert set(studies) == {one, two}
+        assert studies[one]["NumberOfInstances"] == 6 and studies[one]["PatientID"] == "PG1"
+        assert not list(home.glob("var/index.json*"))  # the embedded index is not written
+        with psycopg.connect(database_url) as connection:
+            assert connection.execute("SELECT count(*) FROM instances").fetchone() == (10,)
+
+        # Q/R C-FIND on the store port: by PatientID, name prefix, accession, date range
+        for key in ("PatientID=PG1", "PatientName=DOE*", "AccessionNumber=ACCPG1",
+                    "StudyDate=20261201-20261231"):
+            found = findscu(server.port, ["QueryRetrieveLevel=STUDY", "StudyInstanceUID",
+                                          "NumberOfStudyRelatedInstances", key], tmp_path)
+            expected = {one, two} if key.startswith("StudyDate") else {one}
+            assert {ds.StudyInstanceUID for ds in found} == expected, key
+
+        # the Browser's API
+        listing = api(server, "/api/studies")
+        assert {s["StudyInstanceUID"] for s in listing["studies"]} == {one, two}
+
+        # forwarding: every object at the destination, every job done in PostgreSQL
+        wait_for(lambda: len(list(received.iterdir())) == 10, 60, "not all objects forwarded")
+        wait_for(lambda: job_states(database_url) == [("done", 10)], 30,
+                 f"jobs not all done: {job_states(database_url)}")
+        assert not list((home / "spool" / "outgoing").glob("*.json"))  # no job files
+    finally:
+        stop_server(server)
+        storescp.terminate()
+        storescp.wait(10)
+
+
+def job_states(url: str) -> list[tuple]:
+    with psycopg.connect(url) as connection:
+        return connection.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()
+
+
+def findscu(port: int, keys: list[str], folder: Path) -> list:
+    out = folder / "find"
+    out.mkdir(exist_ok=True)
+    for old in out.glob("rsp*.dcm"):
+        old.unlink()
+    argv = ["findscu", "-S", "-X", "-od", str(out), "-aec", "ECHOES"]
+    for key in keys:
+        argv += ["-k", key]
+    done = subprocess.run([*argv, "127.0.0.1", str(port)], env=DCMTK_ENV, capture_output=True,
+                          timeout=60)
+    assert done.returncode == 0, (done.stdout + done.stderr).decode(errors="replace")[-2000:]
+    return [pydicom.dcmread(path) for path in sorted(out.glob("rsp*.dcm"))]
+
+
+def api(server: Server, path: str) -> dict:
+    import base64
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{server.config.http_port}{path}")
+    token = base64.b64encode(f"admin:{PASSWORD}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read())
