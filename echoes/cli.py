@@ -615,6 +615,11 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, PermissionError | FileNotFoundError) and exc.filename:
             print(f"echoes: {exc.strerror}: {exc.filename}", file=sys.stderr)
             return 1
+        from echoes.database import DatabaseError
+
+        if isinstance(exc, DatabaseError):  # one line, as at echoes start
+            print(f"echoes: database_url: {exc}", file=sys.stderr)
+            return 1
         raise
 
 

@@ -59,6 +59,12 @@ def explain(url: str, exc: BaseException) -> DatabaseError:
     return DatabaseError(f"PostgreSQL at {describe(url)}: {detail}")
 
 
+def explain_missing_schema(url: str) -> DatabaseError:
+    """The error for a database echoes has not set up (no ``echoes start`` on it yet)."""
+    return DatabaseError(f"PostgreSQL at {describe(url)}: no echoes schema in this database "
+                         "(echoes start creates it)")
+
+
 def connect(url: str, autocommit: bool = False) -> psycopg.Connection:
     """One connection (DatabaseError when the server cannot be used)."""
     import psycopg

@@ -63,6 +63,8 @@ class PostgresIndex:
         try:
             with self.pool.connection() as connection:
                 return connection.execute(statement, tuple(params)).fetchall()
+        except psycopg.errors.UndefinedTable:
+            raise database.explain_missing_schema(self.url) from None
         except psycopg.OperationalError as exc:
             raise database.explain(self.url, exc) from None
 
@@ -93,6 +95,8 @@ class PostgresIndex:
                 instances = connection.execute(
                     f"{sql.INSTANCE_SELECT} WHERE study_instance_uid = %s ORDER BY seq",
                     (study_uid,)).fetchall()
+        except psycopg.errors.UndefinedTable:
+            raise database.explain_missing_schema(self.url) from None
         except psycopg.OperationalError as exc:
             raise database.explain(self.url, exc) from None
         return {"study": sql.study_doc(summary),
@@ -110,12 +114,19 @@ class PostgresIndex:
                 (study_uid,)))
             return
         # Study by study, streamed (a server-side cursor: not the whole table in memory).
-        with self.pool.connection() as connection, connection.transaction():
-            cursor = connection.cursor(name="echoes_instances")
-            cursor.itersize = STREAM_ROWS
-            cursor.execute(f"{sql.INSTANCE_SELECT} ORDER BY study_instance_uid, seq")
-            for row in cursor:
-                yield sql.instance_doc(row)
+        import psycopg
+
+        try:
+            with self.pool.connection() as connection, connection.transaction():
+                cursor = connection.cursor(name="echoes_instances")
+                cursor.itersize = STREAM_ROWS
+                cursor.execute(f"{sql.INSTANCE_SELECT} ORDER BY study_instance_uid, seq")
+                for row in cursor:
+                    yield sql.instance_doc(row)
+        except psycopg.errors.UndefinedTable:
+            raise database.explain_missing_schema(self.url) from None
+        except psycopg.OperationalError as exc:
+            raise database.explain(self.url, exc) from None
 
     def study_candidates(self, study_query: Query) -> list[dict] | None:
         """Study summaries that include every match of ``study_query``, found through
@@ -193,6 +204,8 @@ class PostgresIndexWriter(PostgresIndex):
                 counter = connection.execute(
                     "UPDATE index_state SET counter = counter + 1 RETURNING counter").fetchone()[0]
                 yield connection, counter
+        except psycopg.errors.UndefinedTable:
+            raise database.explain_missing_schema(self.url) from None
         except psycopg.OperationalError as exc:
             raise database.explain(self.url, exc) from None
 

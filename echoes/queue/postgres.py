@@ -95,6 +95,8 @@ class PostgresJobStore:
                     yield connection
                 if write:
                     connection.execute("SELECT nextval('jobs_version')")
+        except psycopg.errors.UndefinedTable:
+            raise database.explain_missing_schema(self.url) from None
         except psycopg.OperationalError as exc:
             raise database.explain(self.url, exc) from None
 

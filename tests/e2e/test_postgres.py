@@ -192,3 +192,48 @@ def api(server: Server, path: str) -> dict:
     request.add_header("Authorization", f"Basic {token}")
     with urllib.request.urlopen(request, timeout=10) as answer:
         return json.loads(answer.read())
+
+
+def test_reindex_and_fsck_on_postgresql(tmp_path: Path, database_url: str) -> None:
+    """With the server stopped: reindex fills PostgreSQL from the archive tree, fsck
+    compares them, both ways."""
+    import shutil
+
+    from echoes import config as config_module
+    from echoes.index.record import read_record
+
+    home = tmp_path / "home"
+    config_path = write_config(home, database_url=database_url)
+    config = config_module.load(config_path)
+    made = study_files(tmp_path / "in", generate_uid(), "PG7", "FSCK^ONE", 3)
+    archived = []
+    for path in made:
+        target = config.archive_dir / read_record(path).path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        archived.append(Path(shutil.copy(path, target)))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "echoes", "--config", str(config_path),
+                               *args], capture_output=True, text=True, timeout=60)
+
+    for command in (("studies", "--json"), ("fsck", "--quick")):
+        before = run(*command)  # nothing set up in this database yet: one line, no traceback
+        assert before.returncode == 1
+        assert before.stderr.strip().splitlines() == [
+            f"echoes: database_url: PostgreSQL at {database_url.split('@', 1)[1]}: no echoes "
+            "schema in this database (echoes start creates it)"], before.stderr
+    reindexed = run("reindex")
+    assert reindexed.returncode == 0, reindexed.stderr
+    assert '"indexed": 3' in reindexed.stdout
+    studies = json.loads(run("studies", "--json").stdout)
+    assert [s["NumberOfInstances"] for s in studies] == [3]
+    agree = run("fsck", "--quick")
+    assert agree.returncode == 0 and "agree" in agree.stdout, agree.stdout + agree.stderr
+
+    archived[0].unlink()  # a file lost from the archive
+    lost = run("fsck", "--quick")
+    assert lost.returncode == 1 and "record without file" in lost.stdout
+    mended = run("reindex")
+    assert '"records removed": 1' in mended.stdout, mended.stdout + mended.stderr
+    assert json.loads(run("studies", "--json").stdout)[0]["NumberOfInstances"] == 2
+    assert run("fsck", "--quick").returncode == 0
