@@ -15,6 +15,10 @@ shared across a fork).
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -26,6 +30,10 @@ if TYPE_CHECKING:
 
 #: Seconds to wait for the server before calling it unreachable.
 CONNECT_TIMEOUT = 5
+#: Seconds to wait for a connection of the pool: statements hold one for
+#: milliseconds, so a longer wait means the server is gone (and a caller such
+#: as the sender's dispatch must not hang on it).
+POOL_WAIT = 2
 #: Key of the advisory lock that serialises schema upgrades of several nodes.
 MIGRATION_LOCK = 0x6563686F  # "echo"
 
@@ -59,12 +67,6 @@ def explain(url: str, exc: BaseException) -> DatabaseError:
     return DatabaseError(f"PostgreSQL at {describe(url)}: {detail}")
 
 
-def explain_missing_schema(url: str) -> DatabaseError:
-    """The error for a database echoes has not set up (no ``echoes start`` on it yet)."""
-    return DatabaseError(f"PostgreSQL at {describe(url)}: no echoes schema in this database "
-                         "(echoes start creates it)")
-
-
 def connect(url: str, autocommit: bool = False) -> psycopg.Connection:
     """One connection (DatabaseError when the server cannot be used)."""
     import psycopg
@@ -75,14 +77,82 @@ def connect(url: str, autocommit: bool = False) -> psycopg.Connection:
         raise explain(url, exc) from None
 
 
+class Database:
+    """This process's connections to one database: a pool opened at first use, errors
+    as :class:`DatabaseError`, and a quick answer while the server is down.
+
+    Why the last.  A pool whose server is gone makes each caller wait its whole
+    timeout for a connection that never comes (the sender's twice-a-second
+    dispatch then runs late, again and again).  After a connection error the
+    next use first tries one direct connection: refused at once while the
+    server is down; once it answers, the pool's broken connections are
+    replaced and work goes on.
+    """
+
+    def __init__(self, url: str, name: str, max_size: int = 4) -> None:
+        self.url = url
+        self.name = name
+        self.max_size = max_size
+        self._pool: ConnectionPool | None = None
+        self._lock = threading.Lock()
+        self._down = False
+
+    @property
+    def pool(self) -> ConnectionPool:
+        with self._lock:
+            if self._pool is None:
+                self._pool = open_pool(self.url, self.name, self.max_size)
+            return self._pool
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A connection of the pool for the ``with`` block (DatabaseError when the
+        database cannot be used, the block's own connection errors included)."""
+        import psycopg
+
+        if self._down:
+            connect(self.url).close()  # DatabaseError while it is still down
+            self._down = False
+            drop_broken(self.pool)
+        try:
+            with self.pool.connection() as connection:
+                yield connection
+        except psycopg.errors.UndefinedTable:
+            raise DatabaseError(f"PostgreSQL at {describe(self.url)}: no echoes schema in "
+                                "this database (echoes start creates it)") from None
+        except psycopg.OperationalError as exc:
+            self._down = True
+            raise explain(self.url, exc) from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+
+
 def open_pool(url: str, name: str, max_size: int = 4) -> ConnectionPool:
-    """A pool of this process's connections to ``url`` (opened lazily: a process
-    starts while the server is down, and its first use says so)."""
+    """A pool of this process's connections to ``url`` (a process starts while the
+    server is down: the pool connects in the background, its first use says so)."""
     from psycopg_pool import ConnectionPool
 
+    # The pool logs each failed (re)connection, several lines each; the callers
+    # log one line per outage themselves (DatabaseError).
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    # check: each connection is tested as it is handed out (an empty query, tens of
+    # microseconds here), so one killed by a database restart is replaced, not used.
     return ConnectionPool(url, min_size=1, max_size=max_size, name=name, open=True,
-                          kwargs={"connect_timeout": CONNECT_TIMEOUT}, timeout=CONNECT_TIMEOUT,
-                          reconnect_timeout=0)
+                          kwargs={"connect_timeout": CONNECT_TIMEOUT}, timeout=POOL_WAIT,
+                          reconnect_timeout=0, check=ConnectionPool.check_connection)
+
+
+def drop_broken(pool: ConnectionPool) -> None:
+    """Test the pool's idle connections, replacing the broken ones (the server was
+    restarted: each would fail once)."""
+    try:
+        pool.check()
+    except Exception:  # down again: the next use finds out
+        pass
 
 
 def prepare(url: str) -> list[int]:

@@ -18,7 +18,6 @@ half of another node's batch, and the counter is the readers' version token
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -39,34 +38,18 @@ STREAM_ROWS = 2000
 class PostgresIndex:
     """The index as a reader sees it (:class:`~echoes.index.base.IndexReader`).
 
-    Holds a pool of this process's connections, opened at the first read
-    (a process may start while the database is down; the read then raises
-    :class:`echoes.database.DatabaseError`).
+    Holds a pool of this process's connections (:class:`echoes.database.Database`),
+    opened at the first read: a process may start while the database is down;
+    the read then raises :class:`echoes.database.DatabaseError`.
     """
 
     def __init__(self, url: str, pool_size: int = 4) -> None:
         self.url = url
-        self.pool_size = pool_size
-        self._pool: Any = None
-        self._pool_lock = threading.Lock()
-
-    @property
-    def pool(self) -> Any:
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = database.open_pool(self.url, "echoes-index", self.pool_size)
-            return self._pool
+        self.db = database.Database(url, "echoes-index", pool_size)
 
     def _rows(self, statement: str, params: Iterable[Any] = ()) -> list[tuple]:
-        import psycopg
-
-        try:
-            with self.pool.connection() as connection:
-                return connection.execute(statement, tuple(params)).fetchall()
-        except psycopg.errors.UndefinedTable:
-            raise database.explain_missing_schema(self.url) from None
-        except psycopg.OperationalError as exc:
-            raise database.explain(self.url, exc) from None
+        with self.db.connection() as connection:
+            return connection.execute(statement, tuple(params)).fetchall()
 
     def version(self, study_uid: str | None = None) -> int | None:
         """The write counter (or the counter of the study's last change; None: unknown)."""
@@ -81,24 +64,17 @@ class PostgresIndex:
 
     def study(self, study_uid: str) -> dict | None:
         """Summary, series and instances of one study, read in one snapshot."""
-        import psycopg
-
-        try:
-            with self.pool.connection() as connection, connection.transaction():
-                connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                summary = connection.execute(
-                    f"{sql.STUDY_SELECT} WHERE study_instance_uid = %s", (study_uid,)).fetchone()
-                if summary is None:
-                    return None
-                series = connection.execute(
-                    f"{sql.SERIES_SELECT} WHERE study_instance_uid = %s", (study_uid,)).fetchall()
-                instances = connection.execute(
-                    f"{sql.INSTANCE_SELECT} WHERE study_instance_uid = %s ORDER BY seq",
-                    (study_uid,)).fetchall()
-        except psycopg.errors.UndefinedTable:
-            raise database.explain_missing_schema(self.url) from None
-        except psycopg.OperationalError as exc:
-            raise database.explain(self.url, exc) from None
+        with self.db.connection() as connection, connection.transaction():
+            connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            summary = connection.execute(
+                f"{sql.STUDY_SELECT} WHERE study_instance_uid = %s", (study_uid,)).fetchone()
+            if summary is None:
+                return None
+            series = connection.execute(
+                f"{sql.SERIES_SELECT} WHERE study_instance_uid = %s", (study_uid,)).fetchall()
+            instances = connection.execute(
+                f"{sql.INSTANCE_SELECT} WHERE study_instance_uid = %s ORDER BY seq",
+                (study_uid,)).fetchall()
         return {"study": sql.study_doc(summary),
                 "series": [sql.series_doc(row) for row in series],
                 "instances": [sql.instance_doc(row) for row in instances]}
@@ -114,19 +90,12 @@ class PostgresIndex:
                 (study_uid,)))
             return
         # Study by study, streamed (a server-side cursor: not the whole table in memory).
-        import psycopg
-
-        try:
-            with self.pool.connection() as connection, connection.transaction():
-                cursor = connection.cursor(name="echoes_instances")
-                cursor.itersize = STREAM_ROWS
-                cursor.execute(f"{sql.INSTANCE_SELECT} ORDER BY study_instance_uid, seq")
-                for row in cursor:
-                    yield sql.instance_doc(row)
-        except psycopg.errors.UndefinedTable:
-            raise database.explain_missing_schema(self.url) from None
-        except psycopg.OperationalError as exc:
-            raise database.explain(self.url, exc) from None
+        with self.db.connection() as connection, connection.transaction():
+            cursor = connection.cursor(name="echoes_instances")
+            cursor.itersize = STREAM_ROWS
+            cursor.execute(f"{sql.INSTANCE_SELECT} ORDER BY study_instance_uid, seq")
+            for row in cursor:
+                yield sql.instance_doc(row)
 
     def study_candidates(self, study_query: Query) -> list[dict] | None:
         """Study summaries that include every match of ``study_query``, found through
@@ -143,10 +112,7 @@ class PostgresIndex:
 
     def close(self) -> None:
         """Close the pool (its connections)."""
-        with self._pool_lock:
-            if self._pool is not None:
-                self._pool.close()
-                self._pool = None
+        self.db.close()
 
 
 class PostgresIndexWriter(PostgresIndex):
@@ -194,20 +160,13 @@ class PostgresIndexWriter(PostgresIndex):
         connection error becomes :class:`echoes.database.DatabaseError` (an
         OSError: the ingester leaves the batch in the spool and tries again).
         """
-        import psycopg
-
         if not self._prepared:  # the schema, before this writer's first batch
             database.prepare(self.url)
             self._prepared = True
-        try:
-            with self.pool.connection() as connection, connection.transaction():
-                counter = connection.execute(
-                    "UPDATE index_state SET counter = counter + 1 RETURNING counter").fetchone()[0]
-                yield connection, counter
-        except psycopg.errors.UndefinedTable:
-            raise database.explain_missing_schema(self.url) from None
-        except psycopg.OperationalError as exc:
-            raise database.explain(self.url, exc) from None
+        with self.db.connection() as connection, connection.transaction():
+            counter = connection.execute(
+                "UPDATE index_state SET counter = counter + 1 RETURNING counter").fetchone()[0]
+            yield connection, counter
 
     def _derive(self, connection: Any, study_uids: set[str], counter: int) -> None:
         """Write the summaries, series and keys of ``study_uids`` from their instances."""

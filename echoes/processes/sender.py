@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -85,6 +85,10 @@ CONNECT_ATTEMPTS = 3
 #: retry_interval with an attempt counted instead of one association each.
 LOST_IN_A_ROW = 3
 
+#: Seconds between looks at a job store that cannot be reached (its database
+#: is down): doubled per failed look up to STORE_RETRY_MAX.
+STORE_RETRY_FIRST = 0.5
+STORE_RETRY_MAX = 30.0
 #: Due jobs of one destination taken per look (a batch is at most outbound.BATCH_MAX).
 CLAIM_LIMIT = 2 * outbound.BATCH_MAX
 
@@ -143,6 +147,10 @@ class Sender:
         #: lose no attempt either way.
         self._isolated: set[str] = set()
         self._isolated_lock = threading.Lock()
+        #: While the job store cannot be reached: since when, next look, backoff.
+        self._store_down_since: float | None = None
+        self._store_retry_at = 0.0
+        self._store_backoff = STORE_RETRY_FIRST
 
     # -- dispatch ----------------------------------------------------------------
 
@@ -165,12 +173,20 @@ class Sender:
             return
         config = self.reloader.current()
         now = time.time()
-        due: dict[str, int] = defaultdict(int)
-        for job in self.open_jobs():
-            if job.is_due(now):
-                due[job.destination] += 1
-        self._prune(config, now)
-        for title in due:
+        if now < self._store_retry_at:
+            return
+        try:
+            with self._store_lock:
+                due = self.store.due_destinations(now)
+            self._prune(config, now)
+        except OSError as exc:  # the job store cannot be read (its database is down)
+            self._store_failed(exc)
+            return
+        if self._store_down_since is not None:
+            log.info("job store reachable again after %.0f s",
+                     time.time() - self._store_down_since)
+            self._store_down_since, self._store_backoff = None, STORE_RETRY_FIRST
+        for title in sorted(due):
             if title not in config.remote_aes:
                 continue  # kept waiting; echoes check reports it
             with self._busy_lock:
@@ -182,9 +198,21 @@ class Sender:
             self._threads = [t for t in self._threads if t.is_alive()] + [thread]
             thread.start()
 
+    def _store_failed(self, exc: OSError) -> None:
+        """The job store failed: one log line per outage, next look after a backoff."""
+        now = time.time()
+        if self._store_down_since is None:
+            self._store_down_since = now
+            log.error("job store unavailable: %s; retrying with backoff up to %.0f s",
+                      exc, STORE_RETRY_MAX)
+        self._store_retry_at = now + self._store_backoff
+        self._store_backoff = min(self._store_backoff * 2, STORE_RETRY_MAX)
+
     def _send_thread(self, title: str) -> None:
         try:
             self.send_batch(title)
+        except OSError as exc:  # the job store failed under the batch: dispatch backs off
+            self._store_failed(exc)
         except Exception:  # a bug must not stop the destination for good
             log.exception("sending to %s failed", title)
         finally:

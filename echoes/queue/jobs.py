@@ -263,6 +263,10 @@ class JobStore:
     def close(self) -> None:
         """Nothing held open (the database backend closes its pool)."""
 
+    def due_destinations(self, now: float) -> set[str]:
+        """The destinations with jobs due now (what the sender dispatches)."""
+        return {job.destination for job in self.open_jobs() if job.is_due(now)}
+
     def claim(self, destination: str, now: float, limit: int) -> list[Job]:
         """Due jobs of ``destination``, oldest first, at most ``limit``: what the sender
         sends next.  The files are one node's: no other sender takes them, so

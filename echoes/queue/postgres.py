@@ -18,7 +18,6 @@ returns (durable with PostgreSQL's default ``synchronous_commit``).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields, replace
@@ -69,36 +68,20 @@ class PostgresJobStore:
     def __init__(self, url: str, node: str, pool_size: int = 4) -> None:
         self.url = url
         self.node = node
-        self.pool_size = pool_size
-        self._pool: Any = None
-        self._pool_lock = threading.Lock()
+        self.db = database.Database(url, "echoes-jobs", pool_size)
 
     def __str__(self) -> str:
         return f"the jobs table of PostgreSQL at {database.describe(self.url)}"
-
-    @property
-    def pool(self) -> Any:
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = database.open_pool(self.url, "echoes-jobs", self.pool_size)
-            return self._pool
 
     @contextmanager
     def _connection(self, write: bool = False) -> Iterator[Any]:
         """A connection in a transaction (committed on leaving); a write then counts
         up the version token.  Connection errors: DatabaseError (an OSError)."""
-        import psycopg
-
-        try:
-            with self.pool.connection() as connection:
-                with connection.transaction():
-                    yield connection
-                if write:
-                    connection.execute("SELECT nextval('jobs_version')")
-        except psycopg.errors.UndefinedTable:
-            raise database.explain_missing_schema(self.url) from None
-        except psycopg.OperationalError as exc:
-            raise database.explain(self.url, exc) from None
+        with self.db.connection() as connection:
+            with connection.transaction():
+                yield connection
+            if write:
+                connection.execute("SELECT nextval('jobs_version')")
 
     def _select(self, where: str = "", params: Iterable[Any] = ()) -> list[Job]:
         with self._connection() as connection:
@@ -109,10 +92,7 @@ class PostgresJobStore:
         """Nothing to make: the table is the schema's (echoes start)."""
 
     def close(self) -> None:
-        with self._pool_lock:
-            if self._pool is not None:
-                self._pool.close()
-                self._pool = None
+        self.db.close()
 
     def version(self) -> int:
         """A token that changes after every committed write."""
@@ -184,6 +164,14 @@ class PostgresJobStore:
             row = connection.execute(RENEW, {"node": self.node, "until": now + CLAIM_SECONDS,
                                              "id": job.id, "now": now}).fetchone()
         return job_of(row) if row is not None else None
+
+    def due_destinations(self, now: float) -> set[str]:
+        """The destinations with jobs due now (claimed or not: claim() decides)."""
+        with self._connection() as connection:
+            rows = connection.execute(
+                "SELECT DISTINCT destination FROM jobs WHERE state IN (%s, %s) "
+                "AND next_attempt <= %s", (jobs.PENDING, jobs.RETRYING, now)).fetchall()
+        return {row[0] for row in rows}
 
     def claim(self, destination: str, now: float, limit: int) -> list[Job]:
         """Due jobs of ``destination``, oldest first, claimed by this node (at most

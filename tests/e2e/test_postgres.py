@@ -237,3 +237,54 @@ def test_reindex_and_fsck_on_postgresql(tmp_path: Path, database_url: str) -> No
     assert '"records removed": 1' in mended.stdout, mended.stdout + mended.stderr
     assert json.loads(run("studies", "--json").stdout)[0]["NumberOfInstances"] == 2
     assert run("fsck", "--quick").returncode == 0
+
+
+def test_postgresql_lost_while_running_store_acknowledges_and_catches_up_after(
+        tmp_path: Path, dcmtk: None) -> None:
+    """The database stops under a running echoes: C-STOREs are still acknowledged into
+    the spool; ingester and sender retry; when it is back both catch up in the same
+    processes, nothing lost, no traceback."""
+    from pgserver import start_pg
+
+    own = start_pg()  # a server of this test's own: it is stopped midway
+    destination_port = free_port()
+    received = tmp_path / "destination"
+    received.mkdir()
+    storescp = subprocess.Popen(["storescp", "-aet", "DEST", "-od", str(received),
+                                 str(destination_port)], env=DCMTK_ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    home = tmp_path / "home"
+    url = own.fresh_database()
+    server = start_server(home, database_url=url, retry_interval=1,
+                          sections=f"\n[ae:DEST]\nhost = 127.0.0.1\nport = "
+                                   f"{destination_port}\nforward = yes\n")
+    try:
+        study = generate_uid()
+        storescu(server.port, study_files(tmp_path / "a", study, "PG5", "LOST^DB", 3))
+        wait_for(lambda: len(list(received.iterdir())) == 3, 60, "first objects not forwarded")
+        ingester, sender = server.children("ingester"), server.children("sender")
+
+        own.stop()
+        storescu(server.port, study_files(tmp_path / "b", study, "PG5", "LOST^DB", 4))
+        incoming = home / "spool" / "incoming"
+        time.sleep(2)  # the ingester has tried (and failed) meanwhile
+        assert len(list(incoming.glob("*.dcm"))) == 4  # acknowledged, kept in the spool
+        assert len(list(received.iterdir())) == 3
+
+        own.start()
+        wait_for(lambda: len(list(received.iterdir())) == 7, 90,
+                 "objects received during the outage were not forwarded after it")
+        assert indexed(server)[0]["NumberOfInstances"] == 7
+        assert not list(incoming.glob("*.dcm"))
+        assert job_states(url) == [("done", 7)]
+        # the same processes caught up (no restart), with one line per outage
+        assert (server.children("ingester"), server.children("sender")) == (ingester, sender)
+        log = server.config.log_file.read_text()
+        assert "Traceback" not in log
+        assert log.count("ingest paused") == 1 and "ingest resumed" in log
+        assert log.count("job store unavailable") <= 1
+    finally:
+        stop_server(server)
+        storescp.terminate()
+        storescp.wait(10)
+        own.remove()
