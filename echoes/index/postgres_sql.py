@@ -6,8 +6,10 @@ them in microseconds; the backend only runs the statements.
 
 Columns are the DICOM keywords in snake case (``PatientID`` ->
 ``patient_id``), tables in ``echoes/database/sql``.  A study's summary and
-series documents are derived in Python by :mod:`echoes.index.tally` (the
-embedded backend's own code), so both backends give the same documents.
+series documents are derived from three aggregate queries by
+:func:`summaries`, by the rules of :mod:`echoes.index.tally` (the embedded
+backend's): the newest instance by arrival gives the fields, later writes
+win a tie.
 ``study_keys`` holds, per study, the forms of its keys that a C-FIND
 constraint compares with (:func:`echoes.worklist.match.index_keys`): a query
 narrows its candidate studies there, and the matching engine decides.
@@ -70,18 +72,94 @@ INSTANCE_SELECT = f"SELECT {_list(INSTANCE_COLUMNS.values())} FROM instances"
 STUDY_SELECT = f"SELECT {_list(STUDY_COLUMNS.values())} FROM studies"
 SERIES_SELECT = f"SELECT {_list(SERIES_COLUMNS.values())} FROM series"
 
-#: One instance written (or written again: later records win), with its write order.
-INSTANCE_UPSERT = (
-    f"INSERT INTO instances ({_list(INSTANCE_COLUMNS.values())}, seq) "
-    f"VALUES ({_list(['%s'] * len(INSTANCE_COLUMNS))}, nextval('instances_seq')) "
-    "ON CONFLICT (sop_instance_uid) DO UPDATE SET "
-    + _list(f"{column} = EXCLUDED.{column}" for column in [*INSTANCE_COLUMNS.values(), "seq"]
-            if column != "sop_instance_uid"))
-STUDY_INSERT = (f"INSERT INTO studies ({_list(STUDY_COLUMNS.values())}, changed) "
-                f"VALUES ({_list(['%s'] * (len(STUDY_COLUMNS) + 1))})")
-SERIES_INSERT = (f"INSERT INTO series (study_instance_uid, {_list(SERIES_COLUMNS.values())}) "
-                 f"VALUES ({_list(['%s'] * (len(SERIES_COLUMNS) + 1))})")
-KEY_INSERT = "INSERT INTO study_keys (name, key, study_instance_uid) VALUES (%s, %s, %s)"
+def _bulk(table: str, columns: dict[str, str], computed: tuple[str, str] | None = None,
+          suffix: str = "") -> str:
+    """INSERT of many rows in one statement: one array parameter per column, unnested
+    (``columns``: column -> SQL type; ``computed``: one more column and the
+    expression that fills it).  Per-row statements in a pipeline cost the
+    ingester more than the rest of a batch together."""
+    names = _list(columns)
+    arrays = _list(f"%s::{kind}[]" for kind in columns.values())
+    more_column, more_value = (f", {computed[0]}", f", {computed[1]}") if computed else ("", "")
+    return (f"INSERT INTO {table} ({names}{more_column}) SELECT u.*{more_value} "
+            f"FROM unnest({arrays}) AS u({names}){suffix}")
+
+
+def _types(columns: Iterable[str], numeric: dict[str, str]) -> dict[str, str]:
+    return {column: numeric.get(column, "text") for column in columns}
+
+
+#: The instances of a batch written (or written again: later records win), with
+#: their write order.
+INSTANCE_UPSERT = _bulk(
+    "instances", _types(INSTANCE_COLUMNS.values(), {"size": "bigint"}),
+    computed=("seq", "nextval('instances_seq')"),
+    suffix=" ON CONFLICT (sop_instance_uid) DO UPDATE SET " + _list(
+        f"{column} = EXCLUDED.{column}" for column in [*INSTANCE_COLUMNS.values(), "seq"]
+        if column != "sop_instance_uid"))
+#: ModalitiesInStudy travels as one backslash-joined text (unnest flattens arrays).
+STUDY_INSERT = _bulk(
+    "studies", {**_types(STUDY_COLUMNS.values(), {
+        "number_of_series": "integer", "number_of_instances": "integer", "size": "bigint"}),
+        "changed": "bigint"}).replace(
+    "SELECT u.*", "SELECT " + _list(
+        "string_to_array(u.modalities_in_study, '\\')" if column == "modalities_in_study"
+        else f"u.{column}" for column in [*STUDY_COLUMNS.values(), "changed"]))
+SERIES_INSERT = _bulk("series", _types(["study_instance_uid", *SERIES_COLUMNS.values()],
+                                       {"number_of_series_related_instances": "integer"}))
+KEY_INSERT = _bulk("study_keys", _types(["name", "key", "study_instance_uid"], {}))
+
+
+#: The newest instance of each study (by arrival; later writes win a tie): the
+#: study fields of its summary, as echoes.index.tally decides them.  "C": the
+#: arrival times compare as Python compares them, whatever the database's locale.
+NEWEST = " received COLLATE \"C\" DESC, seq DESC"
+STUDIES_NEWEST = (f"SELECT DISTINCT ON (study_instance_uid) {_list(INSTANCE_COLUMNS.values())} "
+                  "FROM instances WHERE study_instance_uid = ANY(%s) "
+                  f"ORDER BY study_instance_uid,{NEWEST}")
+#: Each series of the studies: its newest instance's series fields and its count.
+SERIES_FROM_INSTANCES = (
+    "SELECT DISTINCT ON (study_instance_uid, series_instance_uid) study_instance_uid, "
+    + _list(INSTANCE_COLUMNS[name] for name in SERIES_FIELDS)
+    + ", count(*) OVER (PARTITION BY study_instance_uid, series_instance_uid) "
+    "FROM instances WHERE study_instance_uid = ANY(%s) "
+    f"ORDER BY study_instance_uid, series_instance_uid,{NEWEST}")
+STUDY_TOTALS = ("SELECT study_instance_uid, count(*), sum(size)::bigint FROM instances "
+                "WHERE study_instance_uid = ANY(%s) GROUP BY study_instance_uid")
+
+
+def summaries(newest: Iterable[Sequence], series: Iterable[Sequence],
+              totals: Iterable[Sequence]) -> dict[str, tuple[dict, list[dict]]]:
+    """StudyInstanceUID -> (summary, series documents) from the rows of STUDIES_NEWEST,
+    SERIES_FROM_INSTANCES and STUDY_TOTALS: the documents
+    :func:`echoes.index.tally.summarize_study` makes from every instance, for the
+    price of three aggregate queries."""
+    by_study: dict[str, list[dict]] = {}
+    for row in series:
+        by_study.setdefault(row[0], []).append(
+            dict(zip(SERIES_COLUMNS, row[1:], strict=True)))
+    counts = {row[0]: (row[1], row[2]) for row in totals}
+    found = {}
+    for row in newest:
+        doc = instance_doc(row)
+        uid = doc["StudyInstanceUID"]
+        series_docs = by_study.get(uid, [])
+        count, size = counts[uid]
+        summary = {
+            **{name: doc[name] for name in PATIENT_STUDY_FIELDS},
+            "ModalitiesInStudy": sorted({s["Modality"] for s in series_docs if s["Modality"]}),
+            "NumberOfSeries": len(series_docs),
+            "NumberOfInstances": count,
+            "size": size,
+            "updated": doc["received"],
+        }
+        found[uid] = (summary, series_docs)
+    return found
+
+
+def as_columns(rows: list[tuple]) -> tuple[list, ...]:
+    """Rows as one list per column: the parameters of a bulk statement."""
+    return tuple(list(column) for column in zip(*rows, strict=True))
 
 
 def instance_row(record: InstanceRecord) -> tuple:
@@ -96,12 +174,16 @@ def instance_doc(row: Sequence) -> dict:
 
 
 def study_row(summary: dict, changed: int) -> tuple:
-    return (*(summary[name] for name in STUDY_COLUMNS), changed)
+    """STUDY_INSERT's values of a summary (ModalitiesInStudy joined, see there)."""
+    return (*("\\".join(summary[name]) if name == "ModalitiesInStudy" else summary[name]
+              for name in STUDY_COLUMNS), changed)
 
 
 def study_doc(row: Sequence) -> dict:
     doc = dict(zip(STUDY_COLUMNS, row, strict=True))
-    doc["ModalitiesInStudy"] = list(doc["ModalitiesInStudy"])
+    modalities = doc["ModalitiesInStudy"]
+    doc["ModalitiesInStudy"] = (list(modalities) if isinstance(modalities, list)
+                                else [part for part in modalities.split("\\") if part])
     return doc
 
 

@@ -11,9 +11,10 @@ from echoes.index.tally import summarize_study
 
 
 def instance(**values: str) -> InstanceRecord:
-    return InstanceRecord(SOPInstanceUID="1.1", SOPClassUID="1.2", SeriesInstanceUID="1.3",
-                          StudyInstanceUID="1.4", path="a/b.dcm", size=5,
-                          received="2026-12-04T10:00:00", **values)
+    fields = {"SOPInstanceUID": "1.1", "SOPClassUID": "1.2", "SeriesInstanceUID": "1.3",
+              "StudyInstanceUID": "1.4", "path": "a/b.dcm", "size": 5,
+              "received": "2026-12-04T10:00:00"}
+    return InstanceRecord(**{**fields, **values})
 
 
 def test_every_instance_field_has_a_column_and_a_row_reads_back_as_the_document() -> None:
@@ -52,3 +53,24 @@ def test_a_query_narrows_by_every_constrained_key_and_a_name_prefix() -> None:
 def test_a_query_without_an_indexed_key_scans() -> None:
     assert postgres_sql.candidates(base._compile({"PatientName": "*ANN"})) is None
     assert postgres_sql.candidates(base._compile({"StudyDescription": "x"})) is None
+
+
+def test_summaries_from_the_aggregate_rows_are_the_tallys() -> None:
+    """The rows the three queries give (newest of the study, newest of each series with
+    its count, totals) make the documents summarize_study makes from every instance."""
+    docs = [instance(SOPInstanceUID=f"1.1.{n}", SeriesInstanceUID=f"1.3.{n % 2}",
+                     Modality=("CT", "SR")[n % 2], PatientName=f"NAME{n}").__dict__
+            | {"received": f"2026-12-04T10:00:0{n}", "size": 10 + n} for n in range(5)]
+    docs[2]["Modality"] = ""  # an older CT instance without Modality: the newest decides
+    expected_summary, expected_series = summarize_study(docs)
+    column = postgres_sql.INSTANCE_COLUMNS
+    newest = [tuple(docs[4][name] for name in column)]
+    series = [("1.4", *(docs[n][name] for name in ("SeriesInstanceUID", "Modality",
+                                                   "SeriesNumber", "SeriesDescription",
+                                                   "SeriesDate", "BodyPartExamined")), count)
+              for n, count in ((4, 3), (3, 2))]
+    totals = [("1.4", 5, sum(doc["size"] for doc in docs))]
+    summary, series_docs = postgres_sql.summaries(newest, series, totals)["1.4"]
+    assert summary == expected_summary
+    assert sorted(series_docs, key=lambda s: s["SeriesInstanceUID"]) == sorted(
+        expected_series, key=lambda s: s["SeriesInstanceUID"])
