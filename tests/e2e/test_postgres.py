@@ -288,3 +288,26 @@ def test_postgresql_lost_while_running_store_acknowledges_and_catches_up_after(
         storescp.terminate()
         storescp.wait(10)
         own.remove()
+
+
+def test_echoes_check_reports_the_database_down_as_critical(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    port = free_port()  # nobody listens there
+    config_path = write_config(home, database_url=f"postgresql://e:pw@127.0.0.1:{port}/echoes")
+    done = subprocess.run([sys.executable, "-m", "echoes", "--config", str(config_path),
+                           "check"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert (f"CRITICAL: database unreachable: PostgreSQL at 127.0.0.1:{port}/echoes: "
+            "Connection refused") in done.stdout.splitlines()
+    assert "Traceback" not in done.stderr
+
+
+def test_echoes_check_is_quiet_about_a_database_that_answers(tmp_path: Path,
+                                                            database_url: str) -> None:
+    from echoes.database import prepare
+
+    prepare(database_url)
+    config_path = write_config(tmp_path / "home", database_url=database_url)
+    done = subprocess.run([sys.executable, "-m", "echoes", "--config", str(config_path),
+                           "check"], capture_output=True, text=True, timeout=60)
+    assert "database" not in done.stdout and "Traceback" not in done.stderr, done.stdout
