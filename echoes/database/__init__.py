@@ -16,6 +16,7 @@ shared across a fork).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,8 +86,9 @@ class Database:
     timeout for a connection that never comes (the sender's twice-a-second
     dispatch then runs late, again and again).  After a connection error the
     next use first tries one direct connection: refused at once while the
-    server is down; once it answers, the pool's broken connections are
-    replaced and work goes on.
+    server is down; once it answers, the pool's connections (each killed by
+    the restart) are tested and replaced, and work goes on.  Connections are
+    in autocommit mode: one statement, one round trip.
     """
 
     def __init__(self, url: str, name: str, max_size: int = 4) -> None:
@@ -96,6 +98,7 @@ class Database:
         self._pool: ConnectionPool | None = None
         self._lock = threading.Lock()
         self._down = False
+        self.closed = False
 
     @property
     def pool(self) -> ConnectionPool:
@@ -126,9 +129,26 @@ class Database:
 
     def close(self) -> None:
         with self._lock:
+            self.closed = True
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
+
+
+_SHARED: dict[tuple[int, str], Database] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared(url: str) -> Database:
+    """This process's one :class:`Database` for ``url`` (the index and the job store
+    of a process share its pool, and learn together that the server went away).
+    Keyed by process id too: a pool must not cross a fork."""
+    key = (os.getpid(), url)
+    with _SHARED_LOCK:
+        found = _SHARED.get(key)
+        if found is None or found.closed:
+            found = _SHARED[key] = Database(url, "echoes", max_size=6)
+        return found
 
 
 def open_pool(url: str, name: str, max_size: int = 4) -> ConnectionPool:
@@ -139,11 +159,11 @@ def open_pool(url: str, name: str, max_size: int = 4) -> ConnectionPool:
     # The pool logs each failed (re)connection, several lines each; the callers
     # log one line per outage themselves (DatabaseError).
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
-    # check: each connection is tested as it is handed out (an empty query, tens of
-    # microseconds here), so one killed by a database restart is replaced, not used.
+    # autocommit: a single statement is its own transaction (no BEGIN and COMMIT
+    # round trips); several statements that belong together use transaction().
     return ConnectionPool(url, min_size=1, max_size=max_size, name=name, open=True,
-                          kwargs={"connect_timeout": CONNECT_TIMEOUT}, timeout=POOL_WAIT,
-                          reconnect_timeout=0, check=ConnectionPool.check_connection)
+                          kwargs={"connect_timeout": CONNECT_TIMEOUT, "autocommit": True},
+                          timeout=POOL_WAIT, reconnect_timeout=0)
 
 
 def drop_broken(pool: ConnectionPool) -> None:

@@ -45,9 +45,9 @@ class PostgresIndex:
     the read then raises :class:`echoes.database.DatabaseError`.
     """
 
-    def __init__(self, url: str, pool_size: int = 4) -> None:
+    def __init__(self, url: str) -> None:
         self.url = url
-        self.db = database.Database(url, "echoes-index", pool_size)
+        self.db = database.shared(url)
 
     def _rows(self, statement: str, params: Iterable[Any] = ()) -> list[tuple]:
         with self.db.connection() as connection:
@@ -161,7 +161,6 @@ class PostgresIndexWriter(PostgresIndex):
         self._analyze_at = max(self._analyze_at * 2, self._written + 1)
         with self.db.connection() as connection:
             connection.execute("ANALYZE instances, studies, series, study_keys")
-            connection.commit()
 
     def remove(self, sop_uids: Iterable[str]) -> int:
         """Forget instances; return how many were known."""

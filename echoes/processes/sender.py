@@ -465,30 +465,13 @@ class Sender:
         return outcome
 
     def _record(self, job: jobs.Job, basis: jobs.Job | None = None) -> None:
-        """Write a job's new state, unless it was removed, queued anew or cancelled meanwhile.
-
-        The file is looked at again anyway (to see a re-queue), so a cancel
-        made while the object was on its way costs nothing extra to keep:
-        with ``basis`` (the job as the sender read it) one stat tells an
-        unchanged file, else the file is read.
-        Every state is written atomically; all but ``done`` also durably.
-        A ``done`` lost to a power cut means the object is sent once more,
-        which the destination absorbs (same SOP Instance UID): not worth an
-        fsync per object.
-        """
+        """Write a job's new state, unless it was removed, queued anew or cancelled
+        meanwhile (``store.record``; ``basis``: the job as the sender read it)."""
         with self._store_lock:
-            current = (self.store.current(basis) if basis is not None
-                       else self.store.read(job.id))
-            if (current is None or current.created != job.created
-                    or current.state == jobs.CANCELLED):
-                # Gone (its AE renamed, the jobs moved), re-queued (received or
-                # pushed again) or cancelled while we worked: not ours to write.
-                return
-            if job.state == jobs.DONE:
-                self.store.deliver(job)
-            else:
-                self.store.write(job)
-        if current.state != job.state:  # a change, not each retry
+            previous = self.store.record(job, basis)
+        if previous is None:
+            return  # not ours to write any more
+        if previous != job.state:  # a change, not each retry
             # done: DEBUG, the association's line names the studies and counts
             # (a line per object was a quarter of the sender's CPU, issue 7)
             level = LOG_LEVELS.get(job.state, logging.WARNING)

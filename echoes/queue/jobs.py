@@ -313,6 +313,30 @@ class JobStore:
                 pass
         self.write(done, durable=False)
 
+    def record(self, job: Job, basis: Job | None = None) -> str | None:
+        """Write the sender's new state of ``job``, unless the job was removed, queued
+        anew or cancelled while it worked; return the state it replaced (None: not
+        written, not ours to write).
+
+        The file is looked at again anyway (to see a re-queue), so a cancel
+        made while the object was on its way costs nothing extra to keep:
+        with ``basis`` (the job as the sender read it) one stat tells an
+        unchanged file, else the file is read.  Every state is written
+        atomically; all but ``done`` also durably.  A ``done`` lost to a power
+        cut means the object is sent once more, which the destination absorbs
+        (same SOP Instance UID): not worth an fsync per object.
+        """
+        current = self.current(basis) if basis is not None else self.read(job.id)
+        if current is None or current.created != job.created or current.state == CANCELLED:
+            # Gone (its AE renamed, the jobs moved), re-queued (received or
+            # pushed again) or cancelled while the sender worked.
+            return None
+        if job.state == DONE:
+            self.deliver(job)
+        else:
+            self.write(job)
+        return current.state
+
     def write_many(self, jobs: Iterable[Job]) -> int:
         """Write several jobs durably, fsynced together, with one fsync of the
         open jobs' folder (:func:`atomic_write_batch`); return how many.

@@ -44,6 +44,13 @@ CLAIM = (
     f"AND (claimed_by = %(node)s OR claimed_until < %(now)s) "
     f"ORDER BY created, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
     f"RETURNING {', '.join(COLUMNS)}")
+#: The sender's new state of a job, unless it was queued anew or cancelled meanwhile;
+#: gives the state it replaced (the claim is released).
+RECORD = (
+    "WITH old AS (SELECT id, state FROM jobs WHERE id = %(id)s FOR UPDATE) "
+    "UPDATE jobs SET " + ", ".join(f"{column} = %({column})s" for column in COLUMNS[1:])
+    + ", claimed_by = '', claimed_until = 0 FROM old WHERE jobs.id = old.id "
+    f"AND jobs.created = %(created)s AND old.state <> '{jobs.CANCELLED}' RETURNING old.state")
 #: One job, its claim renewed, unless another node holds it.
 RENEW = (f"UPDATE jobs SET claimed_by = %(node)s, claimed_until = %(until)s "
          f"WHERE id = %(id)s AND (claimed_by IN (%(node)s, '') OR claimed_until < %(now)s) "
@@ -65,20 +72,24 @@ class PostgresJobStore:
     takes a connection of the pool.
     """
 
-    def __init__(self, url: str, node: str, pool_size: int = 4) -> None:
+    def __init__(self, url: str, node: str) -> None:
         self.url = url
         self.node = node
-        self.db = database.Database(url, "echoes-jobs", pool_size)
+        self.db = database.shared(url)
 
     def __str__(self) -> str:
         return f"the jobs table of PostgreSQL at {database.describe(self.url)}"
 
     @contextmanager
-    def _connection(self, write: bool = False) -> Iterator[Any]:
-        """A connection in a transaction (committed on leaving); a write then counts
-        up the version token.  Connection errors: DatabaseError (an OSError)."""
+    def _connection(self, write: bool = False, atomic: bool = False) -> Iterator[Any]:
+        """A connection (each statement committed on its own, or all together with
+        ``atomic``); after a write the version token is counted up, once it is
+        committed.  Connection errors: DatabaseError (an OSError)."""
         with self.db.connection() as connection:
-            with connection.transaction():
+            if atomic:
+                with connection.transaction():
+                    yield connection
+            else:
                 yield connection
             if write:
                 connection.execute("SELECT nextval('jobs_version')")
@@ -108,12 +119,26 @@ class PostgresJobStore:
         """Record a job the sender delivered (``done``: :func:`jobs.delivered`)."""
         self.write(done)
 
+    def record(self, job: Job, basis: Job | None = None) -> str | None:
+        """Write the sender's new state of ``job`` unless, meanwhile, the job was
+        removed, queued anew (another ``created``) or cancelled; return the state it
+        replaced, None when it was not written (see JobStore.record).  One
+        statement: the check and the write cannot be split by another writer."""
+        with self._connection(write=True) as connection:
+            row = connection.execute(RECORD, {column: getattr(job, column)
+                                              for column in COLUMNS}).fetchone()
+        return row[0] if row is not None else None
+
     def write_many(self, many: Iterable[Job]) -> int:
         """Write several jobs in one transaction; return how many."""
         rows = [row_of(job) for job in many]
         if rows:
-            with self._connection(write=True) as connection, connection.cursor() as cursor:
-                cursor.executemany(UPSERT, rows)
+            with self._connection(write=True, atomic=len(rows) > 1) as connection:
+                if len(rows) == 1:
+                    connection.execute(UPSERT, rows[0])
+                else:
+                    with connection.cursor() as cursor:
+                        cursor.executemany(UPSERT, rows)
         return len(rows)
 
     def queue(self, destination: str, records: Iterable[dict], origin: str, now: float) -> int:
@@ -124,7 +149,7 @@ class PostgresJobStore:
     def _change(self, where: str, params: Sequence[Any], change) -> list[Job]:
         """Rows chosen by ``where``, locked, replaced by ``change(jobs)`` (a list of the
         jobs to write, and the ids to delete), in one transaction."""
-        with self._connection(write=True) as connection:
+        with self._connection(write=True, atomic=True) as connection:
             chosen = [job_of(row) for row in connection.execute(
                 f"{SELECT} {where} ORDER BY id FOR UPDATE", tuple(params)).fetchall()]
             written, deleted = change(chosen)

@@ -137,3 +137,23 @@ def test_version_changes_after_each_write(stores) -> None:
     assert middle != before and store.version() == middle
     store.remove(jobs.job_id("PACS", "1.2.3.0"))
     assert store.version() != middle
+
+
+def test_record_writes_only_a_job_still_ours_as_the_file_store_does(tmp_path: Path,
+                                                                     stores) -> None:
+    files, table = JobStore(tmp_path / "outgoing"), stores("n1")
+    files.create()
+    for store in (files, table):
+        store.queue("PACS", records(3), "forward", NOW)
+        claimed = {job.sop_instance_uid: job for job in store.claim("PACS", NOW, 10)}
+        one, two, three = (claimed[f"1.2.3.{n}"] for n in range(3))
+        assert store.record(jobs.delivered(one, NOW + 1), basis=one) == jobs.PENDING
+        assert store.read(one.id).state == jobs.DONE
+        store.cancel(two.id, NOW + 1)  # cancelled while it was on the wire
+        assert store.record(jobs.delivered(two, NOW + 2), basis=two) is None
+        assert store.read(two.id).state == jobs.CANCELLED
+        store.queue("PACS", records(3)[2:], "push", NOW + 5)  # queued anew meanwhile
+        assert store.record(jobs.attempt_failed(three, "x", NOW + 2, 30, 20)) is None
+        assert store.read(three.id).state == jobs.PENDING
+        assert store.record(jobs.delivered(one, NOW + 3)) == jobs.DONE  # done again
+    assert summary(table) == summary(files)
