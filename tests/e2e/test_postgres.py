@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -311,3 +312,47 @@ def test_echoes_check_is_quiet_about_a_database_that_answers(tmp_path: Path,
     done = subprocess.run([sys.executable, "-m", "echoes", "--config", str(config_path),
                            "check"], capture_output=True, text=True, timeout=60)
     assert "database" not in done.stdout and "Traceback" not in done.stderr, done.stdout
+
+
+def test_two_nodes_on_one_database_forward_every_object_exactly_once(
+        tmp_path: Path, database_url: str, dcmtk: None) -> None:
+    """Two echoes on one database and one archive folder, both forwarding to one
+    destination: each object is sent once (the senders' claims), whichever node
+    received it, and both nodes list every study."""
+    destination_port = free_port()
+    received = tmp_path / "destination"
+    received.mkdir()
+    log = tmp_path / "storescp.log"
+    storescp = subprocess.Popen(["storescp", "-v", "-aet", "DEST", "-od", str(received),
+                                 str(destination_port)], env=DCMTK_ENV,
+                                stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    shared = tmp_path / "archive"
+    section = (f"\n[ae:DEST]\nhost = 127.0.0.1\nport = {destination_port}\n"
+               "forward = yes\n")
+    nodes = []
+    try:
+        for name in ("node-a", "node-b"):
+            nodes.append(start_server(tmp_path / name, database_url=database_url,
+                                      node_name=name, archive_dir=shared, retry_interval=1,
+                                      sections=section))
+        studies = [generate_uid() for _ in nodes]
+        batches = [study_files(tmp_path / f"in{n}", study, f"PN{n}", "TWO^NODES", 150)
+                   for n, study in enumerate(studies)]
+        pushers = [threading.Thread(target=storescu, args=(node.port, files))
+                   for node, files in zip(nodes, batches, strict=True)]
+        for pusher in pushers:  # both nodes receive, ingest and queue at once
+            pusher.start()
+        for pusher in pushers:
+            pusher.join(120)
+        wait_for(lambda: job_states(database_url) == [("done", 300)], 120,
+                 f"not all forwarded: {job_states(database_url)}")
+        assert len(list(received.iterdir())) == 300
+        time.sleep(1.5)  # a second send would come now, at the latest
+        assert log.read_text(errors="replace").count("Received Store Request") == 300
+        for node in nodes:
+            assert {s["StudyInstanceUID"] for s in indexed(node)} == set(studies)
+    finally:
+        for node in nodes:
+            stop_server(node)
+        storescp.terminate()
+        storescp.wait(10)
