@@ -245,7 +245,10 @@ def test_postgresql_lost_while_running_store_acknowledges_and_catches_up_after(
     """The database stops under a running echoes: C-STOREs are still acknowledged into
     the spool; ingester and sender retry; when it is back both catch up in the same
     processes, nothing lost, no traceback."""
+    import urllib.error
+
     from pgserver import start_pg
+    from werkzeug.security import generate_password_hash
 
     own = start_pg()  # a server of this test's own: it is stopped midway
     destination_port = free_port()
@@ -257,6 +260,8 @@ def test_postgresql_lost_while_running_store_acknowledges_and_catches_up_after(
     home = tmp_path / "home"
     url = own.fresh_database()
     server = start_server(home, database_url=url, retry_interval=1,
+                          http_password_hash=generate_password_hash(
+                              PASSWORD, method="pbkdf2:sha256:1000"),
                           sections=f"\n[ae:DEST]\nhost = 127.0.0.1\nport = "
                                    f"{destination_port}\nforward = yes\n")
     try:
@@ -271,11 +276,16 @@ def test_postgresql_lost_while_running_store_acknowledges_and_catches_up_after(
         time.sleep(2)  # the ingester has tried (and failed) meanwhile
         assert len(list(incoming.glob("*.dcm"))) == 4  # acknowledged, kept in the spool
         assert len(list(received.iterdir())) == 3
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the Browser says why
+            api(server, "/api/studies")
+        assert refused.value.code == 503
+        assert "PostgreSQL at 127.0.0.1" in json.loads(refused.value.read())["error"]
 
         own.start()
         wait_for(lambda: len(list(received.iterdir())) == 7, 90,
                  "objects received during the outage were not forwarded after it")
         assert indexed(server)[0]["NumberOfInstances"] == 7
+        assert api(server, "/api/studies")["studies"][0]["NumberOfInstances"] == 7
         assert not list(incoming.glob("*.dcm"))
         assert job_states(url) == [("done", 7)]
         # the same processes caught up (no restart), with one line per outage
