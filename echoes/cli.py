@@ -113,6 +113,14 @@ def cmd_start(args: argparse.Namespace, config: config_module.Config) -> int:
     if running:
         print(f"echoes: already running (pid {running})", file=sys.stderr)
         return 1
+    if config.database_url:  # before anything is created: a bad database stops here
+        from echoes import database
+
+        try:
+            database.prepare(config.database_url)
+        except database.DatabaseError as exc:
+            print(f"echoes: database_url: {exc}", file=sys.stderr)
+            return 1
     if args.daemon:
         ready_fd = daemon.detach()
         if ready_fd is not None:  # the original process: wait, report, exit
@@ -606,6 +614,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         if isinstance(exc, PermissionError | FileNotFoundError) and exc.filename:
             print(f"echoes: {exc.strerror}: {exc.filename}", file=sys.stderr)
+            return 1
+        from echoes.database import DatabaseError
+
+        if isinstance(exc, DatabaseError):  # one line, as at echoes start
+            print(f"echoes: database_url: {exc}", file=sys.stderr)
             return 1
         raise
 

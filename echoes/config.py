@@ -158,6 +158,27 @@ def _parse_optional(text: str) -> str:
     return text.strip()
 
 
+#: The URL schemes libpq (psycopg) reads as PostgreSQL.
+DATABASE_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _parse_database_url(text: str) -> str:
+    """Empty (the embedded index and job files) or a PostgreSQL URL."""
+    url = text.strip()
+    if url and not url.startswith(DATABASE_SCHEMES):
+        raise ValueError("must be empty (the embedded index) or a URL such as "
+                         "postgresql://user:password@host:5432/echoes")
+    return url
+
+
+def _parse_node_name(text: str) -> str:
+    """A node's name in logs and jobs: printable, no spaces (empty: the host name)."""
+    name = text.strip()
+    if len(name) > 64 or any(c.isspace() or not c.isprintable() for c in name):
+        raise ValueError(f"must be at most 64 printable characters without spaces, got {text!r}")
+    return name
+
+
 _port = _parse_int(1, 65535)
 
 #: key -> (parser, default as written in the file, is a path).  ``None`` as a
@@ -203,6 +224,8 @@ KEYS: dict[str, tuple[Callable[[str], Any], str | None, bool]] = {
     "http_user": (_parse_user, "admin", False),
     "http_password_hash": (_parse_optional, "", False),
     "http_session_minutes": (_parse_int(1, 7 * 24 * 60), "60", False),
+    "database_url": (_parse_database_url, "", False),
+    "node_name": (_parse_node_name, "", False),
 }
 
 #: Keys read once when the server starts (ports bound, worker processes
@@ -212,7 +235,11 @@ KEYS: dict[str, tuple[Callable[[str], Any], str | None, bool]] = {
 #: it: new associations on the DICOM ports (access rules, timeouts, TLS), the
 #: sender's next association, the Browser's next request, the log.
 RESTART_KEYS = ("bind", "store_port", "mwl_port", "store_workers", "spool_dir", "archive_dir",
-                "index_path", "worklist_dir", "pid_file", "http_bind", "http_port")
+                "index_path", "worklist_dir", "pid_file", "http_bind", "http_port",
+                "database_url", "node_name")
+
+#: Keys whose values may hold a password: never written to a log.
+SECRET_KEYS = frozenset({"database_url"})
 
 AE_KEYS: dict[str, tuple[Callable[[str], Any], str | None]] = {
     "host": (_parse_host, None),
@@ -278,6 +305,10 @@ class Config:
     http_user: str
     http_password_hash: str
     http_session_minutes: int
+    #: Empty: the embedded index and job files; else the PostgreSQL that holds both.
+    database_url: str
+    #: This node's name in logs and jobs (the host name unless set).
+    node_name: str
     remote_aes: dict[str, RemoteAE] = field(default_factory=dict)
 
     @property
@@ -315,7 +346,8 @@ def changed_keys(old: Config, new: Config) -> list[str]:
 def restart_needed(running: Config, fresh: Config) -> list[str]:
     """The RESTART_KEYS that differ between the running server's configuration
     and ``fresh``, as ``key (old -> new)`` for the log."""
-    return [f"{name} ({getattr(running, name)} -> {getattr(fresh, name)})"
+    return [f"{name} (changed)" if name in SECRET_KEYS
+            else f"{name} ({getattr(running, name)} -> {getattr(fresh, name)})"
             for name in RESTART_KEYS if getattr(running, name) != getattr(fresh, name)]
 
 
@@ -404,6 +436,10 @@ def from_parser(parser: configparser.ConfigParser, config_path: Path) -> Config:
         ae_values = _read_section(parser[name], AE_KEYS, f"[{name}] ")
         remote_aes[title] = RemoteAE(title=title, **ae_values)
 
+    if not values["node_name"]:
+        import socket
+
+        values["node_name"] = socket.gethostname()
     if values["store_port"] == values["mwl_port"]:
         raise ConfigError("mwl_port: must differ from store_port")
     if values["http_port"] in (values["store_port"], values["mwl_port"]):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from helpers import Server, start_server, stop_server
+from pgserver import PgServer, start_pg
 
 
 @pytest.fixture
@@ -33,3 +34,17 @@ def openssl() -> None:
     if not shutil.which("openssl"):
         pytest.fail("openssl is not installed (the TLS tests make their certificates with it):"
                     " run bin/test, which installs it, or apt-get install openssl")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgServer]:
+    """One real PostgreSQL for the whole session (see pgserver.py), removed after."""
+    server = start_pg()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def database_url(postgres: PgServer) -> str:
+    """The URL of a fresh, empty database of this test's own on the session's server."""
+    return postgres.fresh_database()

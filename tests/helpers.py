@@ -206,8 +206,12 @@ def web_ok(port: int) -> bool:
         return False
 
 
-def start_server(home: Path, **extra: object) -> Server:
+def start_server(home: Path, sections: str = "", **extra: object) -> Server:
+    """``echoes start`` on a fresh config (``extra`` keys in [echoes], then ``sections``
+    such as ``[ae:TITLE]`` ones), once every port answers."""
     config_path = write_config(home, **extra)
+    if sections:
+        config_path.write_text(config_path.read_text() + sections)
     config = config_module.load(config_path)
     log = open(home.with_name(home.name + ".out"), "wb")
     process = subprocess.Popen([sys.executable, "-m", "echoes", "--config", str(config_path),

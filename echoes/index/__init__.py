@@ -1,9 +1,10 @@
 """The archive index: one reader interface, one writer interface, one constructor.
 
 :func:`open_index` is the one place an index is built from the
-configuration (the protocols are in :mod:`echoes.index.base`).  Today's
-backend is the TinyDB catalog and study shards at ``index_path``
-(:mod:`echoes.index.embedded`); a PostgreSQL one is to plug in here.
+configuration (the protocols are in :mod:`echoes.index.base`): the TinyDB
+catalog and study shards at ``index_path`` (:mod:`echoes.index.embedded`)
+by default, PostgreSQL (:mod:`echoes.index.postgres`) when ``database_url``
+is set.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ def open_index(config: Config, writer: bool = False) -> IndexReader | IndexWrite
     """The index of this installation: a reader, or the one writer (``writer=True``:
     the ingester, or ``echoes reindex`` with the server stopped).
     """
+    if config.database_url:
+        from echoes.index import postgres
+
+        if writer:
+            return postgres.PostgresIndexWriter(config.database_url)
+        return postgres.PostgresIndex(config.database_url)
     from echoes.index import embedded
 
     if writer:

@@ -3,7 +3,8 @@
 Each probe returns problems as (severity, message); the worst severity is
 the exit code (0 OK, 1 WARNING, 2 CRITICAL), the first line a summary, then
 one line per problem.  CRITICAL is what stops images or worklists flowing
-(a process or port down, a disk under ``min_free_mb``, failed outbound jobs);
+(a process or port down, a disk under ``min_free_mb``, the database of
+``database_url`` unreachable, failed outbound jobs);
 WARNING is what needs a look soon (the Browser down, disk under
 ``disk_warning_mb``, jobs waiting long, invalid worklist files, rejected
 spool files).
@@ -216,6 +217,19 @@ def worklist_files(config: Config) -> list[Problem]:
             for name, reason in directory.invalid().items()]
 
 
+def database_reachable(config: Config) -> list[Problem]:
+    """With ``database_url``: the database answers (the index and the queue are there)."""
+    if not config.database_url:
+        return []
+    from echoes import database
+
+    try:
+        database.connect(config.database_url).close()
+    except database.DatabaseError as exc:
+        return [Problem(CRITICAL, f"database unreachable: {exc}")]
+    return []
+
+
 def outbound_queue(config: Config) -> list[Problem]:
     """Failed jobs, jobs waiting too long, jobs for AEs no longer configured."""
     now = time.time()
@@ -223,7 +237,14 @@ def outbound_queue(config: Config) -> list[Problem]:
     failed: Counter[str] = Counter()
     old: Counter[str] = Counter()
     orphans: Counter[str] = Counter()
-    for job in open_job_store(config).all():
+    store = open_job_store(config)
+    try:
+        every = store.all()
+    except OSError:  # its database is down: database_reachable says so
+        return []
+    finally:
+        store.close()
+    for job in every:
         if job.state == jobs.FAILED:
             failed[job.destination] += 1
         elif job.state in jobs.ACTIVE:
@@ -243,7 +264,8 @@ def outbound_queue(config: Config) -> list[Problem]:
 
 
 #: The probes, in the order their problems are listed.
-PROBES = (processes, ports, browser_port, disks, spool_rejects, worklist_files, outbound_queue)
+PROBES = (processes, ports, browser_port, disks, database_reachable, spool_rejects,
+          worklist_files, outbound_queue)
 #: Probes that talk to the running server's ports.
 PORT_PROBES = frozenset({ports, browser_port})
 

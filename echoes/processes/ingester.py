@@ -215,6 +215,7 @@ class IngesterWorker(Worker):
         """The loop: runs on its own thread until stop()."""
         config, ingester = self.config, self.ingester
         stop, wake, heartbeat = self.stopping, self.wake, self.heartbeat
+        paused_since: float | None = None  # one ERROR line per outage, not one per retry
         try:
             while not stop.is_set():
                 wake.clear()
@@ -224,13 +225,26 @@ class IngesterWorker(Worker):
                         outcome = integrity.serve_request(config, ingester.index)
                     if outcome is not None:
                         log.info("reindex done: %s", outcome)
-                except OSError as exc:
-                    log.error("ingest paused: %s; retrying in %.0f s", exc, SWEEP_SECONDS)
+                    if paused_since is not None:
+                        log.info("ingest resumed after %.0f s",
+                                 time.monotonic() - paused_since)
+                        paused_since = None
+                except OSError as exc:  # a full disk, a lost mount, the database down
+                    if paused_since is None:
+                        paused_since = time.monotonic()
+                        log.error("ingest paused: %s; retrying every %.0f s", exc,
+                                  SWEEP_SECONDS)
+                    else:
+                        log.debug("ingest still paused: %s", exc)
                     heartbeat.wait(stop, SWEEP_SECONDS)
                 if heartbeat.wait(wake, SWEEP_SECONDS):
                     stop.wait(GATHER_SECONDS)
-            # Whatever was acknowledged before the stop is archived before exit.
-            ingester.drain()
+            # Whatever was acknowledged before the stop is archived before exit
+            # (or stays in the spool for the next start, if that cannot be done now).
+            try:
+                ingester.drain()
+            except OSError as exc:
+                log.error("stopping with objects left in the spool: %s", exc)
         finally:
             self.observer.stop()
             self.observer.join(5)

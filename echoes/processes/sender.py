@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -84,6 +84,13 @@ CONNECT_ATTEMPTS = 3
 #: aborts whatever it is sent (not one object), so the jobs left wait
 #: retry_interval with an attempt counted instead of one association each.
 LOST_IN_A_ROW = 3
+
+#: Seconds between looks at a job store that cannot be reached (its database
+#: is down): doubled per failed look up to STORE_RETRY_MAX.
+STORE_RETRY_FIRST = 0.5
+STORE_RETRY_MAX = 30.0
+#: Due jobs of one destination taken per look (a batch is at most outbound.BATCH_MAX).
+CLAIM_LIMIT = 2 * outbound.BATCH_MAX
 
 #: Log level of a job's state change (others: WARNING).
 LOG_LEVELS = {jobs.DONE: logging.DEBUG, jobs.PENDING: logging.INFO}
@@ -140,6 +147,10 @@ class Sender:
         #: lose no attempt either way.
         self._isolated: set[str] = set()
         self._isolated_lock = threading.Lock()
+        #: While the job store cannot be reached: since when, next look, backoff.
+        self._store_down_since: float | None = None
+        self._store_retry_at = 0.0
+        self._store_backoff = STORE_RETRY_FIRST
 
     # -- dispatch ----------------------------------------------------------------
 
@@ -162,12 +173,20 @@ class Sender:
             return
         config = self.reloader.current()
         now = time.time()
-        due: dict[str, int] = defaultdict(int)
-        for job in self.open_jobs():
-            if job.is_due(now):
-                due[job.destination] += 1
-        self._prune(config, now)
-        for title in due:
+        if now < self._store_retry_at:
+            return
+        try:
+            with self._store_lock:
+                due = self.store.due_destinations(now)
+            self._prune(config, now)
+        except OSError as exc:  # the job store cannot be read (its database is down)
+            self._store_failed(exc)
+            return
+        if self._store_down_since is not None:
+            log.info("job store reachable again after %.0f s",
+                     time.time() - self._store_down_since)
+            self._store_down_since, self._store_backoff = None, STORE_RETRY_FIRST
+        for title in sorted(due):
             if title not in config.remote_aes:
                 continue  # kept waiting; echoes check reports it
             with self._busy_lock:
@@ -179,9 +198,21 @@ class Sender:
             self._threads = [t for t in self._threads if t.is_alive()] + [thread]
             thread.start()
 
+    def _store_failed(self, exc: OSError) -> None:
+        """The job store failed: one log line per outage, next look after a backoff."""
+        now = time.time()
+        if self._store_down_since is None:
+            self._store_down_since = now
+            log.error("job store unavailable: %s; retrying with backoff up to %.0f s",
+                      exc, STORE_RETRY_MAX)
+        self._store_retry_at = now + self._store_backoff
+        self._store_backoff = min(self._store_backoff * 2, STORE_RETRY_MAX)
+
     def _send_thread(self, title: str) -> None:
         try:
             self.send_batch(title)
+        except OSError as exc:  # the job store failed under the batch: dispatch backs off
+            self._store_failed(exc)
         except Exception:  # a bug must not stop the destination for good
             log.exception("sending to %s failed", title)
         finally:
@@ -208,7 +239,8 @@ class Sender:
     # -- one association ---------------------------------------------------------
 
     def ready_jobs(self, config: Config, title: str) -> list[jobs.Job]:
-        """Due jobs of ``title`` whose file is archived, oldest first.
+        """Due jobs of ``title`` whose file is archived, oldest first, claimed by this
+        sender (``store.claim``: with PostgreSQL, other nodes' senders skip them).
 
         A job whose file is not there yet (the ingester writes jobs just
         before it moves the files) is looked at again MISSING_FILE_RECHECK
@@ -216,9 +248,8 @@ class Sender:
         MISSING_FILE_GRACE.
         """
         now = time.time()
-        due = sorted((job for job in self.open_jobs()
-                      if job.destination == title and job.is_due(now)),
-                     key=lambda job: (job.created, job.id))
+        with self._store_lock:  # taken for this sender (other nodes' senders skip them)
+            due = self.store.claim(title, now, CLAIM_LIMIT)
         ready = []
         for job in due:
             if not self._file_expected(job, now):
@@ -434,30 +465,13 @@ class Sender:
         return outcome
 
     def _record(self, job: jobs.Job, basis: jobs.Job | None = None) -> None:
-        """Write a job's new state, unless it was removed, queued anew or cancelled meanwhile.
-
-        The file is looked at again anyway (to see a re-queue), so a cancel
-        made while the object was on its way costs nothing extra to keep:
-        with ``basis`` (the job as the sender read it) one stat tells an
-        unchanged file, else the file is read.
-        Every state is written atomically; all but ``done`` also durably.
-        A ``done`` lost to a power cut means the object is sent once more,
-        which the destination absorbs (same SOP Instance UID): not worth an
-        fsync per object.
-        """
+        """Write a job's new state, unless it was removed, queued anew or cancelled
+        meanwhile (``store.record``; ``basis``: the job as the sender read it)."""
         with self._store_lock:
-            current = (self.store.current(basis) if basis is not None
-                       else self.store.read(job.id))
-            if (current is None or current.created != job.created
-                    or current.state == jobs.CANCELLED):
-                # Gone (its AE renamed, the jobs moved), re-queued (received or
-                # pushed again) or cancelled while we worked: not ours to write.
-                return
-            if job.state == jobs.DONE:
-                self.store.deliver(job)
-            else:
-                self.store.write(job)
-        if current.state != job.state:  # a change, not each retry
+            previous = self.store.record(job, basis)
+        if previous is None:
+            return  # not ours to write any more
+        if previous != job.state:  # a change, not each retry
             # done: DEBUG, the association's line names the studies and counts
             # (a line per object was a quarter of the sender's CPU, issue 7)
             level = LOG_LEVELS.get(job.state, logging.WARNING)
@@ -493,7 +507,7 @@ class SenderWorker(Worker):
         self.scheduler.add_job(sender.dispatch, "interval", seconds=DISPATCH_SECONDS,
                                id="dispatch", next_run_time=datetime.now().astimezone())
         self.scheduler.start()
-        log.info("sender watching %s", sender.layout.outgoing)
+        log.info("sender watching %s", sender.store)
 
     def reload(self, _fresh: Config) -> None:
         self.sender.reloader.request()  # destinations and timeouts, at the next dispatch

@@ -3,8 +3,9 @@
 :func:`open_job_store` is the one place a job store is built from the
 configuration; every process (ingester, sender, Browser, CLI, health check)
 gets it there.  Today's backend is the job files in ``spool/outgoing``
-(:class:`echoes.queue.jobs.JobStore`); another (a database table) plugs in
-here with the same methods.
+(:class:`echoes.queue.jobs.JobStore`) by default, the ``jobs`` table of
+PostgreSQL (:class:`echoes.queue.postgres.PostgresJobStore`, the same
+methods) when ``database_url`` is set.
 """
 
 from __future__ import annotations
@@ -19,5 +20,10 @@ if TYPE_CHECKING:
 
 
 def open_job_store(config: Config) -> JobStore:
-    """The job store of this installation (the files under ``spool_dir/outgoing``)."""
+    """The job store of this installation: the files under ``spool_dir/outgoing``, or
+    PostgreSQL's jobs table (claimed by this node as ``node_name``)."""
+    if config.database_url:
+        from echoes.queue.postgres import PostgresJobStore
+
+        return PostgresJobStore(config.database_url, config.node_name)  # type: ignore[return-value]
     return JobStore(SpoolLayout(config.spool_dir).outgoing)

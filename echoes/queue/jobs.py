@@ -257,6 +257,26 @@ class JobStore:
         """Where the job ``identifier`` lives once delivered."""
         return self.done_folder / f"{identifier}{self.SUFFIX}"
 
+    def __str__(self) -> str:
+        return str(self.folder)
+
+    def close(self) -> None:
+        """Nothing held open (the database backend closes its pool)."""
+
+    def due_destinations(self, now: float) -> set[str]:
+        """The destinations with jobs due now (what the sender dispatches)."""
+        return {job.destination for job in self.open_jobs() if job.is_due(now)}
+
+    def claim(self, destination: str, now: float, limit: int) -> list[Job]:
+        """Due jobs of ``destination``, oldest first, at most ``limit``: what the sender
+        sends next.  The files are one node's: no other sender takes them, so
+        nothing is marked (the database backend marks its claims).
+        """
+        due = sorted((job for job in self.open_jobs()
+                      if job.destination == destination and job.is_due(now)),
+                     key=lambda job: (job.created, job.id))
+        return due[:limit]
+
     def write(self, job: Job, durable: bool = True) -> None:
         """Replace the job's file atomically (fsynced unless ``durable`` is False).
 
@@ -292,6 +312,30 @@ class JobStore:
             except FileNotFoundError:
                 pass
         self.write(done, durable=False)
+
+    def record(self, job: Job, basis: Job | None = None) -> str | None:
+        """Write the sender's new state of ``job``, unless the job was removed, queued
+        anew or cancelled while it worked; return the state it replaced (None: not
+        written, not ours to write).
+
+        The file is looked at again anyway (to see a re-queue), so a cancel
+        made while the object was on its way costs nothing extra to keep:
+        with ``basis`` (the job as the sender read it) one stat tells an
+        unchanged file, else the file is read.  Every state is written
+        atomically; all but ``done`` also durably.  A ``done`` lost to a power
+        cut means the object is sent once more, which the destination absorbs
+        (same SOP Instance UID): not worth an fsync per object.
+        """
+        current = self.current(basis) if basis is not None else self.read(job.id)
+        if current is None or current.created != job.created or current.state == CANCELLED:
+            # Gone (its AE renamed, the jobs moved), re-queued (received or
+            # pushed again) or cancelled while the sender worked.
+            return None
+        if job.state == DONE:
+            self.deliver(job)
+        else:
+            self.write(job)
+        return current.state
 
     def write_many(self, jobs: Iterable[Job]) -> int:
         """Write several jobs durably, fsynced together, with one fsync of the

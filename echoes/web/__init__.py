@@ -52,6 +52,7 @@ def create_app(config: Config, reload_interval: float = 1.0) -> Flask:
     pages.install_filters(app)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(500, _internal_error)
+    app.register_error_handler(ConnectionError, _unavailable)
     return app
 
 
@@ -70,6 +71,16 @@ def _http_error(exc: HTTPException) -> Any:
     if allowed:
         response.headers["Allow"] = allowed
     return response
+
+
+def _unavailable(exc: ConnectionError) -> Any:
+    """The index or queue's database cannot be reached (echoes.database.DatabaseError, a
+    ConnectionError): 503 and one log line, not a traceback per request."""
+    log.error("%s %s: %s", request.method, request.path, exc)
+    message = f"service unavailable: {exc}"
+    if auth.is_api():
+        return auth.error(503, message)
+    return Response(message, 503, mimetype="text/plain")
 
 
 def _internal_error(exc: Exception) -> Any:

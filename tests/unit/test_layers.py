@@ -24,25 +24,29 @@ ALLOWED: dict[str, frozenset[str]] = {
     "worklist": frozenset({"dicom"}),
     # The seams' constructors read the configuration (the one place a backend is chosen).
     "storage": frozenset({"dicom", "config"}),
-    "index": frozenset({"dicom", "storage", "worklist", "config"}),
-    "queue": frozenset({"dicom", "storage", "config"}),
+    # PostgreSQL (connections, pools, the schema) for the backends of both seams.
+    "database": frozenset({"config"}),
+    "index": frozenset({"dicom", "storage", "worklist", "config", "database"}),
+    "queue": frozenset({"dicom", "storage", "config", "database"}),
     "logs": frozenset({"config"}),
     "services": frozenset({"dicom", "worklist", "storage", "index", "queue", "config", "logs"}),
     "ops": frozenset({"dicom", "worklist", "storage", "index", "queue", "config", "logs",
-                      "services", "processes"}),
+                      "services", "processes", "database"}),
     "processes": frozenset({"dicom", "worklist", "storage", "index", "queue", "config", "logs",
-                            "services", "ops", "web"}),
+                            "services", "ops", "web", "database"}),
     "web": frozenset({"dicom", "worklist", "storage", "index", "queue", "config", "logs",
                       "services", "ops", "config_edit"}),
     "config_edit": frozenset({"config", "storage"}),
     "cli": frozenset({"dicom", "worklist", "storage", "index", "queue", "config", "logs",
-                      "services", "ops", "processes", "web", "config_edit"}),
+                      "services", "ops", "processes", "web", "config_edit", "database"}),
     "__main__": frozenset({"cli"}),
 }
 
 #: Modules of a package that nobody outside it may import: the backends behind a seam.
 PRIVATE: dict[str, frozenset[str]] = {
     "index.embedded": frozenset({"index", "ops", "cli"}),
+    "index.postgres": frozenset({"index"}),
+    "queue.postgres": frozenset({"queue"}),
     "index.journal": frozenset({"index"}),
 }
 
@@ -110,3 +114,18 @@ def test_web_does_not_import_tinydb() -> None:
         names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert not any(n.split(".")[0] == "tinydb" for n in names), path
+
+
+#: The only modules that speak to PostgreSQL: the database package and the two
+#: seams' backends (everything else goes through open_index / open_job_store).
+PSYCOPG_USERS = ("database", "index.postgres", "queue.postgres")
+
+
+def test_only_the_database_backends_import_psycopg() -> None:
+    for path in SOURCES:
+        module = module_of(path)
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        if any(n.split(".")[0] in ("psycopg", "psycopg_pool") for n in names):
+            assert module.startswith(PSYCOPG_USERS), module

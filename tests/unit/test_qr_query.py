@@ -191,6 +191,7 @@ class Home:
 
     def __init__(self, index_path: Path) -> None:
         self.index_path = index_path
+        self.database_url = ""  # the embedded backend
 
 
 @pytest.fixture
