@@ -9,8 +9,9 @@ address other than ``http_bind``: the ``web`` role
 (:mod:`echoes.processes.web`) refuses a socket bound elsewhere.
 
 Layout: :mod:`auth` (login, sessions, CSRF, security headers), :mod:`api`
-(JSON under ``/api/``), :mod:`pages` (HTML), :mod:`catalog` (the pure read
-models), :mod:`state` (what the process keeps between requests).
+(JSON under ``/api/``), :mod:`pages` (HTML), :mod:`dicomweb` (DICOMweb under
+``/dicom-web``), :mod:`catalog` (the pure read models), :mod:`state` (what
+the process keeps between requests).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 
 from echoes.config import Config
 from echoes.web import api, auth, pages
+from echoes.web.dicomweb import routes as dicomweb
 from echoes.web.state import WebState
 
 log = logging.getLogger("echoes.web")
@@ -49,6 +51,7 @@ def create_app(config: Config, reload_interval: float = 1.0) -> Flask:
     auth.install(app, config)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(pages.blueprint)
+    app.register_blueprint(dicomweb.blueprint)
     pages.install_filters(app)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(500, _internal_error)
@@ -56,7 +59,7 @@ def create_app(config: Config, reload_interval: float = 1.0) -> Flask:
 
 
 def _http_error(exc: HTTPException) -> Any:
-    if not auth.is_api():
+    if not auth.is_machine():
         return pages.html_error(exc)
     code = exc.code or 500
     if isinstance(exc, api.ApiError):
@@ -75,7 +78,7 @@ def _http_error(exc: HTTPException) -> Any:
 def _internal_error(exc: Exception) -> Any:
     log.error("internal error on %s %s", request.method, request.path,
               exc_info=getattr(exc, "original_exception", exc))
-    if auth.is_api():
+    if auth.is_machine():
         return auth.error(500, "internal error (see the echoes log)")
     return Response("Internal error (see the echoes log).", 500, mimetype="text/plain")
 

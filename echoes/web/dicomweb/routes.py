@@ -1,0 +1,382 @@
+"""``/dicom-web``: QIDO-RS searches and WADO-RS retrieves, a thin Flask layer.
+
+Each handler validates the URL's UIDs (a non-UID, path traversal included,
+is a 400 with a log line: no value of the URL ever names a file), asks the
+index seam (:meth:`~echoes.index.IndexReader.query`, the matching engine
+C-FIND uses) or the object store, and answers through the pure modules
+(:mod:`.qido`, :mod:`.dicom_json`, :mod:`.media`, :mod:`.multipart`).
+
+Retrieves stream: an object stored in the syntax asked for (or any, with
+``transfer-syntax=*``) goes out as its file's bytes, chunk by chunk, so a
+gigabyte object never sits in memory; one that must be converted (a JPEG
+object asked for as Explicit VR Little Endian, the default) goes through the
+sender's own conversion (:mod:`echoes.services.outbound`: choose_route,
+prepare, payload), the one transcoder of echoes, and is held in memory
+while it is encoded.  Authentication is the Browser's (:mod:`echoes.web.auth`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from flask import Blueprint, Response, request, url_for
+
+from echoes import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from echoes.dicom.part10 import part10_header, uid_problem
+from echoes.dicom.syntax import DEFLATED, ENCAPSULATED, EXPLICIT_VR_BIG_ENDIAN
+from echoes.index.base import IMAGE, SERIES, STUDY
+from echoes.services.outbound import Route, choose_route, payload, prepare
+from echoes.web.api import fail
+from echoes.web.dicomweb import dicom_json, media, multipart, qido
+from echoes.web.state import state
+
+log = logging.getLogger("echoes.web")
+
+blueprint = Blueprint("dicomweb", __name__, url_prefix="/dicom-web")
+
+DICOM_JSON = "application/dicom+json"
+PIXEL_DATA = 0x7FE00010
+#: Binary values longer than this are not read by metadata: they become BulkDataURIs.
+BULK_THRESHOLD = 64 * 1024
+_TAG = re.compile(r"[0-9A-Fa-f]{8}\Z")
+_FRAMES = re.compile(r"[0-9]+(,[0-9]+)*\Z")
+
+
+# -- shared checks -----------------------------------------------------------------------
+
+
+def refuse(status: int, message: str) -> NoReturn:
+    """A refused request, logged (a client's mistake or a probe: both worth a line)."""
+    log.warning("DICOMweb: %d for %s %s from %s: %s", status, request.method,
+                request.full_path.rstrip("?")[:300], request.remote_addr or "?", message)
+    fail(status, message)
+
+
+def _uid(value: str, what: str) -> str:
+    problem = uid_problem(value)
+    if problem:
+        refuse(400, f"{what} {problem}")
+    return value
+
+
+def _uids(study: str | None, series: str | None = None, sop: str | None = None) -> None:
+    for value, what in ((study, "StudyInstanceUID"), (series, "SeriesInstanceUID"),
+                        (sop, "SOPInstanceUID")):
+        if value is not None:
+            _uid(value, what)
+
+
+def _instance_number(doc: dict) -> tuple[int, str]:
+    text = str(doc.get("InstanceNumber") or "")
+    return (int(text), "") if text.isdigit() else (0, text)
+
+
+def _instances(study: str, series: str | None = None, sop: str | None = None) -> list[dict]:
+    """The instance documents a WADO-RS URL names (404 naming the unknown UID)."""
+    _uids(study, series, sop)
+    detail = state().index.study(study)
+    if detail is None or not detail["instances"]:
+        refuse(404, f"no study {study}")
+    found = [doc for doc in detail["instances"]
+             if series is None or doc["SeriesInstanceUID"] == series]
+    if not found:
+        refuse(404, f"no series {series} in study {study}")
+    if sop is not None:
+        found = [doc for doc in found if doc["SOPInstanceUID"] == sop]
+        if not found:
+            refuse(404, f"no instance {sop} in series {series}")
+    return sorted(found, key=lambda d: (d["SeriesInstanceUID"], _instance_number(d),
+                                        d["SOPInstanceUID"]))
+
+
+# -- QIDO-RS -----------------------------------------------------------------------------
+
+
+@blueprint.get("/studies")
+def search_studies() -> Response:
+    return _search(STUDY, {})
+
+
+@blueprint.get("/series")
+def search_series() -> Response:
+    return _search(SERIES, {})
+
+
+@blueprint.get("/instances")
+def search_instances() -> Response:
+    return _search(IMAGE, {})
+
+
+@blueprint.get("/studies/<study>/series")
+def search_study_series(study: str) -> Response:
+    return _search(SERIES, {"StudyInstanceUID": _uid(study, "StudyInstanceUID")})
+
+
+@blueprint.get("/studies/<study>/instances")
+def search_study_instances(study: str) -> Response:
+    return _search(IMAGE, {"StudyInstanceUID": _uid(study, "StudyInstanceUID")})
+
+
+@blueprint.get("/studies/<study>/series/<series>/instances")
+def search_series_instances(study: str, series: str) -> Response:
+    return _search(IMAGE, {"StudyInstanceUID": _uid(study, "StudyInstanceUID"),
+                           "SeriesInstanceUID": _uid(series, "SeriesInstanceUID")})
+
+
+def _search(level: str, path_uids: dict[str, str]) -> Response:
+    if not media.json_acceptable(request.headers.get("Accept")):
+        refuse(406, f"search results are {DICOM_JSON} only, not {request.headers['Accept']}")
+    try:
+        search = qido.parse(level, request.args.items(multi=True), path_uids)
+        documents = state().index.query(level, search.filters)
+    except ValueError as exc:  # qido.BadQuery, or a value the matching engine refuses
+        refuse(400, str(exc))
+    answers = qido.page(search, documents)
+    if answers:
+        body = json.dumps([dicom_json.to_dicom_json(answer) for answer in answers],
+                          ensure_ascii=False)
+        response = Response(body, content_type=f"{DICOM_JSON}; charset=utf-8")
+    else:
+        response = Response(status=204)
+    for warning in search.warnings:
+        response.headers.add("Warning", warning)
+    return response
+
+
+# -- WADO-RS: instances ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Object:
+    """An archived object as the sender's conversion sees a job (outbound.Outbound)."""
+
+    id: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+
+
+def _object(doc: dict) -> _Object:
+    return _Object(doc["SOPInstanceUID"], doc["SOPClassUID"], doc["SOPInstanceUID"],
+                   doc.get("TransferSyntaxUID", ""))
+
+
+def plan(doc: dict, syntaxes: list[str]) -> tuple[str, Route | None] | None:
+    """(syntax of the part, None to send the stored bytes or the sender's conversion
+    route), for the first of ``syntaxes`` this object can be sent in; None: none."""
+    stored = doc.get("TransferSyntaxUID", "")
+    for wanted in syntaxes:
+        if wanted == media.ANY_SYNTAX:
+            return stored, None
+        route = choose_route(doc["SOPClassUID"], stored, {(doc["SOPClassUID"], wanted)})
+        if route.kind == "file":
+            return stored, None
+        if route.kind != "refuse":
+            return wanted, route
+    return None
+
+
+def _converted_chunks(objects: Any, doc: dict, route: Route, syntax: str) -> Iterator[bytes]:
+    """The object as a Part 10 file in ``syntax``, made by the sender's conversion."""
+    item = _object(doc)
+    accepted = {(item.sop_class_uid, syntax)}
+    try:
+        prepared = prepare(objects.path_of(doc["path"]), route)
+        used, data = payload(item, route, prepared, accepted)
+    except Exception:
+        log.exception("DICOMweb: cannot convert %s to %s", item.sop_instance_uid, syntax)
+        raise
+    yield part10_header(item.sop_class_uid, item.sop_instance_uid, used,
+                        IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME)
+    with data:
+        while chunk := data.read(multipart.CHUNK):
+            yield chunk
+
+
+def _dicom_parts(objects: Any, docs: list[dict], plans: list[tuple[str, Route | None]]
+                 ) -> Iterator[multipart.Part]:
+    """The parts of a retrieve, made one by one while the answer streams (after the
+    request: ``objects`` is taken before it ends)."""
+    for doc, (syntax, route) in zip(docs, plans, strict=True):
+        headers = {"Content-Type": f"application/dicom; transfer-syntax={syntax}"}
+        if route is None:
+            key = doc["path"]
+            yield headers, multipart.file_chunks(lambda key=key: objects.open(key))
+        else:
+            yield headers, _converted_chunks(objects, doc, route, syntax)
+
+
+def _multipart(part_type: str, parts: Iterable[multipart.Part]) -> Response:
+    boundary = multipart.new_boundary()
+    return Response(multipart.stream(parts, boundary),
+                    content_type=multipart.content_type(part_type, boundary),
+                    direct_passthrough=True)
+
+
+@blueprint.get("/studies/<study>")
+@blueprint.get("/studies/<study>/series/<series>")
+@blueprint.get("/studies/<study>/series/<series>/instances/<sop>")
+def retrieve(study: str, series: str | None = None, sop: str | None = None) -> Response:
+    docs = _instances(study, series, sop)
+    syntaxes = media.dicom_syntaxes(request.headers.get("Accept"))
+    if not syntaxes:
+        refuse(406, "instances are sent as multipart/related; type=\"application/dicom\"")
+    plans = []
+    for doc in docs:
+        chosen = plan(doc, syntaxes)
+        if chosen is None:
+            refuse(406, f"instance {doc['SOPInstanceUID']} (stored as "
+                        f"{doc.get('TransferSyntaxUID')}) cannot be sent in "
+                        f"{', '.join(syntaxes)}")
+        plans.append(chosen)
+    return _multipart("application/dicom", _dicom_parts(state().objects, docs, plans))
+
+
+# -- WADO-RS: metadata and bulk data -----------------------------------------------------
+
+
+DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def origin() -> str:
+    """``scheme://host:port`` of this server as the client reached it, for BulkDataURIs.
+
+    From the Host header; when it names no port (dicomweb-client sends its
+    host without the port) the port the request came in on is added, else a
+    client would follow the URI to port 80.
+    """
+    host = request.host
+    if ":" not in host.rsplit("]", 1)[-1]:
+        port = str(request.environ.get("SERVER_PORT") or "")
+        if port and port != DEFAULT_PORTS.get(request.scheme):
+            host = f"{host}:{port}"
+    return f"{request.scheme}://{host}"
+
+
+def _instance_url(doc: dict) -> str:
+    return origin() + url_for("dicomweb.retrieve", study=doc["StudyInstanceUID"],
+                              series=doc["SeriesInstanceUID"], sop=doc["SOPInstanceUID"])
+
+
+def instance_metadata(path: Any, doc: dict, uri: Any) -> dict[str, Any]:
+    """The DICOM JSON of one archived object: every attribute, the pixel data and
+    other values over BULK_THRESHOLD as BulkDataURIs (never read: ``uri(tag)``)."""
+    from pydicom import dcmread
+    from pydicom.dataelem import RawDataElement
+
+    dataset = dcmread(path, stop_before_pixels=True, defer_size=BULK_THRESHOLD)
+    bulk: dict[int, str] = {}
+    for tag in list(dataset.keys()):
+        raw = dataset.get_item(tag, keep_deferred=True)
+        if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
+            bulk[int(tag)] = raw.VR or "UN"
+            del dataset[tag]
+    out = dataset.to_json_dict(bulk_data_threshold=BULK_THRESHOLD)
+    stored = doc.get("TransferSyntaxUID", "")
+    if doc.get("Rows"):
+        bits = dataset.get("BitsAllocated", 16)
+        bulk[PIXEL_DATA] = "OB" if stored in ENCAPSULATED or (bits or 16) <= 8 else "OW"
+    for tag, vr in bulk.items():
+        out[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": uri(tag)}
+    if stored:
+        out["00083002"] = {"vr": "UI", "Value": [stored]}  # Available Transfer Syntax UID
+    return dict(sorted(out.items()))
+
+
+@blueprint.get("/studies/<study>/metadata")
+@blueprint.get("/studies/<study>/series/<series>/metadata")
+@blueprint.get("/studies/<study>/series/<series>/instances/<sop>/metadata")
+def metadata(study: str, series: str | None = None, sop: str | None = None) -> Response:
+    docs = _instances(study, series, sop)
+    if not media.json_acceptable(request.headers.get("Accept")):
+        refuse(406, f"metadata is {DICOM_JSON} only, not {request.headers['Accept']}")
+    objects = state().objects
+    # Taken now: the body is made after the request, where url_for cannot run.
+    bases = {doc["SOPInstanceUID"]: _instance_url(doc) for doc in docs}
+
+    def uri_for(doc: dict) -> Callable[[int], str]:
+        base = bases[doc["SOPInstanceUID"]]
+        return lambda tag: f"{base}/bulkdata/{tag:08X}"
+
+    def body() -> Iterator[bytes]:
+        yield b"["
+        for n, doc in enumerate(docs):
+            try:
+                item = instance_metadata(objects.path_of(doc["path"]), doc, uri_for(doc))
+            except Exception:
+                log.exception("DICOMweb: cannot read the metadata of %s", doc["SOPInstanceUID"])
+                raise
+            yield (b"," if n else b"") + json.dumps(item, ensure_ascii=False).encode()
+        yield b"]"
+
+    return Response(body(), content_type=f"{DICOM_JSON}; charset=utf-8",
+                    direct_passthrough=True)
+
+
+def bulk_value(objects: Any, doc: dict, tag: int) -> Iterable[bytes] | None:
+    """The bytes of attribute ``tag`` of an archived object, little endian and
+    uncompressed (None: the object has no such attribute).
+
+    A value of the file's own encoding is streamed from its place in the file;
+    compressed pixel data is decoded and a big-endian or deflated object is
+    read whole, by the sender's conversion.
+    """
+    from pydicom import dcmread
+    from pydicom.dataelem import RawDataElement
+
+    path = objects.path_of(doc["path"])
+    stored = doc.get("TransferSyntaxUID", "")
+    if stored in ENCAPSULATED or stored in DEFLATED or stored == EXPLICIT_VR_BIG_ENDIAN:
+        if tag != PIXEL_DATA and stored in ENCAPSULATED:
+            dataset = dcmread(path, stop_before_pixels=True)
+        else:
+            kind = "decompress" if stored in ENCAPSULATED else "reencode"
+            dataset = prepare(path, Route(kind, target=media.EXPLICIT_VR_LITTLE_ENDIAN))
+        if tag not in dataset:
+            return None
+        value = dataset[tag].value
+        return [value if isinstance(value, bytes) else bytes(value)]
+    dataset = dcmread(path, defer_size=BULK_THRESHOLD)
+    raw = dataset.get_item(tag, keep_deferred=True)
+    if raw is None:
+        return None
+    if isinstance(raw, RawDataElement) and raw.value is None:
+        key = doc["path"]
+        return multipart.file_chunks(lambda: objects.open(key), raw.value_tell, raw.length)
+    value = dataset[tag].value
+    if not isinstance(value, bytes | bytearray):
+        return None  # not a bulk value (a number, text): it is in the metadata itself
+    return [bytes(value)]
+
+
+@blueprint.get("/studies/<study>/series/<series>/instances/<sop>/bulkdata/<tag>")
+def bulkdata(study: str, series: str, sop: str, tag: str) -> Response:
+    [doc] = _instances(study, series, sop)
+    if not _TAG.match(tag):
+        refuse(400, f"a bulk data tag is 8 hex digits, not {tag!r}")
+    if not media.octet_stream_syntaxes(request.headers.get("Accept")):
+        refuse(406, "bulk data is sent as multipart/related; type=\"application/octet-stream\"")
+    body = bulk_value(state().objects, doc, int(tag, 16))
+    if body is None:
+        refuse(404, f"instance {sop} has no bulk data {tag}")
+    return _multipart("application/octet-stream",
+                      [({"Content-Type": "application/octet-stream"}, body)])
+
+
+# -- anything else under /dicom-web ------------------------------------------------------
+
+
+@blueprint.get("/<path:rest>")
+def unknown(rest: str) -> NoReturn:
+    segments = rest.split("/")
+    if any(s in ("", ".", "..") or "\\" in s or "%" in s or "\x00" in s for s in segments):
+        refuse(400, "path traversal refused: a DICOMweb path holds UIDs only")
+    refuse(404, f"no such DICOMweb resource: /dicom-web/{rest}")
+
+
+__all__ = ["blueprint", "bulk_value", "instance_metadata", "plan"]
