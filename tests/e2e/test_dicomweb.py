@@ -30,6 +30,7 @@ from werkzeug.security import generate_password_hash
 PASSWORD = "dicomweb-secret"
 FAST_HASH = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
+FRAMES = 5
 
 
 def image(study: str, series: str, number: int, *, name: str, pid: str, date: str,
@@ -99,6 +100,13 @@ def sent(tmp_path_factory: pytest.TempPathFactory, dcmtk: None) -> Iterator[Sent
                        capture_output=True, timeout=60)
         assert pydicom.dcmread(jpeg).file_meta.TransferSyntaxUID == JPEGLosslessSV1
         storescu(server.port, [jpeg], "-xs")
+        studies["D"], series["D-MF"] = generate_uid(), generate_uid()
+        multi = image(studies["D"], series["D-MF"], 1, name="ROE^MULTI", pid="PD",
+                      date="20270101", modality="OT", series_number=1, rows=8)
+        multi.NumberOfFrames = FRAMES
+        multi.PixelData = np.arange(8 * 8 * FRAMES, dtype=np.uint16).tobytes()
+        datasets[multi.SOPInstanceUID] = multi
+        storescu(server.port, [write_part10(multi, root / "multi.dcm")])
         server.wait_ingested(len(datasets) + 1)
         base = f"http://127.0.0.1:{server.config.http_port}/dicom-web"
         session = requests.Session()
@@ -125,7 +133,7 @@ def test_search_at_every_level(sent: Sent) -> None:
     a = sent.studies["A"]
     assert uids(client.search_for_series(a), SERIES_UID) == {sent.series["A-CT"],
                                                               sent.series["A-MR"]}
-    assert len(client.search_for_series()) == 4
+    assert len(client.search_for_series()) == 5
     ct = client.search_for_instances(a, sent.series["A-CT"])
     assert len(ct) == 3 and {x[SERIES_UID]["Value"][0] for x in ct} == {sent.series["A-CT"]}
     assert len(client.search_for_instances(a)) == 5
@@ -265,6 +273,28 @@ def test_compressed_pixel_bulk_data_is_decoded(sent: Sent) -> None:
     assert meta["7FE00010"]["vr"] == "OB"
     assert sent.client.retrieve_bulkdata(meta["7FE00010"]["BulkDataURI"]) == [
         sent.jpeg_source.PixelData]
+
+
+def multiframe(sent: Sent) -> Dataset:
+    return next(d for d in sent.datasets.values() if d.StudyInstanceUID == sent.studies["D"])
+
+
+def test_frames_of_a_multiframe_object(sent: Sent) -> None:
+    ds = multiframe(sent)
+    size = 8 * 8 * 2
+    frames = sent.client.retrieve_instance_frames(ds.StudyInstanceUID, ds.SeriesInstanceUID,
+                                                  ds.SOPInstanceUID, frame_numbers=[2, 5, 1])
+    assert frames == [ds.PixelData[(n - 1) * size:n * size] for n in (2, 5, 1)]
+    status, _headers, body = raw_get(sent, f"/dicom-web/studies/{ds.StudyInstanceUID}/series/"
+                                           f"{ds.SeriesInstanceUID}/instances/"
+                                           f"{ds.SOPInstanceUID}/frames/{FRAMES + 1}")
+    assert status == 404 and f"{FRAMES} frame(s)" in json.loads(body)["error"]
+
+
+def test_the_frame_of_a_compressed_object_is_decoded(sent: Sent) -> None:
+    [frame] = sent.client.retrieve_instance_frames(sent.studies["C"], sent.series["C-CT"],
+                                                   sent.jpeg_sop, frame_numbers=[1])
+    assert frame == sent.jpeg_source.PixelData
 
 
 # -- bad requests --------------------------------------------------------------------------

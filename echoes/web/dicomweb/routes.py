@@ -368,6 +368,78 @@ def bulkdata(study: str, series: str, sop: str, tag: str) -> Response:
                       [({"Content-Type": "application/octet-stream"}, body)])
 
 
+# -- WADO-RS: frames ---------------------------------------------------------------------
+
+
+def frame_numbers(text: str) -> list[int]:
+    """``1,3,5`` -> [1, 3, 5] (frames count from 1); ValueError otherwise."""
+    if not _FRAMES.match(text) or any(int(n) < 1 for n in text.split(",")):
+        raise ValueError(f"frames are numbers from 1 separated by commas, not {text!r}")
+    return [int(n) for n in text.split(",")]
+
+
+def frame_values(objects: Any, doc: dict, numbers: list[int]) -> list[Iterable[bytes]]:
+    """The uncompressed little-endian bytes of each frame of ``numbers``.
+
+    Frames of a file in its own uncompressed little-endian encoding are
+    streamed from their place in the file; compressed pixel data is decoded
+    (by the sender's conversion) and held while it is sent.  ValueError (a
+    1-bit image, a frame beyond the last), LookupError (no pixel data).
+    """
+    from pydicom import dcmread
+    from pydicom.dataelem import RawDataElement
+
+    path = objects.path_of(doc["path"])
+    stored = doc.get("TransferSyntaxUID", "")
+    converted = stored in ENCAPSULATED or stored in DEFLATED or stored == EXPLICIT_VR_BIG_ENDIAN
+    if converted:
+        kind = "decompress" if stored in ENCAPSULATED else "reencode"
+        dataset = prepare(path, Route(kind, target=media.EXPLICIT_VR_LITTLE_ENDIAN))
+    else:
+        dataset = dcmread(path, defer_size=BULK_THRESHOLD)
+    if PIXEL_DATA not in dataset:
+        raise LookupError(f"instance {doc['SOPInstanceUID']} has no pixel data")
+    bits = int(dataset.get("BitsAllocated") or 0)
+    if bits < 8 or bits % 8:
+        raise ValueError(f"frames of {bits}-bit pixel data are not sent one by one")
+    size = (int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("SamplesPerPixel") or 1)
+            * bits // 8)
+    count = int(dataset.get("NumberOfFrames") or 1)
+    beyond = [n for n in numbers if n > count]
+    if beyond:
+        raise ValueError(f"instance {doc['SOPInstanceUID']} has {count} frame(s), "
+                         f"not frame {beyond[0]}")
+    raw = dataset.get_item(PIXEL_DATA, keep_deferred=True)
+    if not converted and isinstance(raw, RawDataElement) and raw.value is None:
+        key, start = doc["path"], raw.value_tell
+        return [multipart.file_chunks(lambda: objects.open(key), start + (n - 1) * size, size)
+                for n in numbers]
+    pixels = dataset.PixelData
+    return [[bytes(pixels[(n - 1) * size:n * size])] for n in numbers]
+
+
+@blueprint.get("/studies/<study>/series/<series>/instances/<sop>/frames/<frames>")
+def frames(study: str, series: str, sop: str, frames: str) -> Response:
+    [doc] = _instances(study, series, sop)
+    try:
+        numbers = frame_numbers(frames)
+    except ValueError as exc:
+        refuse(400, str(exc))
+    wanted = media.octet_stream_syntaxes(request.headers.get("Accept"))
+    if not {media.ANY_SYNTAX, media.EXPLICIT_VR_LITTLE_ENDIAN} & set(wanted):
+        refuse(406, "frames are sent uncompressed: multipart/related; "
+                    "type=\"application/octet-stream\"")
+    try:
+        values = frame_values(state().objects, doc, numbers)
+    except LookupError as exc:
+        refuse(404, str(exc))
+    except ValueError as exc:
+        refuse(404 if "frame(s)" in str(exc) else 406, str(exc))
+    content = f"application/octet-stream; transfer-syntax={media.EXPLICIT_VR_LITTLE_ENDIAN}"
+    return _multipart("application/octet-stream",
+                      [({"Content-Type": content}, value) for value in values])
+
+
 # -- anything else under /dicom-web ------------------------------------------------------
 
 
@@ -379,4 +451,4 @@ def unknown(rest: str) -> NoReturn:
     refuse(404, f"no such DICOMweb resource: /dicom-web/{rest}")
 
 
-__all__ = ["blueprint", "bulk_value", "instance_metadata", "plan"]
+__all__ = ["blueprint", "bulk_value", "frame_values", "instance_metadata", "plan"]
