@@ -13,6 +13,8 @@ import base64
 import http.client
 import json
 import subprocess
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ import pydicom
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
-from helpers import DCMTK_ENV, Server, start_server, stop_server, write_part10
+from helpers import DCMTK_ENV, Server, free_port, start_server, stop_server, write_part10
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEGLosslessSV1, generate_uid
 from werkzeug.security import generate_password_hash
@@ -63,10 +65,12 @@ class Sent:
     jpeg_sop: str
     jpeg_source: Dataset  # the uncompressed data set the JPEG object was made from
     jpeg_file: Path
+    files: list[tuple[Path, str]]  # every file sent, with the storescu option it needs
 
 
 def storescu(port: int, files: list[Path], *flags: str) -> None:
-    result = subprocess.run(["storescu", "-aet", "MODALITY", "-aec", "ECHOES", *flags,
+    result = subprocess.run(["storescu", "-aet", "MODALITY", "-aec", "ECHOES",
+                             *(flag for flag in flags if flag),
                              "127.0.0.1", str(port), *map(str, files)], env=DCMTK_ENV,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -106,14 +110,15 @@ def sent(tmp_path_factory: pytest.TempPathFactory, dcmtk: None) -> Iterator[Sent
         multi.NumberOfFrames = FRAMES
         multi.PixelData = np.arange(8 * 8 * FRAMES, dtype=np.uint16).tobytes()
         datasets[multi.SOPInstanceUID] = multi
-        storescu(server.port, [write_part10(multi, root / "multi.dcm")])
+        files.append(write_part10(multi, root / "multi.dcm"))
+        storescu(server.port, files[-1:])
         server.wait_ingested(len(datasets) + 1)
         base = f"http://127.0.0.1:{server.config.http_port}/dicom-web"
         session = requests.Session()
         session.auth = ("admin", PASSWORD)
         client = DICOMwebClient(url=base, session=session)
         yield Sent(server, client, base, studies, datasets, series, source.SOPInstanceUID,
-                   source, jpeg)
+                   source, jpeg, [(f, "") for f in files] + [(jpeg, "-xs")])
     finally:
         stop_server(server)
 
@@ -379,3 +384,106 @@ def test_the_browser_session_reads_but_does_not_write(sent: Sent) -> None:
                            headers={"X-CSRF-Token": token})
     assert refused.status_code == 401
 
+
+
+# -- side by side with Orthanc and its DICOMweb plugin ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def orthanc(sent: Sent, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Orthanc with its DICOMweb plugin, holding the same objects (sent by storescu)."""
+    root = tmp_path_factory.mktemp("orthanc")
+    http, dicom = free_port(), free_port()
+    settings = {
+        "Name": "dicomweb-test", "StorageDirectory": str(root / "storage"),
+        "IndexDirectory": str(root / "index"), "DicomAet": "ORTHANC", "DicomPort": dicom,
+        "HttpPort": http, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "SaveJobs": False, "Plugins": ["/usr/share/orthanc/plugins"],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }
+    (root / "orthanc.json").write_text(json.dumps(settings))
+    log = open(root / "orthanc.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(["/usr/sbin/Orthanc", str(root / "orthanc.json")], cwd=root,
+                               env=DCMTK_ENV, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{http}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(base + "/system", timeout=2).close()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, (
+                    (root / "orthanc.log").read_text(errors="replace")[-2000:])
+                time.sleep(0.2)
+        for path, flag in sent.files:
+            storescu(dicom, [path], flag)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(60)
+        log.close()
+
+
+def both(sent: Sent, orthanc: str, query: str) -> tuple[list[dict], list[dict]]:
+    """The answers of echoes and Orthanc to one QIDO-RS path and query string, sent as
+    written (Orthanc's plugin does not percent-decode: ``*`` and ``^`` go as they are)."""
+    answers = []
+    for port, auth in ((sent.server.config.http_port, True),
+                       (int(orthanc.rsplit(":", 1)[1]), False)):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        headers = {"Accept": "application/dicom+json"}
+        if auth:
+            headers["Authorization"] = "Basic " + base64.b64encode(
+                f"admin:{PASSWORD}".encode()).decode()
+        try:
+            connection.request("GET", query, headers=headers)
+            reply = connection.getresponse()
+            body = reply.read()
+        finally:
+            connection.close()
+        assert reply.status in (200, 204), (port, query, reply.status, body[:300])
+        answers.append(json.loads(body) if body.strip() else [])
+    return answers[0], answers[1]
+
+
+def unique(answers: list[dict]) -> set[tuple[str, ...]]:
+    keys = (STUDY_UID, SERIES_UID, SOP_UID)
+    return {tuple(a[k]["Value"][0] for k in keys if k in a) for a in answers}
+
+
+def comparisons(sent: Sent) -> list[str]:
+    a, c = sent.studies["A"], sent.studies["C"]
+    ct = sent.series["A-CT"]
+    return [
+        "/dicom-web/studies", "/dicom-web/series", "/dicom-web/instances",
+        "/dicom-web/studies?PatientName=DOE*", "/dicom-web/studies?PatientName=doe^j*",
+        "/dicom-web/studies?PatientName=*ANNA", "/dicom-web/studies?PatientID=PB",
+        "/dicom-web/studies?StudyDate=20260201-20260331",
+        "/dicom-web/studies?StudyDate=-20260131", "/dicom-web/studies?StudyDate=20270101-",
+        f"/dicom-web/studies?StudyInstanceUID={a}", "/dicom-web/studies?AccessionNumber=ACCP?",
+        "/dicom-web/studies?ModalitiesInStudy=MR",
+        f"/dicom-web/studies/{a}/series", "/dicom-web/series?Modality=CT",
+        f"/dicom-web/studies/{c}/series?Modality=CT", f"/dicom-web/studies/{a}/instances",
+        f"/dicom-web/studies/{a}/series/{ct}/instances",
+        f"/dicom-web/studies/{a}/series/{ct}/instances?InstanceNumber=2",
+        "/dicom-web/instances?PatientID=PA", "/dicom-web/studies?PatientName=NOBODY",
+        f"/dicom-web/studies?StudyInstanceUID={a},{c}",
+        "/dicom-web/studies?PatientName=D?E^J*", "/dicom-web/studies?StudyDate=20260110",
+    ]
+
+
+def test_the_same_qido_answers_as_orthanc(sent: Sent, orthanc: str) -> None:
+    differ = {}
+    for query in comparisons(sent):
+        ours, theirs = both(sent, orthanc, query)
+        if unique(ours) != unique(theirs):
+            differ[query] = (sorted(unique(ours)), sorted(unique(theirs)))
+    assert not differ, differ
+
+
+def test_limit_and_offset_count_as_orthanc(sent: Sent, orthanc: str) -> None:
+    for query in ("/dicom-web/instances?limit=4", "/dicom-web/instances?offset=6",
+                  "/dicom-web/studies?limit=2&offset=1"):
+        ours, theirs = both(sent, orthanc, query)
+        assert len(ours) == len(theirs), query
