@@ -111,7 +111,13 @@ def sent(tmp_path_factory: pytest.TempPathFactory, dcmtk: None) -> Iterator[Sent
         multi.PixelData = np.arange(8 * 8 * FRAMES, dtype=np.uint16).tobytes()
         datasets[multi.SOPInstanceUID] = multi
         files.append(write_part10(multi, root / "multi.dcm"))
-        storescu(server.port, files[-1:])
+        studies["E"], series["E-OT"] = generate_uid(), generate_uid()
+        latin = image(studies["E"], series["E-OT"], 1, name="MÜLLER^HANS", pid="PE",
+                      date="20280101", modality="OT", series_number=1)
+        latin.SpecificCharacterSet = "ISO_IR 192"
+        datasets[latin.SOPInstanceUID] = latin
+        files.append(write_part10(latin, root / "latin.dcm"))
+        storescu(server.port, files[-2:])
         server.wait_ingested(len(datasets) + 1)
         base = f"http://127.0.0.1:{server.config.http_port}/dicom-web"
         session = requests.Session()
@@ -138,7 +144,7 @@ def test_search_at_every_level(sent: Sent) -> None:
     a = sent.studies["A"]
     assert uids(client.search_for_series(a), SERIES_UID) == {sent.series["A-CT"],
                                                               sent.series["A-MR"]}
-    assert len(client.search_for_series()) == 5
+    assert len(client.search_for_series()) == 6
     ct = client.search_for_instances(a, sent.series["A-CT"])
     assert len(ct) == 3 and {x[SERIES_UID]["Value"][0] for x in ct} == {sent.series["A-CT"]}
     assert len(client.search_for_instances(a)) == 5
@@ -174,6 +180,14 @@ def test_matching_wildcards_case_dates_and_uid_lists(sent: Sent) -> None:
                 SERIES_UID) == {sent.series["A-CT"], sent.series["C-CT"]}
     assert len(sent.client.search_for_instances(search_filters={"PatientID": "PA",
                                                                 "Modality": "MR"})) == 2
+
+
+def test_percent_decoded_non_ascii_names_match_case_insensitively(sent: Sent) -> None:
+    status, _headers, body = raw_get(sent, "/dicom-web/studies?PatientName=m%C3%BCller*")
+    assert status == 200
+    [study] = json.loads(body)
+    assert study["00100010"]["Value"] == [{"Alphabetic": "MÜLLER^HANS"}]
+    assert study[STUDY_UID]["Value"] == [sent.studies["E"]]
 
 
 def test_nothing_matches_is_204(sent: Sent) -> None:

@@ -224,3 +224,45 @@ def test_file_chunks_reads_a_range_lazily_and_closes() -> None:
 def test_file_chunks_refuses_a_short_file() -> None:
     with pytest.raises(OSError, match="early"):
         list(multipart.file_chunks(lambda: io.BytesIO(b"abc"), length=10))
+
+
+# -- which bytes a retrieve sends (the sender's route table, asked per object) --------------
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT, IMPLICIT, JPEG_70, JPEG_57, JPEG_50 = (
+    "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.50")
+
+
+def planned(stored: str, wanted: list[str]) -> tuple[str, str] | None:
+    from echoes.web.dicomweb.routes import plan
+
+    chosen = plan({"SOPClassUID": CT, "TransferSyntaxUID": stored}, wanted)
+    if chosen is None:
+        return None
+    syntax, route = chosen
+    return syntax, "stored" if route is None else route.kind
+
+
+@pytest.mark.parametrize(("stored", "wanted", "expected"), [
+    (JPEG_70, ["*"], (JPEG_70, "stored")),
+    (EXPLICIT, [EXPLICIT], (EXPLICIT, "stored")),
+    (JPEG_70, [EXPLICIT], (EXPLICIT, "decompress")),
+    (IMPLICIT, [EXPLICIT], (EXPLICIT, "reencode")),
+    (JPEG_70, [JPEG_57], (JPEG_57, "relabel")),
+    (JPEG_70, [JPEG_50], None),
+    (JPEG_70, [JPEG_50, EXPLICIT], (EXPLICIT, "decompress")),
+    (JPEG_50, [JPEG_50, EXPLICIT], (JPEG_50, "stored")),
+])
+def test_retrieve_plan_uses_the_senders_routes(stored: str, wanted: list[str],
+                                               expected: tuple[str, str] | None) -> None:
+    assert planned(stored, wanted) == expected
+
+
+def test_frame_numbers() -> None:
+    from echoes.web.dicomweb.routes import frame_numbers
+
+    assert frame_numbers("3,1,2") == [3, 1, 2]
+    for bad in ("0", "1,,2", "a", "-1", ""):
+        with pytest.raises(ValueError, match="frames"):
+            frame_numbers(bad)
