@@ -211,6 +211,8 @@ def test_includefield(sent: Sent) -> None:
     assert patient["00100020"]["Value"] == ["PB"]
     [every] = sent.client.search_for_instances(sent.studies["B"], fields=["all"])
     assert every["00100020"]["Value"] == ["PB"]  # PatientID, kept by the index
+    [series] = sent.client.search_for_series(sent.studies["B"], fields=["PatientName"])
+    assert series["00100010"]["Value"] == [{"Alphabetic": "DOE^JOHN"}]
     [chosen] = sent.client.search_for_studies(search_filters={"PatientID": "PB"},
                                               fields=["00081030"])
     assert chosen["00081030"]["Value"] == ["study of DOE^JOHN"]

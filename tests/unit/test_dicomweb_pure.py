@@ -93,6 +93,20 @@ def test_matched_keys_are_returned() -> None:
     assert search.fields is not None and "Modality" in search.fields
 
 
+def test_series_answers_carry_study_attributes_only_when_asked() -> None:
+    plain = qido.parse(SERIES, [])
+    assert not qido.needs_study(plain)
+    asked = qido.parse(SERIES, [("PatientName", "DOE*")])
+    assert qido.needs_study(asked) and qido.needs_study(qido.parse(SERIES, [("includefield",
+                                                                            "all")]))
+    series = [{"StudyInstanceUID": "1.1", "SeriesInstanceUID": "1.1.1", "Modality": "CT"}]
+    joined = qido.with_study(series, [{"StudyInstanceUID": "1.1", "PatientName": "DOE^J",
+                                       "NumberOfInstances": 3, "size": 1}])
+    [answer] = qido.page(asked, joined)
+    assert answer["PatientName"] == "DOE^J" and answer["Modality"] == "CT"
+    assert "NumberOfInstances" not in answer and "size" not in answer
+
+
 def studies(n: int) -> list[dict]:
     return [{"StudyInstanceUID": f"1.{i}", "StudyDate": f"202601{i + 10:02d}",
              "StudyTime": "", "NumberOfSeries": 1, "NumberOfInstances": 2, "size": 9}

@@ -51,8 +51,7 @@ DEFAULT_FIELDS: dict[str, tuple[str, ...]] = {
 LEVEL_FIELDS: dict[str, frozenset[str]] = {
     STUDY: frozenset(STUDY_KEYS | {"NumberOfStudyRelatedSeries",
                                    "NumberOfStudyRelatedInstances"}),
-    SERIES: frozenset(LEVEL_KEYS[SERIES] | {"StudyInstanceUID",
-                                            "NumberOfSeriesRelatedInstances"}),
+    SERIES: frozenset(LEVEL_KEYS[SERIES] | STUDY_KEYS | {"NumberOfSeriesRelatedInstances"}),
     IMAGE: frozenset(LEVEL_KEYS[IMAGE] - {"TransferSyntaxUID"}),
 }
 
@@ -156,6 +155,27 @@ def _fields(level: str, includes: list[str], filters: Mapping[str, str]) -> froz
             raise BadQuery(f"unknown includefield: {name}")
         chosen.add(keyword)  # one the index does not keep is simply absent
     return frozenset(chosen)
+
+
+#: Study attributes a series answer can carry (its study's, joined by :func:`with_study`).
+STUDY_ONLY = frozenset(STUDY_KEYS - {"StudyInstanceUID"})
+
+
+def needs_study(search: Search) -> bool:
+    """Whether series answers must carry study attributes (asked for, or matched on):
+    series documents hold only their own, so the study summaries are joined."""
+    return search.level == SERIES and (search.fields is None
+                                       or bool(search.fields & STUDY_ONLY))
+
+
+def with_study(documents: list[dict], studies: Iterable[Mapping[str, object]]) -> list[dict]:
+    """Series documents with their study's attributes beside their own."""
+    by_uid = {study["StudyInstanceUID"]: study for study in studies}
+    joined = []
+    for doc in documents:
+        study = by_uid.get(doc["StudyInstanceUID"], {})
+        joined.append({**{k: v for k, v in study.items() if k in STUDY_ONLY}, **doc})
+    return joined
 
 
 def answer_document(level: str, doc: Mapping[str, object]) -> dict[str, object]:

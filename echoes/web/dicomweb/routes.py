@@ -133,7 +133,12 @@ def _search(level: str, path_uids: dict[str, str]) -> Response:
         refuse(406, f"search results are {DICOM_JSON} only, not {request.headers['Accept']}")
     try:
         search = qido.parse(level, request.args.items(multi=True), path_uids)
-        documents = state().index.query(level, search.filters)
+        index = state().index
+        documents = index.query(level, search.filters)
+        if documents and qido.needs_study(search):
+            uids = "\\".join(sorted({doc["StudyInstanceUID"] for doc in documents}))
+            documents = qido.with_study(documents,
+                                        index.query(STUDY, {"StudyInstanceUID": uids}))
     except ValueError as exc:  # qido.BadQuery, or a value the matching engine refuses
         refuse(400, str(exc))
     answers = qido.page(search, documents)
