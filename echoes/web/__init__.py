@@ -33,6 +33,10 @@ log = logging.getLogger("echoes.web")
 #: Largest request body (JSON bodies here are a few hundred bytes).
 MAX_BODY_BYTES = 64 * 1024
 THREADS = 4
+#: waitress's cap on a request body (its default is 1 GiB).  STOW-RS uploads whole
+#: studies; waitress keeps a body over 512 KB in a temporary file, not in memory,
+#: before the app reads it, so the cap bounds disk, not memory.
+MAX_UPLOAD_BYTES = 64 * 2**30
 
 #: Messages for errors Flask raises itself, worded for a script's author.
 _API_MESSAGES = {
@@ -99,6 +103,7 @@ def make_server(app: Flask, sock: socket.socket) -> Any:
 
     return waitress.create_server(app, sockets=[sock], threads=THREADS, ident="echoes",
                                   channel_timeout=60, connection_limit=100,
+                                  max_request_body_size=MAX_UPLOAD_BYTES,
                                   clear_untrusted_proxy_headers=True)
 
 

@@ -7,6 +7,7 @@ No Flask, no socket: each rule in microseconds.  The end-to-end behaviour
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from email.parser import BytesParser
 from email.policy import HTTP
 
@@ -280,3 +281,72 @@ def test_frame_numbers() -> None:
     for bad in ("0", "1,,2", "a", "-1", ""):
         with pytest.raises(ValueError, match="frames"):
             frame_numbers(bad)
+
+
+# -- multipart.split (STOW-RS bodies) -----------------------------------------------------
+
+
+def _parts_of(body: bytes, boundary: str = "b0undary", size: int = 7) -> list[tuple]:
+    chunks = [body[i:i + size] for i in range(0, len(body), size)]
+    return [(headers, b"".join(data)) for headers, data in multipart.split(chunks, boundary)]
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 64, 100000])
+def test_split_reads_what_stream_writes_whatever_the_chunking(size: int) -> None:
+    payloads = [b"\r\n--b0undar" * 3, b"", b"x" * 1000, b"--b0undary" + b"\r\n-"]
+    parts = [({"Content-Type": "application/dicom"}, [p[:5], p[5:]]) for p in payloads]
+    body = b"".join(multipart.stream(parts, "b0undary"))
+    got = _parts_of(b"preamble\r\n" + body, size=size)
+    assert [data for _, data in got] == payloads
+    assert all(headers == {"content-type": "application/dicom"} for headers, _ in got)
+
+
+def test_split_takes_a_part_without_headers_and_padding_after_the_delimiter() -> None:
+    body = b"--b0undary  \r\n\r\nabc\r\n--b0undary--\r\n"
+    assert _parts_of(body) == [({}, b"abc")]
+
+
+@pytest.mark.parametrize("body", [
+    b"",                                            # empty
+    b"just some bytes, no delimiter at all",        # not multipart
+    b"--b0undary\r\nContent-Type: x\r\n\r\nabc",    # no close delimiter
+    b"--b0undary\r\nno colon here\r\n\r\nabc\r\n--b0undary--",  # a bad header
+    b"--b0undary",                                  # ends after the delimiter
+])
+def test_split_refuses_what_is_not_multipart(body: bytes) -> None:
+    with pytest.raises(multipart.BadMultipart):
+        _parts_of(body)
+
+
+def test_split_refuses_a_missing_boundary() -> None:
+    with pytest.raises(multipart.BadMultipart):
+        list(multipart.split([b"--\r\n"], ""))
+
+
+def test_split_holds_one_chunk_at_a_time() -> None:
+    """A big part is handed on as it arrives: no chunk handed on is much larger than
+    the chunks read, and the buffer never holds the whole part."""
+    chunk = b"\x01" * 65536
+    read = 0
+
+    def body() -> Iterator[bytes]:
+        nonlocal read
+        yield b"--b0undary\r\n\r\n"
+        for _ in range(64):
+            read += 1
+            yield chunk
+        yield b"\r\n--b0undary--"
+
+    _, data = next(multipart.split(body(), "b0undary"))
+    sizes = []
+    for piece in data:
+        sizes.append(len(piece))
+        assert read <= len(sizes) + 1  # handed on before the next chunk is read
+    assert sum(sizes) == 64 * 65536
+    assert max(sizes) <= 65536 + 20
+
+
+def test_media_parameters_unquotes() -> None:
+    assert multipart.media_parameters(
+        'Multipart/Related; type="application/dicom"; boundary=abc') == (
+        "multipart/related", {"type": "application/dicom", "boundary": "abc"})

@@ -70,3 +70,143 @@ def file_chunks(opener: Callable[[], BinaryIO], start: int = 0, length: int | No
             if left is not None:
                 left -= len(data)
             yield data
+
+
+# -- reading a multipart/related body (STOW-RS) ------------------------------------------
+
+#: A part's header block longer than this is refused: headers are a few lines.
+MAX_HEADER_BYTES = 16 * 1024
+
+
+class BadMultipart(ValueError):
+    """The body is not the multipart/related its Content-Type announced."""
+
+
+def media_parameters(value: str) -> tuple[str, dict[str, str]]:
+    """A Content-Type value -> (lower-case media type, parameters with quotes removed)."""
+    kind, *pieces = value.split(";")
+    parameters = {}
+    for piece in pieces:
+        name, _, raw = piece.partition("=")
+        if name.strip():
+            parameters[name.strip().lower()] = raw.strip().strip('"')
+    return kind.strip().lower(), parameters
+
+
+def split(chunks: Iterable[bytes], boundary: str) -> Iterator[tuple[dict[str, str],
+                                                                     Iterator[bytes]]]:
+    """The parts of a multipart body arriving as ``chunks``: (headers, body chunks) each.
+
+    Streams: a part's body is handed on chunk by chunk as it arrives, the
+    reader holds at most one chunk plus a delimiter's length, so a 2 GB part
+    costs no more memory than a small one.  Each part's body iterator must
+    be consumed (or dropped) before the next part is asked for.  Header
+    names come lower-case.  A body with no first delimiter, a part without
+    the blank line after its headers, or a body that ends before the close
+    delimiter is a :class:`BadMultipart`, raised where it is found: the
+    caller must treat the parts seen so far as unconfirmed.
+    """
+    if not boundary or len(boundary) > 70:
+        raise BadMultipart("the boundary parameter is missing or longer than 70 characters")
+    reader = _Reader(iter(chunks))
+    delimiter = b"--" + boundary.encode("latin-1")
+    # The first delimiter may follow a preamble; it starts a line.
+    reader.skip_to(delimiter, at_start=True)
+    while True:
+        if reader.after_delimiter_is_close():
+            return
+        headers = reader.headers()
+        body = reader.body(b"\r\n" + delimiter)
+        yield headers, body
+        for _ in body:  # what the caller left unread, up to the next delimiter
+            pass
+
+
+class _Reader:
+    """A byte buffer over an iterator of chunks, for :func:`split`."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self.chunks = chunks
+        self.buffer = b""
+        self.ended = False
+
+    def _more(self) -> bool:
+        for chunk in self.chunks:
+            if chunk:
+                self.buffer += chunk
+                return True
+        self.ended = True
+        return False
+
+    def _need(self, count: int) -> bool:
+        while len(self.buffer) < count:
+            if not self._more():
+                return False
+        return True
+
+    def skip_to(self, delimiter: bytes, at_start: bool) -> None:
+        """Drop everything up to and including the first delimiter that starts a line."""
+        marker = b"\r\n" + delimiter
+        if at_start and self._need(len(delimiter)) and self.buffer.startswith(delimiter):
+            self.buffer = self.buffer[len(delimiter):]
+            return
+        while True:
+            found = self.buffer.find(marker)
+            if found >= 0:
+                self.buffer = self.buffer[found + len(marker):]
+                return
+            self.buffer = self.buffer[-len(marker):]  # a delimiter may straddle chunks
+            if not self._more():
+                raise BadMultipart("no multipart delimiter in the body")
+
+    def after_delimiter_is_close(self) -> bool:
+        """After a delimiter: ``--`` closes the body; else padding and CRLF start a part."""
+        if not self._need(2):
+            raise BadMultipart("the body ends right after a delimiter")
+        if self.buffer.startswith(b"--"):
+            return True
+        while True:
+            end = self.buffer.find(b"\r\n")
+            if end >= 0:
+                if self.buffer[:end].strip(b" \t"):
+                    raise BadMultipart("text after a delimiter on its line")
+                self.buffer = self.buffer[end + 2:]
+                return False
+            if len(self.buffer) > MAX_HEADER_BYTES or not self._more():
+                raise BadMultipart("a delimiter line never ends")
+
+    def headers(self) -> dict[str, str]:
+        """A part's header lines up to the blank line (none: the blank line at once)."""
+        if self._need(2) and self.buffer.startswith(b"\r\n"):
+            self.buffer = self.buffer[2:]
+            return {}
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end >= 0:
+                block, self.buffer = self.buffer[:end], self.buffer[end + 4:]
+                break
+            if len(self.buffer) > MAX_HEADER_BYTES or not self._more():
+                raise BadMultipart("a part's headers never end with a blank line")
+        headers = {}
+        for line in block.decode("latin-1").split("\r\n"):
+            name, colon, value = line.partition(":")
+            if not colon or not name.strip():
+                raise BadMultipart(f"not a header line: {line[:80]!r}")
+            headers[name.strip().lower()] = value.strip()
+        return headers
+
+    def body(self, marker: bytes) -> Iterator[bytes]:
+        """The part's bytes up to ``marker`` (CRLF and the next delimiter), chunk by chunk."""
+        keep = len(marker) - 1
+        while True:
+            found = self.buffer.find(marker)
+            if found >= 0:
+                data, self.buffer = self.buffer[:found], self.buffer[found + len(marker):]
+                if data:
+                    yield data
+                return
+            if len(self.buffer) > keep:
+                data, self.buffer = self.buffer[:-keep], self.buffer[-keep:]
+                yield data
+            if not self._more():
+                raise BadMultipart("the body ends inside a part (no close delimiter)")

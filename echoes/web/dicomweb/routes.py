@@ -30,6 +30,7 @@ from echoes import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from echoes.dicom.part10 import part10_header, uid_problem
 from echoes.dicom.syntax import DEFLATED, ENCAPSULATED, EXPLICIT_VR_BIG_ENDIAN
 from echoes.index.base import IMAGE, SERIES, STUDY
+from echoes.services import stow
 from echoes.services.outbound import Route, choose_route, payload, prepare
 from echoes.web.api import fail
 from echoes.web.dicomweb import dicom_json, media, multipart, qido
@@ -443,6 +444,103 @@ def frames(study: str, series: str, sop: str, frames: str) -> Response:
     content = f"application/octet-stream; transfer-syntax={media.EXPLICIT_VR_LITTLE_ENDIAN}"
     return _multipart("application/octet-stream",
                       [({"Content-Type": content}, value) for value in values])
+
+
+# -- STOW-RS ----------------------------------------------------------------------------
+
+#: Bytes read from the request body at a time (waitress holds the body in its own
+#: buffer file; this bounds what one upload holds in the web process's memory).
+UPLOAD_CHUNK = 1024 * 1024
+#: Answer status by (any stored, any failed): PS3.18 10.5.3.
+STOW_STATUS = {(True, False): 200, (True, True): 202, (False, True): 409}
+
+
+def _body_chunks() -> Iterator[bytes]:
+    request.max_content_length = None  # the Browser's 64 KB cap is not for uploads
+    stream = request.stream
+    while chunk := stream.read(UPLOAD_CHUNK):
+        yield chunk
+
+
+def _stow_parts(study: str | None) -> list[Any]:
+    kind, parameters = multipart.media_parameters(request.headers.get("Content-Type", ""))
+    part_type = parameters.get("type", "application/dicom").lower()
+    if kind != "multipart/related" or part_type != "application/dicom":
+        refuse(415, 'STOW-RS takes multipart/related; type="application/dicom" only')
+    store = state().stow
+    outcomes: list[Any] = []
+    try:
+        for headers, body in multipart.split(_body_chunks(), parameters.get("boundary", "")):
+            declared, _ = multipart.media_parameters(
+                headers.get("content-type", "application/dicom"))
+            if declared != "application/dicom":
+                for _ in body:
+                    pass
+                outcomes.append(stow.Outcome("", "", stow.CANNOT_UNDERSTAND,
+                                             f"a part of type {declared}"))
+                continue
+            outcomes.append(store.receive(body, study))
+    except multipart.BadMultipart as exc:
+        store.discard(outcomes)
+        refuse(400, f"not a valid multipart/related body: {exc}")
+    except BaseException:
+        store.discard(outcomes)
+        raise
+    if not outcomes:
+        refuse(400, "the multipart body holds no part")
+    store.publish(outcomes)  # durable (fsync) before the answer, as C-STORE
+    return outcomes
+
+
+def stow_answer(outcomes: list[Any], study_url: str | None, url_of: Callable[[Any], str]
+                ) -> dict[str, Any]:
+    """The STOW-RS response data set (PS3.18 10.5.3.1) as DICOM JSON."""
+    stored = [o for o in outcomes if o.status == 0]
+    failed = [o for o in outcomes if o.status != 0]
+
+    def reference(outcome: Any) -> dict[str, Any]:
+        item: dict[str, Any] = {}
+        for tag, value in (("00081150", outcome.sop_class), ("00081155", outcome.sop_instance)):
+            item[tag] = {"vr": "UI", "Value": [value]} if value else {"vr": "UI"}
+        return item
+
+    answer: dict[str, Any] = {}
+    if study_url:
+        answer["00081190"] = {"vr": "UR", "Value": [study_url]}
+    if stored:
+        answer["00081199"] = {"vr": "SQ", "Value": [
+            {**reference(o), "00081190": {"vr": "UR", "Value": [url_of(o)]}} for o in stored]}
+    if failed:
+        answer["00081198"] = {"vr": "SQ", "Value": [
+            {**reference(o), "00081197": {"vr": "US", "Value": [o.status]}} for o in failed]}
+    return answer
+
+
+@blueprint.post("/studies")
+@blueprint.post("/studies/<study>")
+def store_instances(study: str | None = None) -> Response:
+    if study is not None:
+        _uid(study, "StudyInstanceUID")
+    outcomes = _stow_parts(study)
+    for outcome in outcomes:
+        if outcome.status:
+            log.warning("STOW-RS from %s: refused %s: 0x%04X %s", request.remote_addr or "?",
+                        outcome.sop_instance or "?", outcome.status, outcome.reason)
+    stored = [o for o in outcomes if o.status == 0]
+    log.info("STOW-RS from %s: %d stored, %d refused, %d bytes", request.remote_addr or "?",
+             len(stored), len(outcomes) - len(stored), sum(o.size for o in stored))
+    base = origin() + url_for("dicomweb.search_studies")
+    study_url = f"{base}/{study}" if study else None
+
+    def url_of(outcome: Any) -> str:
+        return (f"{base}/{outcome.study}/series/{outcome.series}"
+                f"/instances/{outcome.sop_instance}")
+
+    status = STOW_STATUS[(bool(stored), len(stored) < len(outcomes))]
+    # Plain ASCII JSON, and no charset parameter: dicomweb-client compares the
+    # Content-Type with "application/dicom+json" as a whole to read the answer.
+    return Response(json.dumps(stow_answer(outcomes, study_url, url_of)), status=status,
+                    content_type=DICOM_JSON)
 
 
 # -- anything else under /dicom-web ------------------------------------------------------

@@ -1,0 +1,217 @@
+"""STOW-RS, rendered images and WADO-URI against a real echoes.
+
+One echoes per module.  dicomweb-client (the independent DICOMweb client)
+stores objects over HTTP; they must then be found as any object received
+over DICOM is: by QIDO-RS, by ``echoes studies --json`` and by dcmtk's
+findscu C-FIND, and come back byte-equal in their values.  Bad bodies are
+sent through ``requests`` as raw bytes so nothing repairs them on the way.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
+from helpers import DCMTK_ENV, Server, start_server, stop_server, write_part10
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from werkzeug.security import generate_password_hash
+
+PASSWORD = "stow-secret"
+FAST_HASH = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")
+AUTH = ("admin", PASSWORD)
+CT = "1.2.840.10008.5.1.4.1.1.2"
+REFERENCED, FAILED, FAILURE_REASON = "00081199", "00081198", "00081197"
+
+
+def ct_image(study: str, series: str, number: int, *, rows: int = 16,
+             name: str = "STOW^PATIENT") -> Dataset:
+    """A CT whose stored values are known: slope 2, intercept -1000, window 0/400."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = CT, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.PatientName, ds.PatientID, ds.StudyDate = name, "PSTOW", "20260505"
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 1, number
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows = ds.Columns = rows
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -1000
+    ds.WindowCenter, ds.WindowWidth = 0, 400
+    ds.PixelData = (np.arange(rows * rows, dtype=np.uint16) * 16 % 1024).tobytes()
+    return ds
+
+
+def part10_bytes(ds: Dataset, folder: Path) -> bytes:
+    return write_part10(ds, folder / f"{ds.SOPInstanceUID}.dcm").read_bytes()
+
+
+def as_read(ds: Dataset, folder: Path) -> Dataset:
+    """The data set as a client holds it after reading a file (file_meta set)."""
+    return pydicom.dcmread(write_part10(ds, folder / f"{ds.SOPInstanceUID}.dcm"))
+
+
+@dataclass
+class Archive:
+    server: Server
+    base: str
+    client: DICOMwebClient
+    folder: Path
+    study: str
+    series: str
+    stored: list[Dataset]
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
+    root = tmp_path_factory.mktemp("stow")
+    server = start_server(root / "home", http_password_hash=FAST_HASH)
+    try:
+        base = f"http://127.0.0.1:{server.config.http_port}/dicom-web"
+        session = requests.Session()
+        session.auth = AUTH
+        client = DICOMwebClient(url=base, session=session)
+        study, series = generate_uid(), generate_uid()
+        datasets = [as_read(ct_image(study, series, n), root) for n in (1, 2, 3)]
+        answer = client.store_instances(datasets)
+        referenced = answer.ReferencedSOPSequence
+        assert [item.ReferencedSOPInstanceUID for item in referenced] == [
+            ds.SOPInstanceUID for ds in datasets]
+        assert "FailedSOPSequence" not in answer
+        server.wait_ingested(3)
+        yield Archive(server, base, client, root, study, series, datasets)
+    finally:
+        stop_server(server)
+
+
+def post(archive: Archive, body: bytes, content_type: str, path: str = "/studies",
+         auth: tuple[str, str] | None = AUTH) -> requests.Response:
+    return requests.post(archive.base + path, data=body, auth=auth, timeout=60,
+                         headers={"Content-Type": content_type,
+                                  "Accept": "application/dicom+json"})
+
+
+def related(parts: list[bytes], boundary: str = "xYz-boundary",
+            part_type: str = "application/dicom") -> tuple[bytes, str]:
+    body = b"".join(f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n".encode() + part
+                    + b"\r\n" for part in parts) + f"--{boundary}--\r\n".encode()
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def spool_is_empty(server: Server) -> bool:
+    spool = server.config.spool_dir
+    return not list((spool / "incoming").glob("*.dcm")) and not [
+        p for p in (spool / "tmp").rglob("*.part") if p.stat().st_size]
+
+
+# -- STOW-RS -------------------------------------------------------------------------------
+
+
+def test_stored_objects_are_found_by_qido(archive: Archive) -> None:
+    found = archive.client.search_for_instances(archive.study)
+    assert {x["00080018"]["Value"][0] for x in found} == {
+        ds.SOPInstanceUID for ds in archive.stored}
+    [study] = archive.client.search_for_studies(search_filters={"PatientID": "PSTOW"})
+    assert study["0020000D"]["Value"][0] == archive.study
+
+
+def test_stored_objects_are_listed_by_echoes_studies(archive: Archive) -> None:
+    listing = subprocess.run([sys.executable, "-m", "echoes", "--config",
+                              str(archive.server.config.path), "studies", "--json"],
+                             capture_output=True, text=True, timeout=60, check=True)
+    studies = {s["StudyInstanceUID"]: s for s in json.loads(listing.stdout)}
+    assert studies[archive.study]["NumberOfInstances"] == 3
+
+
+def test_stored_objects_are_found_by_findscu(archive: Archive, tmp_path: Path,
+                                             dcmtk: None) -> None:
+    done = subprocess.run(
+        ["findscu", "-S", "-X", "-od", str(tmp_path), "-aec", "ECHOES",
+         "-k", "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={archive.study}",
+         "-k", f"SeriesInstanceUID={archive.series}", "-k", "SOPInstanceUID",
+         "127.0.0.1", str(archive.server.port)],
+        env=DCMTK_ENV, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = {pydicom.dcmread(p).SOPInstanceUID for p in tmp_path.glob("rsp*.dcm")}
+    assert found == {ds.SOPInstanceUID for ds in archive.stored}
+
+
+def test_stored_objects_come_back_equal(archive: Archive) -> None:
+    for sent in archive.stored:
+        back = archive.client.retrieve_instance(archive.study, archive.series,
+                                                sent.SOPInstanceUID)
+        assert back.PixelData == sent.PixelData
+        assert back.PatientName == sent.PatientName
+        assert back.RescaleIntercept == sent.RescaleIntercept
+
+
+def test_an_instance_of_another_study_than_the_urls_fails(archive: Archive) -> None:
+    other = ct_image(generate_uid(), generate_uid(), 1)
+    body, content_type = related([part10_bytes(other, archive.folder)])
+    answer = post(archive, body, content_type, f"/studies/{archive.study}")
+    assert answer.status_code == 409, answer.text
+    failed = answer.json()[FAILED]["Value"]
+    assert failed[0]["00081155"]["Value"] == [other.SOPInstanceUID]
+    assert failed[0][FAILURE_REASON] == {"vr": "US", "Value": [0xA900]}
+    assert other.SOPInstanceUID not in archive.server.indexed_sops()
+
+
+def test_some_stored_some_failed_is_202_with_a_reason_per_part(archive: Archive) -> None:
+    good = ct_image(archive.study, archive.series, 7)
+    broken = part10_bytes(ct_image(archive.study, archive.series, 8), archive.folder)[:-100]
+    body, content_type = related([part10_bytes(good, archive.folder), b"not dicom", broken])
+    answer = post(archive, body, content_type, f"/studies/{archive.study}")
+    assert answer.status_code == 202, answer.text
+    content = answer.json()
+    [stored] = content[REFERENCED]["Value"]
+    assert stored["00081155"]["Value"] == [good.SOPInstanceUID]
+    assert stored["00081190"]["Value"][0].endswith(
+        f"/studies/{archive.study}/series/{archive.series}/instances/{good.SOPInstanceUID}")
+    reasons = [item[FAILURE_REASON]["Value"][0] for item in content[FAILED]["Value"]]
+    assert reasons == [0xC000, 0xC000]
+    archive.server.wait_ingested(4)
+    assert good.SOPInstanceUID in archive.server.indexed_sops()
+
+
+@pytest.mark.parametrize(("body", "content_type", "status"), [
+    (b"plain bytes", "application/dicom", 415),
+    (b"plain bytes", 'multipart/related; type="application/dicom+xml"; boundary=a', 415),
+    (b"plain bytes, no delimiter", 'multipart/related; type="application/dicom"; boundary=a',
+     400),
+    (b"--a\r\nContent-Type: application/dicom\r\n\r\n", 'multipart/related; boundary=a', 400),
+    (b"", 'multipart/related; type="application/dicom"; boundary=a', 400),
+    (b"--a--\r\n", 'multipart/related; type="application/dicom"', 400),
+])
+def test_a_body_that_is_not_multipart_stores_nothing(archive: Archive, body: bytes,
+                                                     content_type: str, status: int) -> None:
+    before = sorted(archive.server.indexed_sops())
+    answer = post(archive, body, content_type)
+    assert answer.status_code == status, answer.text
+    assert spool_is_empty(archive.server)
+    assert sorted(archive.server.indexed_sops()) == before
+
+
+def test_a_cut_body_stores_not_even_its_whole_parts(archive: Archive) -> None:
+    whole = ct_image(archive.study, archive.series, 9)
+    body, content_type = related([part10_bytes(whole, archive.folder)] * 2)
+    answer = post(archive, body[:-len(b"\r\n--xYz-boundary--\r\n") - 10], content_type)
+    assert answer.status_code == 400, answer.text
+    assert spool_is_empty(archive.server)
+    assert whole.SOPInstanceUID not in archive.server.indexed_sops()
+
+
+def test_post_needs_basic_credentials(archive: Archive) -> None:
+    body, content_type = related([part10_bytes(ct_image(archive.study, archive.series, 10),
+                                               archive.folder)])
+    answer = post(archive, body, content_type, auth=None)
+    assert answer.status_code == 401
+    assert answer.headers["WWW-Authenticate"].startswith("Basic")
+    assert spool_is_empty(archive.server)
