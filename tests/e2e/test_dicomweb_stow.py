@@ -9,6 +9,7 @@ sent through ``requests`` as raw bytes so nothing repairs them on the way.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 from helpers import DCMTK_ENV, Server, start_server, stop_server, write_part10
+from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from werkzeug.security import generate_password_hash
@@ -215,3 +217,131 @@ def test_post_needs_basic_credentials(archive: Archive) -> None:
     assert answer.status_code == 401
     assert answer.headers["WWW-Authenticate"].startswith("Basic")
     assert spool_is_empty(archive.server)
+
+
+# -- rendered and thumbnail ----------------------------------------------------------------
+
+
+def expected_grey(ds: Dataset, center: float, width: float, frame: int = 0) -> np.ndarray:
+    """PS3.3 C.11.2.1.2.1 (linear) on the rescaled values, written out here on its own."""
+    stored = np.frombuffer(ds.PixelData, dtype=np.uint16).reshape(-1, ds.Rows, ds.Columns)
+    x = stored[frame].astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    low, high = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
+    y = np.where(x <= low, 0.0, np.where(x > high, 255.0,
+                                          ((x - (center - 0.5)) / (width - 1) + 0.5) * 255))
+    return y
+
+
+def get_image(archive: Archive, path: str, accept: str = "image/png", **params: str
+              ) -> Image.Image:
+    answer = requests.get(archive.base + path, params=params, auth=AUTH, timeout=60,
+                          headers={"Accept": accept})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["Content-Type"] == accept
+    image = Image.open(io.BytesIO(answer.content))
+    image.load()
+    assert image.format == {"image/png": "PNG", "image/jpeg": "JPEG"}[accept]
+    return image
+
+
+def instance_path(archive: Archive, ds: Dataset) -> str:
+    return f"/studies/{archive.study}/series/{archive.series}/instances/{ds.SOPInstanceUID}"
+
+
+def test_rendered_uses_the_images_own_window_by_default(archive: Archive) -> None:
+    ds = archive.stored[0]
+    image = get_image(archive, instance_path(archive, ds) + "/rendered")
+    assert image.size == (16, 16) and image.mode == "L"
+    got = np.asarray(image).astype(int)
+    assert np.abs(got - expected_grey(ds, 0, 400)).max() <= 1
+    assert 0 < got.mean() < 255 and len(np.unique(got)) > 5  # a window, not a threshold
+
+
+def test_rendered_window_is_in_rescaled_units(archive: Archive) -> None:
+    ds = archive.stored[1]
+    got = np.asarray(get_image(archive, instance_path(archive, ds) + "/rendered",
+                               window="-500,1000,linear")).astype(int)
+    assert np.abs(got - expected_grey(ds, -500, 1000)).max() <= 1
+    # the same window in stored units would be another image
+    assert np.abs(got - expected_grey(ds, 250, 500)).max() > 20
+
+
+def test_rendered_jpeg_decodes_close_to_the_png(archive: Archive) -> None:
+    ds = archive.stored[0]
+    jpeg = np.asarray(get_image(archive, instance_path(archive, ds) + "/rendered",
+                                accept="image/jpeg")).astype(int)
+    assert np.abs(jpeg - expected_grey(ds, 0, 400)).mean() < 6
+
+
+def test_rendered_frame_of_a_multiframe_object(archive: Archive) -> None:
+    ds = ct_image(archive.study, archive.series, 20, rows=8)
+    ds.NumberOfFrames = 3
+    ds.PixelData = (np.arange(8 * 8 * 3, dtype=np.uint16) * 5).tobytes()
+    archive.client.store_instances([as_read(ds, archive.folder)])
+    archive.server.wait_ingested(len(archive.server.indexed_sops()) + 1)
+    got = np.asarray(get_image(archive, instance_path(archive, ds) + "/frames/3/rendered",
+                               window="-700,400")).astype(int)
+    assert np.abs(got - expected_grey(ds, -700, 400, frame=2)).max() <= 1
+    beyond = requests.get(archive.base + instance_path(archive, ds) + "/frames/4/rendered",
+                          auth=AUTH, timeout=60)
+    assert beyond.status_code == 404 and "3 frame(s)" in beyond.text
+
+
+@pytest.mark.parametrize("window", ["40", "40,0", "40,400,cubic"])
+def test_a_bad_window_is_400(archive: Archive, window: str) -> None:
+    answer = requests.get(archive.base + instance_path(archive, archive.stored[0])
+                          + "/rendered", params={"window": window}, auth=AUTH, timeout=60)
+    assert answer.status_code == 400
+
+
+def test_rendered_refuses_what_it_cannot_produce(archive: Archive) -> None:
+    answer = requests.get(archive.base + instance_path(archive, archive.stored[0])
+                          + "/rendered", auth=AUTH, timeout=60,
+                          headers={"Accept": "image/gif"})
+    assert answer.status_code == 406
+
+
+@pytest.mark.parametrize("level", ["study", "series", "instance"])
+def test_thumbnails_at_every_level(archive: Archive, level: str) -> None:
+    path = {"study": f"/studies/{archive.study}",
+            "series": f"/studies/{archive.study}/series/{archive.series}",
+            "instance": instance_path(archive, archive.stored[0])}[level] + "/thumbnail"
+    for accept in ("image/png", "image/jpeg"):
+        image = get_image(archive, path, accept=accept)
+        assert max(image.size) <= 128 and image.mode == "L"
+
+
+# -- WADO-URI ------------------------------------------------------------------------------
+
+
+def wado(archive: Archive, ds: Dataset, **extra: str) -> requests.Response:
+    params = {"requestType": "WADO", "studyUID": archive.study, "seriesUID": archive.series,
+              "objectUID": ds.SOPInstanceUID, **extra}
+    return requests.get(archive.base + "/wado", params=params, auth=AUTH, timeout=60)
+
+
+def test_wado_uri_gives_the_object(archive: Archive) -> None:
+    ds = archive.stored[2]
+    answer = wado(archive, ds, contentType="application/dicom")
+    assert answer.status_code == 200 and answer.headers["Content-Type"] == "application/dicom"
+    back = pydicom.dcmread(io.BytesIO(answer.content))
+    assert back.SOPInstanceUID == ds.SOPInstanceUID and back.PixelData == ds.PixelData
+    assert back.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+
+
+def test_wado_uri_renders_jpeg_by_default_and_png_on_request(archive: Archive) -> None:
+    ds = archive.stored[2]
+    jpeg = wado(archive, ds)
+    assert jpeg.status_code == 200 and jpeg.headers["Content-Type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(jpeg.content)).size == (16, 16)
+    png = wado(archive, ds, contentType="image/png", windowCenter="-500", windowWidth="1000")
+    got = np.asarray(Image.open(io.BytesIO(png.content))).astype(int)
+    assert np.abs(got - expected_grey(ds, -500, 1000)).max() <= 1
+
+
+@pytest.mark.parametrize(("extra", "status"), [
+    ({"requestType": "WADOX"}, 400), ({"objectUID": "1.2.3.999"}, 404),
+    ({"objectUID": "../../etc"}, 400), ({"contentType": "text/html"}, 406),
+])
+def test_wado_uri_refusals(archive: Archive, extra: dict, status: int) -> None:
+    assert wado(archive, archive.stored[0], **extra).status_code == status

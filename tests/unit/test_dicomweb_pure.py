@@ -350,3 +350,31 @@ def test_media_parameters_unquotes() -> None:
     assert multipart.media_parameters(
         'Multipart/Related; type="application/dicom"; boundary=abc') == (
         "multipart/related", {"type": "application/dicom", "boundary": "abc"})
+
+
+# -- rendered: Accept and window ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("accept", "expected"), [
+    (None, "jpeg"), ("*/*", "jpeg"), ("image/*", "jpeg"), ("image/png", "png"),
+    ("image/png, image/jpeg;q=0.5", "png"), ("image/gif, image/jpeg;q=0.1", "jpeg"),
+    ("image/gif", None), ("application/dicom", None), ("image/jpeg;q=0, image/png", "png"),
+])
+def test_rendered_format_follows_accept(accept: str | None, expected: str | None) -> None:
+    assert media.rendered_format(accept) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (None, None), ("40,400", (40.0, 400.0, "LINEAR")), ("-600, 1500, linear",
+                                                        (-600.0, 1500.0, "LINEAR")),
+    ("0,1,SIGMOID", (0.0, 1.0, "SIGMOID")), ("1.5,2.5,linear-exact", (1.5, 2.5, "LINEAR_EXACT")),
+])
+def test_window_parameter_parses(text: str | None, expected: tuple | None) -> None:
+    assert media.parse_window(text) == expected
+
+
+@pytest.mark.parametrize("text", ["40", "a,b", "40,0", "40,-1", "40,400,cubic", "1,2,3,4",
+                                  "nan,400", "40,inf"])
+def test_window_parameter_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="window="):
+        media.parse_window(text)

@@ -8,6 +8,7 @@ with its reason rather than a broken answer half sent.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -99,3 +100,44 @@ def octet_stream_syntaxes(header: str | None) -> list[str]:
 def json_acceptable(header: str | None) -> bool:
     """Whether ``application/dicom+json`` answers ``header`` (XML is not offered)."""
     return any(media.type in JSON_TYPES for media in parse_accept(header))
+
+
+#: Rendered media types (PS3.18 8.7.4) -> the renderer's format; JPEG first: the
+#: default when the client takes any image.
+RENDERED_TYPES = {"image/jpeg": "jpeg", "image/png": "png"}
+_RENDERED_WILDCARDS = {"*/*": "jpeg", "image/*": "jpeg"}
+#: ``window`` functions PS3.18 8.3.5.1.3 names -> VOI LUT Function (PS3.3 C.11.2.1.3).
+WINDOW_FUNCTIONS = {"linear": "LINEAR", "linear-exact": "LINEAR_EXACT", "sigmoid": "SIGMOID"}
+
+
+def rendered_format(header: str | None) -> str | None:
+    """``"jpeg"`` or ``"png"`` for a rendered answer, the first the Accept header allows;
+    None when it allows neither (406)."""
+    for media_range in parse_accept(header):
+        chosen = RENDERED_TYPES.get(media_range.type) or _RENDERED_WILDCARDS.get(
+            media_range.type)
+        if chosen:
+            return chosen
+    return None
+
+
+def parse_window(text: str | None) -> tuple[float, float, str] | None:
+    """``window=center,width[,function]`` -> (center, width, VOI LUT Function); None if
+    absent.  ValueError (a 400) for anything else: not numbers, width not > 0, an unknown
+    function.  The values are in modality (rescaled) units, as the file's own window."""
+    if text is None:
+        return None
+    pieces = [piece.strip() for piece in text.split(",")]
+    if len(pieces) not in (2, 3):
+        raise ValueError(f"window={text!r}: expected center,width[,function]")
+    try:
+        center, width = float(pieces[0]), float(pieces[1])
+    except ValueError:
+        raise ValueError(f"window={text!r}: center and width must be numbers") from None
+    if not (math.isfinite(center) and math.isfinite(width)) or width <= 0:
+        raise ValueError(f"window={text!r}: width must be > 0")
+    function = WINDOW_FUNCTIONS.get(pieces[2].lower() if len(pieces) == 3 else "linear")
+    if function is None:
+        raise ValueError(f"window={text!r}: the function is one of "
+                         f"{', '.join(WINDOW_FUNCTIONS)}")
+    return center, width, function

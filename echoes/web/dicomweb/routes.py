@@ -32,6 +32,7 @@ from echoes.dicom.syntax import DEFLATED, ENCAPSULATED, EXPLICIT_VR_BIG_ENDIAN
 from echoes.index.base import IMAGE, SERIES, STUDY
 from echoes.services import stow
 from echoes.services.outbound import Route, choose_route, payload, prepare
+from echoes.web import thumbnail as thumbnails
 from echoes.web.api import fail
 from echoes.web.dicomweb import dicom_json, media, multipart, qido
 from echoes.web.state import state
@@ -444,6 +445,139 @@ def frames(study: str, series: str, sop: str, frames: str) -> Response:
     content = f"application/octet-stream; transfer-syntax={media.EXPLICIT_VR_LITTLE_ENDIAN}"
     return _multipart("application/octet-stream",
                       [({"Content-Type": content}, value) for value in values])
+
+
+# -- WADO-RS: rendered and thumbnail ----------------------------------------------------
+
+#: Longest side of a DICOMweb thumbnail, as the Browser's default.
+THUMBNAIL_SIZE = 128
+IMAGE_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
+
+
+def _image_format() -> str:
+    chosen = media.rendered_format(request.headers.get("Accept"))
+    if chosen is None:
+        refuse(406, "rendered images are image/jpeg or image/png")
+    return chosen
+
+
+def _image_response(data: bytes, fmt: str) -> Response:
+    response = Response(data, content_type=IMAGE_TYPES[fmt])
+    response.headers["Cache-Control"] = "private, max-age=300"
+    return response
+
+
+def _rendered(doc: dict, index: int) -> Response:
+    """Frame ``index`` of ``doc`` through the Browser's renderer (:mod:`echoes.web.thumbnail`)."""
+    fmt = _image_format()
+    try:
+        voi = media.parse_window(request.args.get("window"))
+    except ValueError as exc:
+        refuse(400, str(exc))
+    path = state().objects.path_of(doc["path"])
+    try:
+        image = thumbnails.render_frame(path, index, voi)
+    except IndexError as exc:
+        refuse(404, str(exc))
+    except thumbnails.NotAnImage as exc:
+        refuse(406, str(exc))
+    except Exception as exc:  # a decoder's refusal: the object is there, we cannot draw it
+        log.warning("DICOMweb: cannot render %s: %s", doc["SOPInstanceUID"], exc)
+        refuse(406, f"instance {doc['SOPInstanceUID']} cannot be rendered")
+    return _image_response(thumbnails.encode(image, fmt), fmt)
+
+
+@blueprint.get("/studies/<study>/series/<series>/instances/<sop>/rendered")
+def rendered_instance(study: str, series: str, sop: str) -> Response:
+    """The first frame (a multi-frame object's frames: .../frames/{n}/rendered)."""
+    [doc] = _instances(study, series, sop)
+    return _rendered(doc, 0)
+
+
+@blueprint.get("/studies/<study>/series/<series>/instances/<sop>/frames/<frame>/rendered")
+def rendered_frame(study: str, series: str, sop: str, frame: str) -> Response:
+    [doc] = _instances(study, series, sop)
+    if not frame.isdigit() or int(frame) < 1:
+        refuse(400, f"a frame number is a whole number from 1, not {frame!r}")
+    return _rendered(doc, int(frame) - 1)
+
+
+@blueprint.get("/studies/<study>/thumbnail")
+@blueprint.get("/studies/<study>/series/<series>/thumbnail")
+@blueprint.get("/studies/<study>/series/<series>/instances/<sop>/thumbnail")
+def thumbnail(study: str, series: str | None = None, sop: str | None = None) -> Response:
+    """The Browser's thumbnail of the middle instance (its middle frame); never an error
+    for what a file holds: an SR gets a labelled grey square, as in the Browser."""
+    docs = _instances(study, series, sop)
+    fmt = _image_format()
+    path = state().objects.path_of(docs[len(docs) // 2]["path"])
+    return _image_response(thumbnails.render(path, THUMBNAIL_SIZE, fmt), fmt)
+
+
+# -- WADO-URI (PS3.18 9) ----------------------------------------------------------------
+
+#: WADO-URI contentType -> what answers it (None: the object itself).
+WADO_URI_TYPES = {"application/dicom": None, "image/jpeg": "jpeg", "image/png": "png"}
+
+
+def _wado_parameter(name: str) -> str:
+    value = request.args.get(name)
+    if not value:
+        refuse(400, f"WADO-URI: the {name} parameter is missing")
+    return value
+
+
+@blueprint.get("/wado")
+def wado_uri() -> Response:
+    """``/wado?requestType=WADO&studyUID=..&seriesUID=..&objectUID=..``: one object as
+    ``application/dicom`` (``transferSyntax``, default Explicit VR Little Endian as
+    PS3.18 9.1.2.5.1 says; ``*`` the stored bytes), or rendered as ``image/jpeg``
+    (the default) or ``image/png`` (``frameNumber``, ``windowCenter``/``windowWidth``)."""
+    if _wado_parameter("requestType") != "WADO":
+        refuse(400, "WADO-URI: requestType must be WADO")
+    [doc] = _instances(_wado_parameter("studyUID"), _wado_parameter("seriesUID"),
+                       _wado_parameter("objectUID"))
+    wanted = [t.split(";")[0].strip().lower()
+              for t in request.args.get("contentType", "image/jpeg").split(",")]
+    kinds = [t for t in wanted if t in WADO_URI_TYPES]
+    if not kinds:
+        refuse(406, f"WADO-URI: contentType is one of {', '.join(WADO_URI_TYPES)}")
+    fmt = WADO_URI_TYPES[kinds[0]]
+    if fmt is None:
+        return _wado_object(doc, request.args.get("transferSyntax",
+                                                  media.EXPLICIT_VR_LITTLE_ENDIAN))
+    frame = request.args.get("frameNumber", "1")
+    if not frame.isdigit() or int(frame) < 1:
+        refuse(400, f"frameNumber is a whole number from 1, not {frame!r}")
+    center, width = request.args.get("windowCenter"), request.args.get("windowWidth")
+    if (center is None) != (width is None):
+        refuse(400, "windowCenter and windowWidth go together")
+    try:
+        voi = media.parse_window(None if center is None else f"{center},{width}")
+    except ValueError as exc:
+        refuse(400, str(exc))
+    path = state().objects.path_of(doc["path"])
+    try:
+        image = thumbnails.render_frame(path, int(frame) - 1, voi)
+    except IndexError as exc:
+        refuse(404, str(exc))
+    except Exception as exc:  # no pixels, or a decoder's refusal
+        refuse(406, f"instance {doc['SOPInstanceUID']} cannot be rendered: {exc}")
+    return _image_response(thumbnails.encode(image, fmt), fmt)
+
+
+def _wado_object(doc: dict, syntax: str) -> Response:
+    chosen = plan(doc, [syntax])
+    if chosen is None:
+        refuse(406, f"instance {doc['SOPInstanceUID']} (stored as "
+                    f"{doc.get('TransferSyntaxUID')}) cannot be sent in {syntax}")
+    used, route = chosen
+    objects, key = state().objects, doc["path"]
+    body = (multipart.file_chunks(lambda: objects.open(key)) if route is None
+            else _converted_chunks(objects, doc, route, used))
+    response = Response(body, content_type="application/dicom", direct_passthrough=True)
+    response.headers["Content-Disposition"] = f'attachment; filename="{doc["SOPInstanceUID"]}.dcm"'
+    return response
 
 
 # -- STOW-RS ----------------------------------------------------------------------------
