@@ -33,10 +33,10 @@ log = logging.getLogger("echoes.web")
 #: Largest request body (JSON bodies here are a few hundred bytes).
 MAX_BODY_BYTES = 64 * 1024
 THREADS = 4
-#: waitress's cap on a request body (its default is 1 GiB).  STOW-RS uploads whole
-#: studies; waitress keeps a body over 512 KB in a temporary file, not in memory,
-#: before the app reads it, so the cap bounds disk, not memory.
-MAX_UPLOAD_BYTES = 64 * 2**30
+#: waitress's cap on a request body (its default is 1 GiB): STOW-RS's
+#: (:data:`echoes.web.dicomweb.routes.MAX_UPLOAD_BYTES`); every other route
+#: keeps Flask's MAX_BODY_BYTES.
+MAX_UPLOAD_BYTES = dicomweb.MAX_UPLOAD_BYTES
 
 #: Messages for errors Flask raises itself, worded for a script's author.
 _API_MESSAGES = {

@@ -585,12 +585,17 @@ def _wado_object(doc: dict, syntax: str) -> Response:
 #: Bytes read from the request body at a time (waitress holds the body in its own
 #: buffer file; this bounds what one upload holds in the web process's memory).
 UPLOAD_CHUNK = 1024 * 1024
+#: The largest STOW-RS body (the Browser's other routes keep 64 KB).  waitress keeps
+#: a body over 512 KB in a temporary file, not in memory, before the app reads it,
+#: so this bounds disk, not memory.
+MAX_UPLOAD_BYTES = 64 * 2**30
 #: Answer status by (any stored, any failed): PS3.18 10.5.3.
 STOW_STATUS = {(True, False): 200, (True, True): 202, (False, True): 409}
 
 
 def _body_chunks() -> Iterator[bytes]:
-    request.max_content_length = None  # the Browser's 64 KB cap is not for uploads
+    # The Browser's 64 KB cap is not for uploads (None would fall back to it).
+    request.max_content_length = MAX_UPLOAD_BYTES
     stream = request.stream
     while chunk := stream.read(UPLOAD_CHUNK):
         yield chunk
