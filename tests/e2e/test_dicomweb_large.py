@@ -1,4 +1,5 @@
-"""A 1 GiB object out over DICOMweb with the web process far below 200 MB of memory.
+"""A 1 GiB object out over DICOMweb, and a 2 GiB one in over STOW-RS, with the web
+process far below 200 MB of memory.
 
 Slow (a gigabyte is stored over DICOM, then read back twice): ``-m slow``.
 The object (2,048 frames of 512 x 512 16-bit pixels) is written to disk
@@ -14,6 +15,7 @@ import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -133,4 +135,61 @@ def test_frames_and_metadata_of_a_gigabyte_read_little(large) -> None:
     for n in (0, 999, 2047):
         assert frame(n) in answer.content
     print(f"web peak RSS {before:.0f} MB -> {peak_mb(web):.0f} MB for metadata and 3 frames")
+    assert peak_mb(web) - before < GROWTH_LIMIT_MB
+
+
+STOW_FRAMES = 4096  # 4,096 x 512 KiB: a 2 GiB Pixel Data, the largest a 32-bit length allows
+
+
+def stow_body(header: bytes, boundary: str, digest: Any) -> Iterator[bytes]:
+    """The multipart body, made while it is sent (requests sends a generator chunked,
+    with no Content-Length); ``digest`` sees the part's bytes."""
+    yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    pixels = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, FRAME_BYTES * STOW_FRAMES)
+    for piece in (header, pixels):
+        digest.update(piece)
+        yield piece
+    for n in range(STOW_FRAMES):
+        data = frame(n)
+        digest.update(data)
+        yield data
+    yield f"\r\n--{boundary}--\r\n".encode()
+
+
+def test_two_gigabytes_in_over_stow_without_content_length_in_little_memory(
+        large, tmp_path: Path) -> None:
+    server, _, _ = large
+    [web] = server.children("web")
+    before = peak_mb(web)
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"
+    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = (
+        generate_uid(), generate_uid(), generate_uid())
+    ds.PatientName, ds.PatientID, ds.Modality = "HUGE^UPLOAD", "PH", "OT"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows = ds.Columns = SIDE
+    ds.NumberOfFrames = STOW_FRAMES
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    header = write_part10(ds, tmp_path / "header.dcm").read_bytes()
+    sent = hashlib.sha256()
+    boundary = "huge-upload-boundary"
+    answer = requests.post(
+        f"http://127.0.0.1:{server.config.http_port}/dicom-web/studies",
+        data=stow_body(header, boundary, sent), auth=("admin", PASSWORD), timeout=900,
+        headers={"Content-Type": f'multipart/related; type="application/dicom"; '
+                                 f'boundary={boundary}', "Accept": "application/dicom+json"})
+    assert answer.status_code == 200, answer.text
+    assert answer.request.headers.get("Transfer-Encoding") == "chunked"
+    assert "Content-Length" not in answer.request.headers
+    server.wait_ingested(2, timeout=600)
+    stored_path = (server.config.archive_dir / ds.StudyInstanceUID / ds.SeriesInstanceUID
+                   / f"{ds.SOPInstanceUID}.dcm")
+    assert stored_path.stat().st_size > STOW_FRAMES * FRAME_BYTES
+    check = hashlib.sha256()
+    with open(stored_path, "rb") as stored:
+        while chunk := stored.read(1 << 20):
+            check.update(chunk)
+    assert check.hexdigest() == sent.hexdigest()  # the part's bytes, archived as sent
+    print(f"web peak RSS {before:.0f} MB -> {peak_mb(web):.0f} MB for "
+          f"{stored_path.stat().st_size >> 20} MiB in")
     assert peak_mb(web) - before < GROWTH_LIMIT_MB
