@@ -22,15 +22,17 @@ fsynced before the answer is sent.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from echoes.config import Config
+from echoes.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from echoes.dicom.dimse import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS
-from echoes.dicom.part10 import MalformedDataset, read_meta
+from echoes.dicom.part10 import MalformedDataset, part10_header, read_meta
 from echoes.services.storage import (
     ReceiveFile,
     SpareFiles,
@@ -47,6 +49,12 @@ log = logging.getLogger("echoes.stow")
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 MEDIA_STORAGE_CLASS, MEDIA_STORAGE_INSTANCE, TRANSFER_SYNTAX = 0x00020002, 0x00020003, 0x00020010
+#: Where the File Meta starts (after the 128-byte preamble and "DICM"), and the most
+#: of it we read: a meta is a few hundred bytes.
+META_START, MAX_META_BYTES = 132, 64 * 1024
+#: Source Application Entity Title (0002,0016) of an object stored over STOW-RS: what
+#: the index records as its calling AE, as it records a C-STORE's.
+STOW_SOURCE_AE = "STOW-RS"
 
 
 @dataclass
@@ -65,6 +73,40 @@ class Outcome:
 
 def _text(value: bytes | None) -> str:
     return (value or b"").rstrip(b"\x00 ").decode("ascii", "replace")
+
+
+def read_part_meta(chunks: Iterator[bytes]) -> tuple[bytes, tuple[str, str, str]]:
+    """Read a part's preamble and File Meta from ``chunks``: (the bytes read past the
+    meta, (Media Storage SOP Class, Media Storage SOP Instance, Transfer Syntax UIDs)).
+
+    The meta's end comes from its group length (0002,0000), which PS3.10 requires;
+    a part without it, or that is not Part 10 at all, is Cannot Understand.
+    """
+    head = b""
+
+    def until(size: int) -> bool:
+        nonlocal head
+        while len(head) < size:
+            chunk = next(chunks, None)
+            if chunk is None:
+                return False
+            head += chunk
+        return True
+
+    if not until(META_START + 12) or head[128:132] != b"DICM" \
+            or head[META_START:META_START + 6] != b"\x02\x00\x00\x00UL":
+        raise StoreRefused(CANNOT_UNDERSTAND, "Cannot understand: not a Part 10 file "
+                                              "(no DICM prefix or no File Meta group length)")
+    end = META_START + 12 + int.from_bytes(head[META_START + 8:META_START + 12], "little")
+    if end > MAX_META_BYTES or not until(end):
+        raise StoreRefused(CANNOT_UNDERSTAND, "Cannot understand: the File Meta is cut short")
+    try:
+        meta, _ = read_meta(io.BytesIO(head[:end]), end)
+    except (MalformedDataset, ValueError) as exc:
+        raise StoreRefused(CANNOT_UNDERSTAND, f"Cannot understand: File Meta: {exc}") from None
+    return head[end:], (_text(meta.get(MEDIA_STORAGE_CLASS)),
+                        _text(meta.get(MEDIA_STORAGE_INSTANCE)),
+                        _text(meta.get(TRANSFER_SYNTAX)))
 
 
 class StowStore:
@@ -86,17 +128,31 @@ class StowStore:
         self.accepted = accepted_contexts()
 
     def receive(self, chunks: Iterable[bytes], study: str | None) -> Outcome:
-        """Write one part into a receive file and vet it; not yet published."""
+        """Write one part into a receive file and vet it; not yet published.
+
+        The part's File Meta is read, then replaced by ours (our implementation
+        UID, ``STOW_SOURCE_AE`` as Source AE Title), as a C-STORE data set gets
+        ours: every archived file says who wrote it and how it came in.
+        """
+        chunks = iter(chunks)
+        outcome = Outcome("", "")
+        try:
+            rest, (outcome.sop_class, outcome.sop_instance, syntax) = read_part_meta(chunks)
+        except StoreRefused as refusal:
+            outcome.status, outcome.reason = refusal.status, refusal.reason
+            return outcome  # split() drains what is left of the part
         received = ReceiveFile(self.spares)
         try:
+            received.write(part10_header(outcome.sop_class, outcome.sop_instance, syntax,
+                                         IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME,
+                                         STOW_SOURCE_AE))
+            received.write(rest)
             for chunk in chunks:
                 received.write(chunk)
         except BaseException:
             received.discard()  # the body broke off: nothing of this part is kept
             raise
-        outcome = Outcome("", "")
         try:
-            outcome.sop_class, outcome.sop_instance, syntax = self._meta(received)
             if outcome.sop_class not in self.accepted:
                 raise StoreRefused(SOP_CLASS_NOT_SUPPORTED,
                                    f"SOP Class {outcome.sop_class} is not stored here")
@@ -114,17 +170,6 @@ class StowStore:
         finally:
             received.close()
         return outcome
-
-    def _meta(self, received: ReceiveFile) -> tuple[str, str, str]:
-        """The File Meta's SOP Class, SOP Instance and transfer syntax UIDs."""
-        try:
-            with open(received.fd, "rb", closefd=False) as handle:
-                meta, _ = read_meta(handle, os.fstat(received.fd).st_size)
-        except (MalformedDataset, OSError, ValueError) as exc:
-            raise StoreRefused(CANNOT_UNDERSTAND,
-                               f"Cannot understand: not a Part 10 file ({exc})") from None
-        return (_text(meta.get(MEDIA_STORAGE_CLASS)), _text(meta.get(MEDIA_STORAGE_INSTANCE)),
-                _text(meta.get(TRANSFER_SYNTAX)))
 
     def publish(self, outcomes: list[Outcome]) -> None:
         """Publish every vetted part durably (fsync) before the answer is sent."""

@@ -28,6 +28,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from werkzeug.security import generate_password_hash
 
+from echoes import IMPLEMENTATION_CLASS_UID
+
 PASSWORD = "stow-secret"
 FAST_HASH = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")
 AUTH = ("admin", PASSWORD)
@@ -144,6 +146,17 @@ def test_stored_objects_are_found_by_findscu(archive: Archive, tmp_path: Path,
     assert done.returncode == 0, done.stderr[-2000:]
     found = {pydicom.dcmread(p).SOPInstanceUID for p in tmp_path.glob("rsp*.dcm")}
     assert found == {ds.SOPInstanceUID for ds in archive.stored}
+
+
+def test_stored_files_carry_our_file_meta_like_c_store_ones(archive: Archive) -> None:
+    """The part's File Meta is replaced by ours, as a C-STORE data set gets ours: the
+    Source AE Title says it came over STOW-RS."""
+    sent = archive.stored[0]
+    stored = pydicom.dcmread(archive.server.config.archive_dir / archive.study / archive.series
+                             / f"{sent.SOPInstanceUID}.dcm")
+    assert stored.file_meta.SourceApplicationEntityTitle == "STOW-RS"
+    assert stored.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+    assert sent.file_meta.ImplementationClassUID != IMPLEMENTATION_CLASS_UID  # pydicom's
 
 
 def test_stored_objects_come_back_equal(archive: Archive) -> None:
