@@ -22,10 +22,11 @@ import pydicom
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
-from helpers import DCMTK_ENV, Server, start_server, stop_server, write_part10
+from helpers import DCMTK_ENV, Server, stop_server, write_part10
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from test_forward import Destination, ae_sections, destination, start_with, wait_for
 from werkzeug.security import generate_password_hash
 
 from echoes import IMPLEMENTATION_CLASS_UID
@@ -72,12 +73,14 @@ class Archive:
     study: str
     series: str
     stored: list[Dataset]
+    forward: Destination  # a storescp every object is forwarded to
 
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
     root = tmp_path_factory.mktemp("stow")
-    server = start_server(root / "home", http_password_hash=FAST_HASH)
+    forward = destination(root, "FORWARDED").start()
+    server = start_with(root / "home", ae_sections(forward), http_password_hash=FAST_HASH)
     try:
         base = f"http://127.0.0.1:{server.config.http_port}/dicom-web"
         session = requests.Session()
@@ -91,9 +94,10 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
             ds.SOPInstanceUID for ds in datasets]
         assert "FailedSOPSequence" not in answer
         server.wait_ingested(3)
-        yield Archive(server, base, client, root, study, series, datasets)
+        yield Archive(server, base, client, root, study, series, datasets, forward)
     finally:
         stop_server(server)
+        forward.stop()
 
 
 def post(archive: Archive, body: bytes | Iterator[bytes], content_type: str, path: str = "/studies",
@@ -157,6 +161,23 @@ def test_stored_files_carry_our_file_meta_like_c_store_ones(archive: Archive) ->
     assert stored.file_meta.SourceApplicationEntityTitle == "STOW-RS"
     assert stored.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
     assert sent.file_meta.ImplementationClassUID != IMPLEMENTATION_CLASS_UID  # pydicom's
+
+
+def test_stored_objects_are_forwarded(archive: Archive) -> None:
+    """An object stored over HTTP takes the ingester's way: a forward job per
+    ``forward = yes`` AE, sent by the sender (here to a dcmtk storescp)."""
+    wanted = {ds.SOPInstanceUID: ds for ds in archive.stored}
+
+    def arrived() -> dict[str, Dataset]:
+        found = {}
+        for path in archive.forward.folder.iterdir():
+            ds = pydicom.dcmread(path)
+            found[ds.SOPInstanceUID] = ds
+        return found
+
+    wait_for(lambda: set(wanted) <= set(arrived()), 60, "STOW-RS objects not forwarded")
+    got = arrived()
+    assert all(got[uid].PixelData == wanted[uid].PixelData for uid in wanted)
 
 
 def test_stored_objects_come_back_equal(archive: Archive) -> None:
