@@ -22,6 +22,7 @@ fsynced before the answer is sent.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -190,6 +191,16 @@ class StowStore:
             finally:
                 os.close(fd)
                 outcome.path = None
+
+    def close(self) -> None:
+        """At the web process's exit: its spare receive files and folder go (an upload
+        still running was never answered, so its file goes too)."""
+        self.spares.close()
+        for leftover in self.folder.glob("*.part"):
+            leftover.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()
+        os.close(self.incoming_fd)
 
     def discard(self, outcomes: list[Outcome]) -> None:
         """The body was not valid: the vetted parts are deleted, never published."""

@@ -83,6 +83,13 @@ class WebState:
             self._stow.config = self.config  # min_free_mb as it is now
             return self._stow
 
+    def close(self) -> None:
+        """At the process's exit: STOW-RS's receive folder is removed."""
+        with self._stow_lock:
+            if self._stow is not None:
+                self._stow.close()
+                self._stow = None
+
     @property
     def config(self) -> Config:
         """The configuration now (the file is re-read when it changed)."""

@@ -95,9 +95,14 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
         assert "FailedSOPSequence" not in answer
         server.wait_ingested(3)
         yield Archive(server, base, client, root, study, series, datasets, forward)
+        [web] = server.children("web")
+        receive_folder = server.config.spool_dir / "tmp" / str(web)
+        assert receive_folder.is_dir()  # STOW-RS's, in the web process
     finally:
         stop_server(server)
         forward.stop()
+    # The web process removes its receive folder (and its spare files) when it stops.
+    assert not receive_folder.exists()
 
 
 def post(archive: Archive, body: bytes | Iterator[bytes], content_type: str, path: str = "/studies",
