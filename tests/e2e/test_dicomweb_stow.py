@@ -395,3 +395,19 @@ def test_wado_uri_renders_jpeg_by_default_and_png_on_request(archive: Archive) -
 ])
 def test_wado_uri_refusals(archive: Archive, extra: dict, status: int) -> None:
     assert wado(archive, archive.stored[0], **extra).status_code == status
+
+
+def test_the_browser_session_cannot_store(archive: Archive) -> None:
+    """The session cookie (and its CSRF token) reads DICOMweb, never writes: a page of
+    another site must not be able to make a logged-in browser upload."""
+    session = requests.Session()
+    login = session.post(archive.base.replace("/dicom-web", "/api/login"), timeout=10,
+                         json={"user": "admin", "password": PASSWORD})
+    assert login.status_code == 200
+    ds = ct_image(archive.study, archive.series, 40)
+    body, content_type = related([part10_bytes(ds, archive.folder)])
+    answer = session.post(archive.base + "/studies", data=body, timeout=60, headers={
+        "Content-Type": content_type, "X-CSRF-Token": login.json()["csrf_token"]})
+    assert answer.status_code == 401
+    assert spool_is_empty(archive.server)
+    assert ds.SOPInstanceUID not in archive.server.indexed_sops()
