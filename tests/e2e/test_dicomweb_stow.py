@@ -13,6 +13,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -411,3 +412,25 @@ def test_the_browser_session_cannot_store(archive: Archive) -> None:
     assert answer.status_code == 401
     assert spool_is_empty(archive.server)
     assert ds.SOPInstanceUID not in archive.server.indexed_sops()
+
+
+def test_below_the_free_space_floor_every_part_fails_out_of_resources(archive: Archive) -> None:
+    """min_free_mb holds for STOW-RS as for C-STORE (read again from the file while the
+    web process runs): 409, each part 0xA700."""
+    path = archive.server.config.path
+    original = path.read_text()
+    path.write_text(original.replace("min_free_mb = 10", "min_free_mb = 999999999"))
+    try:
+        ds = ct_image(archive.study, archive.series, 50)
+        body, content_type = related([part10_bytes(ds, archive.folder)])
+        deadline = time.monotonic() + 20
+        while True:  # the web process notices the changed file within its reload interval
+            answer = post(archive, body, content_type)
+            if answer.status_code != 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert answer.status_code == 409, answer.text
+        [failed] = answer.json()[FAILED]["Value"]
+        assert failed[FAILURE_REASON]["Value"] == [0xA700]
+    finally:
+        path.write_text(original)
