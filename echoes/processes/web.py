@@ -48,6 +48,7 @@ class WebWorker(Worker):
         if self.loop.is_alive():  # else its sockets are closed already
             stop_server(self.server)
             self.loop.join()
+        self.app.extensions["echoes"].close()  # after the last request
         log.info("web stopped")
 
 

@@ -199,33 +199,27 @@ class Tally:
     bytes: int = 0
 
 
-class SpoolReceiver:
-    """One object being received into this worker's spool folder.
+class ReceiveFile:
+    """One object's receive file in a spool/tmp folder, written as its bytes arrive.
 
-    Fragments are written as they arrive; nothing is read back until the
-    last one.  The first failed write (ENOSPC, EIO) is remembered and later
-    writes are dropped, so the association survives and :meth:`finish`
-    answers 0xA700.
+    Shared by the store port (:class:`SpoolReceiver`, C-STORE) and STOW-RS
+    (:mod:`echoes.services.stow`), so both write, check and publish an
+    object the same way.  The first failed write (ENOSPC, EIO) is remembered
+    and later writes are dropped, so the caller can go on reading its input
+    and answer Out of Resources when the object ends.
     """
 
-    def __init__(self, service: StoreService, association_: association.Association,
-                 sop_class: str, sop_instance: str, syntax: str) -> None:
-        self.service = service
-        self.association = association_
-        self.sop_class = sop_class
-        self.sop_instance = sop_instance
+    def __init__(self, spares: SpareFiles) -> None:
         self.error: OSError | None = None
         #: Bytes written, and how many of them were handed to the disk already.
         self.written = self.handed = 0
-        self.path, self.fd = service.spares.take()
-        self.write(memoryview(part10.part10_header(
-            sop_class, sop_instance, syntax, IMPLEMENTATION_CLASS_UID,
-            IMPLEMENTATION_VERSION_NAME, association_.calling_ae)))
+        self.path, self.fd = spares.take()
 
-    def write(self, fragment: memoryview) -> None:
+    def write(self, fragment: memoryview | bytes) -> None:
         """Append a fragment (short writes retried)."""
         if self.error is not None:
             return
+        fragment = memoryview(fragment)
         try:
             while fragment:
                 done = os.write(self.fd, fragment)
@@ -239,22 +233,84 @@ class SpoolReceiver:
             durable.start_writeback(self.fd, self.handed, self.written - self.handed)
             self.handed = self.written
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def discard(self) -> None:
+        """The object never ended (association or upload cut): never acknowledged."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
+class SpoolReceiver(ReceiveFile):
+    """One C-STORE data set being received into this worker's spool folder.
+
+    Fragments are written as they arrive, after a File Meta of our own;
+    nothing is read back until the last one, then :meth:`finish` answers.
+    """
+
+    def __init__(self, service: StoreService, association_: association.Association,
+                 sop_class: str, sop_instance: str, syntax: str) -> None:
+        super().__init__(service.spares)
+        self.service = service
+        self.association = association_
+        self.sop_class = sop_class
+        self.sop_instance = sop_instance
+        self.write(memoryview(part10.part10_header(
+            sop_class, sop_instance, syntax, IMPLEMENTATION_CLASS_UID,
+            IMPLEMENTATION_VERSION_NAME, association_.calling_ae)))
 
     def finish(self) -> tuple[int, str]:
         """The whole data set is here: check, commit, answer."""
         try:
             return self.service.commit(self)
         finally:
-            self._close()
+            self.close()
 
-    def discard(self) -> None:
-        """The association ended mid-object: it was never acknowledged."""
-        self._close()
-        self.path.unlink(missing_ok=True)
+
+def vet(received: ReceiveFile, sop_class: str, sop_instance: str,
+        layout: spool.SpoolLayout, min_free_mb: int, study: str | None = None
+        ) -> tuple[dict[str, str | None], int]:
+    """Decide whether a complete receive file may be stored: its UIDs and size, or
+    :class:`StoreRefused` (the file is then deleted).
+
+    A remembered write error or less free space than ``min_free_mb`` is Out
+    of Resources, then :func:`check_object`; with ``study`` (a STOW-RS to
+    one study's URL) an object of another study is refused too.
+    """
+    try:
+        if received.error is not None:
+            raise StoreRefused(
+                OUT_OF_RESOURCES, f"Out of resources: {received.error.strerror}")
+        free = spool.free_megabytes(layout.root)
+        if free < min_free_mb:
+            raise StoreRefused(
+                OUT_OF_RESOURCES, f"Out of resources: {free:.0f} MB free, floor {min_free_mb} MB",
+            )
+        uids = check_object(received.path, sop_class, sop_instance, received.fd)
+        if study is not None and uids["StudyInstanceUID"] != study:
+            raise StoreRefused(DOES_NOT_MATCH_SOP_CLASS,
+                               f"StudyInstanceUID {uids['StudyInstanceUID']} is not the "
+                               f"study of the URL")
+        return uids, os.fstat(received.fd).st_size
+    except StoreRefused:
+        received.path.unlink(missing_ok=True)
+        raise
+
+
+def publish(fd: int, path: Path, layout: spool.SpoolLayout, incoming_fd: int) -> None:
+    """Move a vetted file into ``incoming/`` durably (:func:`spool.publish_incoming`:
+    rename, fsync file and folder); a failure is Out of Resources, the file deleted."""
+    try:
+        # Renamed into incoming, then the receive descriptor and the
+        # incoming folder (kept open) fsynced: one journal commit,
+        # no open() per object (see spool.publish_incoming).
+        spool.publish_incoming(fd, path, layout, incoming_fd)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise StoreRefused(OUT_OF_RESOURCES, f"Out of resources: {exc.strerror}") from None
 
 
 class StoreService:
@@ -283,31 +339,12 @@ class StoreService:
 
     def commit(self, receiver: SpoolReceiver) -> tuple[int, str]:
         """Commit the spooled file durably, then say Success; else the refusal."""
-        path = receiver.path
         stats = self.tallies.setdefault(receiver.association, Tally())
         try:
-            if receiver.error is not None:
-                raise StoreRefused(
-                    OUT_OF_RESOURCES, f"Out of resources: {receiver.error.strerror}")
-            free = spool.free_megabytes(self.layout.root)
-            if free < self.config.min_free_mb:
-                raise StoreRefused(
-                    OUT_OF_RESOURCES,
-                    f"Out of resources: {free:.0f} MB free, floor {self.config.min_free_mb} MB",
-                )
-            check_object(path, receiver.sop_class, receiver.sop_instance, receiver.fd)
-            size = os.fstat(receiver.fd).st_size
-            try:
-                # Renamed into incoming, then the receive descriptor and the
-                # incoming folder (kept open) fsynced: one journal commit,
-                # no open() per object (see spool.publish_incoming).
-                spool.publish_incoming(receiver.fd, path, self.layout, self.incoming_fd)
-            except OSError as exc:
-                raise StoreRefused(
-                    OUT_OF_RESOURCES, f"Out of resources: {exc.strerror}"
-                ) from None
+            _, size = vet(receiver, receiver.sop_class, receiver.sop_instance,
+                          self.layout, self.config.min_free_mb)
+            publish(receiver.fd, receiver.path, self.layout, self.incoming_fd)
         except StoreRefused as refusal:
-            path.unlink(missing_ok=True)
             stats.refused += 1
             log.warning("refused %s from %s: 0x%04X %s", receiver.sop_instance,
                         receiver.association.calling_ae, refusal.status, refusal.reason)

@@ -9,8 +9,9 @@ address other than ``http_bind``: the ``web`` role
 (:mod:`echoes.processes.web`) refuses a socket bound elsewhere.
 
 Layout: :mod:`auth` (login, sessions, CSRF, security headers), :mod:`api`
-(JSON under ``/api/``), :mod:`pages` (HTML), :mod:`catalog` (the pure read
-models), :mod:`state` (what the process keeps between requests).
+(JSON under ``/api/``), :mod:`pages` (HTML), :mod:`dicomweb` (DICOMweb under
+``/dicom-web``), :mod:`catalog` (the pure read models), :mod:`state` (what
+the process keeps between requests).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 
 from echoes.config import Config
 from echoes.web import api, auth, pages
+from echoes.web.dicomweb import routes as dicomweb
 from echoes.web.state import WebState
 
 log = logging.getLogger("echoes.web")
@@ -31,6 +33,10 @@ log = logging.getLogger("echoes.web")
 #: Largest request body (JSON bodies here are a few hundred bytes).
 MAX_BODY_BYTES = 64 * 1024
 THREADS = 4
+#: waitress's cap on a request body (its default is 1 GiB): STOW-RS's
+#: (:data:`echoes.web.dicomweb.routes.MAX_UPLOAD_BYTES`); every other route
+#: keeps Flask's MAX_BODY_BYTES.
+MAX_UPLOAD_BYTES = dicomweb.MAX_UPLOAD_BYTES
 
 #: Messages for errors Flask raises itself, worded for a script's author.
 _API_MESSAGES = {
@@ -49,6 +55,7 @@ def create_app(config: Config, reload_interval: float = 1.0) -> Flask:
     auth.install(app, config)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(pages.blueprint)
+    app.register_blueprint(dicomweb.blueprint)
     pages.install_filters(app)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(500, _internal_error)
@@ -57,7 +64,7 @@ def create_app(config: Config, reload_interval: float = 1.0) -> Flask:
 
 
 def _http_error(exc: HTTPException) -> Any:
-    if not auth.is_api():
+    if not auth.is_machine():
         return pages.html_error(exc)
     code = exc.code or 500
     if isinstance(exc, api.ApiError):
@@ -86,7 +93,7 @@ def _unavailable(exc: ConnectionError) -> Any:
 def _internal_error(exc: Exception) -> Any:
     log.error("internal error on %s %s", request.method, request.path,
               exc_info=getattr(exc, "original_exception", exc))
-    if auth.is_api():
+    if auth.is_machine():
         return auth.error(500, "internal error (see the echoes log)")
     return Response("Internal error (see the echoes log).", 500, mimetype="text/plain")
 
@@ -107,6 +114,7 @@ def make_server(app: Flask, sock: socket.socket) -> Any:
 
     return waitress.create_server(app, sockets=[sock], threads=THREADS, ident="echoes",
                                   channel_timeout=60, connection_limit=100,
+                                  max_request_body_size=MAX_UPLOAD_BYTES,
                                   clear_untrusted_proxy_headers=True)
 
 

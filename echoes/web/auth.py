@@ -12,10 +12,13 @@ of the web process.
 
 Every page and API call needs a login: pages redirect to ``/login``, the API
 answers 401 JSON.  Scripts may use HTTP Basic auth on ``/api/`` instead of
-the cookie; no ``WWW-Authenticate`` challenge is ever sent, so browsers never
-remember a password on their own.  The pages' automatic refreshes (queue,
-push progress) say so in a header and do not extend the session.  A POST,
-PUT or DELETE made with the session cookie must carry the session's CSRF
+the cookie; no ``WWW-Authenticate`` challenge is sent there, so browsers never
+remember a password on their own.  DICOMweb (``/dicom-web``) takes HTTP
+Basic on every call, or the session cookie for GET, and its 401 carries the
+``Basic`` challenge that DICOMweb clients and viewers expect.  The pages'
+automatic refreshes (queue, push progress) say so in a header and do not
+extend the session.  A POST, PUT or DELETE made with the session cookie must
+carry the session's CSRF
 token (``X-CSRF-Token`` header from JavaScript, ``csrf_token`` field in HTML
 forms), which a page of another site cannot read.
 """
@@ -62,6 +65,10 @@ CSRF_FIELD = "csrf_token"
 POLL_HEADER = "X-Echoes-Poll"
 NO_PASSWORD = "No password is set: run `echoes passwd`"
 WRONG = "Wrong user name or password"
+#: The DICOMweb base URL (:mod:`echoes.web.dicomweb`): HTTP Basic on every call,
+#: or the session cookie for reading only (a viewer page of the Browser).
+DICOMWEB = "/dicom-web"
+SESSION_DICOMWEB_METHODS = frozenset({"GET", "HEAD"})
 #: Endpoints reachable without a login (the login itself, and the CSS/JS it uses).
 PUBLIC_ENDPOINTS = frozenset({"static", "auth.login_page", "auth.login_form", "auth.api_login"})
 #: Failed logins from one address before it must wait.
@@ -215,10 +222,26 @@ def is_api() -> bool:
     return request.path == "/api" or request.path.startswith("/api/")
 
 
+def is_dicomweb() -> bool:
+    return request.path == DICOMWEB or request.path.startswith(DICOMWEB + "/")
+
+
+def is_machine() -> bool:
+    """A request of a program (the JSON API, DICOMweb): errors as JSON, never a page."""
+    return is_api() or is_dicomweb()
+
+
 def error(status: int, message: str) -> Response:
-    """The API's error body: one clear sentence."""
+    """The API's error body: one clear sentence.
+
+    A 401 of DICOMweb carries a ``WWW-Authenticate: Basic`` challenge (the
+    SPEC's rule): viewers and DICOMweb clients expect it to send credentials.
+    The JSON API sends none, so that browsers never keep a password.
+    """
     response = jsonify(error=message)
     response.status_code = status
+    if status == 401 and is_dicomweb():
+        response.headers["WWW-Authenticate"] = 'Basic realm="echoes", charset="UTF-8"'
     return response
 
 
@@ -244,7 +267,7 @@ def guard() -> Response | None:
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
     config = state().config
-    if is_api() and request.authorization is not None:
+    if is_machine() and request.authorization is not None:
         auth = request.authorization
         if auth.type != "basic" or auth.username is None or auth.password is None:
             return error(401, "only HTTP Basic authorization is accepted")
@@ -266,9 +289,11 @@ def guard() -> Response | None:
     if problem is not None:
         if session.get(USER):
             session.clear()  # expired or void: the next login starts clean
-        if is_api():
+        if is_machine():
             return error(401, problem)
         return _login_redirect()
+    if is_dicomweb() and request.method not in SESSION_DICOMWEB_METHODS:
+        return error(401, "DICOMweb takes the session for GET only: send HTTP Basic credentials")
     if request.method in UNSAFE_METHODS and not _csrf_ok():
         return error(403, "missing or wrong CSRF token (send the X-CSRF-Token header)")
     if request.headers.get(POLL_HEADER) != "1":

@@ -18,6 +18,7 @@ from flask import current_app
 from echoes.config import Config, Reloader
 from echoes.index import open_index
 from echoes.queue import jobs, open_job_store
+from echoes.services.stow import StowStore
 from echoes.storage.objects import open_object_store
 from echoes.web.catalog import StudyCatalog, StudyReader
 from echoes.worklist import files as worklist
@@ -69,6 +70,25 @@ class WebState:
         self._worklist: worklist.WorklistDirectory | None = None
         self._worklist_lock = threading.Lock()
         self._worklist_loaded = 0.0
+        self._stow: StowStore | None = None
+        self._stow_lock = threading.Lock()
+
+    @property
+    def stow(self) -> StowStore:
+        """STOW-RS's way into the spool, made at the first upload (a Browser that is
+        never sent anything creates no receive folder)."""
+        with self._stow_lock:
+            if self._stow is None:
+                self._stow = StowStore(self.config)
+            self._stow.config = self.config  # min_free_mb as it is now
+            return self._stow
+
+    def close(self) -> None:
+        """At the process's exit: STOW-RS's receive folder is removed."""
+        with self._stow_lock:
+            if self._stow is not None:
+                self._stow.close()
+                self._stow = None
 
     @property
     def config(self) -> Config:

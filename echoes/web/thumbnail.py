@@ -77,6 +77,9 @@ _FUNCTIONAL_GROUP = {
     "VOILUTFunction": "FrameVOILUTSequence",
 }
 
+#: (center, width, VOI LUT Function) of a window, in modality (rescaled) units.
+Window = tuple[float, float, str]
+
 _rendering: ContextVar[bool] = ContextVar("echoes_thumbnail_rendering", default=False)
 
 
@@ -107,8 +110,8 @@ for _name in ("pydicom", "pydicom.pixels.decoders.base", "pydicom.pixels.utils")
     logging.getLogger(_name).addFilter(_QUIET)  # the loggers pydicom 3 reads pixels with
 
 
-def render(path: Path, size: int = 128) -> bytes:
-    """PNG bytes of a thumbnail (longest side <= size) of the object at path.
+def render(path: Path, size: int = 128, fmt: str = "png") -> bytes:
+    """PNG (or ``fmt="jpeg"``) bytes of a thumbnail (longest side <= size) of the object at path.
 
     Never raises for bad or odd data: returns :func:`placeholder` with a short reason
     instead, because one broken object must not break a page of thumbnails. Images smaller
@@ -121,16 +124,55 @@ def render(path: Path, size: int = 128) -> bytes:
         with _pydicom_quiet():
             header = _read_header(path)
             if "Rows" not in header or "Columns" not in header:
-                return placeholder(str(header.get("Modality") or "no pixels"), size)
-            image = _thumbnail(path, header, size)
+                return placeholder(str(header.get("Modality") or "no pixels"), size, fmt)
+            image = _image(path, header, size, pick_frame(_frame_count(header)), None)
     except Exception as exc:  # the boundary: whatever the file holds, the page gets a PNG
         log.warning("no thumbnail for %s: %s", path, _reason(exc))
-        return placeholder("cannot decode", size)
-    return _png(image)
+        return placeholder("cannot decode", size, fmt)
+    return encode(image, fmt)
+
+
+class NotAnImage(ValueError):
+    """The object holds no pixels (an SR, a KO, a PDF): there is nothing to render."""
+
+
+def render_frame(path: Path, index: int, voi: tuple[float, float, str] | None = None
+                 ) -> Image.Image:
+    """Frame ``index`` (0-based) of the object at full size, as a viewer shows it: DICOMweb's
+    ``rendered`` (PS3.18 8.3.5), through the same chain as the thumbnails.
+
+    ``voi`` (center, width, function) in modality (rescaled) units replaces the file's own
+    window, as PS3.18's ``window`` parameter asks.  Unlike :func:`render` this raises:
+    :class:`NotAnImage`, IndexError for a frame beyond the last, anything a decoder raises.
+    """
+    path = Path(path)
+    with _pydicom_quiet():
+        header = _read_header(path)
+        if "Rows" not in header or "Columns" not in header:
+            raise NotAnImage(f"a {header.get('Modality') or 'non-image'} object has no pixels")
+        count = _frame_count(header)
+        if not 0 <= index < count:
+            raise IndexError(f"frame {index + 1} asked for, the object has {count} frame(s)")
+        side = max(int(header.Rows), int(header.Columns))
+        return _image(path, header, side, index, voi)
+
+
+#: Output format -> Pillow's writer arguments (JPEG at quality 90: a viewer's default).
+_WRITERS: dict[str, dict[str, object]] = {
+    "png": {"format": "PNG", "compress_level": PNG_COMPRESS_LEVEL},
+    "jpeg": {"format": "JPEG", "quality": 90},
+}
+
+
+def encode(image: Image.Image, fmt: str = "png") -> bytes:
+    """PNG or JPEG bytes of an 8-bit grey or RGB image."""
+    buffer = io.BytesIO()
+    image.save(buffer, **_WRITERS[fmt])  # type: ignore[arg-type]
+    return buffer.getvalue()
 
 
 @functools.lru_cache(maxsize=64)
-def placeholder(label: str, size: int = 128) -> bytes:
+def placeholder(label: str, size: int = 128, fmt: str = "png") -> bytes:
     """PNG of a neutral grey square with a short label (e.g. "SR", "no pixels", "cannot decode").
 
     Grey so that it reads as "nothing to show" next to real images, with the label so the
@@ -143,7 +185,7 @@ def placeholder(label: str, size: int = 128) -> bytes:
     draw = ImageDraw.Draw(image)
     font = _fitting_font(draw, text, size)
     draw.text((size / 2, size / 2), text, fill=PLACEHOLDER_INK, font=font, anchor="mm")
-    return _png(image)
+    return encode(image, fmt)
 
 
 def pick_frame(number_of_frames: int) -> int:
@@ -240,13 +282,13 @@ def _read_header(path: Path) -> Dataset:
     return header
 
 
-def _thumbnail(path: Path, header: Dataset, size: int) -> Image.Image:
+def _image(path: Path, header: Dataset, size: int, index: int,
+           voi: tuple[float, float, str] | None) -> Image.Image:
     photometric = str(header.get("PhotometricInterpretation", "")).strip()
     convert = _CONVERTERS.get(photometric)
     if convert is None:
         raise ValueError(f"photometric interpretation {photometric!r} is not supported")
-    index = pick_frame(_frame_count(header))
-    image = convert(_decode(path, header, index), header, index, size)
+    image = convert(_decode(path, header, index), header, index, size, voi)
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
     return image
 
@@ -292,35 +334,40 @@ def _decode_whole(path: Path, index: int) -> np.ndarray:
 # Converters: decoded frame -> 8-bit Pillow image ("L" or "RGB"), chosen by
 # (0028,0004) Photometric Interpretation in _CONVERTERS below.
 
-def _monochrome2(pixels: np.ndarray, header: Dataset, index: int, size: int) -> Image.Image:
+def _monochrome2(pixels: np.ndarray, header: Dataset, index: int, size: int,
+                 voi: Window | None) -> Image.Image:
     """Lowest value black, unless (2050,0020) Presentation LUT Shape says INVERSE
     (PS3.3 C.11.6: some CR and DX, and presentation-ready images, are stored so).
     """
-    grey = _grey(pixels, header, index, size)
+    grey = _grey(pixels, header, index, size, voi)
     inverse = str(header.get("PresentationLUTShape", "")).strip().upper() == "INVERSE"
     return Image.fromarray(255 - grey if inverse else grey)
 
 
-def _monochrome1(pixels: np.ndarray, header: Dataset, index: int, size: int) -> Image.Image:
+def _monochrome1(pixels: np.ndarray, header: Dataset, index: int, size: int,
+                 voi: Window | None) -> Image.Image:
     """MONOCHROME1 shows its lowest value white (PS3.3 C.7.6.3.1.2): CR, DX, mammography.
 
     Its Presentation LUT Shape is INVERSE by definition: not a second inversion.
     """
-    return Image.fromarray(255 - _grey(pixels, header, index, size))
+    return Image.fromarray(255 - _grey(pixels, header, index, size, voi))
 
 
-def _rgb(pixels: np.ndarray, header: Dataset, index: int, size: int) -> Image.Image:
+def _rgb(pixels: np.ndarray, header: Dataset, index: int, size: int,
+         voi: Window | None) -> Image.Image:
     return Image.fromarray(_colour_8bit(pixels, int(header.get("BitsStored") or 8)))
 
 
-def _palette(pixels: np.ndarray, header: Dataset, index: int, size: int) -> Image.Image:
+def _palette(pixels: np.ndarray, header: Dataset, index: int, size: int,
+             voi: Window | None) -> Image.Image:
     rgb = apply_color_lut(pixels, header)[..., :3]  # drop an alpha palette, if any
     return Image.fromarray(_colour_8bit(rgb, 8 * rgb.itemsize))
 
 
 #: pydicom hands YBR_FULL(_422) over as RGB already (pixel_array with raw=False), and the
 #: JPEG 2000 decoders undo YBR_ICT/YBR_RCT, so all of those arrive here as RGB.
-_CONVERTERS: dict[str, Callable[[np.ndarray, Dataset, int, int], Image.Image]] = {
+_CONVERTERS: dict[str, Callable[[np.ndarray, Dataset, int, int, Window | None],
+                               Image.Image]] = {
     "MONOCHROME1": _monochrome1,
     "MONOCHROME2": _monochrome2,
     "RGB": _rgb,
@@ -332,12 +379,16 @@ _CONVERTERS: dict[str, Callable[[np.ndarray, Dataset, int, int], Image.Image]] =
 }
 
 
-def _grey(pixels: np.ndarray, header: Dataset, index: int, size: int) -> np.ndarray:
-    """Stored grey frame -> windowed 8-bit array, shrunk to about twice the thumbnail."""
+def _grey(pixels: np.ndarray, header: Dataset, index: int, size: int,
+          voi: Window | None = None) -> np.ndarray:
+    """Stored grey frame -> windowed 8-bit array, shrunk to about twice the thumbnail.
+
+    ``voi``, when given, is the window to use instead of the file's own.
+    """
     if pixels.ndim != 2:
         raise ValueError(f"a grey frame of shape {pixels.shape}")
     values = _modality_values(pixels, header, index)
-    file_window = _file_window(header, index)
+    file_window = voi or _file_window(header, index)
     if file_window is None and header.get("VOILUTSequence"):
         with contextlib.suppress(ValueError, KeyError, AttributeError, IndexError,
                                  NotImplementedError, TypeError):
@@ -477,12 +528,6 @@ def _fitting_font(draw: ImageDraw.ImageDraw, text: str, size: int
         points -= 1
         font = _font(points)
     return font
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buffer.getvalue()
 
 
 def _reason(exc: BaseException) -> str:

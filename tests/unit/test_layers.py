@@ -129,3 +129,30 @@ def test_only_the_database_backends_import_psycopg() -> None:
         names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         if any(n.split(".")[0] in ("psycopg", "psycopg_pool") for n in names):
             assert module.startswith(PSYCOPG_USERS), module
+
+
+#: Modules of the Browser that hold pure logic: no web framework, so their
+#: unit tests need no app, no request and no socket.
+PURE_WEB_MODULES = ("dicomweb/qido.py", "dicomweb/dicom_json.py", "dicomweb/media.py",
+                    "dicomweb/multipart.py")
+WEB_FRAMEWORKS = frozenset({"flask", "werkzeug", "waitress", "jinja2"})
+
+
+def third_party(path: Path) -> set[str]:
+    """The top-level names of every module ``path`` imports (late imports too)."""
+    tree = ast.parse(path.read_text(), str(path))
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module or "" for n in ast.walk(tree)
+              if isinstance(n, ast.ImportFrom) and n.level == 0}
+    return {name.split(".")[0] for name in names}
+
+
+@pytest.mark.parametrize("name", PURE_WEB_MODULES)
+def test_pure_web_modules_import_no_web_framework(name: str) -> None:
+    assert not third_party(ECHOES / "web" / name) & WEB_FRAMEWORKS
+
+
+def test_the_pure_rule_catches_a_framework_import(tmp_path: Path) -> None:
+    source = tmp_path / "x.py"
+    source.write_text("def f():\n    from flask import request\n")
+    assert third_party(source) & WEB_FRAMEWORKS == {"flask"}
