@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     studies.add_argument("--json", action="store_true", help="print a JSON list")
     check = commands.add_parser("check", parents=[common], help="health check for cron")
     check.add_argument("--json", action="store_true")
+    nodes = commands.add_parser("nodes", parents=[common],
+                                help="the nodes sharing database_url and their last heartbeat")
+    nodes.add_argument("--json", action="store_true", help="print JSON")
+    nodes.add_argument("--forget", metavar="NODE_NAME",
+                       help="remove a node gone for good from the list")
     push = commands.add_parser("push", parents=[common],
                                help="queue a push of one archived study to a configured AE")
     push.add_argument("study_uid", metavar="STUDY_UID")
@@ -281,6 +286,44 @@ def cmd_check(args: argparse.Namespace, config: config_module.Config) -> int:
     for problem in problems:
         print(f"{health.NAMES[problem.severity]}: {problem.message}")
     return code
+
+
+def cmd_nodes(args: argparse.Namespace, config: config_module.Config) -> int:
+    """Every node of the archive as its supervisor's last heartbeat says."""
+    from echoes.database import nodes as node_rows
+    from echoes.ops.nodes import SILENT_SECONDS, ago
+
+    if not config.database_url:
+        print("echoes: nodes: only with database_url (one node has no others)", file=sys.stderr)
+        return 1
+    if args.forget:
+        if not node_rows.forget(config.database_url, args.forget):
+            print(f"echoes: no node {args.forget!r}", file=sys.stderr)
+            return 1
+        print(f"echoes nodes: {args.forget} forgotten")
+        return 0
+    rows = node_rows.read(config.database_url)
+
+    def state(row: node_rows.NodeRow) -> str:
+        if row.stopped:
+            return "stopped"
+        return "down" if row.silent > SILENT_SECONDS else "running"
+
+    if args.json:
+        print(json.dumps([{"node_name": row.name, "host": row.host, "pid": row.pid,
+                           "started": row.started, "seconds_since_seen": round(row.silent, 1),
+                           "state": state(row), "roles": row.roles,
+                           "spool_waiting": row.spool_waiting} for row in rows],
+                         ensure_ascii=False, indent=1))
+        return 0
+    table = [[row.name, row.host, str(row.pid), state(row), f"{ago(row.silent)} ago",
+              " ".join(f"{role} {entry.get('running', 0)}/{entry.get('wanted', 0)}"
+                       for role, entry in sorted(row.roles.items())),
+              str(row.spool_waiting)] for row in rows]
+    for line in aligned_table(("node", "host", "pid", "state", "seen", "processes",
+                               "spool"), table, right={"pid", "spool"}):
+        print(line)
+    return 0
 
 
 def _job_store(config: config_module.Config):
@@ -588,6 +631,7 @@ COMMANDS = {
     "worklist": cmd_worklist,
     "fsck": cmd_fsck,
     "reindex": cmd_reindex,
+    "nodes": cmd_nodes,
     "push": cmd_push,
     "queue": cmd_queue,
     "retry": cmd_retry,
