@@ -78,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     fsck.add_argument("--json", action="store_true", help="print JSON")
     commands.add_parser("reindex", parents=[common],
                         help="rebuild the index from the archive tree")
+    migrate = commands.add_parser(
+        "migrate", parents=[common],
+        help="copy the embedded index and open jobs into an empty PostgreSQL database")
+    migrate.add_argument("--to", required=True, metavar="URL",
+                         help="postgresql://user:password@host:port/dbname")
     worklist = commands.add_parser("worklist", parents=[common],
                                    help="list the worklist items (or, with --check, bad files)")
     worklist.add_argument("--check", action="store_true",
@@ -482,6 +487,27 @@ def cmd_reindex(args: argparse.Namespace, config: config_module.Config) -> int:
     return 1
 
 
+def cmd_migrate(args: argparse.Namespace, config: config_module.Config) -> int:
+    """Copy the embedded index and the unfinished jobs into PostgreSQL, all or nothing."""
+    from echoes import database
+    from echoes.ops import migrate
+
+    url = args.to.strip()
+    if not url.startswith(config_module.DATABASE_SCHEMES):
+        print("echoes migrate: --to must be a URL such as "
+              "postgresql://user:password@host:5432/echoes", file=sys.stderr)
+        return 2
+    try:
+        copied = migrate.migrate(config, url)
+    except (migrate.MigrateError, database.DatabaseError) as exc:
+        print(f"echoes migrate: {exc}; nothing copied", file=sys.stderr)
+        return 1
+    print(f"echoes migrate: copied {copied.instances} instances of {copied.studies} studies "
+          f"and {copied.jobs} unfinished jobs into PostgreSQL at {database.describe(url)}; "
+          f"now set database_url in {config.path} and start echoes")
+    return 0
+
+
 def _read_worklist(config: config_module.Config):
     from echoes.worklist import files as worklist
 
@@ -630,6 +656,7 @@ COMMANDS = {
     "check": cmd_check,
     "worklist": cmd_worklist,
     "fsck": cmd_fsck,
+    "migrate": cmd_migrate,
     "reindex": cmd_reindex,
     "nodes": cmd_nodes,
     "push": cmd_push,
