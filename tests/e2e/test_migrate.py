@@ -200,6 +200,7 @@ def test_a_migration_that_fails_leaves_the_database_empty(tmp_path: Path,
     shards = sorted((config.index_path.parent / "index.json.d").rglob("*.json"))
     assert len(shards) == 3
     assert shards[-1].stem == study_uids[-1]
+    good = shards[-1].read_bytes()
     shards[-1].write_text("{not json")  # the last shard read is unreadable
 
     done = subprocess.run([sys.executable, "-m", "echoes", "--config", str(config_path),
@@ -213,3 +214,11 @@ def test_a_migration_that_fails_leaves_the_database_empty(tmp_path: Path,
     with psycopg.connect(database_url) as connection:
         assert connection.execute("SELECT (SELECT count(*) FROM instances), "
                                   "(SELECT count(*) FROM studies)").fetchone() == (0, 0)
+
+    # the recovery is to run it again, once the cause is fixed
+    shards[-1].write_bytes(good)
+    done = subprocess.run([sys.executable, "-m", "echoes", "--config", str(config_path),
+                           "migrate", "--to", database_url], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "copied 3001 instances of 3 studies and 0 unfinished jobs" in done.stdout
