@@ -20,13 +20,15 @@ from echoes.database import DatabaseError, connect, explain
 #: How often a node's supervisor writes its row.
 BEAT_SECONDS = 5.0
 
-BEAT = """INSERT INTO nodes (node_name, host, pid, started, last_seen, stopped, roles,
+BEAT = """WITH old AS (SELECT host, pid FROM nodes WHERE node_name = %(node)s)
+INSERT INTO nodes (node_name, host, pid, started, last_seen, stopped, roles,
                    spool_waiting)
 VALUES (%(node)s, %(host)s, %(pid)s, to_timestamp(%(started)s), now(), %(stopped)s,
         %(roles)s, %(spool_waiting)s)
 ON CONFLICT (node_name) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid,
     started = EXCLUDED.started, last_seen = EXCLUDED.last_seen, stopped = EXCLUDED.stopped,
-    roles = EXCLUDED.roles, spool_waiting = EXCLUDED.spool_waiting"""
+    roles = EXCLUDED.roles, spool_waiting = EXCLUDED.spool_waiting
+RETURNING (SELECT host FROM old), (SELECT pid FROM old)"""
 
 READ = """SELECT node_name, host, pid, extract(epoch FROM started)::float8,
        extract(epoch FROM now() - last_seen)::float8, stopped, roles, spool_waiting
@@ -60,16 +62,18 @@ class Heartbeat:
         self.values = {"node": node, "host": host, "pid": pid, "started": started}
         self._connection: Any = None
 
-    def write(self, roles: dict, spool_waiting: int, stopped: bool = False) -> None:
-        """This node's row, now (one statement, committed: autocommit)."""
+    def write(self, roles: dict, spool_waiting: int,
+              stopped: bool = False) -> tuple[str | None, int | None]:
+        """This node's row, now (one statement, committed: autocommit); return the
+        host and pid the row named before (None, None: there was none)."""
         import psycopg
 
         try:
             if self._connection is None:
                 self._connection = connect(self.url, autocommit=True)
-            self._connection.execute(BEAT, {**self.values, "stopped": stopped,
-                                            "roles": json.dumps(roles),
-                                            "spool_waiting": spool_waiting})
+            return self._connection.execute(BEAT, {**self.values, "stopped": stopped,
+                                                   "roles": json.dumps(roles),
+                                                   "spool_waiting": spool_waiting}).fetchone()
         except psycopg.Error as exc:
             self.close()
             raise explain(self.url, exc) from None

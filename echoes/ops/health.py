@@ -245,8 +245,12 @@ def other_nodes(config: Config) -> list[Problem]:
         rows = node_rows.read(config.database_url)
     except DatabaseError:  # database_reachable says so
         return []
+    import socket
+
+    supervisor = daemon.running_pid(config.pid_file)
+    here_is = (socket.gethostname(), supervisor) if supervisor else None
     return [Problem(severity, message) for severity, message in
-            nodes.problems(rows, config.node_name, OPTIONAL_ROLES)]
+            nodes.problems(rows, config.node_name, OPTIONAL_ROLES, here_is=here_is)]
 
 
 def outbound_queue(config: Config) -> list[Problem]:

@@ -44,7 +44,8 @@ def ago(seconds: float) -> str:
 
 
 def problems(rows: Iterable[NodeRow], here: str, optional_roles: frozenset[str],
-             silent_after: float = SILENT_SECONDS) -> list[tuple[int, str]]:
+             silent_after: float = SILENT_SECONDS,
+             here_is: tuple[str, int] | None = None) -> list[tuple[int, str]]:
     """(severity, message) for every other node that is down, stopped, or short of
     processes; ``here`` (this node's name) is left to the local probes.
 
@@ -52,11 +53,18 @@ def problems(rows: Iterable[NodeRow], here: str, optional_roles: frozenset[str],
     is CRITICAL (killed, crashed, its machine or network gone): the objects
     acknowledged into its spool wait there until it runs again.  A node
     stopped with ``echoes stop`` is a WARNING: deliberate, but the archive
-    runs on fewer nodes.
+    runs on fewer nodes.  ``here_is``: this node's host and running supervisor's
+    pid; this node's row naming another, fresh, means two nodes share a
+    ``node_name`` (CRITICAL: their senders would take each other's jobs).
     """
     found: list[tuple[int, str]] = []
     for row in rows:
         if row.name == here:
+            if (here_is is not None and (row.host, row.pid) != here_is and not row.stopped
+                    and row.silent <= silent_after):
+                found.append((CRITICAL, f"node_name {here} is used by another node too "
+                                        f"({row.host}, pid {row.pid}): give each node "
+                                        "its own node_name"))
             continue
         where = f"node {row.name} ({row.host}, pid {row.pid})"
         waiting = (f"; {row.spool_waiting} objects wait in its spool"

@@ -49,6 +49,10 @@ class Beacon:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="beacon", daemon=True)
         self._failing = False
+        #: this beacon wrote its row at least once (a row naming another supervisor
+        #: before that is this node's own previous run)
+        self._written = False
+        self._quiet_until = 0.0
 
     def start(self) -> None:
         self._thread.start()
@@ -62,8 +66,8 @@ class Beacon:
     def beat(self, stopped: bool = False) -> None:
         """Write the row; a database that does not answer is said once per outage."""
         try:
-            self.heartbeat.write(nodes.roles_state(self.children(), self.wanted),
-                                 count_files(self.incoming), stopped)
+            before = self.heartbeat.write(nodes.roles_state(self.children(), self.wanted),
+                                          count_files(self.incoming), stopped)
         except DatabaseError as exc:
             if not self._failing:
                 log.warning("node heartbeat not written (tried every %.0f s): %s",
@@ -73,6 +77,14 @@ class Beacon:
         if self._failing:
             log.info("node heartbeat written again")
         self._failing = False
+        ours = (self.heartbeat.values["host"], self.heartbeat.values["pid"])
+        if self._written and tuple(before) != ours and time.monotonic() >= self._quiet_until:
+            # Since our last beat another supervisor wrote this node's row.
+            log.error("node_name %s is used by another node too (host %s, pid %s): their "
+                      "senders would take each other's jobs; give each node its own "
+                      "node_name", self.config.node_name, before[0], before[1])
+            self._quiet_until = time.monotonic() + 60
+        self._written = True
 
     def stop(self) -> None:
         """End the beats with one saying this node stopped cleanly."""

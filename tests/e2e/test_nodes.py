@@ -146,3 +146,30 @@ def test_each_node_beats_and_check_on_one_reports_the_others_and_the_shared_queu
         for server in (a, b):
             if server.process.poll() is None:
                 stop_server(server)
+
+
+def test_two_nodes_with_one_node_name_are_told_apart_and_named(tmp_path: Path,
+                                                               database_url: str) -> None:
+    """Two supervisors writing one node's row (a cloned config): their senders would take
+    each other's jobs, so the log says so (ERROR) and echoes check is CRITICAL."""
+    common = {"database_url": database_url, "archive_dir": tmp_path / "archive",
+              "node_name": "twin"}
+    a = start_server(tmp_path / "a", **common)
+    b = start_server(tmp_path / "b", **common)
+    try:
+        def said() -> bool:
+            return any("node_name twin is used by another node too" in
+                       server.config.log_file.read_text(errors="replace")
+                       for server in (a, b))
+
+        wait_for(said, 30, "no ERROR about the shared node_name")
+
+        def checked() -> bool:
+            return any(any(line.startswith("CRITICAL: node_name twin is used by another "
+                                           "node too") for line in check_lines(server)[1])
+                       for server in (a, b))
+
+        wait_for(checked, 30, "echoes check never reported the shared node_name")
+    finally:
+        for server in (a, b):
+            stop_server(server)

@@ -51,3 +51,14 @@ def test_a_missing_process_is_critical_unless_optional() -> None:
 def test_ago_reads_like_an_admin_would_say_it() -> None:
     assert [nodes.ago(s) for s in (3, 119, 600, 7300, 200000)] == [
         "3 s", "119 s", "10 min", "2.0 h", "2.3 days"]
+
+
+def test_this_nodes_row_written_by_another_supervisor_is_a_shared_node_name() -> None:
+    mine = row("a")  # host-a, pid 100
+    assert nodes.problems([mine], "a", frozenset(), here_is=("host-a", 100)) == []
+    assert nodes.problems([mine], "a", frozenset(), here_is=("host-x", 100)) == [
+        (nodes.CRITICAL, "node_name a is used by another node too (host-a, pid 100): give "
+                         "each node its own node_name")]
+    # a stale or cleanly stopped row of this name is this node's own earlier run
+    assert nodes.problems([row("a", silent=40)], "a", frozenset(), here_is=("h", 1)) == []
+    assert nodes.problems([row("a", stopped=True)], "a", frozenset(), here_is=("h", 1)) == []
