@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     studies.add_argument("--json", action="store_true", help="print a JSON list")
     check = commands.add_parser("check", parents=[common], help="health check for cron")
     check.add_argument("--json", action="store_true")
+    nodes = commands.add_parser("nodes", parents=[common],
+                                help="the nodes sharing database_url and their last heartbeat")
+    nodes.add_argument("--json", action="store_true", help="print JSON")
+    nodes.add_argument("--forget", metavar="NODE_NAME",
+                       help="remove a node gone for good from the list")
     push = commands.add_parser("push", parents=[common],
                                help="queue a push of one archived study to a configured AE")
     push.add_argument("study_uid", metavar="STUDY_UID")
@@ -73,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     fsck.add_argument("--json", action="store_true", help="print JSON")
     commands.add_parser("reindex", parents=[common],
                         help="rebuild the index from the archive tree")
+    migrate = commands.add_parser(
+        "migrate", parents=[common],
+        help="copy the embedded index and open jobs into an empty PostgreSQL database")
+    migrate.add_argument("--to", required=True, metavar="URL",
+                         help="postgresql://user:password@host:port/dbname")
     worklist = commands.add_parser("worklist", parents=[common],
                                    help="list the worklist items (or, with --check, bad files)")
     worklist.add_argument("--check", action="store_true",
@@ -283,6 +293,44 @@ def cmd_check(args: argparse.Namespace, config: config_module.Config) -> int:
     return code
 
 
+def cmd_nodes(args: argparse.Namespace, config: config_module.Config) -> int:
+    """Every node of the archive as its supervisor's last heartbeat says."""
+    from echoes.database import nodes as node_rows
+    from echoes.ops.nodes import SILENT_SECONDS, ago
+
+    if not config.database_url:
+        print("echoes: nodes: only with database_url (one node has no others)", file=sys.stderr)
+        return 1
+    if args.forget:
+        if not node_rows.forget(config.database_url, args.forget):
+            print(f"echoes: no node {args.forget!r}", file=sys.stderr)
+            return 1
+        print(f"echoes nodes: {args.forget} forgotten")
+        return 0
+    rows = node_rows.read(config.database_url)
+
+    def state(row: node_rows.NodeRow) -> str:
+        if row.stopped:
+            return "stopped"
+        return "down" if row.silent > SILENT_SECONDS else "running"
+
+    if args.json:
+        print(json.dumps([{"node_name": row.name, "host": row.host, "pid": row.pid,
+                           "started": row.started, "seconds_since_seen": round(row.silent, 1),
+                           "state": state(row), "roles": row.roles,
+                           "spool_waiting": row.spool_waiting} for row in rows],
+                         ensure_ascii=False, indent=1))
+        return 0
+    table = [[row.name, row.host, str(row.pid), state(row), f"{ago(row.silent)} ago",
+              " ".join(f"{role} {entry.get('running', 0)}/{entry.get('wanted', 0)}"
+                       for role, entry in sorted(row.roles.items())),
+              str(row.spool_waiting)] for row in rows]
+    for line in aligned_table(("node", "host", "pid", "state", "seen", "processes",
+                               "spool"), table, right={"pid", "spool"}):
+        print(line)
+    return 0
+
+
 def _job_store(config: config_module.Config):
     from echoes.queue import open_job_store
 
@@ -439,6 +487,27 @@ def cmd_reindex(args: argparse.Namespace, config: config_module.Config) -> int:
     return 1
 
 
+def cmd_migrate(args: argparse.Namespace, config: config_module.Config) -> int:
+    """Copy the embedded index and the unfinished jobs into PostgreSQL, all or nothing."""
+    from echoes import database
+    from echoes.ops import migrate
+
+    url = args.to.strip()
+    if not url.startswith(config_module.DATABASE_SCHEMES):
+        print("echoes migrate: --to must be a URL such as "
+              "postgresql://user:password@host:5432/echoes", file=sys.stderr)
+        return 2
+    try:
+        copied = migrate.migrate(config, url)
+    except (migrate.MigrateError, database.DatabaseError) as exc:
+        print(f"echoes migrate: {exc}; nothing copied", file=sys.stderr)
+        return 1
+    print(f"echoes migrate: copied {copied.instances} instances of {copied.studies} studies "
+          f"and {copied.jobs} unfinished jobs into PostgreSQL at {database.describe(url)}; "
+          f"now set database_url in {config.path} and start echoes")
+    return 0
+
+
 def _read_worklist(config: config_module.Config):
     from echoes.worklist import files as worklist
 
@@ -587,7 +656,9 @@ COMMANDS = {
     "check": cmd_check,
     "worklist": cmd_worklist,
     "fsck": cmd_fsck,
+    "migrate": cmd_migrate,
     "reindex": cmd_reindex,
+    "nodes": cmd_nodes,
     "push": cmd_push,
     "queue": cmd_queue,
     "retry": cmd_retry,

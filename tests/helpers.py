@@ -206,16 +206,19 @@ def web_ok(port: int) -> bool:
         return False
 
 
-def start_server(home: Path, sections: str = "", **extra: object) -> Server:
+def start_server(home: Path, sections: str = "", own_group: bool = False,
+                 **extra: object) -> Server:
     """``echoes start`` on a fresh config (``extra`` keys in [echoes], then ``sections``
-    such as ``[ae:TITLE]`` ones), once every port answers."""
+    such as ``[ae:TITLE]`` ones), once every port answers (``own_group``: in a process
+    group of its own, which a test may kill whole)."""
     config_path = write_config(home, **extra)
     if sections:
         config_path.write_text(config_path.read_text() + sections)
     config = config_module.load(config_path)
     log = open(home.with_name(home.name + ".out"), "wb")
     process = subprocess.Popen([sys.executable, "-m", "echoes", "--config", str(config_path),
-                                "start"], stdout=log, stderr=subprocess.STDOUT)
+                                "start"], stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=own_group)
     server = Server(home, config, process)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

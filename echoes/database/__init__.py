@@ -78,6 +78,19 @@ def connect(url: str, autocommit: bool = False) -> psycopg.Connection:
         raise explain(url, exc) from None
 
 
+@contextmanager
+def transaction(url: str) -> Iterator[psycopg.Connection]:
+    """One connection of its own in one transaction for the ``with`` block: committed
+    at its end, rolled back by any exception (psycopg's as DatabaseError)."""
+    import psycopg
+
+    try:
+        with connect(url) as connection, connection.transaction():
+            yield connection
+    except psycopg.Error as exc:
+        raise explain(url, exc) from None
+
+
 class Database:
     """This process's connections to one database: a pool opened at first use, errors
     as :class:`DatabaseError`, and a quick answer while the server is down.

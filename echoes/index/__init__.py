@@ -9,14 +9,16 @@ is set.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, overload
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from echoes.index.base import IndexReader, IndexWriter
+from echoes.index.instance import InstanceRecord
 
 if TYPE_CHECKING:
     from echoes.config import Config
 
-__all__ = ["IndexReader", "IndexWriter", "open_index"]
+__all__ = ["IndexReader", "IndexWriter", "copy_into_postgres", "open_index"]
 
 
 @overload
@@ -40,3 +42,11 @@ def open_index(config: Config, writer: bool = False) -> IndexReader | IndexWrite
     if writer:
         return embedded.ArchiveIndex(config.index_path)
     return embedded.EmbeddedIndex(config.index_path)
+
+
+def copy_into_postgres(connection: Any, batches: Iterable[list[InstanceRecord]]) -> int:
+    """Write batches of records into the PostgreSQL index on ``connection``, in the
+    caller's transaction (``echoes migrate``); return how many records."""
+    from echoes.index import postgres
+
+    return postgres.copy_into(connection, batches)

@@ -135,14 +135,7 @@ class PostgresIndexWriter(PostgresIndex):
         if not latest:
             return []
         with self._transaction() as (connection, counter):
-            earlier = {row[0]: sql.instance_doc(row) for row in connection.execute(
-                f"{sql.INSTANCE_SELECT} WHERE sop_instance_uid = ANY(%s) "
-                "ORDER BY sop_instance_uid FOR UPDATE", (list(latest),))}
-            connection.execute(sql.INSTANCE_UPSERT, sql.as_columns(
-                [sql.instance_row(record) for record in latest.values()]))
-            touched = {record.StudyInstanceUID for record in latest.values()}
-            touched |= {doc["StudyInstanceUID"] for doc in earlier.values()}
-            self._derive(connection, touched, counter)
+            earlier = write_batch(connection, counter, latest)
         self._written += len(latest)
         if self._written >= self._analyze_at:
             self._analyze_now()
@@ -171,7 +164,7 @@ class PostgresIndexWriter(PostgresIndex):
             gone = connection.execute(
                 "DELETE FROM instances WHERE sop_instance_uid = ANY(%s) "
                 "RETURNING study_instance_uid", (wanted,)).fetchall()
-            self._derive(connection, {row[0] for row in gone}, counter)
+            derive(connection, {row[0] for row in gone}, counter)
         return len(gone)
 
     @contextmanager
@@ -190,20 +183,52 @@ class PostgresIndexWriter(PostgresIndex):
                 "UPDATE index_state SET counter = counter + 1 RETURNING counter").fetchone()[0]
             yield connection, counter
 
-    def _derive(self, connection: Any, study_uids: set[str], counter: int) -> None:
-        """Write the summaries, series and keys of ``study_uids`` from their instances."""
-        uids = sorted(study_uids)
-        derived = sql.summaries(*(connection.execute(statement, (uids,)).fetchall()
-                                  for statement in (sql.STUDIES_NEWEST,
-                                                    sql.SERIES_FROM_INSTANCES,
-                                                    sql.STUDY_TOTALS)))
-        connection.execute("DELETE FROM studies WHERE study_instance_uid = ANY(%s)", (uids,))
-        studies, series, keys = [], [], []
-        for uid, (summary, series_docs) in derived.items():
-            studies.append(sql.study_row(summary, counter))
-            series.extend(sql.series_row(uid, doc) for doc in series_docs)
-            keys.extend(sql.key_rows(summary))
-        for statement, rows in ((sql.STUDY_INSERT, studies), (sql.SERIES_INSERT, series),
-                                (sql.KEY_INSERT, keys)):
-            if rows:
-                connection.execute(statement, sql.as_columns(rows))
+
+def derive(connection: Any, study_uids: set[str], counter: int) -> None:
+    """Write the summaries, series and keys of ``study_uids`` from their instances."""
+    uids = sorted(study_uids)
+    derived = sql.summaries(*(connection.execute(statement, (uids,)).fetchall()
+                              for statement in (sql.STUDIES_NEWEST,
+                                                sql.SERIES_FROM_INSTANCES,
+                                                sql.STUDY_TOTALS)))
+    connection.execute("DELETE FROM studies WHERE study_instance_uid = ANY(%s)", (uids,))
+    studies, series, keys = [], [], []
+    for uid, (summary, series_docs) in derived.items():
+        studies.append(sql.study_row(summary, counter))
+        series.extend(sql.series_row(uid, doc) for doc in series_docs)
+        keys.extend(sql.key_rows(summary))
+    for statement, rows in ((sql.STUDY_INSERT, studies), (sql.SERIES_INSERT, series),
+                            (sql.KEY_INSERT, keys)):
+        if rows:
+            connection.execute(statement, sql.as_columns(rows))
+
+
+def write_batch(connection: Any, counter: int,
+                latest: dict[str, InstanceRecord]) -> dict[str, dict]:
+    """Upsert the records (SOP Instance UID -> record, in write order) and derive their
+    studies again, in the caller's transaction; return the earlier documents of the
+    instances written again (by SOP Instance UID)."""
+    earlier = {row[0]: sql.instance_doc(row) for row in connection.execute(
+        f"{sql.INSTANCE_SELECT} WHERE sop_instance_uid = ANY(%s) "
+        "ORDER BY sop_instance_uid FOR UPDATE", (list(latest),))}
+    connection.execute(sql.INSTANCE_UPSERT, sql.as_columns(
+        [sql.instance_row(record) for record in latest.values()]))
+    touched = {record.StudyInstanceUID for record in latest.values()}
+    touched |= {doc["StudyInstanceUID"] for doc in earlier.values()}
+    derive(connection, touched, counter)
+    return earlier
+
+
+def copy_into(connection: Any, batches: Iterable[list[InstanceRecord]]) -> int:
+    """Write every batch of records in the caller's transaction (``echoes migrate``:
+    all or nothing), as one version of the index; return how many records."""
+    counter = connection.execute(
+        "UPDATE index_state SET counter = counter + 1 RETURNING counter").fetchone()[0]
+    written = 0
+    for records in batches:
+        latest = {record.SOPInstanceUID: record for record in records}
+        if latest:
+            write_batch(connection, counter, latest)
+            written += len(latest)
+    connection.execute("ANALYZE instances, studies, series, study_keys")
+    return written

@@ -4,8 +4,9 @@ Each probe returns problems as (severity, message); the worst severity is
 the exit code (0 OK, 1 WARNING, 2 CRITICAL), the first line a summary, then
 one line per problem.  CRITICAL is what stops images or worklists flowing
 (a process or port down, a disk under ``min_free_mb``, the database of
-``database_url`` unreachable, failed outbound jobs);
-WARNING is what needs a look soon (the Browser down, disk under
+``database_url`` unreachable, another node of the archive silent for 30 s,
+failed outbound jobs);
+WARNING is what needs a look soon (the Browser down, another node stopped, disk under
 ``disk_warning_mb``, jobs waiting long, invalid worklist files, rejected
 spool files).
 """
@@ -230,6 +231,28 @@ def database_reachable(config: Config) -> list[Problem]:
     return []
 
 
+def other_nodes(config: Config) -> list[Problem]:
+    """With ``database_url``: every other node of the archive beats (its supervisor
+    writes the ``nodes`` table every few seconds) and runs its processes."""
+    if not config.database_url:
+        return []
+    from echoes.database import DatabaseError
+    from echoes.database import nodes as node_rows
+    from echoes.ops import nodes
+    from echoes.processes.supervisor import OPTIONAL_ROLES
+
+    try:
+        rows = node_rows.read(config.database_url)
+    except DatabaseError:  # database_reachable says so
+        return []
+    import socket
+
+    supervisor = daemon.running_pid(config.pid_file)
+    here_is = (socket.gethostname(), supervisor) if supervisor else None
+    return [Problem(severity, message) for severity, message in
+            nodes.problems(rows, config.node_name, OPTIONAL_ROLES, here_is=here_is)]
+
+
 def outbound_queue(config: Config) -> list[Problem]:
     """Failed jobs, jobs waiting too long, jobs for AEs no longer configured."""
     now = time.time()
@@ -264,8 +287,8 @@ def outbound_queue(config: Config) -> list[Problem]:
 
 
 #: The probes, in the order their problems are listed.
-PROBES = (processes, ports, browser_port, disks, database_reachable, spool_rejects,
-          worklist_files, outbound_queue)
+PROBES = (processes, ports, browser_port, disks, database_reachable, other_nodes,
+          spool_rejects, worklist_files, outbound_queue)
 #: Probes that talk to the running server's ports.
 PORT_PROBES = frozenset({ports, browser_port})
 

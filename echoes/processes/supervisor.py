@@ -341,6 +341,20 @@ class Supervisor:
             self._close_heartbeat(child)
         log.info("stopped")
 
+    def slots(self) -> list[tuple[str, int | None, bool]]:
+        """(role, pid, running) of every process slot, for the node's heartbeat (read
+        from another thread: only what the watch loop already learnt, no syscall)."""
+        found = []
+        for child in list(self.children):
+            process = child.process
+            running = process is not None and process.returncode is None
+            found.append((child.role, process.pid if process is not None else None, running))
+        return found
+
+    def wanted(self) -> dict[str, int]:
+        """role -> how many processes of it the config asks for."""
+        return {role: count(self.config) for role, count in ROLES.items()}
+
     def forward_signal(self, signum: int) -> None:
         """Pass a signal (SIGHUP) on to every running child."""
         for child in self.children:
@@ -372,6 +386,12 @@ def run(config: Config, on_started: Callable[[], None] | None = None) -> int:
     except StartError as exc:
         log.error("cannot start: %s", exc)
         return 1
+    beacon = None
+    if config.database_url:  # the node's row in the database, for echoes check anywhere
+        from echoes.processes.beacon import Beacon
+
+        beacon = Beacon(config, supervisor.slots, supervisor.wanted())
+        beacon.start()
     if on_started is not None:
         on_started()
     log.info("echoes %s: store port %d, worklist port %d, Browser http://%s:%d/%s, pid %d",
@@ -402,6 +422,8 @@ def run(config: Config, on_started: Callable[[], None] | None = None) -> int:
             else:
                 log.info("received %s, stopping", signal.Signals(signum).name)
                 supervisor.stop()
+                if beacon is not None:
+                    beacon.stop()
                 return 0
         supervisor.watch_once()
         time.sleep(POLL_SECONDS)

@@ -10,9 +10,10 @@ methods) when ``database_url`` is set.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
-from echoes.queue.jobs import JobStore
+from echoes.queue.jobs import Job, JobStore
 from echoes.storage.spool import SpoolLayout
 
 if TYPE_CHECKING:
@@ -27,3 +28,16 @@ def open_job_store(config: Config) -> JobStore:
 
         return PostgresJobStore(config.database_url, config.node_name)  # type: ignore[return-value]
     return JobStore(SpoolLayout(config.spool_dir).outgoing)
+
+
+def copy_into_postgres(connection: Any, jobs: Iterable[Job]) -> int:
+    """Insert jobs into PostgreSQL's jobs table on ``connection``, in the caller's
+    transaction (``echoes migrate``); return how many."""
+    from echoes.queue.postgres import UPSERT, row_of
+
+    rows = [row_of(job) for job in jobs]
+    if rows:
+        with connection.cursor() as cursor:
+            cursor.executemany(UPSERT, rows)
+        connection.execute("SELECT nextval('jobs_version')")
+    return len(rows)
