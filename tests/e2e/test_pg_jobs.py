@@ -79,15 +79,19 @@ def test_the_same_operations_give_the_file_stores_answers(tmp_path: Path, stores
 
 
 def test_a_claimed_job_is_not_taken_by_another_node_until_its_claim_runs_out(stores) -> None:
+    # The clock of this test, not the module's import time: current() renews by the
+    # real clock, and a suite that reaches this test CLAIM_SECONDS after importing
+    # it would find node1's claims already run out.
+    now = time.time()
     one, two = stores("node1"), stores("node2")
-    one.queue("PACS", records(4), "forward", NOW)
-    mine = one.claim("PACS", NOW, 2)
-    theirs = two.claim("PACS", NOW, 10)
+    one.queue("PACS", records(4), "forward", now)
+    mine = one.claim("PACS", now, 2)
+    theirs = two.claim("PACS", now, 10)
     assert len(mine) == 2 and len(theirs) == 2
     assert not {job.id for job in mine} & {job.id for job in theirs}
     assert two.current(mine[0]) is None  # the sender asks before it sends: not its job
     assert one.current(mine[0]) == mine[0]  # ... and the claimer may go on
-    assert two.claim("PACS", NOW, 10) == theirs  # a node takes its own claims again
+    assert two.claim("PACS", now, 10) == theirs  # a node takes its own claims again
     later = time.time() + CLAIM_SECONDS + 1  # node1 died: its claims run out
     assert {job.id for job in two.claim("PACS", later, 10)} == {
         job.id for job in mine + theirs}
