@@ -424,6 +424,12 @@ def test_bad_queries_get_their_status_and_the_association_goes_on(archive: Serve
         for name, (model, query, _status) in BAD.items():
             got[name] = [status.Status for status, _ in assoc.send_c_find(query, model)]
             after = [status.Status for status, _ in assoc.send_c_find(good, STUDY_ROOT)]
+            if after == [0x0000]:
+                # pynetdicom's own race under load: its reactor thread can take a
+                # Pending response between two requests and drop it ("Received
+                # unexpected C-FIND service message"; seen once in a full CI run at
+                # load 5). Ask once more on the same association: the server must answer.
+                after = [status.Status for status, _ in assoc.send_c_find(good, STUDY_ROOT)]
             assert after == [0xFF00, 0x0000], name
     finally:
         assoc.release()
