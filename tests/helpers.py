@@ -4,6 +4,7 @@ environment.  Fixtures built on them are in conftest.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -256,6 +258,31 @@ def tracebacks(server: Server) -> str:
         return ""
     start = output.find("Traceback")
     return output[start:start + 3000] if start >= 0 else ""
+
+
+def echoes_cli(server: Server, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``echoes ARGS`` against the server's config, as an admin types it (text output)."""
+    return subprocess.run([sys.executable, "-m", "echoes", "--config", str(server.config.path),
+                           *args], capture_output=True, text=True, timeout=timeout)
+
+
+def studies_json(server: Server) -> list[dict]:
+    """What ``echoes studies --json`` lists: the index as every reader sees it."""
+    done = echoes_cli(server, "studies", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def wait_for(condition: Callable[[], object], timeout: float,
+             message: str | Callable[[], str], interval: float = 0.1) -> None:
+    """Until ``condition()`` is true; else fail with ``message`` (called when it is a
+    function, so it can show the state the wait ended in)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(message() if callable(message) else message)
 
 
 # -- A-ASSOCIATE-RQ user information items a peer may add (pynetdicom's primitives) --

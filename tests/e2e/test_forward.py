@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +28,11 @@ from helpers import (
     DCMTK_ENV,
     TEST_FILES,
     Server,
+    echoes_cli,
     free_port,
     make_dataset,
     stop_server,
+    wait_for,
     write_part10,
 )
 from pydicom.dataset import Dataset
@@ -81,15 +83,6 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(message)
-
-
 def destination(tmp_path: Path, title: str) -> Destination:
     return Destination(title, free_port(), tmp_path / f"dest-{title}", tmp_path / f"{title}.log")
 
@@ -125,13 +118,8 @@ def _start_existing(home: Path) -> Server:
     return server
 
 
-def cli(server: Server, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "echoes", "--config", str(server.config.path),
-                           *args], capture_output=True, text=True)
-
-
 def queue(server: Server) -> dict:
-    done = cli(server, "queue", "--json")
+    done = echoes_cli(server, "queue", "--json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -197,7 +185,7 @@ def test_destination_down_then_started_gets_everything(tmp_path: Path, cleanup: 
     cleanup.append(server)
     storescu(server, study_files(tmp_path / "in", 5))
     wait_for(lambda: queue(server)["LATE"]["retrying"] == 5, 30, "jobs never went retrying")
-    listing = cli(server, "queue").stdout
+    listing = echoes_cli(server, "queue").stdout
     assert "retrying" in listing and "cannot connect" in listing
     cleanup.append(late.start("+xa"))
     wait_for(lambda: len(late.received()) == 5, 30, f"arrived {len(late.received())} of 5")
@@ -247,11 +235,11 @@ def test_push_to_an_ae_not_on_the_forwarding_list(tmp_path: Path, cleanup: list,
     time.sleep(1.0)
     assert viewer.received() == []  # not on the forwarding list
 
-    unknown_ae = cli(server, "push", study, "NOBODY")
+    unknown_ae = echoes_cli(server, "push", study, "NOBODY")
     assert unknown_ae.returncode == 1 and "unknown AE 'NOBODY'" in unknown_ae.stderr
-    unknown_study = cli(server, "push", "1.2.3.4", "VIEWER")
+    unknown_study = echoes_cli(server, "push", "1.2.3.4", "VIEWER")
     assert unknown_study.returncode == 1 and "no archived study 1.2.3.4" in unknown_study.stderr
-    pushed = cli(server, "push", study, "VIEWER")
+    pushed = echoes_cli(server, "push", study, "VIEWER")
     assert pushed.returncode == 0 and "queued 4 objects" in pushed.stdout
     wait_for(lambda: len(viewer.received()) == 4, 20, f"pushed {len(viewer.received())} of 4")
 
@@ -311,7 +299,7 @@ def test_odd_length_deflated_object_arrives_at_storescp(tmp_path: Path, cleanup:
     assert send_as_stored(server, original) == 0x0000
     wait_for(lambda: len(deflating.received()) == 1 or queue(server)["DEFLATING"]["failed"],
              30, "the deflated object did not arrive")
-    assert deflating.received(), cli(server, "queue").stdout
+    assert deflating.received(), echoes_cli(server, "queue").stdout
     arrived = pydicom.dcmread(deflating.received()[0])
     source = pydicom.dcmread(original)
     assert arrived.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1.99"  # sent as stored
@@ -363,9 +351,9 @@ def test_failure_status_shows_as_failed_with_reason(tmp_path: Path, cleanup: lis
         cleanup.append(server)
         storescu(server, study_files(tmp_path / "in", 2))
         wait_for(lambda: queue(server)["PICKY"]["failed"] == 2, 20, "jobs did not fail")
-        listing = cli(server, "queue").stdout
+        listing = echoes_cli(server, "queue").stdout
         assert "failed" in listing and "0xA900" in listing and "Patient ID missing here" in listing
-        health = cli(server, "check")
+        health = echoes_cli(server, "check")
         assert health.returncode != 0 and "2 failed jobs to PICKY" in health.stdout
     finally:
         server_scp.shutdown()
@@ -396,10 +384,10 @@ def test_retry_sends_failed_jobs_again(tmp_path: Path, cleanup: list, dcmtk: Non
     cleanup.append(server)
     storescu(server, study_files(tmp_path / "in", 3))
     wait_for(lambda: queue(server)["FLAKY"]["failed"] == 3, 30, "jobs did not fail")
-    health = cli(server, "check")
+    health = echoes_cli(server, "check")
     assert health.returncode != 0 and "3 failed jobs to FLAKY" in health.stdout
     cleanup.append(flaky.start("+xa"))
-    retried = cli(server, "retry", "--failed")
+    retried = echoes_cli(server, "retry", "--failed")
     assert retried.returncode == 0 and "3 jobs queued again" in retried.stdout
     wait_for(lambda: len(flaky.received()) == 3, 20, f"retried {len(flaky.received())} of 3")
     wait_for(lambda: queue(server)["FLAKY"]["done"] == 3, 10, "queue does not show done")
@@ -498,7 +486,7 @@ def test_one_object_that_makes_the_peer_abort_fails_alone(tmp_path: Path, cleanu
         storescu(server, files)
         server.wait_ingested(len(files))
         study = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
-        pushed = cli(server, "push", study, "POISONED")
+        pushed = echoes_cli(server, "push", study, "POISONED")
         assert pushed.returncode == 0, pushed.stderr
         wait_for(lambda: queue(server)["POISONED"]["failed"]
                  + queue(server)["POISONED"]["done"] == len(files), 60,

@@ -15,35 +15,16 @@ import pydicom
 from helpers import (
     DCMTK_ENV,
     Server,
+    echoes_cli,
     free_port,
     make_dataset,
     start_server,
     stop_server,
+    studies_json,
+    wait_for,
     write_part10,
 )
 from pydicom.uid import generate_uid
-
-
-def cli(server: Server, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "echoes", "--config", str(server.config.path),
-                           *args], capture_output=True, text=True, timeout=120)
-
-
-def studies(server: Server) -> list[dict]:
-    done = cli(server, "studies", "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
-def wait_for(condition, timeout: float, message: str) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(message)
 
 
 def corpus(folder: Path) -> list[Path]:
@@ -118,15 +99,15 @@ def test_an_embedded_echoes_migrated_to_postgresql_answers_the_same_and_sends_it
         subprocess.run(["storescu", "-aec", "ECHOES", "127.0.0.1", str(embedded.port),
                         *map(str, files)], env=DCMTK_ENV, check=True, capture_output=True,
                        timeout=60)
-        wait_for(lambda: sum(s["NumberOfInstances"] for s in studies(embedded)) == len(files),
+        wait_for(lambda: sum(s["NumberOfInstances"] for s in studies_json(embedded)) == len(files),
                  30, "not all indexed")
-        before = studies(embedded)
+        before = studies_json(embedded)
         uids = sorted(s["StudyInstanceUID"] for s in before)
         found_before = answers(embedded, tmp_path, uids)
         assert [len(found) for found in found_before[:5]] == [2, 1, 2, 1, 1]
 
         # refused while the node runs; nothing written
-        running = cli(embedded, "migrate", "--to", database_url)
+        running = echoes_cli(embedded, "migrate", "--to", database_url)
         assert running.returncode == 1
         assert running.stderr.startswith("echoes migrate: echoes is running (pid "), running.stderr
         assert running.stderr.rstrip().endswith("stop it first (echoes stop); nothing copied")
@@ -135,12 +116,12 @@ def test_an_embedded_echoes_migrated_to_postgresql_answers_the_same_and_sends_it
     open_jobs = list((home / "spool" / "outgoing").glob("*.json"))
     assert len(open_jobs) == len(files)  # every job still open: the destination was down
 
-    done = cli(embedded, "migrate", "--to", database_url)
+    done = echoes_cli(embedded, "migrate", "--to", database_url)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(
         f"echoes migrate: copied {len(files)} instances of 3 studies and {len(files)} "
         "unfinished jobs into PostgreSQL at 127.0.0.1:"), done.stdout
-    again = cli(embedded, "migrate", "--to", database_url)  # not into a full database
+    again = echoes_cli(embedded, "migrate", "--to", database_url)  # not into a full database
     assert again.returncode == 1
     assert again.stderr.strip().endswith(
         f"is not empty ({len(files)} instances, 3 studies, {len(files)} jobs): echoes migrate "
@@ -153,7 +134,7 @@ def test_an_embedded_echoes_migrated_to_postgresql_answers_the_same_and_sends_it
     received.mkdir()
     migrated = start_server(home, sections=section, database_url=database_url, **keys)
     try:
-        assert studies(migrated) == before
+        assert studies_json(migrated) == before
         assert answers(migrated, tmp_path, uids) == found_before
         storescp = subprocess.Popen(["storescp", "-aet", "DEST", "-od", str(received),
                                      str(destination_port)], env=DCMTK_ENV,

@@ -6,12 +6,10 @@ acknowledged is sent again.  Slow: about a minute per run on 2 cores."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,6 +24,8 @@ from helpers import (
     make_dataset,
     start_server,
     stop_server,
+    studies_json,
+    wait_for,
     write_part10,
 )
 from pydicom.uid import generate_uid
@@ -124,22 +124,6 @@ def send(port: int, files: list[Path]) -> set[str]:
 def scalar(url: str, statement: str) -> object:
     with psycopg.connect(url) as connection:
         return connection.execute(statement).fetchone()[0]
-
-
-def wait_for(condition, timeout: float, message) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise AssertionError(message() if callable(message) else message)
-
-
-def studies_of(server: Server) -> list[dict]:
-    done = subprocess.run([sys.executable, "-m", "echoes", "--config", str(server.config.path),
-                           "studies", "--json"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 def wait_for_association(port: int, timeout: float = 60) -> None:
@@ -242,7 +226,7 @@ def run_cluster(tmp_path: Path, database_url: str, kill: bool) -> dict:
         assert summed == OBJECTS
         archived = sorted(path.stem for path in shared.rglob("*.dcm"))
         assert archived == expected
-        listings = [studies_of(node) for node in nodes.values()]
+        listings = [studies_json(node) for node in nodes.values()]
         assert listings[0] == listings[1] and len(listings[0]) == CLIENTS * STUDIES_PER_CLIENT
 
         # both nodes beat, the restarted one under its new supervisor

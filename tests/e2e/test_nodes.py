@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,39 +16,27 @@ import psycopg
 from helpers import (
     DCMTK_ENV,
     Server,
+    echoes_cli,
     free_port,
     make_dataset,
     start_server,
     stop_server,
+    wait_for,
     write_part10,
 )
 from pydicom.uid import generate_uid
 
 
-def cli(server: Server, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "echoes", "--config", str(server.config.path),
-                           *args], capture_output=True, text=True, timeout=60)
-
-
 def nodes(server: Server) -> dict[str, dict]:
-    done = cli(server, "nodes", "--json")
+    done = echoes_cli(server, "nodes", "--json")
     assert done.returncode == 0, done.stderr
     return {row["node_name"]: row for row in json.loads(done.stdout)}
 
 
 def check_lines(server: Server) -> tuple[int, list[str]]:
-    done = cli(server, "check")
+    done = echoes_cli(server, "check")
     assert "Traceback" not in done.stderr, done.stderr
     return done.returncode, done.stdout.splitlines()
-
-
-def wait_for(condition, timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(message)
 
 
 def last_seen(url: str, node: str) -> float:
@@ -135,11 +122,11 @@ def test_each_node_beats_and_check_on_one_reports_the_others_and_the_shared_queu
             rf"CRITICAL: node node-b \({os.uname().nodename}, pid {b.process.pid}\) not seen "
             r"for \d\d s: down\?", down_line[0]), lines
         assert nodes(a)["node-b"]["state"] == "down"
-        table = cli(a, "nodes")
+        table = echoes_cli(a, "nodes")
         assert "node-b" in table.stdout and "down" in table.stdout, table.stdout
 
         # a node gone for good is forgotten
-        assert cli(a, "nodes", "--forget", "node-b").returncode == 0
+        assert echoes_cli(a, "nodes", "--forget", "node-b").returncode == 0
         assert set(nodes(a)) == {"node-a"}
         assert not [line for line in check_lines(a)[1] if "node-b" in line]
     finally:

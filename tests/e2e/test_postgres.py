@@ -20,6 +20,8 @@ from helpers import (
     make_dataset,
     start_server,
     stop_server,
+    studies_json,
+    wait_for,
     write_config,
     write_part10,
 )
@@ -90,26 +92,6 @@ def storescu(port: int, files: list[Path]) -> None:
     assert done.returncode == 0, (done.stdout + done.stderr).decode(errors="replace")[-2000:]
 
 
-def echoes_cli(server: Server, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "echoes", "--config", str(server.config.path),
-                           *args], capture_output=True, text=True, timeout=60)
-
-
-def indexed(server: Server) -> list[dict]:
-    done = echoes_cli(server, "studies", "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
-def wait_for(condition, timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(message)
-
-
 def test_echoes_on_postgresql_stores_lists_finds_and_forwards(
         tmp_path: Path, database_url: str, dcmtk: None) -> None:
     from werkzeug.security import generate_password_hash
@@ -133,9 +115,9 @@ def test_echoes_on_postgresql_stores_lists_finds_and_forwards(
         storescu(server.port, files)
 
         # echoes studies --json: both studies, counted, from PostgreSQL
-        wait_for(lambda: sum(s["NumberOfInstances"] for s in indexed(server)) == 10, 30,
+        wait_for(lambda: sum(s["NumberOfInstances"] for s in studies_json(server)) == 10, 30,
                  "not all objects indexed")
-        studies = {s["StudyInstanceUID"]: s for s in indexed(server)}
+        studies = {s["StudyInstanceUID"]: s for s in studies_json(server)}
         assert set(studies) == {one, two}
         assert studies[one]["NumberOfInstances"] == 6 and studies[one]["PatientID"] == "PG1"
         assert not list(home.glob("var/index.json*"))  # the embedded index is not written
@@ -284,7 +266,7 @@ def test_postgresql_lost_while_running_store_acknowledges_and_catches_up_after(
         own.start()
         wait_for(lambda: len(list(received.iterdir())) == 7, 90,
                  "objects received during the outage were not forwarded after it")
-        assert indexed(server)[0]["NumberOfInstances"] == 7
+        assert studies_json(server)[0]["NumberOfInstances"] == 7
         assert api(server, "/api/studies")["studies"][0]["NumberOfInstances"] == 7
         assert not list(incoming.glob("*.dcm"))
         assert job_states(url) == [("done", 7)]
@@ -360,7 +342,7 @@ def test_two_nodes_on_one_database_forward_every_object_exactly_once(
         time.sleep(1.5)  # a second send would come now, at the latest
         assert log.read_text(errors="replace").count("Received Store Request") == 300
         for node in nodes:
-            assert {s["StudyInstanceUID"] for s in indexed(node)} == set(studies)
+            assert {s["StudyInstanceUID"] for s in studies_json(node)} == set(studies)
     finally:
         for node in nodes:
             stop_server(node)

@@ -33,6 +33,7 @@ from helpers import (
     free_port,
     make_dataset,
     stop_server,
+    wait_for,
     write_config,
     write_part10,
 )
@@ -74,15 +75,6 @@ class StoreSCP:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(10)
-
-
-def wait_for(condition, timeout: float, message: str) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(message)
 
 
 def _listening(port: int) -> bool:
