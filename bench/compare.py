@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dicomweb as bench_dicomweb
 import numpy as np
 import psutil
 import qr
@@ -75,9 +76,11 @@ from echoes.index.embedded import ArchiveIndex, InstanceRecord, read_studies
 from echoes.storage import objects
 
 ROWS = ("ingest", "nagle", "worklist", "scale", "memory", "forward", "startup", "qr",
-        "retrieve")
+        "retrieve", "dicomweb")
 SYSTEMS = ("dcmtk", "orthanc", "echoes")
 ORTHANC_WORKLIST_PLUGIN = Path("/usr/share/orthanc/plugins/libModalityWorklists.so")
+#: Debian's orthanc-dicomweb (rows 9a-9d).
+ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 CT = "1.2.840.10008.5.1.4.1.1.2"
 #: How long a receiver may take, after the sender returned, to hold every object.
 SETTLE_SECONDS = 300.0
@@ -86,6 +89,8 @@ STALL_SECONDS = 30.0
 T0 = time.monotonic()
 #: The Browser's password in the start-up row.
 BROWSER_PASSWORD = "bench"
+#: The [echoes] line that lets the bench log in to the Browser and /dicom-web as admin.
+WEB_PASSWORD_LINE = f"http_password_hash = {generate_password_hash(BROWSER_PASSWORD)}\n"
 #: --keep: leave every server's folder (logs, stores) in bench/out for a look.
 KEEP = False
 #: The round being run (0, 1, ...): odd rounds run the systems in reverse order.
@@ -316,7 +321,7 @@ class Orthanc(Receiver):
 
     def __init__(self, work: Path, worklists: Path | None = None,
                  forward_to: int | None = None,
-                 extra: dict[str, object] | None = None) -> None:
+                 extra: dict[str, object] | None = None, dicomweb: bool = False) -> None:
         work.mkdir(parents=True, exist_ok=True)
         self.port, self.http = free_port(), free_port()
         settings: dict[str, object] = {
@@ -332,6 +337,10 @@ class Orthanc(Receiver):
                 "Worklists": {"Enable": True, "Database": str(worklists)},
                 "DicomAlwaysAllowFindWorklist": True,
             })
+        if dicomweb:
+            # Debian's orthanc-dicomweb at its default root, /dicom-web/.
+            settings.update({"Plugins": [str(ORTHANC_DICOMWEB_PLUGIN)],
+                             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}})
         if forward_to is not None:
             # Orthanc's documented auto-routing: a Lua OnStoredInstance that
             # sends each stored instance on (what users would run instead of echoes).
@@ -1448,8 +1457,7 @@ def row_startup(sizes: Sizes, work: Path) -> list[Figure]:
     progress("7 echoes: start until DICOM answers and the Browser's first page")
     try:
         with scratch(work, "echoes") as folder:
-            target = Echoes(folder / "home", start=False, extra=(
-                f"http_password_hash = {generate_password_hash(BROWSER_PASSWORD)}\n"))
+            target = Echoes(folder / "home", start=False, extra=WEB_PASSWORD_LINE)
             try:
                 dicom, web = started_echoes(target, first[0])
             finally:
@@ -1483,9 +1491,10 @@ _QR_LOADED: dict[str, object] = {}
 
 
 @contextlib.contextmanager
-def qr_server(system: str, files: list[Path], work: Path, per_study: int
-              ) -> Iterator[Receiver | qr.DcmQRSCP]:
-    """The system serving the Q/R archive: loaded the first time, restarted later."""
+def qr_server(system: str, files: list[Path], work: Path, per_study: int,
+              dicomweb: bool = False) -> Iterator[Receiver | qr.DcmQRSCP]:
+    """The system serving the Q/R archive: loaded the first time, restarted later
+    (Orthanc with its DICOMweb plugin when ``dicomweb``; echoes serves it always)."""
     folder = work / f"qr-{system}"
     first = system not in _QR_LOADED
     if system == "dcmtk":
@@ -1495,7 +1504,7 @@ def qr_server(system: str, files: list[Path], work: Path, per_study: int
             folder, files[:indexed * per_study] if first else None)
         _QR_LOADED[system] = True
     elif system == "orthanc":
-        server = Orthanc(folder, extra={"DicomAlwaysAllowFind": True})
+        server = Orthanc(folder, extra={"DicomAlwaysAllowFind": True}, dicomweb=dicomweb)
         if first:
             for start in range(0, len(files), 1000):
                 send(server.port, files[start:start + 1000], 2, called=server.called)
@@ -1508,7 +1517,7 @@ def qr_server(system: str, files: list[Path], work: Path, per_study: int
     else:
         target = _QR_LOADED.get(system)
         if not isinstance(target, Echoes):
-            target = Echoes(folder / "home", start=False)
+            target = Echoes(folder / "home", start=False, extra=WEB_PASSWORD_LINE)
             qr.fill_echoes(target.config, files)
             _QR_LOADED[system] = target
         target.start()
@@ -1596,7 +1605,7 @@ _RETRIEVE_LOADED: set[str] = set()
 
 @contextlib.contextmanager
 def retrieve_server(system: str, files: list[Path], work: Path, folder: Path,
-                    destination: int) -> Iterator[Receiver]:
+                    destination: int, dicomweb: bool = False) -> Iterator[Receiver]:
     """``system`` holding the CT study of ``files``, started, idle, and knowing the move
     destination (port ``destination``; 0: none) and the caller.
 
@@ -1611,7 +1620,7 @@ def retrieve_server(system: str, files: list[Path], work: Path, folder: Path,
             modalities["dest"] = [MOVE_DEST, "127.0.0.1", destination]
         target: Receiver = Orthanc(work / "qr-orthanc" if shared else folder / "orthanc",
                                    extra={"DicomAlwaysAllowFind": True,
-                                          "DicomModalities": modalities})
+                                          "DicomModalities": modalities}, dicomweb=dicomweb)
     else:
         section = (f"\n[ae:{MOVE_DEST}]\nhost = 127.0.0.1\nport = {destination}\n"
                    "forward = no\n" if destination else "")
@@ -1622,7 +1631,7 @@ def retrieve_server(system: str, files: list[Path], work: Path, folder: Path,
             echoes.ini.write_text(text.split(f"\n[ae:{MOVE_DEST}]")[0] + section)
             echoes.start()
         else:
-            echoes = Echoes(folder / "home", extra=section)
+            echoes = Echoes(folder / "home", extra=WEB_PASSWORD_LINE + section)
         echoes.counting = "index"  # a walk of a large archive per poll would be the load
         target = echoes
     try:
@@ -1713,10 +1722,109 @@ def row_retrieve(sizes: Sizes, work: Path) -> list[Figure]:
     return [move, get]
 
 
+def dicomweb_endpoint(server: Receiver | qr.DcmQRSCP) -> bench_dicomweb.Endpoint:
+    """Where ``server`` (echoes or Orthanc) serves DICOMweb, with the bench's login."""
+    if isinstance(server, Echoes):
+        return bench_dicomweb.Endpoint(server.config.http_port, user="admin",
+                                       password=BROWSER_PASSWORD)
+    assert isinstance(server, Orthanc)
+    return bench_dicomweb.Endpoint(server.http)
+
+
+def row_dicomweb(sizes: Sizes, work: Path) -> list[Figure]:
+    """Issue 19: QIDO-RS on the qr row's archive (9a, 9b), WADO-RS of a 1,000-CT study
+    (9c) and STOW-RS of 1,000 CT into an empty server (9d), echoes against Orthanc with
+    its DICOMweb plugin."""
+    if not ORTHANC_DICOMWEB_PLUGIN.exists():
+        raise MissingTool(f"{ORTHANC_DICOMWEB_PLUGIN} missing: install the Debian package "
+                          "'orthanc-dicomweb'")
+    archive = qr.corpus(sizes.qr_studies, sizes.qr_per_study)
+    wanted = qr.queries(sizes.qr_studies, sizes.qr_per_study)
+    ct = corpus(sizes.retrieve)
+    warm(ct)
+    study = dcmread(ct[0], stop_before_pixels=True).StudyInstanceUID
+    qido: dict[str, dict[str, Cell]] = {q.key: {} for q in wanted}
+    wado: dict[str, Cell] = {}
+    stowed: dict[str, Cell] = {}
+    for system in (s for s in order() if s != "dcmtk"):
+        progress(f"9 {system}: QIDO-RS on {len(archive):,} instances"
+                 f"{'' if system in _QR_LOADED else ' (loading them first)'}")
+        try:
+            with qr_server(system, archive, work, sizes.qr_per_study, dicomweb=True) as server:
+                endpoint = dicomweb_endpoint(server)
+                for query in wanted:
+                    path = "/studies?" + bench_dicomweb.qido_query(query.keys)
+                    try:
+                        seconds, found = bench_dicomweb.qido_per_request(
+                            endpoint, path, sizes.runs * 7)
+                        qido[query.key][system] = Cell(
+                            1000 * seconds, found == query.matches,
+                            "" if found == query.matches
+                            else f"{found} matches, expected {query.matches}")
+                    except Exception as exc:
+                        qido[query.key][system] = failed(exc)
+        except Exception as exc:
+            for query in wanted:
+                qido[query.key][system] = failed(exc)
+
+        def retrieve(system: str = system) -> Cell:
+            with scratch(work, system) as folder, \
+                    retrieve_server(system, ct, work, folder, 0, dicomweb=True) as server:
+                seconds, parts, size = bench_dicomweb.wado_study(dicomweb_endpoint(server),
+                                                                 study)
+                return Cell(seconds, parts == len(ct),
+                            f"{parts} of {len(ct)} parts, {size / 2**20:,.0f} MiB")
+
+        def upload(system: str = system) -> Cell:
+            with scratch(work, system) as folder:
+                server: Receiver = (Orthanc(folder / "orthanc", dicomweb=True)
+                                    if system == "orthanc"
+                                    else Echoes(folder / "home", extra=WEB_PASSWORD_LINE))
+                try:
+                    started = time.perf_counter()
+                    _seconds, answered = bench_dicomweb.stow(dicomweb_endpoint(server), ct)
+                    found = settle(server, len(ct))
+                    seconds = time.perf_counter() - started
+                    return Cell(seconds, found == len(ct),
+                                f"{answered} requests answered 200; {found} of {len(ct)} "
+                                "stored")
+                finally:
+                    server.stop()
+
+        wado[system] = measure(f"9c {system}: WADO-RS of a {len(ct):,}-CT study", retrieve)
+        stowed[system] = measure(f"9d {system}: STOW-RS of {len(ct):,} CT", upload)
+    figures = []
+    for query in wanted:
+        label = query.label.replace("C-FIND", "search")
+        fig = Figure(query.key.replace("8", "9"), f"QIDO-RS: {label}, {query.matches} "
+                     "matches, per request", "ms", qido[query.key])
+        faster_by(fig, "orthanc", 5.0)
+        figures.append(fig)
+    figures[0].how = (
+        f"GET /dicom-web/studies?<the 8a/8b keys as QIDO parameters, the returned keys as "
+        f"includefield> on one keep-alive connection: the median of {sizes.runs * 7} requests "
+        "after a counted one (each server must return the expected matches); the qr row's "
+        f"archive ({len(archive):,} instances); Orthanc with Debian's DICOMweb plugin, no "
+        "authentication; echoes as the Browser's admin over HTTP Basic")
+    wado_fig = Figure("9c", f"WADO-RS retrieve of a {len(ct):,}-CT study", "s", wado,
+                      how=f"GET /dicom-web/studies/<uid>, Accept: {bench_dicomweb.WADO_ACCEPT} "
+                          "(stored Explicit VR Little Endian: no conversion); from the request "
+                          "to the last byte read (1 MiB pieces, discarded); the study added to "
+                          "the qr row's archive when it ran")
+    at_most(wado_fig, "orthanc", 1.0)
+    stow_fig = Figure("9d", f"STOW-RS of {len(ct):,} CT into an empty server", "s", stowed,
+                      how=f"POST /dicom-web/studies, {bench_dicomweb.STOW_PER_REQUEST} objects "
+                          "a multipart/related request, one keep-alive connection; until every "
+                          "object is counted (echoes: in the archive folder, moved there after "
+                          "indexing; Orthanc: /statistics)")
+    at_most(stow_fig, "orthanc", 1.0)
+    return [*figures, wado_fig, stow_fig]
+
+
 RUNNERS: dict[str, Callable[[Sizes, Path], list[Figure]]] = {
     "ingest": row_ingest, "nagle": row_nagle, "worklist": row_worklist, "scale": row_scale,
     "memory": row_memory, "forward": row_forward, "startup": row_startup, "qr": row_qr,
-    "retrieve": row_retrieve,
+    "retrieve": row_retrieve, "dicomweb": row_dicomweb,
 }
 
 
