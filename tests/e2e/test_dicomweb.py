@@ -337,6 +337,21 @@ def raw_get(sent: Sent, path: str, headers: dict[str, str] | None = None,
         connection.close()
 
 
+def test_a_study_in_its_stored_syntax_goes_with_content_length(sent: Sent) -> None:
+    """Sent as stored: the length is known before the first byte, so no chunked framing
+    (a converted object's is not, and the answer goes chunked)."""
+    a = sent.studies["A"]
+    accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    status, headers, body = raw_get(sent, f"/dicom-web/studies/{a}", accept)
+    assert status == 200 and "transfer-encoding" not in headers
+    assert int(headers["content-length"]) == len(body) > 0
+    c = sent.studies["C"]  # holds the JPEG object, converted when EXPLICIT_LE is asked for
+    status, headers, body = raw_get(sent, f"/dicom-web/studies/{c}",
+                                    {"Accept": 'multipart/related; type="application/dicom"'})
+    assert status == 200 and headers.get("transfer-encoding") == "chunked"
+    assert body.count(b"Content-Type: application/dicom") >= 2
+
+
 def log_text(sent: Sent) -> str:
     return sent.server.config.log_file.read_text(errors="replace")
 

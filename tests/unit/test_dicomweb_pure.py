@@ -241,6 +241,25 @@ def test_file_chunks_refuses_a_short_file() -> None:
         list(multipart.file_chunks(lambda: io.BytesIO(b"abc"), length=10))
 
 
+def test_body_length_is_the_length_stream_writes() -> None:
+    boundary = multipart.new_boundary()
+    bodies = [b"", b"x" * 7, b"\r\n--y" * 100]
+    headers = [{"Content-Type": f"application/dicom; transfer-syntax=1.2.{n}"}
+               for n in range(len(bodies))]
+    written = b"".join(multipart.stream(zip(headers, ([b] for b in bodies), strict=True), boundary))
+    counted = multipart.body_length(zip(headers, map(len, bodies), strict=True), boundary)
+    assert counted == len(written)
+
+
+def test_file_chunks_refuses_a_file_replaced_since_it_was_counted(tmp_path) -> None:
+    path = tmp_path / "object.dcm"
+    path.write_bytes(b"new copy, longer")
+    assert b"".join(multipart.file_chunks(lambda: open(path, "rb"), whole=16)) == \
+        b"new copy, longer"
+    with pytest.raises(OSError, match="changed size"):
+        next(multipart.file_chunks(lambda: open(path, "rb"), whole=8))
+
+
 # -- which bytes a retrieve sends (the sender's route table, asked per object) --------------
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

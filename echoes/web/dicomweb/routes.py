@@ -205,24 +205,42 @@ def _converted_chunks(objects: Any, doc: dict, route: Route, syntax: str) -> Ite
             yield chunk
 
 
-def _dicom_parts(objects: Any, docs: list[dict], plans: list[tuple[str, Route | None]]
-                 ) -> Iterator[multipart.Part]:
+def _part_headers(syntax: str) -> dict[str, str]:
+    return {"Content-Type": f"application/dicom; transfer-syntax={syntax}"}
+
+
+def _dicom_parts(objects: Any, docs: list[dict], plans: list[tuple[str, Route | None]],
+                 sizes: list[int] | None = None) -> Iterator[multipart.Part]:
     """The parts of a retrieve, made one by one while the answer streams (after the
-    request: ``objects`` is taken before it ends)."""
-    for doc, (syntax, route) in zip(docs, plans, strict=True):
-        headers = {"Content-Type": f"application/dicom; transfer-syntax={syntax}"}
+    request: ``objects`` is taken before it ends); ``sizes``: the stored files' sizes
+    the answer's Content-Length was counted with."""
+    for n, (doc, (syntax, route)) in enumerate(zip(docs, plans, strict=True)):
         if route is None:
             key = doc["path"]
-            yield headers, multipart.file_chunks(lambda key=key: objects.open(key))
+            yield _part_headers(syntax), multipart.file_chunks(
+                lambda key=key: objects.open(key), whole=sizes[n] if sizes else None)
         else:
-            yield headers, _converted_chunks(objects, doc, route, syntax)
+            yield _part_headers(syntax), _converted_chunks(objects, doc, route, syntax)
 
 
-def _multipart(part_type: str, parts: Iterable[multipart.Part]) -> Response:
-    boundary = multipart.new_boundary()
-    return Response(multipart.stream(parts, boundary),
-                    content_type=multipart.content_type(part_type, boundary),
-                    direct_passthrough=True)
+def _stored_sizes(objects: Any, docs: list[dict]) -> list[int] | None:
+    """Each object's size as stored, or None when one is missing (the answer then
+    goes chunked and that part fails where it comes, as before)."""
+    try:
+        return [objects.path_of(doc["path"]).stat().st_size for doc in docs]
+    except OSError:
+        return None
+
+
+def _multipart(part_type: str, parts: Iterable[multipart.Part], boundary: str | None = None,
+               length: int | None = None) -> Response:
+    boundary = boundary or multipart.new_boundary()
+    response = Response(multipart.stream(parts, boundary),
+                        content_type=multipart.content_type(part_type, boundary),
+                        direct_passthrough=True)
+    if length is not None:
+        response.content_length = length
+    return response
 
 
 @blueprint.get("/studies/<study>")
@@ -241,7 +259,17 @@ def retrieve(study: str, series: str | None = None, sop: str | None = None) -> R
                         f"{doc.get('TransferSyntaxUID')}) cannot be sent in "
                         f"{', '.join(syntaxes)}")
         plans.append(chosen)
-    return _multipart("application/dicom", _dicom_parts(state().objects, docs, plans))
+    objects = state().objects
+    sizes = (_stored_sizes(objects, docs) if all(route is None for _s, route in plans)
+             else None)  # a converted object's size is known only once it is made
+    if sizes is None:
+        return _multipart("application/dicom", _dicom_parts(objects, docs, plans))
+    boundary = multipart.new_boundary()
+    length = multipart.body_length(
+        ((_part_headers(syntax), size) for (syntax, _r), size in zip(plans, sizes, strict=True)),
+        boundary)
+    return _multipart("application/dicom", _dicom_parts(objects, docs, plans, sizes),
+                      boundary, length)
 
 
 # -- WADO-RS: metadata and bulk data -----------------------------------------------------
