@@ -17,6 +17,7 @@ from flask import current_app
 
 from echoes.config import Config, Reloader
 from echoes.index import open_index
+from echoes.index.cache import CachingReader
 from echoes.queue import jobs, open_job_store
 from echoes.services.stow import StowStore
 from echoes.storage.objects import open_object_store
@@ -58,6 +59,11 @@ class WebState:
         self.reloader = Reloader(config, interval=reload_interval)
         self._reload_lock = threading.Lock()
         self.index = open_index(config)
+        #: DICOMweb's reader (QIDO-RS, WADO-RS): the catalog kept and indexed by
+        #: PatientID, dates, names ... as Q/R's is (a search names its candidate
+        #: studies instead of matching every one: issue 19's QIDO row), the last
+        #: few studies kept whole.  Read at the first DICOMweb call, not before.
+        self.query_index = CachingReader(self.index)
         self.catalog = StudyCatalog(self.index)
         self.studies = StudyReader(self.index)
         self.thumbnails = ThumbnailCache()

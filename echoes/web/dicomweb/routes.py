@@ -81,7 +81,7 @@ def _instance_number(doc: dict) -> tuple[int, str]:
 def _instances(study: str, series: str | None = None, sop: str | None = None) -> list[dict]:
     """The instance documents a WADO-RS URL names (404 naming the unknown UID)."""
     _uids(study, series, sop)
-    detail = state().index.study(study)
+    detail = state().query_index.study(study)
     if detail is None or not detail["instances"]:
         refuse(404, f"no study {study}")
     found = [doc for doc in detail["instances"]
@@ -135,7 +135,7 @@ def _search(level: str, path_uids: dict[str, str]) -> Response:
         refuse(406, f"search results are {DICOM_JSON} only, not {request.headers['Accept']}")
     try:
         search = qido.parse(level, request.args.items(multi=True), path_uids)
-        index = state().index
+        index = state().query_index
         documents = index.query(level, search.filters)
         if documents and qido.needs_study(search):
             uids = "\\".join(sorted({doc["StudyInstanceUID"] for doc in documents}))
