@@ -286,6 +286,27 @@ def outbound_queue(config: Config) -> list[Problem]:
     )
 
 
+def deletions(config: Config) -> dict:
+    """Studies deleted (``echoes delete``, the Browser, the retention limits): in the
+    last 24 hours by reason, and in all, from the deletion log."""
+    from echoes.ops import retention
+
+    every = retention.deletions(config)
+    recent = [entry for entry in every if entry.get("time", 0) >= time.time() - 86400]
+    return {"last_24h": len(recent), "total": len(every),
+            "last_24h_bytes": sum(int(entry.get("bytes", 0)) for entry in recent),
+            "last_24h_by_reason": dict(Counter(entry.get("reason", "") for entry in recent))}
+
+
+def deletions_line(counts: dict) -> str:
+    """The line ``echoes check`` prints about deletions."""
+    reasons = ", ".join(f"{count} {reason}" for reason, count
+                        in sorted(counts["last_24h_by_reason"].items()))
+    return (f"deleted: {counts['last_24h']} studies in the last 24 h"
+            + (f" ({reasons}; {counts['last_24h_bytes']} bytes)" if reasons else "")
+            + f", {counts['total']} in all")
+
+
 #: The probes, in the order their problems are listed.
 PROBES = (processes, ports, browser_port, disks, database_reachable, other_nodes,
           spool_rejects, worklist_files, outbound_queue)
