@@ -21,6 +21,7 @@ import pytest
 from helpers import DCMTK_ENV, make_dataset, start_server, stop_server, write_part10
 from pydicom.uid import generate_uid
 from test_forward import _start_existing, wait_for
+from test_web import FAST_HASH, Client
 
 #: Objects of 32x32 16-bit pixels: 2048 bytes of pixel data plus header, about
 #: 2.5 KB each; two one-object studies fit in 6,000 bytes, three do not.
@@ -65,7 +66,7 @@ def server(tmp_path_factory, dcmtk) -> Iterator:
     sections = ("\n[ae:NOBODY]\nhost = 127.0.0.1\nport = 9\nforward = yes\n"
                 "forward_calling_aes = KEEPER\n")
     running = start_server(base / "home", sections, retention_days=30, max_archive_gb=LIMIT_GB,
-                           max_attempts=1, retry_interval=1)
+                           max_attempts=1, retry_interval=1, http_password_hash=FAST_HASH)
     yield running
     stop_server(running)
 
@@ -120,6 +121,29 @@ def test_echoes_delete_by_hand(server, tmp_path) -> None:
     assert study not in studies(server) and study not in archived_studies(server)
     assert f"deleted study {study} (by hand)" in server.config.log_file.read_text()
     assert cli(server.config.path, "fsck", "--quick").returncode == 0
+
+
+def test_delete_button_in_the_browser(server, tmp_path) -> None:
+    study, paths = study_files(tmp_path / "b")
+    send(server, paths)
+    wait_for(lambda: study in studies(server), 30, "not indexed")
+    client = Client(server.config.http_port)
+    assert client.login().status == 200
+    page = client.get(f"/studies/{study}").text
+    assert 'data-testid="delete-study"' in page and f"/api/studies/{study}" in page
+    assert client.delete("/api/studies/1.2.3.4.5.6.7").status == 404
+    kept = [uid for uid in studies(server)
+            if any(row["counts"]["failed"] for row in
+                   client.get(f"/api/studies/{uid}/jobs").json()["destinations"])]
+    assert len(kept) == 1, kept  # KEEPER's study of the first test
+    kept = kept[0]
+    refused = client.delete(f"/api/studies/{kept}")
+    assert refused.status == 409 and "outbound jobs not done" in refused.error
+    done = client.delete(f"/api/studies/{study}")
+    assert done.status == 200, done.body
+    assert done.json()["instances"] == 1
+    assert study not in studies(server) and study not in archived_studies(server)
+    assert f"deletion of study {study} asked by admin" in server.config.log_file.read_text()
 
 
 def test_kill_9_in_the_middle_of_a_deletion(tmp_path, dcmtk, monkeypatch) -> None:

@@ -17,6 +17,7 @@ import pytest
 from helpers import DCMTK_ENV, make_dataset, stop_server, write_part10
 from pydicom.uid import generate_uid
 from test_forward import Destination, _start_existing, cli, destination, start_with, wait_for
+from test_web import FAST_HASH, Client
 
 STABLE = 3
 
@@ -36,7 +37,7 @@ def routed(tmp_path_factory, dcmtk) -> Iterator[tuple]:
         f"\n[ae:WHOLE]\nhost = 127.0.0.1\nport = {whole.port}\nforward = yes\n"
         f"forward_when = study\nstable_study_seconds = {STABLE}\n",
     ])
-    server = start_with(base / "home", sections)
+    server = start_with(base / "home", sections, http_password_hash=FAST_HASH)
     state = {"server": server}
     yield state, ctws, fromct1, whole, base
     stop_server(state["server"])
@@ -134,3 +135,48 @@ def _jobs(server, title: str) -> list[dict]:
         if job["destination"] == title:
             found.append(job if path.parent == outgoing else {**job, "state": "done"})
     return found
+
+
+def test_rules_shown_and_edited_in_the_browser(routed) -> None:
+    """The forwarding page and its API show the rules, change them in the file (checked
+    as the file's keys are), and the running ingester uses them."""
+    state, ctws, _fromct1, _whole, base = routed
+    server = state["server"]
+    wait_for(lambda: _web_up(server), 20, "the Browser did not answer")
+    client = Client(server.config.http_port)
+    assert client.login().status == 200
+    listed = {ae["title"]: ae for ae in client.get("/api/aes").json()["aes"]}
+    assert listed["CTWS"]["forward_modalities"] == ["CT"]
+    assert listed["FROMCT1"]["forward_calling_aes"] == ["CT1"]
+    assert (listed["WHOLE"]["forward_when"], listed["WHOLE"]["stable_study_seconds"]) == (
+        "study", STABLE)
+    page = client.get("/aes").text
+    assert "whole studies, 3 s quiet" in page and 'data-modalities="CT"' in page
+    config_text = server.config.path.read_text()
+    refused = client.put("/api/aes/CTWS", {"forward_modalities": "CT MRI"})
+    assert refused.status == 400 and "forward_modalities" in refused.error \
+        and "'MRI'" in refused.error
+    assert server.config.path.read_text() == config_text
+    changed = client.put("/api/aes/CTWS", {"forward_modalities": ["MR"]})
+    assert changed.status == 200, changed.body
+    assert "forward_modalities = MR\n" in server.config.path.read_text()
+    added = client.post("/api/aes", {"title": "NEWWS", "host": "127.0.0.1", "port": 104,
+                                      "forward_when": "study", "stable_study_seconds": 30})
+    assert added.status == 201, added.body
+    section = server.config.path.read_text().split("[ae:NEWWS]")[1]
+    assert "forward_when = study" in section and "stable_study_seconds = 30" in section
+    assert "forward_modalities" not in section  # defaults are not written
+    assert client.delete("/api/aes/NEWWS").status == 200
+    # The ingester now sends only MR to CTWS (it re-reads the file within 2 s).
+    time.sleep(2.5)
+    study = generate_uid()
+    send(server, "CT1", files(base / "in6", study, "CT", 1) + files(base / "in6", study, "MR", 2))
+    wait_for(lambda: of_study(ctws, study) == 2, 30, "MR did not reach CTWS")
+    time.sleep(1)
+    assert of_study(ctws, study) == 2
+
+
+def _web_up(server) -> bool:
+    from helpers import web_ok
+
+    return web_ok(server.config.http_port)
