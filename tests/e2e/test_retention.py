@@ -146,6 +146,19 @@ def test_delete_button_in_the_browser(server, tmp_path) -> None:
     assert f"deletion of study {study} asked by admin" in server.config.log_file.read_text()
 
 
+def test_check_warns_when_kept_studies_hold_the_archive_over(server, tmp_path) -> None:
+    for n in range(2):  # with the first KEEPER study: three kept, 7.5 KB > 6,000 bytes
+        study, paths = study_files(tmp_path / str(n))
+        send(server, paths, calling="KEEPER")
+    wait_for(lambda: "3 failed" in cli(server.config.path, "queue").stdout, 30,
+             "KEEPER's jobs did not fail")
+    wait_for(lambda: "studies are kept for outbound jobs not done" in
+             cli(server.config.path, "check").stdout, 60, "no warning about kept studies")
+    check = cli(server.config.path, "check")
+    assert "WARNING: archive holds 0.000" in check.stdout and "over max_archive_gb" in check.stdout
+    assert "3 studies are kept" in check.stdout
+
+
 def test_kill_9_in_the_middle_of_a_deletion(tmp_path, dcmtk, monkeypatch) -> None:
     monkeypatch.setenv("ECHOES_TEST_DELETE_PAUSE", "30")  # between index and files
     home = tmp_path / "home"
