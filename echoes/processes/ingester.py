@@ -63,6 +63,7 @@ SWEEP_SECONDS = 5.0
 #: batches of one, 0.75 ms in batches of five (offline, same files).
 GATHER_SECONDS = 0.05
 
+
 def routed_jobs(records: list[InstanceRecord], remotes: Iterable[RemoteAE],
                 now: float) -> list[jobs.Job]:
     """The forward jobs of a batch: per object, one per destination its routing rules

@@ -196,5 +196,6 @@ def test_kill_9_in_the_middle_of_a_deletion(tmp_path, dcmtk, monkeypatch) -> Non
     # With the server stopped, echoes delete does the work itself.
     alone = cli(running.config.path, "delete", other)
     assert alone.returncode == 0, alone.stderr
+    assert f"deleted study {other} (by hand)" in running.config.log_file.read_text()
     assert cli(running.config.path, "fsck", "--quick").returncode == 0
     assert not any(running.config.archive_dir.iterdir())
