@@ -32,7 +32,7 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from echoes.config import Config
@@ -48,7 +48,7 @@ log = logging.getLogger("echoes.retention")
 #: contract: over a limit, deleted within a minute); after a batch it looks
 #: again sooner, so that a filling archive is caught while it fills.
 CHECK_SECONDS = 30.0
-CHECK_AFTER_INGEST_SECONDS = 2.0
+CHECK_AFTER_INGEST_SECONDS = 10.0
 #: Job states that keep a study (everything but done and cancelled).
 KEEPING_STATES = frozenset(jobs.STATES) - {jobs.DONE, jobs.CANCELLED}
 #: Tests only: seconds to wait between removing the index records and the files
@@ -70,32 +70,35 @@ class Deletion:
     reason: str
 
 
-def _epoch(iso: str) -> float:
-    try:
-        return datetime.fromisoformat(iso).timestamp()
-    except (TypeError, ValueError):
-        return 0.0
+def arrival_text(epoch: float) -> str:
+    """An epoch time as the index writes arrival times (``received``, a summary's
+    ``updated``): ISO 8601 in UTC with milliseconds, which sort as text (the
+    PostgreSQL index orders them with COLLATE "C" too)."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
 
 
 def plan(studies: Iterable[dict], keep: set[str], now: float, retention_days: float,
          max_archive_gb: float) -> list[Deletion]:
     """The studies to delete now (study summaries with ``size`` and ``updated``, the
-    ISO time their newest object arrived), oldest-arrived first.
+    arrival time of their newest object), oldest-arrived first.
 
     ``keep``: studies with unfinished outbound jobs; never chosen, but their
-    bytes still count towards ``max_archive_gb``.
+    bytes still count towards ``max_archive_gb``.  Cheap when nothing is due
+    (the running ingester asks every few seconds): no sort then.
     """
-    by_age = sorted(studies, key=lambda s: (_epoch(s.get("updated", "")),
-                                            s["StudyInstanceUID"]))
-    chosen: list[Deletion] = []
-    total = sum(int(s.get("size", 0)) for s in by_age)
+    studies = list(studies)
+    total = sum(int(s.get("size", 0)) for s in studies)
     limit = max_archive_gb * 1e9
-    horizon = now - retention_days * 86400
-    for summary in by_age:
+    horizon = arrival_text(now - retention_days * 86400) if retention_days > 0 else ""
+    over = max_archive_gb > 0 and total > limit
+    if not over and not (horizon and any(s.get("updated", "") < horizon for s in studies)):
+        return []
+    chosen: list[Deletion] = []
+    for summary in sorted(studies, key=lambda s: (s.get("updated", ""), s["StudyInstanceUID"])):
         uid = summary["StudyInstanceUID"]
         if uid in keep:
             continue
-        if retention_days > 0 and _epoch(summary.get("updated", "")) < horizon:
+        if horizon and summary.get("updated", "") < horizon:
             reason = RETENTION_DAYS
         elif max_archive_gb > 0 and total > limit:
             reason = MAX_ARCHIVE

@@ -108,6 +108,7 @@ class Ingester:
         #: Deletions (echoes delete, the Browser, retention limits), carried out
         #: here because the ingester is the one index writer.
         self.retention = Retention(config, self.index, self.objects, self.jobs)
+        self._between = time.monotonic()
 
     def reject(self, path: Path, reason: str) -> None:
         """Park an unreadable spooled file where an admin can look at it."""
@@ -185,6 +186,19 @@ class Ingester:
                      len({(job.destination, job.study_instance_uid) for job in released}))
         return len(released)
 
+    def between_batches(self) -> None:
+        """What must not wait for a long stream to end (a modality sending for
+        minutes keeps :meth:`drain` busy): held studies now stable, deletions asked
+        for or due by the retention limits.  At most once a second: a time check
+        per batch otherwise.
+        """
+        now = time.monotonic()
+        if now - self._between < 1.0:
+            return
+        self._between = now
+        self.release_stable()
+        self.retention.serve(self.reloader.current(), ingested=True)
+
     def idle_seconds(self) -> float:
         """How long the loop may wait for an arrival before there is work anyway."""
         return max(0.05, min(SWEEP_SECONDS, self.next_release - time.time()))
@@ -206,6 +220,7 @@ class Ingester:
             if not pending:
                 break
             total += self.ingest_batch(pending)
+            self.between_batches()
             if stop is not None and len(pending) < BATCH_MAX:
                 stop.wait(max(0.0, GATHER_SECONDS - (time.monotonic() - started)))
         return total

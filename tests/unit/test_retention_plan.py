@@ -16,7 +16,7 @@ NOW = 1_000 * DAY
 
 
 def summary(uid: str, days_ago: float, size: int) -> dict:
-    when = datetime.fromtimestamp(NOW - days_ago * DAY, UTC).isoformat()
+    when = datetime.fromtimestamp(NOW - days_ago * DAY, UTC).isoformat(timespec="milliseconds")
     return {"StudyInstanceUID": uid, "updated": when, "size": size}
 
 
