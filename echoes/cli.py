@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     fsck.add_argument("--json", action="store_true", help="print JSON")
     commands.add_parser("reindex", parents=[common],
                         help="rebuild the index from the archive tree")
+    delete = commands.add_parser("delete", parents=[common],
+                                 help="delete one archived study, files and index")
+    delete.add_argument("study_uid", metavar="STUDY_UID")
     migrate = commands.add_parser(
         "migrate", parents=[common],
         help="copy the embedded index and open jobs into an empty PostgreSQL database")
@@ -281,15 +284,18 @@ def cmd_check(args: argparse.Namespace, config: config_module.Config) -> int:
 
     problems = health.check(config)
     code, first_line = health.summary(problems)
+    deleted = health.deletions(config)
     if args.json:
         print(json.dumps({"status": health.NAMES[code], "code": code, "summary": first_line,
                           "problems": [{"severity": health.NAMES[p.severity],
-                                        "message": p.message} for p in problems]},
+                                        "message": p.message} for p in problems],
+                          "deletions": deleted},
                          ensure_ascii=False))
         return code
     print(first_line)
     for problem in problems:
         print(f"{health.NAMES[problem.severity]}: {problem.message}")
+    print(health.deletions_line(deleted))
     return code
 
 
@@ -487,6 +493,47 @@ def cmd_reindex(args: argparse.Namespace, config: config_module.Config) -> int:
     return 1
 
 
+def cmd_delete(args: argparse.Namespace, config: config_module.Config) -> int:
+    """Delete one study: by the running ingester (the one index writer), or here when
+    stopped; exit 1 for an unknown study or one with outbound jobs not done."""
+    from echoes.ops import retention
+    from echoes.storage.objects import open_object_store
+
+    study_uid = args.study_uid.strip()
+    try:
+        if _read_pid(config) is None:
+            logs.setup(config, "delete", to_stderr=False)
+            archive_index = open_index(config, writer=True)
+            store = _job_store(config)
+            try:
+                deleter = retention.Retention(config, archive_index,
+                                              open_object_store(config), store)
+                deleter.finish_intents()
+                outcome = deleter.delete(study_uid, retention.BY_HAND)
+            finally:
+                archive_index.close()
+                store.close()
+        else:
+            result = retention.request_delete(config, study_uid)
+            deadline = time.monotonic() + 600
+            while not result.exists():
+                if time.monotonic() > deadline:
+                    print("echoes delete: the ingester did not answer in 10 min; the request "
+                          "stays and will be carried out", file=sys.stderr)
+                    return 1
+                time.sleep(0.2)
+            outcome = json.loads(result.read_text())
+            result.unlink(missing_ok=True)
+            if "error" in outcome:
+                raise retention.DeleteRefused(outcome["error"])
+    except retention.DeleteRefused as exc:
+        print(f"echoes delete: {exc}", file=sys.stderr)
+        return 1
+    print(f"echoes delete: study {study_uid} deleted ({outcome['instances']} objects, "
+          f"{outcome['bytes']} bytes)")
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace, config: config_module.Config) -> int:
     """Copy the embedded index and the unfinished jobs into PostgreSQL, all or nothing."""
     from echoes import database
@@ -658,6 +705,7 @@ COMMANDS = {
     "fsck": cmd_fsck,
     "migrate": cmd_migrate,
     "reindex": cmd_reindex,
+    "delete": cmd_delete,
     "nodes": cmd_nodes,
     "push": cmd_push,
     "queue": cmd_queue,

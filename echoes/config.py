@@ -171,6 +171,48 @@ def _parse_database_url(text: str) -> str:
     return url
 
 
+#: Modality defined terms (PS3.3 C.7.3.1.1.1, current and retired), what
+#: ``forward_modalities`` may name: a typo there would silently forward nothing.
+MODALITIES = frozenset("""
+    ANN AR ASMT AU BDUS BI BMD CFM CR CT CTPROTOCOL DMS DOC DG DX ECG EEG EMG EOG EPS ES FID
+    GM HC HD IO IOL IVOCT IVUS KER KO LEN LS MG MR M3D NM OAM OCT OP OPM OPT OPTBSV OPTENF
+    OPV OSS OT PA PLAN POS PR PT PX REG RESP RF RG RTDOSE RTIMAGE RTINTENT RTPLAN RTRAD
+    RTRECORD RTSEGANN RTSTRUCT RWV SEG SM SMR SR SRF STAIN TEXTUREMAP TG US VA XA XAPROTOCOL XC
+    AS CD CF CP CS DD DF DM DS EC FA FS LP MA MS OPR ST VF
+""".split())
+
+
+def _parse_modalities(text: str) -> tuple[str, ...]:
+    """Modality defined terms separated by spaces (or commas); empty means every modality."""
+    names = tuple(part.upper() for part in text.replace(",", " ").split())
+    unknown = [name for name in names if name not in MODALITIES]
+    if unknown:
+        raise ValueError(f"unknown modality {unknown[0]!r} (DICOM defined terms such as CT, "
+                         "MR, US, CR, DX)")
+    return tuple(dict.fromkeys(names))
+
+
+def _parse_ae_words(text: str) -> tuple[str, ...]:
+    """AE titles separated by spaces (or commas); empty means any calling AE."""
+    titles = []
+    for part in text.replace(",", " ").split():
+        try:
+            titles.append(parse_ae_title(part))
+        except ValueError as exc:
+            raise ValueError(f"AE title {part!r} {exc}") from None
+    return tuple(dict.fromkeys(titles))
+
+
+FORWARD_WHEN = ("instance", "study")
+
+
+def _parse_forward_when(text: str) -> str:
+    value = text.strip().lower()
+    if value not in FORWARD_WHEN:
+        raise ValueError(f"must be instance or study, got {text!r}")
+    return value
+
+
 def _parse_node_name(text: str) -> str:
     """A node's name in logs and jobs: printable, no spaces (empty: the host name)."""
     name = text.strip()
@@ -226,6 +268,9 @@ KEYS: dict[str, tuple[Callable[[str], Any], str | None, bool]] = {
     "http_session_minutes": (_parse_int(1, 7 * 24 * 60), "60", False),
     "database_url": (_parse_database_url, "", False),
     "node_name": (_parse_node_name, "", False),
+    # Retention (issue 20): 0 is no limit.
+    "retention_days": (_parse_float(0, 10**6), "0", False),
+    "max_archive_gb": (_parse_float(0, 10**9), "0", False),
 }
 
 #: Keys read once when the server starts (ports bound, worker processes
@@ -246,6 +291,11 @@ AE_KEYS: dict[str, tuple[Callable[[str], Any], str | None]] = {
     "port": (_port, None),
     "forward": (parse_bool, "no"),
     "tls": (parse_bool, "no"),
+    # Routing rules (issue 20): see echoes.queue.routing.
+    "forward_modalities": (_parse_modalities, ""),
+    "forward_calling_aes": (_parse_ae_words, ""),
+    "forward_when": (_parse_forward_when, "instance"),
+    "stable_study_seconds": (_parse_int(1, 30 * 86400), "60"),
 }
 
 
@@ -258,6 +308,11 @@ class RemoteAE:
     port: int
     forward: bool
     tls: bool = False
+    #: Routing rules (empty: every modality, every calling AE; see echoes.queue.routing).
+    forward_modalities: tuple[str, ...] = ()
+    forward_calling_aes: tuple[str, ...] = ()
+    forward_when: str = "instance"
+    stable_study_seconds: int = 60
 
 
 @dataclass(frozen=True)
@@ -309,6 +364,10 @@ class Config:
     database_url: str
     #: This node's name in logs and jobs (the host name unless set).
     node_name: str
+    #: Retention (0: no limit): delete studies last received this many days ago,
+    #: and the oldest-arrived ones while the archive holds more than this.
+    retention_days: float = 0.0
+    max_archive_gb: float = 0.0
     remote_aes: dict[str, RemoteAE] = field(default_factory=dict)
 
     @property

@@ -336,7 +336,25 @@ def _ae_values(ae: RemoteAE) -> dict[str, str]:
     if isinstance(ae.port, bool):
         raise ConfigEditError(f"port: must be a whole number, got {ae.port!r}")
     return {"host": _check_host(str(ae.host)), "port": _check_value("port", str(ae.port)),
-            "forward": _yes_no(bool(ae.forward)), "tls": _yes_no(bool(ae.tls))}
+            "forward": _yes_no(bool(ae.forward)), "tls": _yes_no(bool(ae.tls)),
+            **_routing_values(ae)}
+
+
+def _routing_values(ae: RemoteAE) -> dict[str, str]:
+    """The routing rule keys as written for ``ae`` (issue 20; lists space-separated)."""
+    return {"forward_modalities": _check_value("forward_modalities",
+                                               " ".join(ae.forward_modalities)),
+            "forward_calling_aes": _check_value("forward_calling_aes",
+                                                " ".join(ae.forward_calling_aes)),
+            "forward_when": _check_value("forward_when", str(ae.forward_when)),
+            "stable_study_seconds": _check_value("stable_study_seconds",
+                                                 str(ae.stable_study_seconds))}
+
+
+def _is_default(key: str, value: str) -> bool:
+    """Whether ``value`` says what leaving ``key`` out of a section says."""
+    default = config_module.AE_KEYS[key][1]
+    return default is not None and _same(key, default, value)
 
 
 # -- reading, validating, writing ----------------------------------------------------
@@ -480,7 +498,8 @@ def save_remote_ae(config_path: Path, ae: RemoteAE, replacing: str | None = None
             if title in by_title:
                 raise ConfigEditError(f"AE {title} already exists")
             new_name = f"ae:{title}"
-            written = {k: v for k, v in values.items() if k != "tls" or ae.tls}
+            written = {k: v for k, v in values.items()
+                       if k in ("host", "port", "forward") or not _is_default(k, v)}
 
             def add(old: Raw) -> Raw:
                 return {**old, new_name: written}

@@ -286,9 +286,58 @@ def outbound_queue(config: Config) -> list[Problem]:
     )
 
 
+def retention_blocked(config: Config) -> list[Problem]:
+    """WARNING when the archive stays over ``max_archive_gb`` even after every study the
+    limits may delete: the rest is held by outbound jobs not done (failed ones
+    included), which someone has to retry or cancel."""
+    if not config.max_archive_gb:
+        return []
+    from echoes.index import open_index
+    from echoes.ops import retention
+
+    store = open_job_store(config)
+    try:
+        summaries = open_index(config).studies()
+        keep = retention.keeping(store.open_jobs())
+    except OSError:  # the database is down: database_reachable says so
+        return []
+    finally:
+        store.close()
+    chosen = {d.study_uid for d in retention.plan(summaries, set(keep), time.time(),
+                                                  config.retention_days, config.max_archive_gb)}
+    left = sum(int(s.get("size", 0)) for s in summaries if s["StudyInstanceUID"] not in chosen)
+    if left <= config.max_archive_gb * 1e9:
+        return []
+    held = sum(1 for s in summaries if s["StudyInstanceUID"] in keep)
+    return [Problem(WARNING, f"archive holds {left / 1e9:.3f} GB, over max_archive_gb "
+                             f"{config.max_archive_gb:g}: {held} studies are kept for outbound "
+                             "jobs not done (see echoes queue)")]
+
+
+def deletions(config: Config) -> dict:
+    """Studies deleted (``echoes delete``, the Browser, the retention limits): in the
+    last 24 hours by reason, and in all, from the deletion log."""
+    from echoes.ops import retention
+
+    every = retention.deletions(config)
+    recent = [entry for entry in every if entry.get("time", 0) >= time.time() - 86400]
+    return {"last_24h": len(recent), "total": len(every),
+            "last_24h_bytes": sum(int(entry.get("bytes", 0)) for entry in recent),
+            "last_24h_by_reason": dict(Counter(entry.get("reason", "") for entry in recent))}
+
+
+def deletions_line(counts: dict) -> str:
+    """The line ``echoes check`` prints about deletions."""
+    reasons = ", ".join(f"{count} {reason}" for reason, count
+                        in sorted(counts["last_24h_by_reason"].items()))
+    return (f"deleted: {counts['last_24h']} studies in the last 24 h"
+            + (f" ({reasons}; {counts['last_24h_bytes']} bytes)" if reasons else "")
+            + f", {counts['total']} in all")
+
+
 #: The probes, in the order their problems are listed.
 PROBES = (processes, ports, browser_port, disks, database_reachable, other_nodes,
-          spool_rejects, worklist_files, outbound_queue)
+          spool_rejects, worklist_files, outbound_queue, retention_blocked)
 #: Probes that talk to the running server's ports.
 PORT_PROBES = frozenset({ports, browser_port})
 

@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from watchdog.events import FileCreatedEvent, FileSystemEventHandler
@@ -39,12 +39,13 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyEmitter
 from watchdog.observers.inotify_c import InotifyConstants, Mask
 
-from echoes.config import Config, Reloader
+from echoes.config import Config, Reloader, RemoteAE
 from echoes.index import open_index
 from echoes.index.record import InstanceRecord, read_record
 from echoes.ops import integrity
+from echoes.ops.retention import Retention
 from echoes.processes.worker import Worker
-from echoes.queue import jobs, open_job_store
+from echoes.queue import jobs, open_job_store, routing
 from echoes.storage import durable, spool
 from echoes.storage.objects import open_object_store
 
@@ -62,6 +63,29 @@ SWEEP_SECONDS = 5.0
 #: batches of one, 0.75 ms in batches of five (offline, same files).
 GATHER_SECONDS = 0.05
 
+
+def routed_jobs(records: list[InstanceRecord], remotes: Iterable[RemoteAE],
+                now: float) -> list[jobs.Job]:
+    """The forward jobs of a batch: per object, one per destination its routing rules
+    pick (:func:`echoes.queue.routing.destinations`), held for a destination that
+    forwards whole studies.  Pure: the ingester writes what it returns.
+    """
+    forwarding = [ae for ae in remotes if ae.forward]
+    plain = not any(ae.forward_modalities or ae.forward_calling_aes
+                    or ae.forward_when != "instance" for ae in forwarding)
+    made: list[jobs.Job] = []
+    for record in records:
+        # The fields a job takes, not dataclasses.asdict (a deep copy of every
+        # field: 12 % of the ingester's Python CPU while forwarding, issue 7).
+        fields = {name: getattr(record, name) for name in jobs.RECORD_FIELDS}
+        chosen = forwarding if plain else routing.destinations(
+            forwarding, record.Modality, record.calling_ae)
+        for remote in chosen:
+            job = jobs.new_job(remote.title, fields, "forward", now)
+            made.append(routing.hold(job) if remote.forward_when == "study" else job)
+    return made
+
+
 class Ingester:
     """Turns spooled files into archived, indexed objects, a batch at a time."""
 
@@ -78,6 +102,13 @@ class Ingester:
         self.index = open_index(config, writer=True)
         self.reloader = Reloader(config)
         self.jobs = open_job_store(config)
+        #: When held jobs (forward_when = study) may next be due: now, so that
+        #: those left by an earlier run are looked at once at start.
+        self.next_release = 0.0
+        #: Deletions (echoes delete, the Browser, retention limits), carried out
+        #: here because the ingester is the one index writer.
+        self.retention = Retention(config, self.index, self.objects, self.jobs)
+        self._between = time.monotonic()
 
     def reject(self, path: Path, reason: str) -> None:
         """Park an unreadable spooled file where an admin can look at it."""
@@ -121,19 +152,56 @@ class Ingester:
         return len(records)
 
     def queue_forwarding(self, records: list[InstanceRecord]) -> int:
-        """Write one durable job per object for every AE with ``forward = yes``."""
-        destinations = [ae.title for ae in self.reloader.current().remote_aes.values()
-                        if ae.forward]
-        if not destinations:
+        """Write one durable job per object for every AE its routing rules send it to
+        (:func:`routed_jobs`); held ones wait for their study to be stable."""
+        remotes = self.reloader.current().remote_aes
+        if not any(ae.forward for ae in remotes.values()):
             return 0
         now = time.time()
-        # The fields a job takes, not dataclasses.asdict (a deep copy of every
-        # field: 12 % of the ingester's Python CPU while forwarding, issue 7).
-        wanted = [{name: getattr(record, name) for name in jobs.RECORD_FIELDS}
-                  for record in records]
-        return self.jobs.write_many(
-            jobs.new_job(destination, fields, "forward", now)
-            for fields in wanted for destination in destinations)
+        written = routed_jobs(records, remotes.values(), now)
+        if not written:
+            return 0
+        held = [job for job in written if job.state == jobs.HELD]
+        if held:
+            soonest = now + min(remotes[job.destination].stable_study_seconds for job in held)
+            self.next_release = min(self.next_release, soonest)
+        return self.jobs.write_many(written)
+
+    def release_stable(self) -> int:
+        """Release the held jobs of studies now stable (``forward_when = study``), all
+        of a study at once so that they go over one association; how many.
+
+        Looked at when the soonest study may be stable (and once at start: the
+        held jobs in the job store are the state that survives a restart).
+        """
+        now = time.time()
+        if now < self.next_release:
+            return 0
+        released, next_look = routing.release_stable(
+            self.jobs.held_jobs(), self.reloader.current().remote_aes, now)
+        self.next_release = next_look if next_look is not None else float("inf")
+        if released:
+            self.jobs.write_many(released)
+            log.info("released %d held jobs of %d stable studies", len(released),
+                     len({(job.destination, job.study_instance_uid) for job in released}))
+        return len(released)
+
+    def between_batches(self) -> None:
+        """What must not wait for a long stream to end (a modality sending for
+        minutes keeps :meth:`drain` busy): held studies now stable, deletions asked
+        for or due by the retention limits.  At most once a second: a time check
+        per batch otherwise.
+        """
+        now = time.monotonic()
+        if now - self._between < 1.0:
+            return
+        self._between = now
+        self.release_stable()
+        self.retention.serve(self.reloader.current(), ingested=True)
+
+    def idle_seconds(self) -> float:
+        """How long the loop may wait for an arrival before there is work anyway."""
+        return max(0.05, min(SWEEP_SECONDS, self.next_release - time.time()))
 
     def drain(self, stop: threading.Event | None = None) -> int:
         """Ingest everything now in the spool; return the count.
@@ -152,6 +220,7 @@ class Ingester:
             if not pending:
                 break
             total += self.ingest_batch(pending)
+            self.between_batches()
             if stop is not None and len(pending) < BATCH_MAX:
                 stop.wait(max(0.0, GATHER_SECONDS - (time.monotonic() - started)))
         return total
@@ -216,11 +285,17 @@ class IngesterWorker(Worker):
         config, ingester = self.config, self.ingester
         stop, wake, heartbeat = self.stopping, self.wake, self.heartbeat
         paused_since: float | None = None  # one ERROR line per outage, not one per retry
+        ingested = 0
         try:
             while not stop.is_set():
                 wake.clear()
                 try:
-                    ingester.drain(stop)
+                    # First: a deletion cut short by a crash is finished before
+                    # anything of its study is ingested again.
+                    with heartbeat.covering():
+                        ingester.retention.serve(ingester.reloader.current(), ingested > 0)
+                    ingested = ingester.drain(stop)
+                    ingester.release_stable()
                     with heartbeat.covering():  # a reindex is one long call
                         outcome = integrity.serve_request(config, ingester.index)
                     if outcome is not None:
@@ -237,7 +312,7 @@ class IngesterWorker(Worker):
                     else:
                         log.debug("ingest still paused: %s", exc)
                     heartbeat.wait(stop, SWEEP_SECONDS)
-                if heartbeat.wait(wake, SWEEP_SECONDS):
+                if heartbeat.wait(wake, ingester.idle_seconds()):
                     stop.wait(GATHER_SECONDS)
             # Whatever was acknowledged before the stop is archived before exit
             # (or stays in the spool for the next start, if that cannot be done now).

@@ -13,7 +13,8 @@ State machine (pure functions, tested without files)::
     pending/retrying --attempt failed--> retrying (next attempt after
                                          retry_interval) | failed (max_attempts)
     pending/retrying --refused--> failed   (retrying cannot help)
-    pending/retrying/failed --cancel--> cancelled   (by hand: echoes cancel,
+    held --study stable--> pending          (forward_when = study: echoes.queue.routing)
+    pending/retrying/failed/held --cancel--> cancelled   (by hand: echoes cancel,
                                          the Browser; never sent, not an alarm)
     retrying/failed/cancelled --retry--> pending   (by hand: echoes retry, the
                                          Browser; done and pending jobs are left as
@@ -52,8 +53,11 @@ log = logging.getLogger("echoes.jobs")
 
 PENDING, RETRYING, FAILED, DONE = "pending", "retrying", "failed", "done"
 CANCELLED = "cancelled"
+#: Waiting for its study to be stable (``forward_when = study``): never due;
+#: released to pending by the ingester (echoes.queue.routing.release_stable).
+HELD = "held"
 #: Every state, in the order ``echoes queue`` lists them.
-STATES = (PENDING, RETRYING, FAILED, CANCELLED, DONE)
+STATES = (PENDING, RETRYING, FAILED, CANCELLED, DONE, HELD)
 #: Waiting to be sent.
 ACTIVE = frozenset({PENDING, RETRYING})
 #: Where a job ends up (done and cancelled ones are pruned after keep_done_hours).
@@ -460,6 +464,10 @@ class JobStore:
         the sender looks at, without reading the day's delivered ones.
         """
         return [job for _signature, job in self._refresh(self.folder).values()]
+
+    def held_jobs(self) -> list[Job]:
+        """The jobs waiting for their study to be stable (the ingester's to release)."""
+        return [job for job in self.open_jobs() if job.state == HELD]
 
     def done_jobs(self) -> list[Job]:
         """The delivered jobs still kept (pruned after ``keep_done_hours``)."""

@@ -220,6 +220,10 @@ class PostgresJobStore:
     def open_jobs(self) -> list[Job]:
         return self._select("WHERE state <> %s", (jobs.DONE,))
 
+    def held_jobs(self) -> list[Job]:
+        """The jobs waiting for their study to be stable (every node's)."""
+        return self._select("WHERE state = %s", (jobs.HELD,))
+
     def done_jobs(self) -> list[Job]:
         return self._select("WHERE state = %s", (jobs.DONE,))
 

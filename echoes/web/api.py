@@ -37,7 +37,10 @@ blueprint = Blueprint("api", __name__, url_prefix="/api")
 JOB_ID = re.compile(r"[0-9a-f]{20}")
 THUMBNAIL_SIZES = (32, 512)
 ECHO_TIMEOUT = 10.0
-AE_FIELDS = ("title", "host", "port", "forward", "tls")
+AE_FIELDS = ("title", "host", "port", "forward", "tls", "forward_modalities",
+             "forward_calling_aes", "forward_when", "stable_study_seconds")
+#: The routing rule fields (issue 20), checked by the config's own parsers.
+RULE_FIELDS = AE_FIELDS[5:]
 
 
 class ApiError(HTTPException):
@@ -175,6 +178,39 @@ def push(study_uid: str) -> tuple[Response, int]:
                    progress=url_for("api.study_jobs", study_uid=study_uid)), 202
 
 
+#: How long a delete request waits for the ingester's answer before it says 202.
+DELETE_WAIT_SECONDS = 30.0
+
+
+@blueprint.delete("/studies/<study_uid>")
+def delete_study(study_uid: str) -> tuple[Response, int]:
+    """Delete a study (files and index), as ``echoes delete`` does: the ingester, the one
+    index writer, carries it out; 409 while it has outbound jobs not done."""
+    from echoes.ops import retention
+
+    read_study(study_uid)
+    waiting = retention.keeping(job for job in state().all_jobs()
+                                if job.study_instance_uid == study_uid).get(study_uid, 0)
+    if waiting:
+        fail(409, f"study {study_uid} has {waiting} outbound jobs not done (see the queue); "
+                  "it is kept until they are")
+    result = retention.request_delete(state().config, study_uid)
+    log.info("deletion of study %s asked by %s", study_uid, g.user)
+    deadline = time.monotonic() + DELETE_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            outcome = json.loads(result.read_bytes())
+        except (FileNotFoundError, ValueError):
+            time.sleep(0.2)
+            continue
+        result.unlink(missing_ok=True)
+        if "error" in outcome:
+            fail(409, outcome["error"])
+        return jsonify(deleted=study_uid, instances=outcome["instances"],
+                       bytes=outcome["bytes"]), 200
+    return jsonify(deleting=study_uid), 202
+
+
 @blueprint.get("/studies/<study_uid>/jobs")
 def study_jobs(study_uid: str) -> Response:
     checked_uid(study_uid, "StudyInstanceUID")
@@ -189,7 +225,30 @@ def study_jobs(study_uid: str) -> Response:
 
 def ae_view(ae: RemoteAE) -> dict:
     return {"title": ae.title, "host": ae.host, "port": ae.port, "forward": ae.forward,
-            "tls": ae.tls}
+            "tls": ae.tls, "forward_modalities": list(ae.forward_modalities),
+            "forward_calling_aes": list(ae.forward_calling_aes),
+            "forward_when": ae.forward_when, "stable_study_seconds": ae.stable_study_seconds}
+
+
+def _rules_from(values: dict[str, Any]) -> dict[str, Any]:
+    """The routing rule fields of a request body (lists or space-separated text), parsed
+    as the configuration file's keys are; 400 naming the field."""
+    from echoes.config import AE_KEYS
+
+    rules = {}
+    for name in RULE_FIELDS:
+        value = values.get(name, AE_KEYS[name][1])
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            value = " ".join(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            fail(400, f"{name}: must be text or a list of text")
+        try:
+            rules[name] = AE_KEYS[name][0](value)
+        except ValueError as exc:
+            fail(400, f"{name}: {exc}")
+    return rules
 
 
 def remote_ae_from(body: dict[str, Any], current: RemoteAE | None = None) -> RemoteAE:
@@ -222,7 +281,7 @@ def remote_ae_from(body: dict[str, Any], current: RemoteAE | None = None) -> Rem
         if not isinstance(values[name], bool):
             fail(400, f"{name}: must be true or false")
     return RemoteAE(title=values["title"], host=values["host"].strip(), port=port,
-                    forward=values["forward"], tls=values["tls"])
+                    forward=values["forward"], tls=values["tls"], **_rules_from(values))
 
 
 def _configured(title: str) -> RemoteAE:

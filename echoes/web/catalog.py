@@ -404,7 +404,7 @@ def _counts(group: Iterable[jobs.Job], states: Sequence[str]) -> dict[str, int]:
 
 
 #: Job states listed by default: those that still need something.
-OPEN_STATES = (jobs.FAILED, jobs.RETRYING, jobs.PENDING)
+OPEN_STATES = (jobs.FAILED, jobs.RETRYING, jobs.PENDING, jobs.HELD)
 MAX_LISTED_JOBS = 1000
 
 
@@ -467,7 +467,8 @@ def study_progress(all_jobs: Iterable[jobs.Job], study_uid: str) -> dict:
         errors = sorted((job for job in group if job.last_error and job.state != jobs.DONE),
                         key=lambda job: job.updated)
         rows.append({"destination": title, "counts": counts, "total": len(group),
-                     "finished": not any(job.state in jobs.ACTIVE for job in group),
+                     "finished": not any(job.state in jobs.ACTIVE or job.state == jobs.HELD
+                                         for job in group),
                      "last_error": errors[-1].last_error if errors else ""})
     return {"study": study_uid, "destinations": rows,
             "finished": all(row["finished"] for row in rows)}

@@ -239,7 +239,7 @@ def test_queue_summary_counts_every_destination_and_lists_what_needs_attention()
     rows = {row["destination"]: row for row in summary["destinations"]}
     assert list(rows) == ["GONE", "PACS", "VIEWER"]
     assert rows["PACS"]["counts"] == {"pending": 0, "retrying": 1, "failed": 1, "done": 1,
-                                      "cancelled": 1}
+                                      "cancelled": 1, "held": 0}
     assert rows["GONE"]["configured"] is False and rows["VIEWER"]["counts"]["pending"] == 0
     assert [(j["destination"], j["state"]) for j in summary["jobs"]] == [
         ("GONE", "pending"), ("PACS", "failed"), ("PACS", "retrying")]
@@ -987,10 +987,15 @@ def test_push_queues_the_study_and_shows_progress_until_done(serve, archive: Arc
     assert done["destinations"] == [{"destination": "STORESCP", "total": 5, "finished": True,
                                      "last_error": "", "counts": {
                                          "pending": 0, "retrying": 0, "failed": 0, "done": 5,
-                                         "cancelled": 0}}]
+                                         "cancelled": 0, "held": 0}}]
     assert len(storescp.received()) == 5
     other = client.get(f"/api/studies/{archive.mr_study}/jobs").json()
     assert other == {"study": archive.mr_study, "destinations": [], "finished": True}
+
+
+#: The routing rules of an AE without any (issue 20).
+NO_RULES = {"forward_modalities": [], "forward_calling_aes": [], "forward_when": "instance",
+            "stable_study_seconds": 60}
 
 
 def test_aes_add_edit_rename_remove_keep_the_comments(site: Site) -> None:
@@ -1000,7 +1005,7 @@ def test_aes_add_edit_rename_remove_keep_the_comments(site: Site) -> None:
                                      "forward": True})
     assert added.status == 201
     assert added.json() == {"title": "PACS", "host": "10.0.0.5", "port": 104, "forward": True,
-                            "tls": False}
+                            "tls": False, **NO_RULES}
     assert "[ae:PACS]" in path.read_text()
     assert client.get("/api/aes/PACS").json()["forward"] is True
     toggled = client.put("/api/aes/PACS", {"forward": False})
@@ -1011,7 +1016,7 @@ def test_aes_add_edit_rename_remove_keep_the_comments(site: Site) -> None:
     site.job_store().queue("PACS", [waiting], "push", time.time())
     renamed = client.put("/api/aes/PACS", {"title": "ARCHIVE2", "port": 11112})
     assert renamed.json() == {"title": "ARCHIVE2", "host": "10.0.0.5", "port": 11112,
-                              "forward": False, "tls": False, "jobs_moved": 1}
+                              "forward": False, "tls": False, **NO_RULES, "jobs_moved": 1}
     assert [ae["title"] for ae in client.get("/api/aes").json()["aes"]] == ["ARCHIVE2"]
     assert [(job.destination, job.state) for job in site.job_store().all()] == [
         ("ARCHIVE2", "pending")]  # the queue follows the rename
@@ -1094,7 +1099,7 @@ def test_queue_by_destination_and_state(site: Site) -> None:
     queue = site.client.get("/api/queue").json()
     rows = {row["destination"]: row for row in queue["destinations"]}
     assert rows["PACS"]["counts"] == {"pending": 1, "retrying": 1, "failed": 0, "done": 1,
-                                      "cancelled": 0}
+                                      "cancelled": 0, "held": 0}
     assert rows["GONE"]["configured"] is False and rows["GONE"]["counts"]["failed"] == 1
     listed = {j["id"]: j for j in queue["jobs"]}
     assert set(listed) == {made[s].id for s in ("pending", "retrying", "failed")}

@@ -130,6 +130,20 @@ function setupStudy() {
       }
     });
   }
+  const remove = document.getElementById("delete-study");
+  if (remove) {
+    remove.addEventListener("click", async () => {
+      if (!window.confirm("Delete this study, its files and index entries, for good?")) return;
+      remove.disabled = true;
+      try {
+        await api("DELETE", remove.dataset.deleteUrl);
+        window.location.assign(remove.dataset.studiesUrl);
+      } catch (error) {
+        showMessage(error.message, "error");
+        remove.disabled = false;
+      }
+    });
+  }
   poll();
 }
 
@@ -163,6 +177,10 @@ function setupAes() {
       field("ae-port").value = row.dataset.port;
       field("ae-forward").checked = row.dataset.forward === "true";
       field("ae-tls").checked = row.dataset.tls === "true";
+      field("ae-modalities").value = row.dataset.modalities;
+      field("ae-calling").value = row.dataset.calling;
+      field("ae-study").checked = row.dataset.when === "study";
+      field("ae-stable").value = row.dataset.stable;
       field("ae-form-heading").textContent = `Edit AE ${title}`;
       field("ae-save").textContent = "Save";
       field("ae-cancel").hidden = false;
@@ -219,6 +237,10 @@ function setupAes() {
       port: Number(field("ae-port").value),
       forward: field("ae-forward").checked,
       tls: field("ae-tls").checked,
+      forward_modalities: field("ae-modalities").value.trim(),
+      forward_calling_aes: field("ae-calling").value.trim(),
+      forward_when: field("ae-study").checked ? "study" : "instance",
+      stable_study_seconds: field("ae-stable").value.trim() || "60",
     };
     const editing = form.dataset.editing;
     try {
