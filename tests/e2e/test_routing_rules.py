@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import DCMTK_ENV, make_dataset, stop_server, write_part10
+from helpers import DCMTK_ENV, echoes_cli, make_dataset, stop_server, wait_for, write_part10
 from pydicom.uid import generate_uid
-from test_forward import Destination, _start_existing, cli, destination, start_with, wait_for
+from test_forward import Destination, _start_existing, destination, start_with
 from test_web import FAST_HASH, Client
 
 STABLE = 3
@@ -81,7 +81,7 @@ def test_modality_and_calling_ae_rules(routed) -> None:
     assert (of_study(ctws, first), of_study(ctws, second)) == (3, 2)
     # Only what CT1 sent to the calling-AE destination, whatever the modality.
     assert (of_study(fromct1, first), of_study(fromct1, second)) == (5, 0)
-    listing = json.loads(cli(server, "queue", "--json").stdout)
+    listing = json.loads(echoes_cli(server, "queue", "--json").stdout)
     assert listing["CTWS"]["done"] == 5 and listing["FROMCT1"]["done"] == 5
 
 
