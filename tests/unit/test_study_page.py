@@ -161,3 +161,15 @@ def test_the_browser_keeps_its_snapshot_for_an_embedded_index(index_path: Path) 
     result = catalog.search(parse_study_query({"sort": "date", "per_page": "2"}))
     assert [s["StudyInstanceUID"] for s in result.studies] == ["9.1.4", "9.1.3"]
     assert catalog.full_loads == 1
+
+
+def test_the_caching_reader_pages_its_catalog_or_asks_its_reader(index_path: Path) -> None:
+    from echoes.index.cache import CachingReader
+
+    embedded = EmbeddedIndex(index_path)
+    cached = CachingReader(embedded)
+    assert uids(cached.study_page("received", True, 2, 1)) == uids(
+        embedded.study_page("received", True, 2, 1)) == ["9.1.4", "9.1.3"]
+    paging = PagingReader(summaries(30))
+    page = CachingReader(paging).study_page("date", True, 5, 10)  # type: ignore[arg-type]
+    assert paging.asked == [("date", True, 5, 10)] and len(page.studies) == 5
