@@ -11,24 +11,28 @@ round, ``--keep``).
 The cluster runs with ``fsync = on`` (the tests' is off): what a site runs.
 Every system gets a database of its own on it, created empty.
 
-Rows (echoes column unless said; sizes ``PgSizes``, ``--quick``: QUICK_PG):
+Rows (echoes column unless said; sizes ``PgSizes``, ``--quick``: QUICK_PG).
+P1 and P2 go through the index seam's one constructor (``open_index``), so
+the same code measures the embedded index beside them: rows E1a-E1d and
+E2a-E2d, with the same targets (what the issue asks to see side by side).
 
 * P1a/P1b: build an archive of ``instances`` instances (``per_study`` a
-  study, 4 series) through the index seam (``PostgresIndexWriter.apply``,
+  study, 4 series) through the index seam (the writer's ``apply``,
   batches of 50 as the ingester writes them: bench/index_walls.py's way,
   no DICOM): seconds for the first ``window`` instances and for the last;
   target last <= 1.2x first.
-* P1c: the ingester's index restart on that archive: a new
-  ``PostgresIndexWriter`` and its first batch of 50 (what issue 18's table
+* P1c: the ingester's index restart on that archive: a new writer
+  (``PostgresIndexWriter``; ``ArchiveIndex``) and its first batch of 50 (what issue 18's table
   timed for the embedded index: a fresh ``ArchiveIndex()``, 14-37 s, its
   catalog rebuilt); target < 2 s.
-* P1d: a real ``echoes start`` with ``database_url`` on that archive (started
+* P1d: a real ``echoes start`` on that archive (started
   and stopped once before), timed until its ingester logs "ingester
   watching": Python, the supervisor and every process; no target (it is the
   same on an empty archive: compare.py's startup row).
 * P2a-P2d: an archive of ``search_studies`` one-instance studies (names,
   patients and dates varied), then study searches: P2a a C-FIND-like query
-  through the seam (``query(STUDY, PatientID=...)``), P2b a name wildcard
+  through the seam (``query(STUDY, PatientID=...)`` on a long-lived
+  ``CachingReader``, as the Q/R services keep it), P2b a name wildcard
   plus date range through the seam, P2c the same PatientID query by real
   ``findscu`` against echoes on that database (per query, findscu's start
   cancelled out: bench/qr.py ``per_query``), P2d the Browser's study list
@@ -57,8 +61,9 @@ from types import ModuleType
 
 import qr
 
-from echoes.index import postgres as pg_index
-from echoes.index.base import STUDY
+from echoes.index import open_index
+from echoes.index.base import STUDY, IndexWriter
+from echoes.index.cache import CachingReader
 from echoes.index.instance import InstanceRecord
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
@@ -128,7 +133,7 @@ def archive_records(total: int, per_study: int, start: int = 0):
             calling_ae="CT01")
 
 
-def build(writer: pg_index.PostgresIndexWriter, total: int, per_study: int, window: int,
+def build(writer: IndexWriter, total: int, per_study: int, window: int,
           batch: int) -> tuple[float, float, float]:
     """Apply ``total`` records in batches of ``batch``: (seconds of the first
     ``window`` instances, of the last ``window``, of all)."""
@@ -192,11 +197,12 @@ def api_get(port: int, path: str) -> bytes:
         return answer.read()
 
 
-def echoes_on(h: ModuleType, folder: Path, url: str, browser: bool = False):
-    """compare.Echoes (not started) with ``database_url`` (and a Browser password)."""
+def echoes_on(h: ModuleType, folder: Path, url: str = "", browser: bool = False):
+    """compare.Echoes (not started) with ``database_url`` (empty: the embedded index
+    at its default ``index_path``) and, with ``browser``, a Browser password."""
     from werkzeug.security import generate_password_hash
 
-    extra = f"database_url = {url}\n"
+    extra = f"database_url = {url}\n" if url else ""
     if browser:
         extra += ("http_password_hash = "
                   + generate_password_hash(BROWSER_PASSWORD, method="pbkdf2:sha256:1000")
@@ -204,36 +210,50 @@ def echoes_on(h: ModuleType, folder: Path, url: str, browser: bool = False):
     return h.Echoes(folder / "home", extra=extra, start=False)
 
 
-def scale_rows(h: ModuleType, sizes: PgSizes, work: Path, server) -> list:
-    """P1a, P1b, P1c: the big archive's ingest cost and the ingester restart on it."""
-    cells = {key: h.Cell(None, False) for key in ("first", "last", "restart", "start")}
-    how = ""
-    h.progress(f"P1 echoes: {sizes.instances:,} instances through the PostgreSQL index")
-    try:
-        url = server.fresh_database()
+#: The two backends of the index seam: (figure key prefix, name in the labels).
+BACKENDS = {"postgres": ("P", "PostgreSQL"), "embedded": ("E", "embedded")}
+
+
+def new_archive(h: ModuleType, folder: Path, backend: str, server, browser: bool = False):
+    """A stopped echoes on ``backend`` with an empty index (a fresh database)."""
+    url = ""
+    if backend == "postgres":
         from echoes import database
 
-        database.prepare(url)
-        writer = pg_index.PostgresIndexWriter(url)
-        try:
-            first, last, total = build(writer, sizes.instances, sizes.per_study, sizes.window,
-                                       BATCH)
-        finally:
+        url = server.fresh_database()
+        database.prepare(url)  # the schema, before any clock starts
+    return echoes_on(h, folder, url, browser)
+
+
+def scale_rows(h: ModuleType, sizes: PgSizes, work: Path, server, backend: str) -> list:
+    """P1a-P1d (E1a-E1d on the embedded index): the big archive's ingest cost, the
+    ingester's index restart on it, the whole echoes start."""
+    prefix, name = BACKENDS[backend]
+    cells = {key: h.Cell(None, False) for key in ("first", "last", "restart", "start")}
+    how = ""
+    h.progress(f"{prefix}1 echoes: {sizes.instances:,} instances through the {name} index")
+    try:
+        with h.scratch(work, f"echoes-{backend}") as folder:
+            target = new_archive(h, folder, backend, server)
+            writer = open_index(target.config, writer=True)
+            try:
+                first, last, total = build(writer, sizes.instances, sizes.per_study,
+                                           sizes.window, BATCH)
+            finally:
+                writer.close()
+            cells["first"], cells["last"] = h.Cell(first), h.Cell(last)
+            how = (f"{sizes.instances:,} records ({sizes.per_study} a study, 4 series) applied "
+                   f"by the seam's writer (open_index(config, writer=True).apply) in batches "
+                   f"of {BATCH} (the ingester's) into an empty index"
+                   + (", PostgreSQL with fsync on" if backend == "postgres" else "")
+                   + f"; {total:.0f} s in all; the first and the last {sizes.window:,} timed")
+            # The ingester's index at start, as issue 18's table measured the
+            # embedded one (a fresh ArchiveIndex()): a new writer and its first batch.
+            started = time.perf_counter()
+            writer = open_index(target.config, writer=True)
+            writer.apply(list(archive_records(BATCH, sizes.per_study, sizes.instances)))
             writer.close()
-        cells["first"], cells["last"] = h.Cell(first), h.Cell(last)
-        how = (f"{sizes.instances:,} records ({sizes.per_study} a study, 4 series) applied "
-               f"by PostgresIndexWriter.apply in batches of {BATCH} (the ingester's) into an "
-               f"empty database, fsync on; {total:.0f} s in all; the first and the last "
-               f"{sizes.window:,} timed")
-        # The ingester's index at start, as issue 18's table measured the embedded
-        # one (a fresh ArchiveIndex()): a new writer and its first batch.
-        started = time.perf_counter()
-        writer = pg_index.PostgresIndexWriter(url)
-        writer.apply(list(archive_records(BATCH, sizes.per_study, sizes.instances)))
-        writer.close()
-        cells["restart"] = h.Cell(time.perf_counter() - started)
-        with h.scratch(work, "echoes-pg") as folder:
-            target = echoes_on(h, folder, url)
+            cells["restart"] = h.Cell(time.perf_counter() - started)
             first_start(target)
             try:
                 cells["start"] = h.Cell(timed_start(target))
@@ -244,83 +264,89 @@ def scale_rows(h: ModuleType, sizes: PgSizes, work: Path, server) -> list:
         for key, cell in cells.items():
             if cell.value is None:
                 cells[key] = h.failed(exc)
-    first_fig = h.Figure("P1a", f"PostgreSQL index: first {sizes.window:,} instances into "
-                         "an empty archive", "s", {"echoes": cells["first"]}, how=how)
-    last_fig = h.Figure("P1b", f"PostgreSQL index: last {sizes.window:,} instances up to "
-                        f"{sizes.instances:,}", "s", {"echoes": cells["last"]})
+    first_fig = h.Figure(f"{prefix}1a", f"{name} index: first {sizes.window:,} instances "
+                         "into an empty archive", "s", {"echoes": cells["first"]}, how=how)
+    last_fig = h.Figure(f"{prefix}1b", f"{name} index: last {sizes.window:,} instances up "
+                        f"to {sizes.instances:,}", "s", {"echoes": cells["last"]})
 
     def flat(fig, figures) -> None:
-        a, b = h.cell_of(figures["P1a"], "echoes"), h.cell_of(fig, "echoes")
+        a, b = h.cell_of(figures[f"{prefix}1a"], "echoes"), h.cell_of(fig, "echoes")
         if a.value and b.value is not None:
             ratio = b.value / a.value
-            fig.checks.append(h.Check(f"{ratio:.2f}x P1a", "<= 1.2x P1a",
+            fig.checks.append(h.Check(f"{ratio:.2f}x {prefix}1a", f"<= 1.2x {prefix}1a",
                                       a.ok and b.ok and ratio <= 1.2))
         else:
-            fig.checks.append(h.Check("n/a", "<= 1.2x P1a", False))
+            fig.checks.append(h.Check("n/a", f"<= 1.2x {prefix}1a", False))
 
     last_fig.targets.append(flat)
-    restart_fig = h.Figure("P1c", f"ingester's index restart at {sizes.instances:,} "
-                           "instances (PostgreSQL)", "s", {"echoes": cells["restart"]},
-                           how=("a new PostgresIndexWriter (pool, schema check) and its first "
-                                f"batch of {BATCH} new instances on the full archive: what "
-                                "issue 18's table timed for the embedded index (a fresh "
-                                "ArchiveIndex(), 14-37 s)"))
+    restart_fig = h.Figure(f"{prefix}1c", f"ingester's index restart at "
+                           f"{sizes.instances:,} instances ({name})", "s",
+                           {"echoes": cells["restart"]},
+                           how=("a new writer (open_index(config, writer=True): PostgreSQL's "
+                                "pool and schema check; the embedded catalog loaded) and its "
+                                f"first batch of {BATCH} new instances on the full archive: "
+                                "what issue 18's table timed for the embedded index (a fresh "
+                                "ArchiveIndex(), 14-37 s then)"))
     h.below(restart_fig, 2.0, "s")
-    start_fig = h.Figure("P1d", f"echoes start until the ingester watches, at "
-                         f"{sizes.instances:,} instances (PostgreSQL)", "s",
+    start_fig = h.Figure(f"{prefix}1d", f"echoes start until the ingester watches, at "
+                         f"{sizes.instances:,} instances ({name})", "s",
                          {"echoes": cells["start"]},
-                         how=("the whole echoes start (database_url set; started and stopped "
-                              "once before): Python, the supervisor, every process; no "
-                              "target: the same on an empty archive (the startup row)"))
+                         how=("the whole echoes start (started and stopped once before): "
+                              "Python, the supervisor, every process, the ingester's index; "
+                              "no target (an empty archive: the startup row)"))
     return [first_fig, last_fig, restart_fig, start_fig]
 
 
-def search_rows(h: ModuleType, sizes: PgSizes, work: Path, server) -> list:
-    """P2a-P2d: study searches at ``search_studies`` one-instance studies."""
+def search_rows(h: ModuleType, sizes: PgSizes, work: Path, server, backend: str) -> list:
+    """P2a-P2d (E2a-E2d on the embedded index): study searches at ``search_studies``
+    one-instance studies."""
+    prefix, name = BACKENDS[backend]
     studies = sizes.search_studies
     patient = f"P{(studies // 3) % 5000:05d}"
     low, high = "20220301", "20220331"
-    keys = {"P2a": None, "P2b": None, "P2c": None, "P2d": None}
+    keys = [f"{prefix}2{letter}" for letter in "abcd"]
     cells = {key: h.Cell(None, False) for key in keys}
     notes = {key: "" for key in keys}
-    h.progress(f"P2 echoes: {studies:,} one-instance studies, study searches")
+    a, b, c, d = keys
+    h.progress(f"{prefix}2 echoes: {studies:,} one-instance studies in the {name} index, "
+               "study searches")
     try:
-        url = server.fresh_database()
-        from echoes import database
-
-        database.prepare(url)
-        writer = pg_index.PostgresIndexWriter(url)
-        try:
-            _f, _l, filled = build(writer, studies, 1, max(studies, 1), FILL_BATCH)
-        finally:
-            writer.close()
-        reader = pg_index.PostgresIndex(url)
-        try:
-            matches = len(reader.query(STUDY, {"PatientID": patient}))
-            cells["P2a"] = h.Cell(median_ms(lambda: reader.query(STUDY, {"PatientID": patient})),
+        with h.scratch(work, f"echoes-{backend}") as folder:
+            target = new_archive(h, folder, backend, server, browser=True)
+            writer = open_index(target.config, writer=True)
+            try:
+                _f, _l, filled = build(writer, studies, 1, max(studies, 1), FILL_BATCH)
+            finally:
+                writer.close()
+            # As the Q/R services keep it (echoes.services.query): a long-lived reader.
+            reader = CachingReader(open_index(target.config))
+            try:
+                matches = len(reader.query(STUDY, {"PatientID": patient}))
+                cells[a] = h.Cell(median_ms(lambda: reader.query(STUDY, {"PatientID": patient})),
                                   matches > 0, "" if matches else "no match")
-            notes["P2a"] = f"{matches} matches"
-            wanted = {"PatientName": "MUL*", "StudyDate": f"{low}-{high}"}
-            matches = len(reader.query(STUDY, wanted))
-            cells["P2b"] = h.Cell(median_ms(lambda: reader.query(STUDY, wanted)),
+                notes[a] = (f"{matches} matches; archive filled in {filled:.0f} s (batches "
+                            f"of {FILL_BATCH})")
+                wanted = {"PatientName": "MUL*", "StudyDate": f"{low}-{high}"}
+                matches = len(reader.query(STUDY, wanted))
+                cells[b] = h.Cell(median_ms(lambda: reader.query(STUDY, wanted)),
                                   matches > 0, "" if matches else "no match")
-            notes["P2b"] = f"{matches} matches"
-        finally:
-            reader.close()
-        with h.scratch(work, "echoes-pg") as folder:
-            target = echoes_on(h, folder, url, browser=True)
+                notes[b] = f"{matches} matches"
+            finally:
+                close = getattr(reader.reader, "close", None)
+                if close is not None:
+                    close()
             target.start()
             try:
                 find_keys = ("QueryRetrieveLevel=STUDY", f"PatientID={patient}", "PatientName",
                              "StudyDate", *qr.RETURN_KEYS)
                 _s, found = qr.findscu(target.port, target.called, find_keys, count=True)
                 per, whole = qr.per_query(target.port, target.called, find_keys, 5)
-                cells["P2c"] = h.Cell(per * 1000, found > 0, "" if found else "no match")
-                notes["P2c"] = f"{found} matches; a whole findscu run {whole * 1000:.0f} ms"
+                cells[c] = h.Cell(per * 1000, found > 0, "" if found else "no match")
+                notes[c] = f"{found} matches; a whole findscu run {whole * 1000:.0f} ms"
                 port = target.config.http_port
                 page = "/api/studies?per_page=50"
                 api_get(port, page)  # the web process's first request
-                cells["P2d"] = h.Cell(median_ms(lambda: api_get(port, page)))
+                cells[d] = h.Cell(median_ms(lambda: api_get(port, page)))
                 runs = []
                 for _ in range(3):
                     started = time.perf_counter()
@@ -328,27 +354,26 @@ def search_rows(h: ModuleType, sizes: PgSizes, work: Path, server) -> list:
                                     str(target.ini), "studies", "--json", "--limit", "50"],
                                    capture_output=True, check=True)
                     runs.append(time.perf_counter() - started)
-                notes["P2d"] = (f"echoes studies --json --limit 50, the whole command: "
-                                f"{statistics.median(runs) * 1000:.0f} ms")
+                notes[d] = (f"echoes studies --json --limit 50, the whole command: "
+                            f"{statistics.median(runs) * 1000:.0f} ms")
             finally:
                 target.stop()
-        notes["P2a"] += f"; archive filled in {filled:.0f} s (batches of {FILL_BATCH})"
     except Exception as exc:
         h.progress(f"  {exc}")
         for key, cell in cells.items():
             if cell.value is None:
                 cells[key] = h.failed(exc)
     labels = {
-        "P2a": f"seam query(STUDY, PatientID) at {studies:,} studies",
-        "P2b": f"seam query(STUDY, PatientName MUL* + a month's StudyDate) at {studies:,}",
-        "P2c": f"findscu study C-FIND by PatientID at {studies:,} studies, per query",
-        "P2d": f"Browser GET /api/studies (first page of 50) at {studies:,} studies",
+        a: f"{name}: seam query(STUDY, PatientID) at {studies:,} studies",
+        b: f"{name}: seam query(STUDY, PatientName MUL* + a month's StudyDate) at {studies:,}",
+        c: f"{name}: findscu study C-FIND by PatientID at {studies:,} studies, per query",
+        d: f"{name}: Browser GET /api/studies (first page of 50) at {studies:,} studies",
     }
     figures = []
     for key, label in labels.items():
         fig = h.Figure(key, label, "ms", {"echoes": cells[key]},
                        how=f"median of {SEARCH_RUNS} after one untimed; {notes[key]}"
-                       if key != "P2c" else f"bench/qr.py per_query (5 runs); {notes[key]}")
+                       if key != c else f"bench/qr.py per_query (5 runs); {notes[key]}")
         h.below(fig, 100.0, "ms")
         figures.append(fig)
     return figures
@@ -397,7 +422,11 @@ def rows(h: ModuleType, quick: bool, work: Path) -> list:
     sizes = QUICK_PG if quick else FULL_PG
     server = cluster()
     try:
-        return [*scale_rows(h, sizes, work, server), *search_rows(h, sizes, work, server),
-                *orthanc_row(h, sizes, work, server)]
+        figures = []
+        for backend in BACKENDS:  # PostgreSQL's rows, then the embedded ones beside them
+            figures += scale_rows(h, sizes, work, server, backend)
+        for backend in BACKENDS:
+            figures += search_rows(h, sizes, work, server, backend)
+        return [*figures, *orthanc_row(h, sizes, work, server)]
     finally:
         server.remove()
