@@ -115,7 +115,8 @@ class PostgresIndex:
     def study_page(self, order: str = "date", descending: bool = True,
                    limit: int | None = None, offset: int = 0) -> StudyPage:
         """See :meth:`echoes.index.base.IndexReader.study_page`: the page through an
-        index of migration 0003 (LIMIT/OFFSET) and the totals, in one snapshot."""
+        index of migration 0003 (LIMIT/OFFSET) and the totals its triggers keep in
+        ``index_state``, in one snapshot."""
         check_page(order, limit, offset)
         statement, params = sql.page_statement(order, descending, limit, offset)
         with self.db.connection() as connection, connection.transaction():

@@ -78,7 +78,8 @@ PAGE_ORDER_COLUMNS = {
     "date": ("study_date", "study_time", "study_instance_uid"),
     "received": ("updated", "study_instance_uid"),
 }
-STUDY_TOTALS_ALL = "SELECT count(*), coalesce(sum(number_of_instances), 0)::bigint FROM studies"
+#: The studies and instances of the whole index, kept by triggers (migration 0003).
+STUDY_TOTALS_ALL = "SELECT studies, instances FROM index_state"
 
 
 def page_statement(order: str, descending: bool, limit: int | None,

@@ -131,3 +131,41 @@ def test_postgresql_reads_a_page_through_its_index(server: Server) -> None:
                 plan = "\n".join(row[0] for row in connection.execute(
                     f"EXPLAIN {statement}", params))
                 assert index in plan and "Sort" not in plan, plan
+
+
+def test_postgresql_page_totals_follow_every_write(database_url: str) -> None:
+    """The totals a page shows come from index_state (kept by triggers on studies,
+    migration 0003): after new studies, an instance sent again into another study,
+    and a removal, they must equal a count over the table."""
+    from echoes import database
+    from echoes.index.instance import InstanceRecord
+    from echoes.index.postgres import PostgresIndexWriter
+
+    def record(sop: int, study: int) -> InstanceRecord:
+        return InstanceRecord(
+            SOPInstanceUID=f"9.3.{sop}", SOPClassUID="1.2.840.10008.5.1.4.1.1.7",
+            SeriesInstanceUID=f"9.2.{study}", StudyInstanceUID=f"9.1.{study}",
+            StudyDate=f"2026110{study}", path=f"a/{sop}-{study}.dcm", size=10,
+            received=f"2026-12-04T10:00:{sop:02d}.000+00:00")
+
+    def counted() -> tuple[int, int]:
+        with psycopg.connect(database_url) as connection:
+            return connection.execute("SELECT count(*), coalesce(sum(number_of_instances), 0) "
+                                      "FROM studies").fetchone()
+
+    database.prepare(database_url)
+    writer = PostgresIndexWriter(database_url)
+    try:
+        writer.apply([record(sop, sop // 2) for sop in range(10)])  # 5 studies of 2
+        page = writer.study_page("date", True, 2, 0)
+        assert (page.total, page.instances) == counted() == (5, 10)
+        writer.apply([record(1, 7), record(20, 7)])  # 9.3.1 moves to a new study
+        page = writer.study_page("received", True, 1, 0)
+        assert (page.total, page.instances) == counted() == (6, 11)
+        assert uids(page.studies) == ["9.1.7"]
+        writer.remove(["9.3.0", "9.3.4", "9.3.5"])  # study 0 and study 2 gone
+        page = writer.study_page("date", False, None, 0)
+        assert (page.total, page.instances) == counted() == (4, 8)
+        assert uids(page.studies) == ["9.1.1", "9.1.3", "9.1.4", "9.1.7"]
+    finally:
+        writer.close()
