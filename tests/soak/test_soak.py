@@ -158,6 +158,11 @@ class PostgresView:
                         for uid in sorted(with_instances - set(catalog))]
             problems += [f"study {uid} has a summary, no instances"
                          for uid in sorted(set(catalog) - with_instances)]
+            kept = self._rows("SELECT studies, instances FROM index_state")[0]
+            counted = self._rows("SELECT count(*), coalesce(sum(number_of_instances), 0) "
+                                 "FROM studies")[0]
+            if tuple(kept) != tuple(counted):  # the totals a study page shows
+                problems.append(f"index_state totals {kept}, the studies table {counted}")
             for uid, summary in sorted(catalog.items()):
                 detail = reader.study(uid) or {"instances": []}
                 counted = (len(detail["instances"]),
