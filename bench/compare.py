@@ -14,7 +14,10 @@ medians with their spread.  One table goes to stdout and to
 
 Rows (``--only`` takes these names): ingest, nagle, worklist, scale,
 memory, forward, startup, qr (issue 17: Q/R C-FIND, also against dcmtk's dcmqrscp),
-retrieve (issue 17: 8c C-MOVE, 8d C-GET).
+retrieve (issue 17: 8c C-MOVE, 8d C-GET).  Opt-in, run only when named:
+postgres (issue 18: bench/postgres_rows.py, the index on PostgreSQL at 1,000,000
+instances, and Orthanc with its PostgreSQL plugin; needs orthanc-postgresql
+and postgresql).
 ``--quick`` runs smaller counts for a smoke test; its verdicts are not the issue's.
 
 Needs dcmtk and orthanc from Debian (it installs nothing) and the project's
@@ -77,6 +80,8 @@ from echoes.storage import objects
 
 ROWS = ("ingest", "nagle", "worklist", "scale", "memory", "forward", "startup", "qr",
         "retrieve", "dicomweb")
+#: Rows run only when ``--only`` names them (long, or needing more than dcmtk and Orthanc).
+OPT_IN_ROWS = ("postgres",)
 SYSTEMS = ("dcmtk", "orthanc", "echoes")
 ORTHANC_WORKLIST_PLUGIN = Path("/usr/share/orthanc/plugins/libModalityWorklists.so")
 #: Debian's orthanc-dicomweb (rows 9a-9d).
@@ -1821,10 +1826,18 @@ def row_dicomweb(sizes: Sizes, work: Path) -> list[Figure]:
     return [*figures, wado_fig, stow_fig]
 
 
+def row_postgres(sizes: Sizes, work: Path) -> list[Figure]:
+    """Issue 18: the index on PostgreSQL (bench/postgres_rows.py; this module is
+    passed in: it runs as __main__, and importing it again would copy its globals)."""
+    import postgres_rows
+
+    return postgres_rows.rows(sys.modules[__name__], sizes is QUICK, work)
+
+
 RUNNERS: dict[str, Callable[[Sizes, Path], list[Figure]]] = {
     "ingest": row_ingest, "nagle": row_nagle, "worklist": row_worklist, "scale": row_scale,
     "memory": row_memory, "forward": row_forward, "startup": row_startup, "qr": row_qr,
-    "retrieve": row_retrieve, "dicomweb": row_dicomweb,
+    "retrieve": row_retrieve, "dicomweb": row_dicomweb, "postgres": row_postgres,
 }
 
 
@@ -1881,8 +1894,9 @@ def check_tools() -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts (smoke test)")
-    parser.add_argument("--only", action="append", choices=ROWS, metavar="ROW",
-                        help=f"run only this row (repeatable): {', '.join(ROWS)}")
+    parser.add_argument("--only", action="append", choices=ROWS + OPT_IN_ROWS, metavar="ROW",
+                        help=f"run only this row (repeatable): {', '.join(ROWS)}; opt-in, "
+                             f"only when named: {', '.join(OPT_IN_ROWS)}")
     parser.add_argument("--rounds", type=int, default=3, metavar="N",
                         help="run each row N times, the systems alternating, and report "
                              "medians with the spread (default 3)")
@@ -1897,7 +1911,8 @@ def main() -> int:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     sizes = QUICK if args.quick else FULL
-    rows = [row for row in ROWS if not args.only or row in args.only]  # the table's order
+    rows = [row for row in ROWS + OPT_IN_ROWS  # the table's order
+            if (not args.only and row in ROWS) or (args.only and row in args.only)]
     try:
         check_tools()
     except MissingTool as exc:

@@ -11,11 +11,16 @@ in a temporary folder (``--dir``, default the system temp folder: /tmp):
 * restart after a kill: the previous writer is dropped without ``close()``
   (its files are what kill -9 leaves: every write is in the page cache),
   then a fresh ``ArchiveIndex()``;
-* ``read_studies`` (what ``echoes studies --json`` reads; a fresh reader);
+* ``read_studies`` (what ``echoes studies --json`` reads; a fresh reader),
+  and ``study_page`` of 50 (what ``echoes studies --limit 50`` reads; a
+  fresh reader);
 * the Browser's catalog (:class:`echoes.web.catalog.StudyCatalog` over one
   long-lived reader): first load, then one more batch of ``--batch`` new
   studies' instances, then the time until its snapshot holds them;
-* the index on disk: apparent bytes and allocated blocks (``du``).
+* the index on disk: apparent bytes and allocated blocks (``du``);
+* last, the row of issue 18's table for this archive (build, restart,
+  writer RSS and its growth per instance over the second half of the build,
+  ``read_studies``, index on disk), to paste beside the issue's figures.
 
 Run ``--profile FILE`` to write a cProfile of the restart after a kill and of
 the Browser's update to FILE.restart / FILE.browser (``python -m pstats``).
@@ -99,11 +104,15 @@ def main() -> int:
         stream = records(args.records + args.batch, args.per_study, series)
         cpu, started = time.process_time(), time.perf_counter()
         batch = []
+        half_rss = 0.0
         for n, record in enumerate(stream, 1):
             batch.append(record)
             if len(batch) == args.batch:
                 index.apply(batch)
                 batch = []
+            if n == args.records // 2:
+                gc.collect()
+                half_rss = rss_mb()[0]
             if n == args.records:
                 break
         if batch:
@@ -111,9 +120,11 @@ def main() -> int:
         build, build_cpu = time.perf_counter() - started, time.process_time() - cpu
         gc.collect()
         rss, hwm = rss_mb()
+        growth = (rss - half_rss) * 2**20 / max(1, args.records - args.records // 2)
         print(f"  build: {build:.1f} s wall, {build_cpu:.1f} s CPU "
               f"({build / args.records * 1e6:.0f} us per instance); "
-              f"writer RSS {rss:.0f} MB (peak {hwm:.0f} MB)", flush=True)
+              f"writer RSS {rss:.0f} MB (peak {hwm:.0f} MB), growing {growth:.0f} B per "
+              f"instance over the second half", flush=True)
 
         _, closing = timed(index.close)
         del index
@@ -130,6 +141,9 @@ def main() -> int:
 
         studies, read = timed(lambda: read_studies(path))
         print(f"  read_studies: {len(studies):,} studies in {read:.2f} s", flush=True)
+        page, paged = timed(lambda: EmbeddedIndex(path).study_page("date", True, 50, 0))
+        print(f"  study_page of 50 (echoes studies --limit 50), a fresh reader: "
+              f"{paged:.2f} s ({len(page.studies)} of {page.total:,})", flush=True)
 
         reader = EmbeddedIndex(path)
         browser = web_catalog.StudyCatalog(reader)
@@ -150,6 +164,13 @@ def main() -> int:
         apparent, allocated = disk_mb(Path(folder))
         print(f"  index on disk: {apparent:.0f} MB apparent, {allocated:.0f} MB allocated",
               flush=True)
+    studies_in_all = -(-args.records // args.per_study)
+    print("\nissue 18's table, this archive (archive | build | ingester restart | writer RSS "
+          "| read_studies | index on disk):")
+    print(f"| {args.records:,} instances, {args.per_study} per study ({studies_in_all:,} "
+          f"studies) | {build:.0f} s ({build / studies_in_all * 1e3:.1f} ms per study) | "
+          f"{killed:.1f} s after a kill, {clean:.1f} s after a clean stop | {rss:.0f} MB, "
+          f"growing ~{growth:.0f} B per instance | {read:.2f} s | {apparent:.0f} MB |")
     print(f"  peak RSS of the whole run: "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     return 0

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from echoes import __version__, logs
 from echoes import config as config_module
 from echoes.index import open_index
-from echoes.index.base import newest_first
+from echoes.index.base import PAGE_ORDERS, newest_first
 from echoes.storage import durable
 
 #: LSB exit codes for ``status``.
@@ -46,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="SIGHUP: re-read the configuration and reopen the log")
     studies = commands.add_parser("studies", parents=[common], help="list archived studies")
     studies.add_argument("--json", action="store_true", help="print a JSON list")
+    studies.add_argument("--limit", type=_count, metavar="N",
+                         help="print at most N studies (one page, read through the index)")
+    studies.add_argument("--offset", type=_count, default=0, metavar="N",
+                         help="skip the first N studies of the order (with --limit)")
+    studies.add_argument("--order", choices=PAGE_ORDERS, default="date",
+                         help="date: newest study date first (default); received: the "
+                              "studies that got an object last first")
     check = commands.add_parser("check", parents=[common], help="health check for cron")
     check.add_argument("--json", action="store_true")
     nodes = commands.add_parser("nodes", parents=[common],
@@ -258,9 +265,32 @@ def aligned_table(headings: Sequence[str], rows: Iterable[Sequence[str]],
     return lines
 
 
+def _count(text: str) -> int:
+    """A whole number of 0 or more (argparse type of --limit and --offset)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def cmd_studies(args: argparse.Namespace, config: config_module.Config) -> int:
-    """Archived studies from the index catalog, as an aligned table (or JSON)."""
-    studies = newest_first(open_index(config).studies())
+    """Archived studies from the index catalog, as an aligned table (or JSON).
+
+    Without --limit, --offset or --order: every study, newest study date first,
+    and the totals line, as always.  With them: one page read through the index
+    seam's ``study_page`` (SQL LIMIT/OFFSET on an index in PostgreSQL), and a
+    totals line that says which rows of how many were printed.
+    """
+    paged = args.limit is not None or args.offset or args.order != "date"
+    if paged:
+        page = open_index(config).study_page(args.order, True, args.limit, args.offset)
+        studies, total, instances = page.studies, page.total, page.instances
+    else:
+        studies = newest_first(open_index(config).studies())
+        total, instances = len(studies), sum(s["NumberOfInstances"] for s in studies)
     if args.json:
         json.dump(studies, sys.stdout, indent=1, ensure_ascii=False)
         print()
@@ -274,7 +304,12 @@ def cmd_studies(args: argparse.Namespace, config: config_module.Config) -> int:
         rows.append(row)
     for line in aligned_table(STUDY_COLUMNS, rows, right=NUMBER_COLUMNS):
         print(line)
-    print(f"{len(studies)} studies, {sum(s['NumberOfInstances'] for s in studies)} instances")
+    if paged:
+        shown = f"{args.offset + 1}-{args.offset + len(studies)}" if studies else "none"
+        print(f"studies {shown} of {total} ({args.order} order, newest first), "
+              f"{instances} instances in all")
+    else:
+        print(f"{total} studies, {instances} instances")
     return 0
 
 

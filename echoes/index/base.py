@@ -24,7 +24,9 @@ better (an SQL ``WHERE``) overrides :meth:`IndexReader.query`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+import heapq
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from echoes.index.instance import InstanceRecord
@@ -84,6 +86,11 @@ class IndexReader(Protocol):
         """The documents of ``level`` (STUDY, SERIES, IMAGE) that match every filter
         (see :func:`query`)."""
 
+    def study_page(self, order: str = "date", descending: bool = True,
+                   limit: int | None = None, offset: int = 0) -> StudyPage:
+        """One page of study summaries in ``order`` (see :data:`PAGE_ORDERS`), and
+        the counts of the whole catalog (read-only documents)."""
+
     # Optional: ``study_candidates(query) -> list[dict] | None``, study summaries
     # that include every one the compiled study-level query matches (an index of
     # the catalog), None to have :func:`query` scan them all.
@@ -101,6 +108,59 @@ class IndexWriter(IndexReader, Protocol):
 
     def close(self) -> None:
         """Release every open file."""
+
+
+#: Orders :meth:`IndexReader.study_page` can read a page in (ties broken by
+#: StudyInstanceUID): ``date`` by StudyDate and StudyTime (``echoes studies``),
+#: ``received`` by when the study's newest object arrived (``updated``: the
+#: Browser's default).  Both are compared as Python compares text ("C"
+#: collation in PostgreSQL), so every backend pages the same way.
+PAGE_ORDERS = ("date", "received")
+
+
+@dataclass(frozen=True)
+class StudyPage:
+    """One page of study summaries, and the studies and instances of the whole catalog."""
+
+    total: int
+    instances: int
+    studies: list[dict]
+
+
+def page_key(order: str) -> Callable[[dict], tuple]:
+    """The sort key of ``order`` (one of :data:`PAGE_ORDERS`) for study summaries."""
+    uid = "StudyInstanceUID"
+    if order == "date":
+        return lambda s: (s.get("StudyDate", ""), s.get("StudyTime", ""), s[uid])
+    if order == "received":
+        return lambda s: (s.get("updated", ""), s[uid])
+    raise ValueError(f"order must be one of {', '.join(PAGE_ORDERS)}, got {order!r}")
+
+
+def check_page(order: str, limit: int | None, offset: int) -> None:
+    """Refuse what no backend can page by (ValueError, worded for the caller)."""
+    page_key(order)
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be 0 or more, got {limit}")
+    if offset < 0:
+        raise ValueError(f"offset must be 0 or more, got {offset}")
+
+
+def study_page(studies: list[dict], order: str = "date", descending: bool = True,
+               limit: int | None = None, offset: int = 0) -> StudyPage:
+    """The page of ``studies`` (every summary of the catalog) a reader without an
+    ordered store gives: a partial sort (``heapq``) of the first ``offset +
+    limit``, not a sort of the whole catalog (the cost of ``echoes studies
+    --limit 50`` at 200,000 studies is then the catalog's reading)."""
+    check_page(order, limit, offset)
+    key = page_key(order)
+    if limit is None:
+        ordered = sorted(studies, key=key, reverse=descending)[offset:]
+    else:
+        pick = heapq.nlargest if descending else heapq.nsmallest
+        ordered = pick(offset + limit, studies, key=key)[offset:]
+    return StudyPage(len(studies), sum(s.get("NumberOfInstances", 0) for s in studies),
+                     ordered)
 
 
 def newest_first(studies: Iterable[dict]) -> list[dict]:

@@ -32,7 +32,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator, Mapping
 
-from echoes.index.base import IndexReader, query
+from echoes.index.base import IndexReader, StudyPage, query, study_page
 from echoes.worklist.match import Query, index_keys, name_prefix
 
 PATIENT_NAME = 0x00100010
@@ -256,3 +256,12 @@ class CachingReader:
     def query(self, level: str, filters: Mapping[str, str]) -> list[dict]:
         """See :func:`echoes.index.base.query`."""
         return query(self, level, filters)
+
+    def study_page(self, order: str = "date", descending: bool = True,
+                   limit: int | None = None, offset: int = 0) -> StudyPage:
+        """See :meth:`echoes.index.base.IndexReader.study_page`: from the cached
+        catalog when it is kept up to date from changes, else from the reader
+        (a database reads one page through its index, not the whole catalog)."""
+        if self._changes is None:
+            return self.reader.study_page(order, descending, limit, offset)
+        return study_page(self.studies(), order, descending, limit, offset)

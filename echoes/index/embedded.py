@@ -50,7 +50,7 @@ from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from pathlib import Path
 
-from echoes.index.base import newest_first, query
+from echoes.index.base import StudyPage, newest_first, query, study_page
 from echoes.index.instance import InstanceRecord
 from echoes.index.journal import (
     JournalStorage,
@@ -395,6 +395,13 @@ class EmbeddedIndex:
     def query(self, level: str, filters: Mapping[str, str]) -> list[dict]:
         """See :func:`echoes.index.base.query`."""
         return query(self, level, filters)
+
+    def study_page(self, order: str = "date", descending: bool = True,
+                   limit: int | None = None, offset: int = 0) -> StudyPage:
+        """See :meth:`echoes.index.base.IndexReader.study_page`: from the followed
+        catalog (no order is kept on disk: the catalog is one TinyDB table), a
+        partial sort of the first ``offset + limit`` summaries."""
+        return study_page(self.studies(), order, descending, limit, offset)
 
 
 class ArchiveIndex(EmbeddedIndex):

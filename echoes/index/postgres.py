@@ -25,7 +25,7 @@ from typing import Any
 
 from echoes import database
 from echoes.index import postgres_sql as sql
-from echoes.index.base import query
+from echoes.index.base import StudyPage, check_page, query
 from echoes.index.instance import InstanceRecord
 from echoes.worklist.match import Query
 
@@ -111,6 +111,19 @@ class PostgresIndex:
     def query(self, level: str, filters: Mapping[str, str]) -> list[dict]:
         """See :func:`echoes.index.base.query` (narrowed by :meth:`study_candidates`)."""
         return query(self, level, filters)
+
+    def study_page(self, order: str = "date", descending: bool = True,
+                   limit: int | None = None, offset: int = 0) -> StudyPage:
+        """See :meth:`echoes.index.base.IndexReader.study_page`: the page through an
+        index of migration 0003 (LIMIT/OFFSET) and the totals its triggers keep in
+        ``index_state``, in one snapshot."""
+        check_page(order, limit, offset)
+        statement, params = sql.page_statement(order, descending, limit, offset)
+        with self.db.connection() as connection, connection.transaction():
+            connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            total, instances = connection.execute(sql.STUDY_TOTALS_ALL).fetchone()
+            rows = connection.execute(statement, params).fetchall()
+        return StudyPage(total, instances, [sql.study_doc(row) for row in rows])
 
     def close(self) -> None:
         """Close the pool (its connections)."""

@@ -72,6 +72,23 @@ INSTANCE_SELECT = f"SELECT {_list(INSTANCE_COLUMNS.values())} FROM instances"
 STUDY_SELECT = f"SELECT {_list(STUDY_COLUMNS.values())} FROM studies"
 SERIES_SELECT = f"SELECT {_list(SERIES_COLUMNS.values())} FROM series"
 
+#: ORDER BY of each study page order (echoes.index.base.PAGE_ORDERS), as the
+#: indexes of migration 0003 hold them.
+PAGE_ORDER_COLUMNS = {
+    "date": ("study_date", "study_time", "study_instance_uid"),
+    "received": ("updated", "study_instance_uid"),
+}
+#: The studies and instances of the whole index, kept by triggers (migration 0003).
+STUDY_TOTALS_ALL = "SELECT studies, instances FROM index_state"
+
+
+def page_statement(order: str, descending: bool, limit: int | None,
+                   offset: int) -> tuple[str, tuple]:
+    """SELECT of one study page (``order`` already checked) and its parameters."""
+    direction = " DESC" if descending else ""
+    by = _list(f'{column} COLLATE "C"{direction}' for column in PAGE_ORDER_COLUMNS[order])
+    return (f"{STUDY_SELECT} ORDER BY {by} LIMIT %s OFFSET %s", (limit, offset))
+
 def _bulk(table: str, columns: dict[str, str], computed: tuple[str, str] | None = None,
           suffix: str = "") -> str:
     """INSERT of many rows in one statement: one array parameter per column, unnested

@@ -89,7 +89,7 @@ def studies() -> Response:
         query = catalog.parse_study_query(request.args)
     except catalog.QueryError as exc:
         fail(400, str(exc))
-    result = state().catalog.current().search(query)
+    result = state().catalog.search(query)
     return jsonify(total=result.total, page=result.page, per_page=result.per_page,
                    pages=result.pages, sort=query.sort, order=query.order,
                    studies=[_study_row(s) for s in result.studies])

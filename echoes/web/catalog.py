@@ -31,6 +31,7 @@ from typing import Any
 
 from echoes.config import RemoteAE
 from echoes.index import IndexReader
+from echoes.index.base import PAGE_ORDERS
 from echoes.queue import jobs
 
 #: Sort keys of GET /api/studies, and the order each takes when none is given.
@@ -606,6 +607,24 @@ class StudyCatalog:
             return self._snapshot
         self._load()
         return self._snapshot
+
+    def search(self, query: StudyQuery) -> SearchResult:
+        """The page of the study list ``query`` asks for.
+
+        An unfiltered list in arrival or date order (what the Browser opens
+        with) is read as one page through the index seam (``study_page``: SQL
+        LIMIT/OFFSET on an index in PostgreSQL) when the reader cannot tell its
+        changes: the whole catalog is then not read again on every change.  A
+        reader that tells them (the embedded index) keeps the snapshot up to
+        date for milliseconds, and it answers every search.
+        """
+        paging = getattr(self.reader, "study_page", None)
+        if (self._changes is None and paging is not None and not query.filtered()
+                and query.sort in PAGE_ORDERS):
+            page = paging(query.sort, query.order == "desc", query.per_page,
+                          (query.page - 1) * query.per_page)
+            return SearchResult(page.total, query.page, query.per_page, page.studies)
+        return self.current().search(query)
 
     def _updated(self) -> CatalogSnapshot | None:
         """The snapshot with the reader's changes since the last load applied

@@ -86,7 +86,7 @@ def studies() -> tuple[str, int] | str:
         query = catalog.parse_study_query(args)
     except catalog.QueryError as exc:
         problem, query = str(exc), catalog.StudyQuery()
-    result = state().catalog.current().search(query)
+    result = state().catalog.search(query)
     page = render_template("studies.html", query=query, result=result, columns=STUDY_COLUMNS,
                            defaults=catalog.StudyQuery(), default_order=catalog.DEFAULT_ORDER,
                            problem=problem, iso_date=_iso_date, active="studies")

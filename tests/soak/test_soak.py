@@ -11,7 +11,12 @@ the index and files outside the archive and spool, and requires
 acknowledged = archived = indexed = forwarded with nothing lost and nothing
 doubled.
 
-Run: ``bin/test -m soak tests/soak -s`` (about a minute per seed).
+Each seed runs on both backends: the embedded index and job files, and
+PostgreSQL (``database_url``: index and job queue in a database of the
+test's own on the session's real server, see tests/pgserver.py), where the
+index is read back through SQL and the index seam.
+
+Run: ``bin/test -m soak tests/soak -s`` (about a minute per seed and backend).
 """
 
 from __future__ import annotations
@@ -115,16 +120,76 @@ def send_until_acknowledged(port: int, files: list[Path], acknowledged: set[str]
             time.sleep(0.3)
 
 
+class PostgresView:
+    """What the database holds after a soak on PostgreSQL (the same figures as
+    :class:`helpers.Server` reads from the embedded index)."""
+
+    def __init__(self, server: Server, url: str) -> None:
+        self.server, self.url = server, url
+
+    def _rows(self, statement: str) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(self.url) as connection:
+            return connection.execute(statement).fetchall()
+
+    def indexed_sops(self) -> list[str]:
+        """Every indexed instance once per row, read through the index seam (a
+        SOP Instance UID written twice would come back twice)."""
+        from echoes.index import open_index
+
+        reader = open_index(self.server.config)
+        try:
+            return [doc["SOPInstanceUID"] for doc in reader.instances()]
+        finally:
+            reader.close()
+
+    def catalog_problems(self) -> list[str]:
+        """Where the study summaries (what the Browser and ``echoes studies`` list)
+        disagree with the instances: after any kill they must not."""
+        from echoes.index import open_index
+
+        reader = open_index(self.server.config)
+        try:
+            catalog = {s["StudyInstanceUID"]: s for s in reader.studies()}
+            with_instances = {row[0] for row in self._rows(
+                "SELECT DISTINCT study_instance_uid FROM instances")}
+            problems = [f"study {uid} has instances, no summary"
+                        for uid in sorted(with_instances - set(catalog))]
+            problems += [f"study {uid} has a summary, no instances"
+                         for uid in sorted(set(catalog) - with_instances)]
+            kept = self._rows("SELECT studies, instances FROM index_state")[0]
+            counted = self._rows("SELECT count(*), coalesce(sum(number_of_instances), 0) "
+                                 "FROM studies")[0]
+            if tuple(kept) != tuple(counted):  # the totals a study page shows
+                problems.append(f"index_state totals {kept}, the studies table {counted}")
+            for uid, summary in sorted(catalog.items()):
+                detail = reader.study(uid) or {"instances": []}
+                counted = (len(detail["instances"]),
+                           len({doc["SeriesInstanceUID"] for doc in detail["instances"]}))
+                summarized = (summary.get("NumberOfInstances"), summary.get("NumberOfSeries"))
+                if counted != summarized:
+                    problems.append(f"study {uid}: summary counts {summarized} "
+                                    f"(instances, series), the index holds {counted}")
+            return problems
+        finally:
+            reader.close()
+
+
+@pytest.mark.parametrize("backend", ["embedded", "postgres"])
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
-def test_soak(tmp_path: Path, dcmtk: None, seed: int) -> None:
+def test_soak(tmp_path: Path, dcmtk: None, seed: int, backend: str,
+              request: pytest.FixtureRequest) -> None:
     rng = random.Random(seed)
     files = corpus(tmp_path / "corpus")
     uid_of = {str(f): pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
     destination = Destination(tmp_path / "dest", free_port())
     destination.start()
     home = tmp_path / "home"
+    database = {} if backend == "embedded" else {
+        "database_url": request.getfixturevalue("database_url")}
     config_path = write_config(home, store_workers=2, retry_interval=1, max_attempts=100000,
-                               dimse_timeout=20)
+                               dimse_timeout=20, **database)
     config_path.write_text(config_path.read_text() + f"\n[ae:SOAKDEST]\nhost = 127.0.0.1\n"
                                                      f"port = {destination.port}\nforward = yes\n")
     config = config_module.load(config_path)
@@ -175,17 +240,19 @@ def test_soak(tmp_path: Path, dcmtk: None, seed: int) -> None:
 
     expected = {uid_of[name] for name in acknowledged}
     server = Server(home, config, supervisor)
+    view: Server | PostgresView = server if backend == "embedded" else PostgresView(
+        server, config.database_url)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        if expected <= set(server.indexed_sops()) and expected <= destination.received():
+        if expected <= set(view.indexed_sops()) and expected <= destination.received():
             break
         time.sleep(0.5)
-    indexed = server.indexed_sops()
+    indexed = view.indexed_sops()
     archived = server.archived_sops()
     forwarded = destination.received()
     duplicates = len(indexed) - len(set(indexed))
     outside = server.files_outside()
-    print(f"\nseed {seed}: sent {len(uid_of)} objects ({sum(sent.values())} sends), "
+    print(f"\n{backend} seed {seed}: sent {len(uid_of)} objects ({sum(sent.values())} sends), "
           f"acknowledged {len(expected)}, archived {len(set(archived))}, "
           f"indexed {len(set(indexed))}, forwarded {len(forwarded & expected)}, "
           f"lost {len(expected - set(archived))}, duplicates in index {duplicates}, "
@@ -195,7 +262,7 @@ def test_soak(tmp_path: Path, dcmtk: None, seed: int) -> None:
         assert expected == set(archived) == set(indexed)
         assert expected <= forwarded
         assert duplicates == 0 and not outside
-        assert not server.catalog_problems()  # what the Browser lists = what is indexed
+        assert not view.catalog_problems()  # what the Browser lists = what is indexed
     finally:
         supervisor.send_signal(signal.SIGTERM)
         supervisor.wait(120)
