@@ -280,6 +280,9 @@ def test_zoom_and_reset(browser: WebDriver) -> None:
     until(browser, lambda d: by_testid(d, "viewer-zoom").text != zoom, "the wheel did not zoom")
     by_testid(browser, "viewer-reset").click()
     until(browser, lambda d: by_testid(d, "viewer-zoom").text == zoom, "reset did not unzoom")
+    # ...and the window is the image's own again (the previous test left it at lung).
+    until(browser, lambda d: by_testid(d, "viewer-wl").text == "W 400 / L 40",
+          "reset did not restore the image's window")
 
 
 def test_multiframe_playback(browser: WebDriver, study: dict, shots: Path) -> None:
