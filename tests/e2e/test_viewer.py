@@ -104,6 +104,23 @@ def ct_series(folder: Path, study: str) -> dict[str, pydicom.Dataset]:
     return sent
 
 
+def cr_series(folder: Path, study: str) -> dict[str, pydicom.Dataset]:
+    """Three CR images of two sizes and no geometry (as radiographs are): dwv cannot make
+    one volume of them, so the viewer shows them as a stack."""
+    series = generate_uid()
+    sent = {}
+    for number, rows in enumerate((48, 32, 40), start=1):
+        ds = make_dataset("1.2.840.10008.5.1.4.1.1.1", study=study, series=series, rows=rows,
+                          patient_id="V100", modality="CR")
+        ds.PatientName, ds.SeriesNumber, ds.InstanceNumber = "VIEWER^VERA", 3, number
+        ds.SeriesDescription = "Chest PA/LAT"
+        y, x = np.mgrid[0:rows, 0:rows]
+        ds.PixelData = (x * 50 + y * 3 + number * 500).astype("<u2").tobytes()
+        sent[ds.SOPInstanceUID] = ds
+        write_part10(ds, folder / f"cr{number}.dcm")
+    return sent
+
+
 @pytest.fixture(scope="module")
 def echoes_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("viewer") / "home"
@@ -117,16 +134,18 @@ def study(echoes_server: Server, tmp_path_factory: pytest.TempPathFactory) -> di
     folder = tmp_path_factory.mktemp("viewer-data")
     uid = generate_uid()
     cts = ct_series(folder, uid)
+    crs = cr_series(folder, uid)
     mr = pydicom.dcmread(get_testdata_file("emri_small.dcm"))
     mr.StudyInstanceUID, mr.SeriesInstanceUID = uid, generate_uid()
     mr.SOPInstanceUID = mr.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     mr.PatientName, mr.PatientID, mr.SeriesNumber = "VIEWER^VERA", "V100", 2
     mr.save_as(folder / "mr.dcm", enforce_file_format=True)
     storescu(echoes_server.port, sorted(folder.glob("*.dcm")))
-    echoes_server.wait_ingested(SLICES + 1)
+    echoes_server.wait_ingested(SLICES + 1 + len(crs))
     ct_series_uid = next(iter(cts.values())).SeriesInstanceUID
     return {"uid": uid, "ct": cts, "ct_series": ct_series_uid, "mr": mr,
-            "mr_series": mr.SeriesInstanceUID}
+            "mr_series": mr.SeriesInstanceUID, "cr": crs,
+            "cr_series": next(iter(crs.values())).SeriesInstanceUID}
 
 
 @pytest.fixture(scope="module")
@@ -300,6 +319,29 @@ def test_multiframe_playback(browser: WebDriver, study: dict, shots: Path) -> No
     by_testid(browser, "viewer-play").click()
     assert by_testid(browser, "viewer").get_attribute("data-playing") == "false"
     browser.save_screenshot(str(shots / "11-viewer-mr.png"))
+
+
+def test_images_without_geometry_are_a_stack(browser: WebDriver, study: dict) -> None:
+    """Radiographs of two sizes: one image at a time, the wheel and keys step through them."""
+    link = next(a for a in by_testid_all(browser, "viewer-series")
+                if a.get_attribute("data-series-uid") == study["cr_series"])
+    link.click()
+    until(browser, lambda d: study["cr_series"] in d.current_url, "no CR viewer")
+    loaded(browser)
+    assert by_testid(browser, "viewer").get_attribute("data-mode") == "stack"
+    by_number = {ds.InstanceNumber: uid for uid, ds in study["cr"].items()}
+    assert position(browser) == (1, 3, by_number[1])
+    canvas = by_testid(browser, "viewer-canvas")
+    ActionChains(browser).scroll_from_origin(ScrollOrigin.from_element(canvas), 0, -120).perform()
+    until(browser, lambda d: position(d) == (2, 3, by_number[2]), "the wheel did not step")
+    loaded(browser)
+    canvas.send_keys(Keys.ARROW_DOWN)
+    until(browser, lambda d: position(d) == (3, 3, by_number[3]), "the key did not step")
+    loaded(browser)
+    seen = pixel_under(browser, 30, -20)
+    assert seen["sop-instance-uid"] == by_number[3]
+    ds = study["cr"][by_number[3]]
+    assert float(seen["value"]) == ds.pixel_array[int(seen["row"]), int(seen["column"])]
 
 
 def test_nothing_was_fetched_from_outside_127_0_0_1(

@@ -47,6 +47,10 @@ function start() {
   const series = root.dataset.seriesUid;
   const seriesUrl = `${base}/studies/${encodeURIComponent(study)}/series/${encodeURIComponent(series)}`;
   const byUid = new Map();  // SOPInstanceUID -> DICOM JSON of the instance (for the tags)
+  // Stack mode (see chooseMode): the instances in order, one loaded at a time.
+  let stack = [];
+  let current = 0;
+  const accept = [{ name: "Accept", value: 'multipart/related; type="application/dicom"' }];
 
   const app = new dwv.App();
   const options = new dwv.AppOptions({ "*": [new dwv.ViewConfig("viewer-canvas")] });
@@ -94,11 +98,15 @@ function start() {
     const size = vc.getImageSize();
     const dim = browseDim(vc);
     const index = vc.getCurrentIndex();
-    const count = size.get(dim);
-    const at = index.get(dim) + 1;
+    let count = size.get(dim);
+    let at = index.get(dim) + 1;
     let text = `${dim === 3 ? "Frame" : "Image"} ${at} / ${count}`;
     if (dim !== 3 && size.length() > 3 && size.get(3) > 1) {
       text += ` · frame ${index.get(3) + 1} / ${size.get(3)}`;
+    }
+    if (stack.length) {  // the instance among the series' ones, then its frame if it has several
+      text = `Image ${current + 1} / ${stack.length}` + (count > 1 ? ` · frame ${at} / ${count}` : "");
+      [at, count] = [current + 1, stack.length];
     }
     const position = $("viewer-position");
     position.textContent = text;
@@ -144,6 +152,10 @@ function start() {
   function step(delta) {
     const vc = controller();
     if (!vc) return;
+    if (stack.length) {
+      showInstance(current + delta);
+      return;
+    }
     const dim = browseDim(vc);
     const values = vc.getCurrentIndex().getValues().slice();
     const next = values[dim] + delta;
@@ -204,7 +216,8 @@ function start() {
     const size = vc.getImageSize();
     $("viewer-play").disabled = size.get(browseDim(vc)) < 2;
     $("viewer-reset").disabled = false;
-    setTool(size.get(browseDim(vc)) > 1 ? "Scroll" : "WindowLevel");
+    setTool(root.dataset.tool
+            || (size.get(browseDim(vc)) > 1 || stack.length > 1 ? "Scroll" : "WindowLevel"));
     showPosition();
     showWindow();
     showZoom();
@@ -223,7 +236,8 @@ function start() {
   });
   $("viewer-slider").addEventListener("input", (event) => {
     const vc = controller();
-    step(Number(event.target.value) - 1 - vc.getCurrentIndex().get(browseDim(vc)));
+    step(Number(event.target.value) - 1
+         - (stack.length ? current : vc.getCurrentIndex().get(browseDim(vc))));
   });
   $("viewer-play").addEventListener("click", () => {
     const vc = controller();
@@ -246,19 +260,81 @@ function start() {
     }
   });
 
-  // The tags of every instance (one request), then the pixels (one multipart request).
+  // Stack mode: the wheel steps through the instances (dwv scrolls within one image only).
+  let wheel = 0;
+  canvas.addEventListener("wheel", (event) => {
+    if (!stack.length || root.dataset.tool !== "Scroll") return;
+    const vc = controller();
+    if (vc && vc.getImageSize().get(browseDim(vc)) > 1) return;  // its frames: dwv's
+    event.stopPropagation();  // not to dwv's Scroll as well: its layers go with app.reset()
+    wheel += event.deltaY;
+    if (Math.abs(wheel) < 50) return;
+    step(wheel < 0 ? 1 : -1);  // wheel up: the next image, as dwv does
+    wheel = 0;
+  }, { capture: true, passive: true });
+
+  function failed(problem) {
+    $("viewer-loading").hidden = false;
+    $("viewer-loading").textContent = `The images could not be shown: ${problem}`;
+    $("viewer-loading").classList.add("bad");
+    root.dataset.state = "error";
+  }
+  // dwv throws some problems (an image it cannot build) instead of firing "error".
+  window.addEventListener("error", (event) => {
+    if (root.dataset.state === "loading") failed(event.message || "script error");
+  });
+
+  /** Stack mode, one instance at a time: dwv loads it alone (single or multi-frame). */
+  function showInstance(number) {
+    if (number < 0 || number >= stack.length || root.dataset.state === "loading") return;
+    current = number;
+    root.dataset.state = "loading";
+    app.reset();
+    const sop = tagText(stack[number]["00080018"]);
+    app.loadURLs([`${seriesUrl}/instances/${encodeURIComponent(sop)}`],
+                 { requestHeaders: accept });
+  }
+
+  /** A volume (one dwv image of every instance: scroll, play through slices) when every
+   *  instance is one frame with a position and orientation, all of one size at distinct
+   *  positions (a CT or MR series); else a stack (CR/DX/US/SC images, instances of
+   *  several frames, or images without geometry), which dwv cannot make one image of. */
+  function chooseMode(instances) {
+    const text = (doc, tag) => tagText(doc[tag]);
+    const positions = new Set(instances.map((doc) => text(doc, "00200032")));
+    const volume = instances.length > 1 && positions.size === instances.length
+      && instances.every((doc) => (doc["00200032"]?.Value || []).length === 3
+        && (doc["00200037"]?.Value || []).length === 6 && Number(text(doc, "00280008") || 1) === 1
+        && text(doc, "00280010") === text(instances[0], "00280010")
+        && text(doc, "00280011") === text(instances[0], "00280011"));
+    if (volume || instances.length <= 1) return [];
+    const number = (doc) => Number(text(doc, "00200013")) || 0;
+    return instances.slice().sort((a, b) => number(a) - number(b)
+      || text(a, "00080018").localeCompare(text(b, "00080018")));
+  }
+
+  // The tags of every instance (one request), then the pixels: the whole series in one
+  // multipart request (a volume), or the first instance of a stack.
+  root.dataset.state = "loading";
   fetch(`${seriesUrl}/metadata`, { credentials: "same-origin",
                                    headers: { Accept: "application/dicom+json" } })
-    .then((response) => (response.ok ? response.json() : []))
+    .then((response) => {
+      if (response.status === 401) throw new Error("the session ended: log in again");
+      if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
+      return response.json();
+    })
     .then((instances) => {
       for (const instance of instances) byUid.set(tagText(instance["00080018"]), instance);
-      showTags();
+      stack = chooseMode(instances);
+      root.dataset.mode = stack.length ? "stack" : "volume";
+      if (stack.length) {
+        root.dataset.state = "";
+        showInstance(0);
+      } else {
+        app.loadURLs([seriesUrl], { requestHeaders: accept });
+      }
     })
-    .catch(() => {});
-  root.dataset.state = "loading";
-  app.loadURLs([seriesUrl], {
-    requestHeaders: [{ name: "Accept", value: 'multipart/related; type="application/dicom"' }],
-  });
+    .catch((error) => failed(error.message || String(error)));
 }
 
 if (root) start();
