@@ -31,7 +31,15 @@ from urllib.parse import urlsplit
 import numpy as np
 import pydicom
 import pytest
-from helpers import Server, free_port, make_dataset, start_server, stop_server, write_part10
+from helpers import (
+    TEST_FILES,
+    Server,
+    free_port,
+    make_dataset,
+    start_server,
+    stop_server,
+    write_part10,
+)
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
@@ -140,12 +148,17 @@ def study(echoes_server: Server, tmp_path_factory: pytest.TempPathFactory) -> di
     mr.SOPInstanceUID = mr.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     mr.PatientName, mr.PatientID, mr.SeriesNumber = "VIEWER^VERA", "V100", 2
     mr.save_as(folder / "mr.dcm", enforce_file_format=True)
+    rle = pydicom.dcmread(TEST_FILES / "MR_small_RLE.dcm")  # stored compressed (RLE)
+    rle.StudyInstanceUID, rle.SeriesInstanceUID = uid, generate_uid()
+    rle.SOPInstanceUID = rle.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    rle.PatientName, rle.PatientID, rle.SeriesNumber = "VIEWER^VERA", "V100", 4
+    rle.save_as(folder / "rle.dcm", enforce_file_format=True)
     storescu(echoes_server.port, sorted(folder.glob("*.dcm")))
-    echoes_server.wait_ingested(SLICES + 1 + len(crs))
+    echoes_server.wait_ingested(SLICES + 1 + len(crs) + 1)
     ct_series_uid = next(iter(cts.values())).SeriesInstanceUID
     return {"uid": uid, "ct": cts, "ct_series": ct_series_uid, "mr": mr,
             "mr_series": mr.SeriesInstanceUID, "cr": crs,
-            "cr_series": next(iter(crs.values())).SeriesInstanceUID}
+            "cr_series": next(iter(crs.values())).SeriesInstanceUID, "rle": rle}
 
 
 @pytest.fixture(scope="module")
@@ -342,6 +355,22 @@ def test_images_without_geometry_are_a_stack(browser: WebDriver, study: dict) ->
     assert seen["sop-instance-uid"] == by_number[3]
     ds = study["cr"][by_number[3]]
     assert float(seen["value"]) == ds.pixel_array[int(seen["row"]), int(seen["column"])]
+
+
+def test_a_compressed_object_shows_its_decoded_pixels(browser: WebDriver, study: dict) -> None:
+    """RLE in the archive: echoes sends it as Explicit VR Little Endian, the values match."""
+    rle = study["rle"]
+    link = next(a for a in by_testid_all(browser, "viewer-series")
+                if a.get_attribute("data-series-uid") == rle.SeriesInstanceUID)
+    link.click()
+    until(browser, lambda d: rle.SeriesInstanceUID in d.current_url, "no RLE viewer")
+    loaded(browser)
+    assert position(browser) == (1, 1, rle.SOPInstanceUID)
+    for dx, dy in ((0, 0), (-100, 50)):
+        seen = pixel_under(browser, dx, dy)
+        stored = rle.pixel_array[int(seen["row"]), int(seen["column"])]
+        assert float(seen["value"]) == float(stored) * float(rle.get("RescaleSlope", 1)) \
+            + float(rle.get("RescaleIntercept", 0)), seen
 
 
 def test_nothing_was_fetched_from_outside_127_0_0_1(

@@ -50,7 +50,15 @@ function start() {
   // Stack mode (see chooseMode): the instances in order, one loaded at a time.
   let stack = [];
   let current = 0;
-  const accept = [{ name: "Accept", value: 'multipart/related; type="application/dicom"' }];
+  // Explicit VR Little Endian when echoes can make it, else as stored (lossy JPEG, which
+  // echoes does not decode to send on): dwv decodes JPEG, JPEG 2000 and RLE itself.
+  const DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=';
+  const preferred = [{ name: "Accept", value: `${DICOM}1.2.840.10008.1.2.1, ${DICOM}*` }];
+  let accept = preferred;
+  // When echoes fails to convert (a codec it lacks, found only while it streams: the
+  // answer is cut short), the same images once more as stored, for dwv to decode.
+  const asStored = [{ name: "Accept", value: `${DICOM}*` }];
+  let loadAgain = null;  // what to call for that second try (null: tried, or not started)
 
   const app = new dwv.App();
   const options = new dwv.AppOptions({ "*": [new dwv.ViewConfig("viewer-canvas")] });
@@ -197,13 +205,22 @@ function start() {
     }
   });
   app.addEventListener("error", (event) => {
-    const problem = event.error ? String(event.error.message || event.error) : "unknown error";
-    $("viewer-loading").textContent = `The images could not be shown: ${problem}`;
-    $("viewer-loading").classList.add("bad");
-    root.dataset.state = "error";
+    if (loadAgain && accept !== asStored) {
+      accept = asStored;
+      root.dataset.asStored = "true";
+      const again = loadAgain;
+      loadAgain = null;
+      app.reset();
+      again();
+      return;
+    }
+    failed((event.error && event.error.message) || event.message
+           || "echoes could not convert them and this viewer cannot decode them as stored "
+           + "(see the echoes log)");
   });
   app.addEventListener("load", () => {
     const vc = controller();
+    loadAgain = null;
     $("viewer-loading").hidden = true;
     const select = $("viewer-preset");
     select.replaceChildren();
@@ -291,8 +308,11 @@ function start() {
     root.dataset.state = "loading";
     app.reset();
     const sop = tagText(stack[number]["00080018"]);
-    app.loadURLs([`${seriesUrl}/instances/${encodeURIComponent(sop)}`],
-                 { requestHeaders: accept });
+    accept = preferred;
+    const load = () => app.loadURLs([`${seriesUrl}/instances/${encodeURIComponent(sop)}`],
+                                    { requestHeaders: accept });
+    loadAgain = load;
+    load();
   }
 
   /** A volume (one dwv image of every instance: scroll, play through slices) when every
@@ -331,7 +351,8 @@ function start() {
         root.dataset.state = "";
         showInstance(0);
       } else {
-        app.loadURLs([seriesUrl], { requestHeaders: accept });
+        loadAgain = () => app.loadURLs([seriesUrl], { requestHeaders: accept });
+        loadAgain();
       }
     })
     .catch((error) => failed(error.message || String(error)));
