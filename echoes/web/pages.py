@@ -102,6 +102,10 @@ def study(study_uid: str) -> str:
                            active="studies")
 
 
+#: Modalities of series without pixels: the viewer opens on another series first.
+NOT_IMAGES = frozenset({"SR", "KO", "PR", "DOC", "RTPLAN", "RTSTRUCT", "RTRECORD"})
+
+
 @blueprint.get("/studies/<study_uid>/viewer")
 def viewer(study_uid: str) -> str:
     """The image viewer: dwv (static/vendor/dwv) in a page of our own, static/viewer.js.
@@ -114,8 +118,9 @@ def viewer(study_uid: str) -> str:
     detail = api.study_detail(study_uid)
     series = detail["series"]
     chosen = request.args.get("series", "")
+    images = [s for s in series if s.get("Modality") not in NOT_IMAGES] or series
     current = next((s for s in series if s["SeriesInstanceUID"] == chosen),
-                   series[0] if series else None)
+                   images[0] if images else None)
     return render_template("viewer.html", study=detail, current=current,
                            dicomweb=url_for("dicomweb.search_studies").rsplit("/", 1)[0],
                            active="studies")
