@@ -18,6 +18,7 @@ in test_browser.  Screenshots go to ``$ECHOES_SCREENSHOTS`` when set
 from __future__ import annotations
 
 import base64
+import email
 import http.client
 import http.server
 import io
@@ -31,6 +32,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import pydicom
 import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
 from helpers import (
     TEST_FILES,
     Server,
@@ -154,11 +157,21 @@ def study(echoes_server: Server, tmp_path_factory: pytest.TempPathFactory) -> di
     rle.PatientName, rle.PatientID, rle.SeriesNumber = "VIEWER^VERA", "V100", 4
     rle.save_as(folder / "rle.dcm", enforce_file_format=True)
     storescu(echoes_server.port, sorted(folder.glob("*.dcm")))
-    echoes_server.wait_ingested(SLICES + 1 + len(crs) + 1)
+    # JPEG Extended 12-bit: neither echoes (pylibjpeg, Pillow) nor dwv decodes it.
+    lossy = pydicom.dcmread(get_testdata_file("JPEG-lossy.dcm"))
+    lossy.StudyInstanceUID, lossy.SeriesInstanceUID = uid, generate_uid()
+    lossy.SOPInstanceUID = lossy.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    lossy.PatientName, lossy.PatientID, lossy.SeriesNumber = "VIEWER^VERA", "V100", 5
+    session = requests.Session()
+    session.auth = ("admin", PASSWORD)
+    web = DICOMwebClient(url=url(echoes_server, "/dicom-web"), session=session)
+    web.store_instances([lossy])
+    echoes_server.wait_ingested(SLICES + 1 + len(crs) + 1 + 1)
     ct_series_uid = next(iter(cts.values())).SeriesInstanceUID
     return {"uid": uid, "ct": cts, "ct_series": ct_series_uid, "mr": mr,
             "mr_series": mr.SeriesInstanceUID, "cr": crs,
-            "cr_series": next(iter(crs.values())).SeriesInstanceUID, "rle": rle}
+            "cr_series": next(iter(crs.values())).SeriesInstanceUID, "rle": rle,
+            "lossy": lossy, "web": web}
 
 
 @pytest.fixture(scope="module")
@@ -371,6 +384,36 @@ def test_a_compressed_object_shows_its_decoded_pixels(browser: WebDriver, study:
         stored = rle.pixel_array[int(seen["row"]), int(seen["column"])]
         assert float(seen["value"]) == float(stored) * float(rle.get("RescaleSlope", 1)) \
             + float(rle.get("RescaleIntercept", 0)), seen
+
+
+def test_what_cannot_be_decoded_says_so(
+        browser: WebDriver, echoes_server: Server, study: dict) -> None:
+    """JPEG Extended 12-bit: echoes cannot convert it, so the retrieve the viewer asks for
+    (Explicit VR LE, else as stored) sends it as stored, whole; dwv cannot decode it
+    either, and the page says so (it does not stay on 'Loading')."""
+    lossy = study["lossy"]
+    dicom = 'multipart/related; type="application/dicom"; transfer-syntax='
+    answer = requests.get(
+        url(echoes_server, f"/dicom-web/studies/{lossy.StudyInstanceUID}/series/"
+                           f"{lossy.SeriesInstanceUID}"), auth=("admin", PASSWORD), timeout=30,
+        headers={"Accept": f"{dicom}1.2.840.10008.1.2.1, {dicom}*"})
+    assert answer.status_code == 200
+    message = email.message_from_bytes(
+        f"Content-Type: {answer.headers['Content-Type']}\r\n\r\n".encode() + answer.content)
+    parts = message.get_payload()
+    stored = lossy.file_meta.TransferSyntaxUID
+    assert [part["Content-Type"] for part in parts] == [
+        f"application/dicom; transfer-syntax={stored}"]
+    got = pydicom.dcmread(io.BytesIO(parts[0].get_payload(decode=True)))
+    assert got.file_meta.TransferSyntaxUID == stored and got.PixelData == lossy.PixelData
+    assert "sent as stored" in echoes_server.config.log_file.read_text(errors="replace")
+    link = next(a for a in by_testid_all(browser, "viewer-series")
+                if a.get_attribute("data-series-uid") == lossy.SeriesInstanceUID)
+    link.click()
+    until(browser, lambda d: by_testid(d, "viewer").get_attribute("data-state") == "error",
+          "no error shown for an image nobody can decode")
+    assert "could not be shown" in by_testid(browser, "viewer-loading").text
+    browser.get_log("browser")  # its failed load is expected: not the next test's business
 
 
 def test_nothing_was_fetched_from_outside_127_0_0_1(
