@@ -56,6 +56,7 @@ from test_browser import (
     until,
     url,
 )
+from test_forward import wait_for
 from werkzeug.security import generate_password_hash
 
 if not SELENIUM_MISSING:
@@ -514,3 +515,17 @@ def test_a_page_of_the_named_origin_can_query_and_another_cannot(
         for server in servers:
             server.shutdown()
             server.server_close()
+
+
+def test_a_changed_cors_origin_applies_without_a_restart(echoes_server: Server) -> None:
+    """Last: it rewrites the module's config file (the web process re-reads it)."""
+    asked = {"Access-Control-Request-Method": "GET"}
+    moved = "https://ohif.example.org:3000"
+    path = echoes_server.config.path
+    path.write_text(path.read_text().replace(CORS_ORIGIN, moved))
+    wait_for(lambda: raw(echoes_server, "OPTIONS", "/dicom-web/studies",
+                         {"Origin": moved, **asked})[0] == 204, 30,
+             "the new dicomweb_cors_origin was not applied")
+    status, headers, _ = raw(echoes_server, "OPTIONS", "/dicom-web/studies",
+                             {"Origin": CORS_ORIGIN, **asked})
+    assert status == 403 and "access-control-allow-origin" not in headers
