@@ -50,13 +50,13 @@ function start() {
   // Stack mode (see chooseMode): the instances in order, one loaded at a time.
   let stack = [];
   let current = 0;
-  // Explicit VR Little Endian when echoes can make it, else as stored (lossy JPEG, which
-  // echoes does not decode to send on): dwv decodes JPEG, JPEG 2000 and RLE itself.
+  // Explicit VR Little Endian when echoes can make it, else as stored (an object echoes
+  // will not or cannot convert): dwv decodes JPEG, JPEG 2000 and RLE itself.
   const DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=';
   const preferred = [{ name: "Accept", value: `${DICOM}1.2.840.10008.1.2.1, ${DICOM}*` }];
   let accept = preferred;
-  // When echoes fails to convert (a codec it lacks, found only while it streams: the
-  // answer is cut short), the same images once more as stored, for dwv to decode.
+  // When a load fails all the same (an answer cut short, a converted object dwv cannot
+  // read), the same images once more as stored, for dwv to decode if it can.
   const asStored = [{ name: "Accept", value: `${DICOM}*` }];
   let loadAgain = null;  // what to call for that second try (null: tried, or not started)
 
