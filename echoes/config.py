@@ -221,6 +221,20 @@ def _parse_node_name(text: str) -> str:
     return name
 
 
+def _parse_origin(text: str) -> str:
+    """Empty (no CORS) or one web origin, ``scheme://host[:port]`` as a browser sends it
+    in its Origin header (no path, no trailing slash: the header is compared as is)."""
+    origin = text.strip()
+    if not origin:
+        return ""
+    scheme, sep, rest = origin.partition("://")
+    if (scheme not in ("http", "https") or not sep or not rest or "/" in rest
+            or any(c.isspace() or not c.isprintable() or c in ",*" for c in rest)):
+        raise ValueError("must be empty (no CORS) or one origin such as "
+                         f"https://viewer.example.org:3000 (no path), got {text!r}")
+    return origin
+
+
 _port = _parse_int(1, 65535)
 
 #: key -> (parser, default as written in the file, is a path).  ``None`` as a
@@ -266,6 +280,7 @@ KEYS: dict[str, tuple[Callable[[str], Any], str | None, bool]] = {
     "http_user": (_parse_user, "admin", False),
     "http_password_hash": (_parse_optional, "", False),
     "http_session_minutes": (_parse_int(1, 7 * 24 * 60), "60", False),
+    "dicomweb_cors_origin": (_parse_origin, "", False),
     "database_url": (_parse_database_url, "", False),
     "node_name": (_parse_node_name, "", False),
     # Retention (issue 20): 0 is no limit.
@@ -360,6 +375,8 @@ class Config:
     http_user: str
     http_password_hash: str
     http_session_minutes: int
+    #: The one web origin (another host's viewer) allowed to call /dicom-web; empty: none.
+    dicomweb_cors_origin: str
     #: Empty: the embedded index and job files; else the PostgreSQL that holds both.
     database_url: str
     #: This node's name in logs and jobs (the host name unless set).

@@ -25,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 
 from echoes.config import Config
 from echoes.web import api, auth, pages
+from echoes.web.dicomweb import cors
 from echoes.web.dicomweb import routes as dicomweb
 from echoes.web.state import WebState
 
@@ -60,6 +61,7 @@ def create_app(config: Config, reload_interval: float = 1.0) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["echoes"] = WebState(config, reload_interval)
+    cors.install(app)  # its preflight answer comes before auth's login guard
     auth.install(app, config)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(pages.blueprint)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from flask import Blueprint, render_template, request
+from flask import Blueprint, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from echoes.queue import jobs
@@ -99,6 +99,30 @@ def study(study_uid: str) -> str:
     config = state().config
     return render_template("study.html", study=detail, aes=sorted(config.remote_aes.values(),
                                                                    key=lambda ae: ae.title),
+                           active="studies")
+
+
+#: Modalities of series without pixels: the viewer opens on another series first.
+NOT_IMAGES = frozenset({"SR", "KO", "PR", "DOC", "RTPLAN", "RTSTRUCT", "RTRECORD"})
+
+
+@blueprint.get("/studies/<study_uid>/viewer")
+def viewer(study_uid: str) -> str:
+    """The image viewer: dwv (static/vendor/dwv) in a page of our own, static/viewer.js.
+
+    The page only names the study, its series and the DICOMweb base; the
+    script fetches the pixels through ``/dicom-web`` (WADO-RS, with this
+    session's cookie), so what the viewer shows is what any DICOMweb client
+    gets.  ``?series=`` picks the series shown first (default: the first).
+    """
+    detail = api.study_detail(study_uid)
+    series = detail["series"]
+    chosen = request.args.get("series", "")
+    images = [s for s in series if s.get("Modality") not in NOT_IMAGES] or series
+    current = next((s for s in series if s["SeriesInstanceUID"] == chosen),
+                   images[0] if images else None)
+    return render_template("viewer.html", study=detail, current=current,
+                           dicomweb=url_for("dicomweb.search_studies").rsplit("/", 1)[0],
                            active="studies")
 
 

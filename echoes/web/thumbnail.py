@@ -97,7 +97,9 @@ class _QuietWhileRendering(logging.Filter):
 
 
 @contextlib.contextmanager
-def _pydicom_quiet() -> Iterator[None]:
+def pydicom_quiet() -> Iterator[None]:
+    """pydicom's records dropped in this thread meanwhile (rendering here, and DICOMweb's
+    conversions, which report a failure in one line of their own)."""
     token = _rendering.set(True)
     try:
         yield
@@ -121,7 +123,7 @@ def render(path: Path, size: int = 128, fmt: str = "png") -> bytes:
     _check_size(size)
     path = Path(path)
     try:
-        with _pydicom_quiet():
+        with pydicom_quiet():
             header = _read_header(path)
             if "Rows" not in header or "Columns" not in header:
                 return placeholder(str(header.get("Modality") or "no pixels"), size, fmt)
@@ -146,7 +148,7 @@ def render_frame(path: Path, index: int, voi: tuple[float, float, str] | None = 
     :class:`NotAnImage`, IndexError for a frame beyond the last, anything a decoder raises.
     """
     path = Path(path)
-    with _pydicom_quiet():
+    with pydicom_quiet():
         header = _read_header(path)
         if "Rows" not in header or "Columns" not in header:
             raise NotAnImage(f"a {header.get('Modality') or 'non-image'} object has no pixels")

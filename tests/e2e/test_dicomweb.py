@@ -416,6 +416,20 @@ def test_the_browser_session_reads_but_does_not_write(sent: Sent) -> None:
     assert refused.status_code == 401
 
 
+def test_cors_is_off_by_default(sent: Sent) -> None:
+    """No dicomweb_cors_origin: a preflight is refused and no answer allows any origin
+    (test_viewer covers the key set)."""
+    origin = "http://viewer.example.org"
+    response = requests.options(f"{sent.base}/studies", timeout=10, headers={
+        "Origin": origin, "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization"})
+    assert response.status_code == 403
+    assert "Access-Control-Allow-Origin" not in response.headers
+    answer = requests.get(f"{sent.base}/studies", timeout=10, auth=("admin", PASSWORD),
+                          headers={"Origin": origin})
+    assert answer.status_code == 200 and "Access-Control-Allow-Origin" not in answer.headers
+    assert "CORS is off" in log_text(sent)
+
 
 # -- side by side with Orthanc and its DICOMweb plugin ---------------------------------------
 

@@ -198,6 +198,10 @@ def _converted_chunks(objects: Any, doc: dict, route: Route, syntax: str) -> Ite
     except Exception:
         log.exception("DICOMweb: cannot convert %s to %s", item.sop_instance_uid, syntax)
         raise
+    return _converted_file(item, used, data)
+
+
+def _converted_file(item: _Object, used: str, data: Any) -> Iterator[bytes]:
     yield part10_header(item.sop_class_uid, item.sop_instance_uid, used,
                         IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME)
     with data:
@@ -209,18 +213,45 @@ def _part_headers(syntax: str) -> dict[str, str]:
     return {"Content-Type": f"application/dicom; transfer-syntax={syntax}"}
 
 
+def _converted_or_stored(objects: Any, doc: dict, route: Route, syntax: str,
+                         syntaxes: list[str]) -> tuple[str, Iterable[bytes]]:
+    """(syntax, chunks) of a part that needs converting, converted before its part
+    begins: a conversion that fails (a codec we lack, known only on decoding) sends
+    the stored bytes when the Accept allows them (``transfer-syntax=*`` or the stored
+    syntax later in the list), rather than cutting the whole answer short."""
+    item = _object(doc)
+    try:
+        with thumbnails.pydicom_quiet():  # each failed decoder plugin: a traceback
+            prepared = prepare(objects.path_of(doc["path"]), route)
+            used, data = payload(item, route, prepared, {(item.sop_class_uid, syntax)})
+    except Exception as exc:
+        stored = doc.get("TransferSyntaxUID", "")
+        if media.ANY_SYNTAX not in syntaxes and stored not in syntaxes:
+            log.exception("DICOMweb: cannot convert %s to %s", item.sop_instance_uid, syntax)
+            raise
+        log.warning("DICOMweb: cannot convert %s to %s (%s): sent as stored (%s), "
+                    "which the request also accepts", item.sop_instance_uid, syntax,
+                    str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
+                    stored)
+        key = doc["path"]
+        return stored, multipart.file_chunks(lambda: objects.open(key))
+    return syntax, _converted_file(item, used, data)
+
+
 def _dicom_parts(objects: Any, docs: list[dict], plans: list[tuple[str, Route | None]],
-                 sizes: list[int] | None = None) -> Iterator[multipart.Part]:
+                 syntaxes: list[str], sizes: list[int] | None = None
+                 ) -> Iterator[multipart.Part]:
     """The parts of a retrieve, made one by one while the answer streams (after the
     request: ``objects`` is taken before it ends); ``sizes``: the stored files' sizes
-    the answer's Content-Length was counted with."""
+    the answer's Content-Length was counted with (every part sent as stored)."""
     for n, (doc, (syntax, route)) in enumerate(zip(docs, plans, strict=True)):
         if route is None:
             key = doc["path"]
-            yield _part_headers(syntax), multipart.file_chunks(
+            chunks: Iterable[bytes] = multipart.file_chunks(
                 lambda key=key: objects.open(key), whole=sizes[n] if sizes else None)
         else:
-            yield _part_headers(syntax), _converted_chunks(objects, doc, route, syntax)
+            syntax, chunks = _converted_or_stored(objects, doc, route, syntax, syntaxes)
+        yield _part_headers(syntax), chunks
 
 
 def _stored_sizes(objects: Any, docs: list[dict]) -> list[int] | None:
@@ -263,12 +294,12 @@ def retrieve(study: str, series: str | None = None, sop: str | None = None) -> R
     sizes = (_stored_sizes(objects, docs) if all(route is None for _s, route in plans)
              else None)  # a converted object's size is known only once it is made
     if sizes is None:
-        return _multipart("application/dicom", _dicom_parts(objects, docs, plans))
+        return _multipart("application/dicom", _dicom_parts(objects, docs, plans, syntaxes))
     boundary = multipart.new_boundary()
     length = multipart.body_length(
         ((_part_headers(syntax), size) for (syntax, _r), size in zip(plans, sizes, strict=True)),
         boundary)
-    return _multipart("application/dicom", _dicom_parts(objects, docs, plans, sizes),
+    return _multipart("application/dicom", _dicom_parts(objects, docs, plans, syntaxes, sizes),
                       boundary, length)
 
 
