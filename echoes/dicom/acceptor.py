@@ -364,8 +364,10 @@ def _respond(sock: socket.socket, association: Association, message: _Message,
     if field_ < 0 or field_ & dimse.RESPONSE_BIT or field_ == dimse.C_CANCEL_RQ:
         return
     message_id = dimse.command_us(command, dimse.MESSAGE_ID, 0)
-    sop_class = dimse.command_uid(command, dimse.AFFECTED_SOP_CLASS)
-    sop_instance = dimse.command_uid(command, dimse.AFFECTED_SOP_INSTANCE) or None
+    # Affected or Requested (N-SET names its object as Requested): the response
+    # names it as Affected either way.
+    sop_class = dimse.request_sop_class(command)
+    sop_instance = dimse.request_sop_instance(command) or None
     result: tuple[int, str] | Final = (
         receiver.finish() if receiver is not None else
         (dimse.UNRECOGNIZED_OPERATION, f"operation 0x{field_:04X} not served on this port"))
@@ -374,7 +376,9 @@ def _respond(sock: socket.socket, association: Association, message: _Message,
             dimse.AFFECTED_SOP_CLASS: sop_class, dimse.COMMAND_FIELD: field_ | dimse.RESPONSE_BIT,
             dimse.MESSAGE_ID_RESPONDED_TO: message_id, dimse.STATUS: result.status,
             dimse.DATA_SET_TYPE: dimse.DATA_SET_PRESENT if result.data_set else dimse.NO_DATA_SET,
-            dimse.ERROR_COMMENT: result.comment, **result.elements})
+            dimse.ERROR_COMMENT: result.comment,
+            dimse.AFFECTED_SOP_INSTANCE: result.sop_instance or sop_instance,
+            dimse.OFFENDING_ELEMENT: result.offending or None, **result.elements})
         data = pdu.p_data_pdus(message.context.context_id, response, result.data_set,
                                association.peer_maximum_length)
     else:
