@@ -277,6 +277,15 @@ def n_set_request_command(sop_class: str, sop_instance: str, message_id: int) ->
                         REQUESTED_SOP_INSTANCE: sop_instance})
 
 
+def n_event_report_request_command(sop_class: str, sop_instance: str, message_id: int,
+                                   event_type: int) -> bytes:
+    """The command set of an N-EVENT-REPORT-RQ with its event information
+    (PS3.7 10.1.1; Storage Commitment's result, PS3.4 J.3.3)."""
+    return command_set({AFFECTED_SOP_CLASS: sop_class, COMMAND_FIELD: N_EVENT_REPORT_RQ,
+                        MESSAGE_ID: message_id, DATA_SET_TYPE: DATA_SET_PRESENT,
+                        AFFECTED_SOP_INSTANCE: sop_instance, EVENT_TYPE_ID: event_type})
+
+
 def request_sop_class(elements: dict[int, bytes]) -> str:
     """The SOP class a request is about: Affected (C-*, N-CREATE, N-EVENT-REPORT)
     or Requested (N-SET, N-GET, N-ACTION, N-DELETE) SOP Class UID."""

@@ -6,23 +6,38 @@ One server for the module.  MPPS: a modality creates a step IN PROGRESS, sets
 it COMPLETED, and the worklist item it performed is no longer offered;
 refusals (missing attributes, unknown or final instance, second create)
 answer the standard's status and leave the files as they were.
+
+Storage Commitment: the modality stores, asks for commitment (N-ACTION) and
+gets the N-EVENT-REPORT on its own association (its EVT_N_EVENT_REPORT
+handler), or, when it released first, on a new association echoes opens to
+its [ae:] (a pynetdicom SCP accepting echoes in the SCP role), retried until
+that SCP is up.  UIDs never received and a wrong SOP class are failed items
+(0x0112); an unknown requester that left is logged as undeliverable.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
-from helpers import DCMTK_ENV, Server, start_server, stop_server
+from helpers import DCMTK_ENV, Server, free_port, make_dataset, start_server, stop_server
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 
 MPPS = "1.2.840.10008.3.1.2.3.3"
+COMMITMENT = "1.2.840.10008.1.20.1"
+COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+CT = "1.2.840.10008.5.1.4.1.1.2"
+MR = "1.2.840.10008.5.1.4.1.1.4"
+#: The modality's own SCP for reports on a new association ([ae:CTSCP]).
+MODALITY_SCP_PORT = free_port()
 STUDY_1 = "1.2.826.0.1.3680043.10.20.1"
 STUDY_2 = "1.2.826.0.1.3680043.10.20.2"
 
@@ -45,7 +60,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                  worklist_item("W2", STUDY_2, "ACC2", "SPS2"),
                  worklist_item("W3", "1.2.826.0.1.3680043.10.20.3", "ACC3", "SPS3")):
         (folder / f"{item['PatientID']}.json").write_text(json.dumps(item))
-    running = start_server(home, store_workers=1)
+    sections = f"[ae:CTSCP]\nhost = 127.0.0.1\nport = {MODALITY_SCP_PORT}\n"
+    running = start_server(home, sections, store_workers=2, retry_interval=1)
     yield running
     stop_server(running)
 
@@ -212,3 +228,184 @@ def test_mpps_refusals_change_no_file(server: Server) -> None:
         assert files(server) == final
     finally:
         modality.close()
+
+
+# -- Storage Commitment --------------------------------------------------------------
+
+
+def store(server: Server, calling_ae: str, count: int, sop_class: str = CT) -> list[Dataset]:
+    """C-STORE ``count`` small objects; they are acknowledged, not yet indexed."""
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(sop_class, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="ECHOES")
+    assert assoc.is_established
+    sent = []
+    for _ in range(count):
+        ds = make_dataset(sop_class, modality="CT")
+        assert assoc.send_c_store(ds).Status == 0
+        sent.append(ds)
+    assoc.release()
+    return sent
+
+
+def action_data(transaction: str, items: list[tuple[str, str]]) -> Dataset:
+    ds = Dataset()
+    ds.TransactionUID = transaction
+    refs = []
+    for sop_class, uid in items:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = sop_class
+        ref.ReferencedSOPInstanceUID = uid
+        refs.append(ref)
+    ds.ReferencedSOPSequence = refs
+    return ds
+
+
+class Reports:
+    """N-EVENT-REPORTs a pynetdicom handler received: (event type, event information)."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[int, Dataset, str]] = []
+        self.arrived = threading.Event()
+
+    def handler(self, event: evt.Event) -> tuple[int, None]:
+        info = event.event_information  # decoded by pynetdicom
+        self.got.append((int(event.event_type), info, event.assoc.requestor.ae_title
+                         if event.assoc.is_acceptor else "same association"))
+        self.arrived.set()
+        return 0x0000, None
+
+    def wait(self, timeout: float = 30) -> tuple[int, Dataset, str]:
+        assert self.arrived.wait(timeout), "no N-EVENT-REPORT"
+        return self.got[-1]
+
+
+def wait_gone(path: Path, timeout: float = 10) -> bool:
+    """Whether ``path`` is removed within ``timeout`` (a delivered report's request:
+    removed once the modality's N-EVENT-REPORT-RSP came back)."""
+    deadline = time.monotonic() + timeout
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not path.exists()
+
+
+def uids(sequence: object) -> set[tuple[str, str]]:
+    return {(str(i.ReferencedSOPClassUID), str(i.ReferencedSOPInstanceUID))
+            for i in sequence or []}  # type: ignore[attr-defined]
+
+
+def ask_commitment(server: Server, calling_ae: str, items: list[tuple[str, str]],
+                   reports: Reports | None, transaction: str | None = None
+                   ) -> tuple[int, object]:
+    """N-ACTION; with ``reports`` the association stays open until the report came."""
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(COMMITMENT)
+    handlers = [(evt.EVT_N_EVENT_REPORT, reports.handler)] if reports else []
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="ECHOES", evt_handlers=handlers)
+    assert assoc.is_established
+    status, _reply = assoc.send_n_action(action_data(transaction or generate_uid(), items),
+                                         1, COMMITMENT, COMMITMENT_INSTANCE)
+    if reports is not None and int(status.Status) == 0:
+        reports.wait()
+    assoc.release()
+    return int(status.Status), status
+
+
+def test_commitment_report_on_the_same_association(server: Server) -> None:
+    sent = store(server, "CTSCU", 3)
+    stored_mr = store(server, "CTSCU", 1)[0]  # stored as CT, asked for as MR below
+    never = generate_uid()
+    items = [(CT, ds.SOPInstanceUID) for ds in sent] + [
+        (CT, never), (MR, stored_mr.SOPInstanceUID)]
+    transaction = generate_uid()
+    reports = Reports()
+    status, _ = ask_commitment(server, "CTSCU", items, reports, transaction)
+    assert status == 0
+    event_type, info, where = reports.wait()
+    assert where == "same association"
+    assert event_type == 2
+    assert str(info.TransactionUID) == transaction
+    assert uids(info.ReferencedSOPSequence) == {(CT, ds.SOPInstanceUID) for ds in sent}
+    assert uids(info.FailedSOPSequence) == {(CT, never), (MR, stored_mr.SOPInstanceUID)}
+    assert {int(i.FailureReason) for i in info.FailedSOPSequence} == {0x0112}
+    # the promise: every committed instance is indexed and archived
+    indexed = set(server.indexed_sops())
+    assert {ds.SOPInstanceUID for ds in sent} <= indexed
+    assert {ds.SOPInstanceUID for ds in sent} <= set(server.archived_sops())
+    assert wait_gone(server.config.commitment_dir / f"{transaction}.json")
+
+
+def test_commitment_all_committed_is_event_1(server: Server) -> None:
+    sent = store(server, "CTSCU", 2)
+    reports = Reports()
+    assert ask_commitment(server, "CTSCU", [(CT, ds.SOPInstanceUID) for ds in sent],
+                          reports)[0] == 0
+    event_type, info, _where = reports.wait()
+    assert event_type == 1
+    assert "FailedSOPSequence" not in info
+    assert uids(info.ReferencedSOPSequence) == {(CT, ds.SOPInstanceUID) for ds in sent}
+
+
+def test_commitment_report_on_a_new_association_retried(server: Server) -> None:
+    """The modality releases at once; its SCP is down for the first try(s)."""
+    sent = store(server, "CTSCP", 2)
+    transaction = generate_uid()
+    status, _ = ask_commitment(server, "CTSCP", [(CT, ds.SOPInstanceUID) for ds in sent],
+                               None, transaction)
+    assert status == 0
+    pending = server.config.commitment_dir / f"{transaction}.json"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # a failed attempt is written down
+        if pending.exists() and json.loads(pending.read_text())["attempts"] >= 1:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("no attempt recorded")
+    reports = Reports()
+    scp = AE(ae_title="CTSCP")
+    scp.add_supported_context(COMMITMENT, scu_role=False, scp_role=True)
+    listener = scp.start_server(("127.0.0.1", MODALITY_SCP_PORT), block=False,
+                                evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handler)])
+    try:
+        event_type, info, calling = reports.wait()
+    finally:
+        listener.shutdown()
+    assert calling == "ECHOES"
+    assert event_type == 1
+    assert str(info.TransactionUID) == transaction
+    assert uids(info.ReferencedSOPSequence) == {(CT, ds.SOPInstanceUID) for ds in sent}
+    assert wait_gone(pending)
+
+
+def test_commitment_unknown_requester_is_logged_undeliverable(server: Server) -> None:
+    transaction = generate_uid()
+    assert ask_commitment(server, "NOBODY", [(CT, generate_uid())], None, transaction)[0] == 0
+    failed = server.config.commitment_dir / "failed" / f"{transaction}.json"
+    deadline = time.monotonic() + 30
+    while not failed.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert failed.exists()
+    log = server.config.log_file.read_text()
+    assert f"storage commitment {transaction} undeliverable" in log
+    assert "NOBODY" in log
+
+
+def test_commitment_bad_requests(server: Server) -> None:
+    ae = AE(ae_title="CTSCU")
+    ae.add_requested_context(COMMITMENT)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="ECHOES")
+    assert assoc.is_established
+    try:
+        no_transaction = action_data(generate_uid(), [(CT, generate_uid())])
+        del no_transaction.TransactionUID
+        status, _ = assoc.send_n_action(no_transaction, 1, COMMITMENT, COMMITMENT_INSTANCE)
+        assert int(status.Status) == 0x0120
+        status, _ = assoc.send_n_action(action_data(generate_uid(), []), 1, COMMITMENT,
+                                        COMMITMENT_INSTANCE)
+        assert int(status.Status) == 0x0120
+        status, _ = assoc.send_n_action(action_data(generate_uid(), [(CT, generate_uid())]),
+                                        2, COMMITMENT, COMMITMENT_INSTANCE)
+        assert int(status.Status) == 0x0123
+    finally:
+        assoc.release()
+    assert not list(server.config.commitment_dir.glob("*.json"))
