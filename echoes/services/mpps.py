@@ -34,6 +34,7 @@ log = logging.getLogger("echoes.mpps")
 #: A UID usable as a file name: digits and dots, at most 64 characters (PS3.5 9.1).
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 SOP_CLASS_UID, SOP_INSTANCE_UID = "00080016", "00080018"
+SPECIFIC_CHARACTER_SET = "00080005"
 
 
 class MppsStore:
@@ -106,6 +107,9 @@ def _attributes(request: Request) -> performed.JsonDataset:
     implicit, little = syntax.encoding_of(request.context.transfer_syntax)
     decoded = dataset.decode_dataset(request.data_set, implicit, little)
     result: dict[str, Any] = decoded.to_json_dict()
+    # The text is Unicode now and the file UTF-8 (PS3.18 F.2): the request's
+    # Specific Character Set no longer describes it.
+    result.pop(SPECIFIC_CHARACTER_SET, None)
     return result
 
 

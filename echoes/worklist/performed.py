@@ -238,3 +238,32 @@ def is_performed(tree: Mapping[int, Any], hidden: Performed) -> bool:
         return False
     return any(("study", step_id, study) in hidden or ("accession", step_id, accession) in hidden
                for step_id, study, accession in item_steps(tree))
+
+
+#: State precedence when several MPPS name one step (a final one wins).
+_RANK = {IN_PROGRESS: 1, DISCONTINUED: 2, COMPLETED: 3}
+
+
+def step_states(instances: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str], str]:
+    """For the Browser: ("study"|"accession", step ID, value) -> the MPPS state
+    of the steps the instances name (the most advanced when several do)."""
+    states: dict[tuple[str, str, str], str] = {}
+    for mpps in instances:
+        state = status_of(mpps)
+        if state not in _RANK:
+            continue
+        for step_id, study, accession in referenced_steps(mpps):
+            for key in (("study", step_id, study), ("accession", step_id, accession)):
+                if key[2] and _RANK[state] > _RANK.get(states.get(key, ""), 0):
+                    states[key] = state
+    return states
+
+
+def state_of_step(step_id: str, study: str, accession: str,
+                  states: Mapping[tuple[str, str, str], str]) -> str:
+    """The MPPS state of one worklist step ("" when no MPPS names it)."""
+    if not step_id:
+        return ""
+    found = [states.get(("study", step_id, study), "") if study else "",
+             states.get(("accession", step_id, accession), "") if accession else ""]
+    return max(found, key=lambda state: _RANK.get(state, 0))

@@ -26,16 +26,20 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import requests
 from helpers import DCMTK_ENV, Server, free_port, make_dataset, start_server, stop_server
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
+from werkzeug.security import generate_password_hash
 
 MPPS = "1.2.840.10008.3.1.2.3.3"
 COMMITMENT = "1.2.840.10008.1.20.1"
 COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
+PASSWORD = "workflow"
+FAST_HASH = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")
 #: The modality's own SCP for reports on a new association ([ae:CTSCP]).
 MODALITY_SCP_PORT = free_port()
 STUDY_1 = "1.2.826.0.1.3680043.10.20.1"
@@ -61,7 +65,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                  worklist_item("W3", "1.2.826.0.1.3680043.10.20.3", "ACC3", "SPS3")):
         (folder / f"{item['PatientID']}.json").write_text(json.dumps(item))
     sections = f"[ae:CTSCP]\nhost = 127.0.0.1\nport = {MODALITY_SCP_PORT}\n"
-    running = start_server(home, sections, store_workers=2, retry_interval=1)
+    running = start_server(home, sections, store_workers=2, retry_interval=1,
+                           http_password_hash=FAST_HASH)
     yield running
     stop_server(running)
 
@@ -175,6 +180,18 @@ def test_mpps_completed_hides_the_worklist_item(server: Server, tmp_path: Path,
     after = findscu_patients(server, tmp_path / "after")
     assert "W1" not in after
     assert {"W2", "W3"} <= after
+    # the Browser still lists the step, with its MPPS state
+    browser = requests.Session()
+    base = f"http://127.0.0.1:{server.config.http_port}"
+    assert browser.post(f"{base}/api/login", json={"user": "admin", "password": PASSWORD},
+                        timeout=10).ok
+    day = browser.get(f"{base}/api/worklist", params={"date": "20261204"}, timeout=10).json()
+    states = {step["patient_id"]: step["mpps"] for station in day["stations"]
+              for step in station["steps"]}
+    assert states["W1"] == "COMPLETED"
+    assert states["W3"] == ""
+    page = browser.get(f"{base}/worklist", params={"date": "2026-12-04"}, timeout=10).text
+    assert 'data-testid="worklist-mpps">COMPLETED<' in page
 
 
 def test_mpps_scp_chooses_the_uid_and_discontinued_hides_by_accession(

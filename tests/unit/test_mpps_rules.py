@@ -91,3 +91,14 @@ def test_hidden_steps_only_final_and_scheduled() -> None:
     assert not p.is_performed(_item("SPS1"), hidden)  # no study, no accession: no match
     unscheduled = p.merged(created(step_id=""), {p.STATUS: _cs("DISCONTINUED")})
     assert p.hidden_steps([unscheduled]) == frozenset()
+
+
+def test_step_states_for_the_browser() -> None:
+    running = created(step_id="SPS9", study="5.5", accession="A9")
+    done = p.merged(created(), {p.STATUS: _cs("COMPLETED")})
+    states = p.step_states([running, done, p.merged(created(), {p.STATUS: _cs("IN PROGRESS")})])
+    assert p.state_of_step("SPS1", "1.2.3", "", states) == "COMPLETED"  # final wins
+    assert p.state_of_step("SPS1", "", "ACC1", states) == "COMPLETED"
+    assert p.state_of_step("SPS9", "5.5", "A9", states) == "IN PROGRESS"
+    assert p.state_of_step("SPS2", "1.2.3", "ACC1", states) == ""
+    assert p.state_of_step("", "1.2.3", "ACC1", states) == ""
