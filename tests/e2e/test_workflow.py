@@ -18,6 +18,8 @@ that SCP is up.  UIDs never received and a wrong SOP class are failed items
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -352,6 +354,33 @@ def test_commitment_report_on_the_same_association(server: Server) -> None:
     assert wait_gone(server.config.commitment_dir / f"{transaction}.json")
 
 
+def test_commitment_waits_for_the_ingester(server: Server) -> None:
+    """Objects acknowledged but not yet indexed are waited for, not failed."""
+    [ingester] = server.children("ingester")
+    os.kill(ingester, signal.SIGSTOP)
+    try:
+        sent = store(server, "CTSCU", 2)
+        reports = Reports()
+        ae = AE(ae_title="CTSCU")
+        ae.add_requested_context(COMMITMENT)
+        assoc = ae.associate("127.0.0.1", server.port, ae_title="ECHOES",
+                             evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handler)])
+        assert assoc.is_established
+        status, _ = assoc.send_n_action(
+            action_data(generate_uid(), [(CT, ds.SOPInstanceUID) for ds in sent]),
+            1, COMMITMENT, COMMITMENT_INSTANCE)
+        assert int(status.Status) == 0
+        assert not reports.arrived.wait(1.5)  # nothing decided while the ingester sleeps
+    finally:
+        os.kill(ingester, signal.SIGCONT)
+    try:
+        event_type, info, _where = reports.wait()
+    finally:
+        assoc.release()
+    assert event_type == 1
+    assert uids(info.ReferencedSOPSequence) == {(CT, ds.SOPInstanceUID) for ds in sent}
+
+
 def test_commitment_all_committed_is_event_1(server: Server) -> None:
     sent = store(server, "CTSCU", 2)
     reports = Reports()
@@ -426,3 +455,41 @@ def test_commitment_bad_requests(server: Server) -> None:
     finally:
         assoc.release()
     assert not list(server.config.commitment_dir.glob("*.json"))
+
+
+def test_commitment_pending_across_a_restart(tmp_path: Path) -> None:
+    """A report that could not be delivered before a stop is delivered after the start."""
+    scp_port = free_port()
+    sections = f"[ae:CTSCP2]\nhost = 127.0.0.1\nport = {scp_port}\n"
+    home = tmp_path / "home"
+    first = start_server(home, sections, store_workers=1, retry_interval=1)
+    try:
+        sent = store(first, "CTSCP2", 1)
+        transaction = generate_uid()
+        assert ask_commitment(first, "CTSCP2", [(CT, sent[0].SOPInstanceUID)], None,
+                              transaction)[0] == 0
+        pending = first.config.commitment_dir / f"{transaction}.json"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if pending.exists() and json.loads(pending.read_text())["attempts"] >= 1:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("no attempt recorded")
+    finally:
+        stop_server(first)
+    assert pending.exists()
+    reports = Reports()
+    scp = AE(ae_title="CTSCP2")
+    scp.add_supported_context(COMMITMENT, scu_role=False, scp_role=True)
+    listener = scp.start_server(("127.0.0.1", scp_port), block=False,
+                                evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handler)])
+    second = start_server(home, sections, store_workers=1, retry_interval=1)
+    try:
+        event_type, info, _calling = reports.wait()
+        assert event_type == 1
+        assert str(info.TransactionUID) == transaction
+        assert wait_gone(pending)
+    finally:
+        listener.shutdown()
+        stop_server(second)
