@@ -493,3 +493,95 @@ def test_commitment_pending_across_a_restart(tmp_path: Path) -> None:
     finally:
         listener.shutdown()
         stop_server(second)
+
+
+# -- side by side with Orthanc (Storage Commitment SCP since 1.6) -----------------------
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[int]:
+    """Orthanc's DICOM port; it knows the modality CTSCP at MODALITY_SCP_PORT."""
+    root = tmp_path / "orthanc"
+    root.mkdir()
+    http, dicom = free_port(), free_port()
+    settings = {
+        "Name": "commitment-test", "StorageDirectory": str(root / "storage"),
+        "IndexDirectory": str(root / "index"), "DicomAet": "ORTHANC", "DicomPort": dicom,
+        "HttpPort": http, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "SaveJobs": False, "DicomModalities": {"CTSCP": ["CTSCP", "127.0.0.1",
+                                                          MODALITY_SCP_PORT]},
+    }
+    (root / "orthanc.json").write_text(json.dumps(settings))
+    log = open(root / "orthanc.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(["/usr/sbin/Orthanc", str(root / "orthanc.json")], cwd=root,
+                               env=DCMTK_ENV, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(f"http://127.0.0.1:{http}/system", timeout=2)
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, (
+                    (root / "orthanc.log").read_text(errors="replace")[-2000:])
+                time.sleep(0.2)
+        yield dicom
+    finally:
+        process.terminate()
+        process.wait(60)
+        log.close()
+
+
+def test_commitment_answers_agree_with_orthanc(server: Server, orthanc: int) -> None:
+    """The same objects sent to both, the same request asked of both: the same
+    committed and failed instances.  Failure reasons: echoes says 0x0112 for every
+    failed item (SPEC); Orthanc says 0x0112 for an instance it never received."""
+    sent = [make_dataset(CT, modality="CT") for _ in range(3)]
+    for port in (server.port, orthanc):
+        ae = AE(ae_title="CTSCP")
+        ae.add_requested_context(CT, "1.2.840.10008.1.2.1")
+        assoc = ae.associate("127.0.0.1", port)
+        assert assoc.is_established
+        for ds in sent:
+            assert assoc.send_c_store(ds).Status == 0
+        assoc.release()
+    never = generate_uid()
+    items = [(CT, ds.SOPInstanceUID) for ds in sent] + [(CT, never),
+                                                         (MR, sent[0].SOPInstanceUID)]
+    got: dict[str, tuple[int, Dataset]] = {}
+    both = threading.Event()
+
+    def handler(event: evt.Event) -> tuple[int, None]:
+        info = event.event_information
+        got[str(info.TransactionUID)] = (int(event.event_type), info)
+        if len(got) == 2:
+            both.set()
+        return 0x0000, None
+
+    scp = AE(ae_title="CTSCP")
+    scp.add_supported_context(COMMITMENT, scu_role=False, scp_role=True)
+    listener = scp.start_server(("127.0.0.1", MODALITY_SCP_PORT), block=False,
+                                evt_handlers=[(evt.EVT_N_EVENT_REPORT, handler)])
+    try:
+        ours, theirs = generate_uid(), generate_uid()
+        for port, transaction in ((server.port, ours), (orthanc, theirs)):
+            ae = AE(ae_title="CTSCP")
+            ae.add_requested_context(COMMITMENT)
+            assoc = ae.associate("127.0.0.1", port)
+            assert assoc.is_established
+            status, _ = assoc.send_n_action(action_data(transaction, items), 1, COMMITMENT,
+                                            COMMITMENT_INSTANCE)
+            assert int(status.Status) == 0
+            assoc.release()
+        assert both.wait(60), f"reports received: {list(got)}"
+    finally:
+        listener.shutdown()
+    (our_type, our_info), (their_type, their_info) = got[ours], got[theirs]
+    assert our_type == their_type == 2
+    assert uids(our_info.ReferencedSOPSequence) == uids(their_info.ReferencedSOPSequence)
+    assert uids(our_info.FailedSOPSequence) == uids(their_info.FailedSOPSequence)
+    reasons = {str(i.ReferencedSOPInstanceUID) + "/" + str(i.ReferencedSOPClassUID):
+               int(i.FailureReason) for i in their_info.FailedSOPSequence}
+    assert reasons[f"{never}/{CT}"] == 0x0112
+    print("Orthanc's failure reasons:", {k: hex(v) for k, v in reasons.items()})
+    assert {int(i.FailureReason) for i in our_info.FailedSOPSequence} == {0x0112}
