@@ -182,6 +182,10 @@ class Committer:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.wake = threading.Event()
+        #: Per undecided request: what the index said so far, and the (index
+        #: version, oldest spooled name) it was last asked under.
+        self._found: dict[str, dict[str, tuple[str, bool]]] = {}
+        self._looked: dict[str, tuple[object, str | None]] = {}
 
     # -- the N-ACTION's side (association threads) -----------------------------------
 
@@ -234,21 +238,34 @@ class Committer:
             self.live.clear()
 
     def _decided(self, pending: Pending) -> bool:
-        """Decide ``pending`` if the index and the spool allow; write it when decided."""
+        """Decide ``pending`` if the index and the spool allow; write it when decided.
+
+        Looking an instance up by its UID alone reads every study of the index
+        (a request names no study), so the index is asked again only when it
+        or the spool changed since the last look, and only for what was not
+        committed yet.
+        """
         if pending.decided:
             return True
-        uids = [uid for _cls, uid in pending.items if _valid_uid(uid)]
-        found: dict[str, tuple[str, bool]] = {}
-        if uids:
-            for doc in self.reader.query("IMAGE", {"SOPInstanceUID": "\\".join(uids)}):
-                found[doc["SOPInstanceUID"]] = (
-                    doc.get("SOPClassUID", ""), bool(doc.get("path"))
-                    and self.objects.exists(doc["path"]))
+        transaction = pending.transaction_uid
         oldest = spool.pending_incoming(self.layout)[:1]
-        outcome = decide(pending.items, found,
-                         settled(pending.received_ns, oldest[0].name if oldest else None))
+        oldest_name = oldest[0].name if oldest else None
+        token = (self.reader.version(), oldest_name)
+        found = self._found.setdefault(transaction, {})
+        if self._looked.get(transaction) != token:
+            self._looked[transaction] = token
+            wanted = [uid for _cls, uid in pending.items
+                      if _valid_uid(uid) and not found.get(uid, ("", False))[1]]
+            if wanted:
+                for doc in self.reader.query("IMAGE", {"SOPInstanceUID": "\\".join(wanted)}):
+                    found[doc["SOPInstanceUID"]] = (
+                        doc.get("SOPClassUID", ""), bool(doc.get("path"))
+                        and self.objects.exists(doc["path"]))
+        outcome = decide(pending.items, found, settled(pending.received_ns, oldest_name))
         if outcome is None:
             return False
+        self._looked.pop(transaction, None)
+        self._found.pop(transaction, None)
         pending.committed, pending.failed = outcome
         self.files.write(pending)
         log.info("storage commitment %s from %s: %d committed, %d failed",

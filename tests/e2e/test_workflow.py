@@ -573,9 +573,14 @@ def test_commitment_answers_agree_with_orthanc(server: Server, orthanc: int) -> 
                                             COMMITMENT_INSTANCE)
             assert int(status.Status) == 0
             assoc.release()
-        assert both.wait(60), f"reports received: {list(got)}"
+        arrived = both.wait(60)
     finally:
         listener.shutdown()
+    lines = [line for line in server.config.log_file.read_text().splitlines()
+             if ours in line or "CTSCP" in line]
+    assert arrived and ours in got and theirs in got, (
+        f"reports: {list(got)}, ours {ours}, Orthanc's {theirs}; echoes said:\n"
+        + "\n".join(lines[-20:]))
     (our_type, our_info), (their_type, their_info) = got[ours], got[theirs]
     assert our_type == their_type == 2
     assert uids(our_info.ReferencedSOPSequence) == uids(their_info.ReferencedSOPSequence)
