@@ -423,6 +423,52 @@ def test_commitment_report_on_a_new_association_retried(server: Server) -> None:
     assert wait_gone(pending)
 
 
+def test_commitment_survives_a_killed_worker(server: Server) -> None:
+    """kill -9 of the store worker holding a request (its association drops): another
+    worker (or the one the supervisor starts again) adopts it and reports on a new
+    association once the ingester has the objects."""
+    import psutil
+
+    [ingester] = server.children("ingester")
+    os.kill(ingester, signal.SIGSTOP)
+    try:
+        sent = store(server, "CTSCP", 2)
+        transaction = generate_uid()
+        ae = AE(ae_title="CTSCP")
+        ae.add_requested_context(COMMITMENT)
+        assoc = ae.associate("127.0.0.1", server.port, ae_title="ECHOES")
+        assert assoc.is_established
+        status, _ = assoc.send_n_action(
+            action_data(transaction, [(CT, ds.SOPInstanceUID) for ds in sent]),
+            1, COMMITMENT, COMMITMENT_INSTANCE)
+        assert int(status.Status) == 0
+        local = assoc.dul.socket.socket.getsockname()[1]
+        holder = [pid for pid in server.children("store")
+                  if any(c.raddr and c.raddr.port == local
+                         for c in psutil.Process(pid).net_connections("tcp"))]
+        assert len(holder) == 1
+        os.kill(holder[0], signal.SIGKILL)
+    finally:
+        os.kill(ingester, signal.SIGCONT)
+    reports = Reports()
+    scp = AE(ae_title="CTSCP")
+    scp.add_supported_context(COMMITMENT, scu_role=False, scp_role=True)
+    listener = scp.start_server(("127.0.0.1", MODALITY_SCP_PORT), block=False,
+                                evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handler)])
+    try:
+        event_type, info, calling = reports.wait(60)
+    finally:
+        listener.shutdown()
+        assoc.abort()
+    assert calling == "ECHOES"
+    assert event_type == 1
+    assert str(info.TransactionUID) == transaction
+    assert wait_gone(server.config.commitment_dir / f"{transaction}.json")
+    deadline = time.monotonic() + 30  # the supervisor starts the killed worker again
+    while len(server.children("store")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def test_commitment_unknown_requester_is_logged_undeliverable(server: Server) -> None:
     transaction = generate_uid()
     assert ask_commitment(server, "NOBODY", [(CT, generate_uid())], None, transaction)[0] == 0
