@@ -51,7 +51,8 @@ CREATE_REQUIRED: tuple[str, ...] = (
 #: Type 1 inside each Scheduled Step Attributes Sequence item.
 CREATE_REQUIRED_IN_STEP: tuple[str, ...] = (STUDY_INSTANCE_UID,)
 #: Attributes an N-SET may not change (PS3.4 Table F.7.2-1: "Not allowed"
-#: for N-SET): the patient and scheduling identity of the step.
+#: for N-SET): the patient and scheduling identity of the step.  The same
+#: value sent again is accepted (it changes nothing).
 SET_NOT_ALLOWED: frozenset[str] = frozenset({
     SCHEDULED_STEP_ATTRIBUTES,
     "00100010", "00100020", "00100030", "00100040",  # patient name, ID, birth date, sex
@@ -155,7 +156,9 @@ def check_set(current: Mapping[str, Any] | None, changes: Mapping[str, Any]) -> 
     if state in FINAL_STATES:
         return Verdict(PROCESSING_FAILURE,
                        f"performed procedure step already {state}: no more changes")
-    forbidden = sorted(set(changes) & SET_NOT_ALLOWED)
+    # Sent again unchanged (modalities that send the whole data set) is no change.
+    forbidden = sorted(tag for tag in set(changes) & SET_NOT_ALLOWED
+                       if changes[tag] != current.get(tag))
     if forbidden:
         return Verdict(NOT_ALLOWED, "N-SET may not change "
                        + ", ".join(f"({t[:4]},{t[4:]})" for t in forbidden),

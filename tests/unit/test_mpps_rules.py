@@ -55,6 +55,10 @@ def test_set_rules() -> None:
     assert p.check_set(current, {"00400250": {"vr": "DA", "Value": ["20261204"]}}).accepted
     assert p.check_set(current, {p.STATUS: _cs("SCHEDULED")}).status == 0x0106
     assert p.check_set(current, {"00100020": {"vr": "LO", "Value": ["X"]}}).status == 0x0106
+    # a not-allowed attribute sent again unchanged is no change
+    assert p.check_set(current, {"00080060": current["00080060"],
+                                 p.STATUS: _cs("COMPLETED")}).accepted
+    assert p.check_set(current, {"00080060": _cs("MR")}).offending == (0x00080060,)
     for final in ("COMPLETED", "DISCONTINUED"):
         done = p.merged(current, {p.STATUS: _cs(final)})
         assert p.check_set(done, {p.STATUS: _cs("IN PROGRESS")}).status == 0x0110
