@@ -292,11 +292,11 @@ class Committer:
                 log.info("storage commitment %s reported to %s on its association (event %d)",
                          transaction, pending.requester, pending.event_type)
                 self.files.done(transaction)
-            else:
+            else:  # e.g. a requestor without a handler for reports: try its own SCP
                 pending.last_error = f"{pending.requester} answered 0x{status:04X}"
-                log.error("storage commitment %s undeliverable: %s", transaction,
-                          pending.last_error)
-                self.files.give_up(pending)
+                log.warning("storage commitment %s: %s on its association: sending the "
+                            "report on a new association", transaction, pending.last_error)
+                self.files.write(pending)
             self._forget(transaction)
             self.wake.set()
             return

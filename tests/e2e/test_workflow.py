@@ -469,6 +469,32 @@ def test_commitment_survives_a_killed_worker(server: Server) -> None:
         time.sleep(0.2)
 
 
+def test_commitment_refused_on_the_association_goes_to_the_requesters_scp(
+        server: Server) -> None:
+    """A modality that keeps its association open but does not take the report there
+    (pynetdicom without a handler answers it with a failure) gets it at its own SCP."""
+    sent = store(server, "CTSCP", 1)
+    transaction = generate_uid()
+    reports = Reports()
+    scp = AE(ae_title="CTSCP")
+    scp.add_supported_context(COMMITMENT, scu_role=False, scp_role=True)
+    listener = scp.start_server(("127.0.0.1", MODALITY_SCP_PORT), block=False,
+                                evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handler)])
+    ae = AE(ae_title="CTSCP")
+    ae.add_requested_context(COMMITMENT)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="ECHOES")  # no report handler
+    try:
+        assert assoc.is_established
+        status, _ = assoc.send_n_action(action_data(transaction, [(CT, sent[0].SOPInstanceUID)]),
+                                        1, COMMITMENT, COMMITMENT_INSTANCE)
+        assert int(status.Status) == 0
+        event_type, info, calling = reports.wait()
+    finally:
+        assoc.release()
+        listener.shutdown()
+    assert (event_type, str(info.TransactionUID), calling) == (1, transaction, "ECHOES")
+
+
 def test_commitment_unknown_requester_is_logged_undeliverable(server: Server) -> None:
     transaction = generate_uid()
     assert ask_commitment(server, "NOBODY", [(CT, generate_uid())], None, transaction)[0] == 0
