@@ -196,6 +196,31 @@ def test_mpps_completed_hides_the_worklist_item(server: Server, tmp_path: Path,
     assert 'data-testid="worklist-mpps">COMPLETED<' in page
 
 
+def test_worklist_hide_performed_no_offers_performed_steps_again(
+        server: Server, tmp_path: Path, dcmtk: None) -> None:
+    """Runs after the test above (W1 performed): a SIGHUP with the key off offers it."""
+    path = server.config.path
+    original = path.read_text()
+
+    def offered_within(expected: bool, out: Path) -> bool:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if ("W1" in findscu_patients(server, out)) == expected:
+                return True
+            time.sleep(0.3)
+        return False
+
+    try:
+        assert "W1" not in findscu_patients(server, tmp_path / "a")
+        path.write_text(original.replace("[echoes]\n", "[echoes]\nworklist_hide_performed = no\n"))
+        server.process.send_signal(signal.SIGHUP)
+        assert offered_within(True, tmp_path / "b")
+    finally:
+        path.write_text(original)
+        server.process.send_signal(signal.SIGHUP)
+    assert offered_within(False, tmp_path / "c")
+
+
 def test_mpps_scp_chooses_the_uid_and_discontinued_hides_by_accession(
         server: Server, tmp_path: Path, dcmtk: None) -> None:
     modality = Modality(server)
