@@ -44,6 +44,7 @@ class MwlWorker(DicomPort):
     def reconfigure(self, _fresh: Config) -> None:
         # self.config is fresh already: worklist_hide_performed applies to the next query.
         self.directory.load()
+        self.mpps.load()
         log.info("worklist re-read on SIGHUP: %d items", len(self.directory))
 
     def closed(self) -> None:

@@ -48,17 +48,21 @@ class MppsStore:
         self.hidden: performed.Performed = frozenset()
 
     def load(self) -> None:
-        """Read every instance file (a bad one is logged and left alone)."""
+        """Read every instance file (a bad one is logged and left alone): at
+        start, and on SIGHUP (a RIS that removed files un-hides their steps)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        for path in sorted(self.folder.glob("*.json")):
-            if path.name.startswith("."):
-                continue
-            try:
-                self.instances[path.stem] = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                log.error("MPPS file %s unreadable, ignored: %s", path, exc)
-        self.hidden = performed.hidden_steps(self.instances.values())
-        log.info("MPPS %s: %d instances, %d performed steps hidden from the worklist",
+        with self.lock:  # a request now waits: none is lost between the read and the swap
+            instances: dict[str, performed.JsonDataset] = {}
+            for path in sorted(self.folder.glob("*.json")):
+                if path.name.startswith("."):
+                    continue
+                try:
+                    instances[path.stem] = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError) as exc:
+                    log.error("MPPS file %s unreadable, ignored: %s", path, exc)
+            self.instances = instances
+            self.hidden = performed.hidden_steps(instances.values())
+        log.info("MPPS %s: %d instances, %d performed-step keys hiding worklist items",
                  self.folder, len(self.instances), len(self.hidden))
 
     def state(self, uid: str) -> str:

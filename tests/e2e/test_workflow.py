@@ -236,6 +236,20 @@ def test_mpps_scp_chooses_the_uid_and_discontinued_hides_by_accession(
     assert "W2" not in findscu_patients(server, tmp_path / "after")
 
 
+def test_a_removed_mpps_file_unhides_its_step_on_sighup(server: Server, tmp_path: Path,
+                                                       dcmtk: None) -> None:
+    """Runs after the test above (W2 discontinued): the RIS removes the file."""
+    assert "W2" not in findscu_patients(server, tmp_path / "before")
+    [performed_w2] = [path for path in server.config.mpps_dir.glob("*.json")
+                      if '"SPS2"' in path.read_text()]
+    performed_w2.unlink()
+    server.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while "W2" not in findscu_patients(server, tmp_path / "after"):
+        assert time.monotonic() < deadline, "W2 still hidden after SIGHUP"
+        time.sleep(0.3)
+
+
 def test_unscheduled_mpps_hides_nothing(server: Server, tmp_path: Path, dcmtk: None) -> None:
     modality = Modality(server)
     uid = generate_uid()
