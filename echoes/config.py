@@ -286,6 +286,10 @@ KEYS: dict[str, tuple[Callable[[str], Any], str | None, bool]] = {
     # Retention (issue 20): 0 is no limit.
     "retention_days": (_parse_float(0, 10**6), "0", False),
     "max_archive_gb": (_parse_float(0, 10**9), "0", False),
+    # -- the modality workflow, issue 20 part 1 (MPPS, Storage Commitment) --
+    "mpps_dir": (_parse_text, "var/mpps", True),
+    "worklist_hide_performed": (parse_bool, "yes", False),
+    "commitment_dir": (_parse_text, "var/commitments", True),
 }
 
 #: Keys read once when the server starts (ports bound, worker processes
@@ -296,7 +300,7 @@ KEYS: dict[str, tuple[Callable[[str], Any], str | None, bool]] = {
 #: sender's next association, the Browser's next request, the log.
 RESTART_KEYS = ("bind", "store_port", "mwl_port", "store_workers", "spool_dir", "archive_dir",
                 "index_path", "worklist_dir", "pid_file", "http_bind", "http_port",
-                "database_url", "node_name")
+                "database_url", "node_name", "mpps_dir", "commitment_dir")
 
 #: Keys whose values may hold a password: never written to a log.
 SECRET_KEYS = frozenset({"database_url"})
@@ -381,6 +385,12 @@ class Config:
     database_url: str
     #: This node's name in logs and jobs (the host name unless set).
     node_name: str
+    #: MPPS instances as DICOM JSON, one file each, for the RIS.
+    mpps_dir: Path
+    #: Whether a worklist item a COMPLETED/DISCONTINUED MPPS performed is still offered.
+    worklist_hide_performed: bool
+    #: Storage Commitment requests not yet reported (survive a restart).
+    commitment_dir: Path
     #: Retention (0: no limit): delete studies last received this many days ago,
     #: and the oldest-arrived ones while the archive holds more than this.
     retention_days: float = 0.0
@@ -405,6 +415,8 @@ class Config:
             self.archive_dir,
             self.index_path.parent,
             self.worklist_dir,
+            self.mpps_dir,
+            self.commitment_dir,
             self.log_file.parent,
             self.pid_file.parent,
         ]

@@ -86,12 +86,45 @@ class Association:
     #: Responses the peer sent mid-operation, not taken yet (see read_response).
     responses: list[dict[int, bytes]] = field(default_factory=list)
     machine: sm.Machine = field(default_factory=lambda: sm.Machine(requestor=False))
+    #: Held while a thread writes to the socket and moves the state machine: a
+    #: request we invoke from another thread (Storage Commitment's N-EVENT-REPORT
+    #: on the requestor's association, PS3.4 J.3.3) must not cut into a response.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Requests and responses may still be written (False once the association ended).
+    open: bool = True
+    #: Requests we invoked (send_request) by Message ID -> the status the peer
+    #: answered (None while unanswered).
+    invoked: dict[int, int | None] = field(default_factory=dict)
 
     def send(self, data: bytes) -> None:
         """Write P-DATA PDUs (e.g. Pending responses) before the final response."""
         assert self.sock is not None
-        self.machine.on(sm.P_DATA_REQUEST)
-        self.sock.sendall(data)
+        with self.lock:
+            self.machine.on(sm.P_DATA_REQUEST)
+            self.sock.sendall(data)
+
+    def send_request(self, context_id: int, command: bytes, data_set: bytes,
+                     message_id: int) -> bool:
+        """Invoke a request of ours on this association (from any thread); False
+        when it can no longer carry one (ended, releasing, aborted, broken).
+
+        The peer's response comes to the reading thread, which notes its status
+        in :attr:`invoked` under ``message_id``: only a response says the peer
+        took the request (pynetdicom drops an N-EVENT-REPORT that crosses its
+        A-RELEASE-RQ).
+        """
+        with self.lock:
+            if not self.open or self.sock is None or not self.machine.allows(
+                    sm.P_DATA_REQUEST):
+                return False
+            try:
+                self.invoked[message_id] = None
+                self.machine.on(sm.P_DATA_REQUEST)
+                self.sock.sendall(pdu.p_data_pdus(context_id, command, data_set,
+                                                  self.peer_maximum_length))
+            except OSError:
+                return False
+            return True
 
     def cancel_requested(self) -> bool:
         """Whether the peer sent a C-CANCEL since the request (never blocks).
@@ -249,6 +282,8 @@ def serve(sock: socket.socket, address: tuple, service: Service, settings: Setti
         _abort(sock, machine, pdu.ABORT_UNEXPECTED_PDU)
         how = "aborted"
     finally:
+        with association.lock:
+            association.open = False
         if counted:
             limiter.leave()
             try:
@@ -294,7 +329,8 @@ def _run(sock: socket.socket, reader: PDUReader, association: Association,
     try:
         while True:
             kind, body = reader.read()
-            action = machine.on_pdu(kind)
+            with association.lock:  # a request we invoke may be moving the machine
+                action = machine.on_pdu(kind)
             if action == "DT-2":
                 for context_id, control, fragment in pdu.iter_pdvs(body):
                     message = _on_pdv(sock, association, service, message,
@@ -302,8 +338,10 @@ def _run(sock: socket.socket, reader: PDUReader, association: Association,
             elif action == "AR-2":
                 if message is not None:
                     raise pdu.PDUError("A-RELEASE-RQ in the middle of a message")
-                machine.on(sm.RELEASE_RESPONSE)  # AR-4
-                sock.sendall(pdu.release_rp())
+                with association.lock:
+                    machine.on(sm.RELEASE_RESPONSE)  # AR-4
+                    association.open = False
+                    sock.sendall(pdu.release_rp())
                 return "released"
             elif action == "AA-3":
                 return "aborted"
@@ -361,11 +399,19 @@ def _respond(sock: socket.socket, association: Association, message: _Message,
     """Send the response to a complete request (none to a C-CANCEL or a response)."""
     command = message.command or {}
     field_ = dimse.command_us(command, dimse.COMMAND_FIELD)
-    if field_ < 0 or field_ & dimse.RESPONSE_BIT or field_ == dimse.C_CANCEL_RQ:
+    if field_ >= 0 and field_ & dimse.RESPONSE_BIT:  # to a request we invoked, if any
+        responded = dimse.command_us(command, dimse.MESSAGE_ID_RESPONDED_TO)
+        with association.lock:
+            if responded in association.invoked:
+                association.invoked[responded] = dimse.command_us(command, dimse.STATUS, 0xC000)
+        return
+    if field_ < 0 or field_ == dimse.C_CANCEL_RQ:
         return
     message_id = dimse.command_us(command, dimse.MESSAGE_ID, 0)
-    sop_class = dimse.command_uid(command, dimse.AFFECTED_SOP_CLASS)
-    sop_instance = dimse.command_uid(command, dimse.AFFECTED_SOP_INSTANCE) or None
+    # Affected or Requested (N-SET names its object as Requested): the response
+    # names it as Affected either way.
+    sop_class = dimse.request_sop_class(command)
+    sop_instance = dimse.request_sop_instance(command) or None
     result: tuple[int, str] | Final = (
         receiver.finish() if receiver is not None else
         (dimse.UNRECOGNIZED_OPERATION, f"operation 0x{field_:04X} not served on this port"))
@@ -374,7 +420,9 @@ def _respond(sock: socket.socket, association: Association, message: _Message,
             dimse.AFFECTED_SOP_CLASS: sop_class, dimse.COMMAND_FIELD: field_ | dimse.RESPONSE_BIT,
             dimse.MESSAGE_ID_RESPONDED_TO: message_id, dimse.STATUS: result.status,
             dimse.DATA_SET_TYPE: dimse.DATA_SET_PRESENT if result.data_set else dimse.NO_DATA_SET,
-            dimse.ERROR_COMMENT: result.comment, **result.elements})
+            dimse.ERROR_COMMENT: result.comment,
+            dimse.AFFECTED_SOP_INSTANCE: result.sop_instance or sop_instance,
+            dimse.OFFENDING_ELEMENT: result.offending or None, **result.elements})
         data = pdu.p_data_pdus(message.context.context_id, response, result.data_set,
                                association.peer_maximum_length)
     else:
@@ -383,8 +431,9 @@ def _respond(sock: socket.socket, association: Association, message: _Message,
                                           status, sop_instance, comment)
         data = pdu.p_data_command(message.context.context_id, response,
                                   association.peer_maximum_length)
-    association.machine.on(sm.P_DATA_REQUEST)  # DT-1
-    sock.sendall(data)
+    with association.lock:
+        association.machine.on(sm.P_DATA_REQUEST)  # DT-1
+        sock.sendall(data)
 
 
 def _await_close(sock: socket.socket, artim: float) -> None:

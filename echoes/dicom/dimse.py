@@ -33,6 +33,16 @@ UNABLE_TO_PROCESS = 0xC001
 SUBOPERATIONS_WARNING = 0xB000
 UNABLE_TO_PERFORM_SUBOPERATIONS = 0xA702
 MOVE_DESTINATION_UNKNOWN = 0xA801
+#: The N-services' failures (PS3.7 C.4, as MPPS uses them: PS3.4 F.7.2).
+INVALID_ATTRIBUTE_VALUE = 0x0106
+PROCESSING_FAILURE = 0x0110
+DUPLICATE_SOP_INSTANCE = 0x0111
+NO_SUCH_OBJECT_INSTANCE = 0x0112
+INVALID_OBJECT_INSTANCE = 0x0117
+NO_SUCH_SOP_CLASS = 0x0118
+NO_SUCH_ACTION_TYPE = 0x0123
+MISSING_ATTRIBUTE = 0x0120
+MISSING_ATTRIBUTE_VALUE = 0x0121
 
 # -- command set elements (group 0000), PS3.7 E.1 and E.2 ------------------------
 
@@ -252,15 +262,58 @@ def find_response_command(sop_class: str, message_id: int, status: int,
                         STATUS: status})
 
 
+def n_create_request_command(sop_class: str, message_id: int, sop_instance: str = "") -> bytes:
+    """The command set of an N-CREATE-RQ with its attribute list; without
+    ``sop_instance`` the SCP chooses the Affected SOP Instance UID (PS3.7 10.1.5)."""
+    return command_set({AFFECTED_SOP_CLASS: sop_class, COMMAND_FIELD: N_CREATE_RQ,
+                        MESSAGE_ID: message_id, DATA_SET_TYPE: DATA_SET_PRESENT,
+                        AFFECTED_SOP_INSTANCE: sop_instance})
+
+
+def n_set_request_command(sop_class: str, sop_instance: str, message_id: int) -> bytes:
+    """The command set of an N-SET-RQ with its modification list (PS3.7 10.1.3)."""
+    return command_set({REQUESTED_SOP_CLASS: sop_class, COMMAND_FIELD: N_SET_RQ,
+                        MESSAGE_ID: message_id, DATA_SET_TYPE: DATA_SET_PRESENT,
+                        REQUESTED_SOP_INSTANCE: sop_instance})
+
+
+def n_event_report_request_command(sop_class: str, sop_instance: str, message_id: int,
+                                   event_type: int) -> bytes:
+    """The command set of an N-EVENT-REPORT-RQ with its event information
+    (PS3.7 10.1.1; Storage Commitment's result, PS3.4 J.3.3)."""
+    return command_set({AFFECTED_SOP_CLASS: sop_class, COMMAND_FIELD: N_EVENT_REPORT_RQ,
+                        MESSAGE_ID: message_id, DATA_SET_TYPE: DATA_SET_PRESENT,
+                        AFFECTED_SOP_INSTANCE: sop_instance, EVENT_TYPE_ID: event_type})
+
+
+def request_sop_class(elements: dict[int, bytes]) -> str:
+    """The SOP class a request is about: Affected (C-*, N-CREATE, N-EVENT-REPORT)
+    or Requested (N-SET, N-GET, N-ACTION, N-DELETE) SOP Class UID."""
+    return (command_uid(elements, AFFECTED_SOP_CLASS)
+            or command_uid(elements, REQUESTED_SOP_CLASS))
+
+
+def request_sop_instance(elements: dict[int, bytes]) -> str:
+    """The SOP instance a request is about, Affected or Requested ("" when none:
+    an N-CREATE leaving the UID to the SCP)."""
+    return (command_uid(elements, AFFECTED_SOP_INSTANCE)
+            or command_uid(elements, REQUESTED_SOP_INSTANCE))
+
+
 def response_command(command_field: int, sop_class: str, message_id: int, status: int,
-                     sop_instance: str | None = None, error_comment: str = "") -> bytes:
+                     sop_instance: str | None = None, error_comment: str = "",
+                     offending: tuple[int, ...] = ()) -> bytes:
     """The command set of a response without a data set (C-STORE-RSP,
-    C-ECHO-RSP ...), with an Error Comment for a failure status.
+    C-ECHO-RSP, N-CREATE-RSP, N-SET-RSP ...), with an Error Comment for a
+    failure status.  An N-service's response names its SOP class and instance
+    as *Affected* whichever the request named (PS3.7 10.3.3, 10.3.5), and the
+    tags a refusal is about as Offending Element (0x0106, 0x0120 ...).
     """
     return command_set({AFFECTED_SOP_CLASS: sop_class, COMMAND_FIELD: command_field,
                         MESSAGE_ID_RESPONDED_TO: message_id, DATA_SET_TYPE: NO_DATA_SET,
                         STATUS: status, ERROR_COMMENT: error_comment,
-                        AFFECTED_SOP_INSTANCE: sop_instance or ""})
+                        AFFECTED_SOP_INSTANCE: sop_instance or "",
+                        OFFENDING_ELEMENT: offending or None})
 
 
 def has_data_set(elements: dict[int, bytes]) -> bool:

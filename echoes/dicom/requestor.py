@@ -299,6 +299,27 @@ class Requestor:
             self.abort()
             raise NoResponse(f"no C-ECHO response ({str(exc) or type(exc).__name__})") from None
 
+    def send_request(self, context: AcceptedContext, command: bytes, data_set: bytes,
+                     expected: int) -> StoreResult:
+        """Send one request with its data set (bytes in the context's syntax) and
+        return its response's status (an N-EVENT-REPORT: Storage Commitment's
+        result on the association we open, PS3.4 J.3.3).  NoResponse (the
+        association then aborted) when none came within dimse_timeout.
+        """
+        if not self.is_established:
+            raise NoResponse("the association is closed")
+        try:
+            self.machine.on(sm.P_DATA_REQUEST)  # DT-1
+            self.sock.sendall(pdu.p_data_pdus(context.context_id, command, data_set,
+                                              self.peer_maximum_length))
+            return self._response(expected)
+        except (TimeoutError, PeerTimedOut):
+            self.abort()
+            raise NoResponse(f"no response within {self.dimse_timeout:g} s (timed out)") from None
+        except (OSError, PeerGone, pdu.PDUError, ValueError) as exc:
+            self.abort()
+            raise NoResponse(f"no response ({str(exc) or type(exc).__name__})") from None
+
     def _response(self, expected: int) -> StoreResult:
         """The response to our request: command field ``expected`` (C-STORE-RSP, C-ECHO-RSP)."""
         self.sock.settimeout(self.dimse_timeout)
@@ -415,16 +436,19 @@ def _reject_words(body: bytes) -> str:
     return f"{'transient' if result == 2 else 'permanent'}: {words}"
 
 
-def associate(destination: Destination, contexts: list[tuple[str, list[str]]]) -> Requestor:
+def associate(destination: Destination, contexts: list[tuple[str, list[str]]],
+              roles: dict[str, tuple[bool, bool]] | None = None) -> Requestor:
     """One try at an association to ``destination`` (TLS when it says so),
     offering its maximum PDU; AssociationFailed with the reason in words.
+    ``roles``: SCP/SCU Role Selection to propose (SOP class -> (SCU, SCP) for us).
 
     Raises ValueError or OSError when TLS is asked for but not usable.
     """
     ssl_context = tls.client_context(destination.tls_files) if destination.tls else None
     return Requestor.connect(destination.host, destination.port, destination.calling_ae,
                              destination.called_ae, contexts, destination.maximum_length,
-                             destination.acse_timeout, destination.dimse_timeout, ssl_context)
+                             destination.acse_timeout, destination.dimse_timeout, ssl_context,
+                             roles)
 
 
 def verify(destination: Destination) -> tuple[bool, str, float]:

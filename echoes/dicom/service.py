@@ -35,7 +35,9 @@ class Final:
 
     C-MOVE and C-GET answer with sub-operation counts in the command set and,
     when some failed, an identifier with the Failed SOP Instance UID List
-    (PS3.4 C.4.2.1.6); a receiver returns this instead of the plain pair.
+    (PS3.4 C.4.2.1.6); an N-CREATE the SCP chose the instance UID of names it
+    in its response (PS3.7 10.1.5.1.4), and an N-service's refusal the
+    offending tags; a receiver returns this instead of the plain pair.
     """
 
     status: int
@@ -44,6 +46,10 @@ class Final:
     elements: Mapping[int, int] = field(default_factory=dict)
     #: The response's data set, encoded in the context's syntax (empty: none).
     data_set: bytes = b""
+    #: The Affected SOP Instance UID to answer with (empty: the request's, if any).
+    sop_instance: str = ""
+    #: Offending Element: the tags a refusal is about (PS3.7 C.4.2, C.4.20).
+    offending: tuple[int, ...] = ()
 
 
 class Receiver(Protocol):
@@ -93,8 +99,8 @@ class Request:
     truncated: bool = False
 
 
-#: A handler: the whole request in, (status, error comment) out.
-Handler = Callable[[Request], tuple[int, str]]
+#: A handler: the whole request in, (status, error comment) or a Final out.
+Handler = Callable[[Request], "tuple[int, str] | Final"]
 
 
 class _Collector:
@@ -115,7 +121,7 @@ class _Collector:
             fragment = fragment[:max(room, 0)]
         self.data += fragment
 
-    def finish(self) -> tuple[int, str]:
+    def finish(self) -> tuple[int, str] | Final:
         self.request.data_set = bytes(self.data)
         return self.handler(self.request)
 

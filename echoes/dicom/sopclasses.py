@@ -17,6 +17,11 @@ from echoes.dicom.syntax import COMPRESSED, UNCOMPRESSED
 
 VERIFICATION = "1.2.840.10008.1.1"
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
+#: Modality Performed Procedure Step SOP Class (PS3.4 Annex F), on the MWL port.
+MODALITY_PERFORMED_PROCEDURE_STEP = "1.2.840.10008.3.1.2.3.3"
+#: Storage Commitment Push Model SOP Class and its well-known instance (PS3.4 Annex J).
+STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
+STORAGE_COMMITMENT_PUSH_INSTANCE = "1.2.840.10008.1.20.1.1"
 
 #: What the store SCP accepts for every storage SOP class: the syntax table's
 #: uncompressed syntaxes, then the compressed ones it stores as received.

@@ -14,10 +14,12 @@ import os
 from echoes.config import Config
 from echoes.dicom.service import Port
 from echoes.processes.port import DicomPort
+from echoes.services.commitment import CommitmentService, Committer
 from echoes.services.query import QueryService
 from echoes.services.retrieve import RetrieveService
 from echoes.services.storage import RECEIVE_MAX_PDU, StoreService
 from echoes.storage import spool
+from echoes.storage.objects import open_object_store
 
 
 class StoreWorker(DicomPort):
@@ -38,14 +40,19 @@ class StoreWorker(DicomPort):
         # -- Query/Retrieve on the store port, next to storage (issue 17) --
         self.query = QueryService(config)  # C-FIND, Patient and Study Root
         self.retrieve = RetrieveService(config, self.query.index)  # C-MOVE, C-GET
-        return Port(self.store, self.query, self.retrieve)
+        # -- Storage Commitment on the store AE (issue 20): reports once indexed --
+        self.committer = Committer(config, self.query.index, open_object_store(config))
+        self.spawn(self.committer.run, "commitment")
+        return Port(self.store, self.query, self.retrieve, CommitmentService(self.committer))
 
     def reconfigure(self, fresh: Config) -> None:
         self.store.config = fresh  # min_free_mb, for the objects received from now on
         self.query.config = fresh  # qr_allowed_calling_aes, ae_title (Q/R, issue 17)
         self.retrieve.config = fresh  # [ae:*] move destinations, qr_allowed_calling_aes
+        self.committer.config = fresh  # [ae:*] report destinations, retry_interval
 
     def closed(self) -> None:
+        self.committer.stop()
         self.store.spares.close()
         for leftover in self.folder.glob("*.part"):
             leftover.unlink(missing_ok=True)

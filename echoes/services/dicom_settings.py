@@ -67,9 +67,11 @@ def destination(config: Config, remote: RemoteAE, timeout: float | None = None,
 
 def associate(config: Config, remote: RemoteAE, contexts: list[tuple[str, list[str]]],
               timeout: float | None = None,
-              calling_ae: str | None = None) -> requestor.Requestor:
+              calling_ae: str | None = None,
+              roles: dict[str, tuple[bool, bool]] | None = None) -> requestor.Requestor:
     """One try at an association to a configured AE (:func:`echoes.dicom.requestor.associate`)."""
-    return requestor.associate(destination(config, remote, timeout, calling_ae), contexts)
+    return requestor.associate(destination(config, remote, timeout, calling_ae), contexts,
+                               roles)
 
 
 def verify(config: Config, remote: RemoteAE, timeout: float = 10.0,

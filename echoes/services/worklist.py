@@ -22,6 +22,7 @@ import logging
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,7 @@ from echoes.services.find import (
     value_text,
 )
 from echoes.worklist import files as worklist
+from echoes.worklist import performed
 from echoes.worklist.match import QueryKey, Tree, compile_query
 
 log = logging.getLogger("echoes.mwl")
@@ -165,8 +167,12 @@ class Tally:
 class WorklistService:
     """The MWL port's service (see association.Service), bound to one ``WorklistDirectory``."""
 
-    def __init__(self, directory: worklist.WorklistDirectory) -> None:
+    def __init__(self, directory: worklist.WorklistDirectory,
+                 performed_steps: Callable[[], performed.Performed] | None = None) -> None:
         self.directory = directory
+        #: The steps COMPLETED/DISCONTINUED MPPS performed (worklist_hide_performed),
+        #: asked once per query; None: every item is offered.
+        self.performed_steps = performed_steps
         self.cache = ResponseCache()
         self.accepted = {
             sopclasses.MODALITY_WORKLIST_FIND: frozenset(syntax.UNCOMPRESSED),
@@ -216,10 +222,13 @@ class WorklistService:
         shape = (writer.syntax, asked_charset, answer_shape(keys))
         matched = 0
         outcome = "done"
+        hidden = self.performed_steps() if self.performed_steps is not None else frozenset()
         for item in self.directory.snapshot().matching(query):
             if matched % CANCEL_CHECK_EVERY == 0 and association_.cancel_requested():
                 outcome = "cancelled"
                 break
+            if hidden and performed.is_performed(item.tree, hidden):
+                continue
             identifier = self.cache.get(shape, item)
             if identifier is None:
                 tree, charset = response_tree(query.select(item.tree), asked_charset)

@@ -29,6 +29,7 @@ from echoes.queue import jobs
 from echoes.storage import spool
 from echoes.web import catalog
 from echoes.web.state import state
+from echoes.worklist import performed
 
 log = logging.getLogger("echoes.web")
 
@@ -451,6 +452,12 @@ def cancel_job(job_id: str) -> Response:
 def worklist_day(day: str) -> dict:
     directory = state().worklist()
     stations = catalog.worklist_day(directory.items(), day)
+    # Each step's MPPS state ("" none, IN PROGRESS, COMPLETED, DISCONTINUED).
+    states = performed.step_states(state().mpps_instances())
+    for station in stations:
+        for step in station["steps"]:
+            step["mpps"] = performed.state_of_step(step["step_id"], step["study_uid"],
+                                                   step["accession"], states)
     return {"date": day, "stations": stations,
             "steps": sum(len(s["steps"]) for s in stations),
             "invalid": directory.invalid()}

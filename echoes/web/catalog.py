@@ -482,6 +482,7 @@ REQUESTED_PROCEDURE_DESCRIPTION = 0x00321060
 STEP_SEQUENCE = 0x00400100
 STATION, START_DATE, START_TIME = 0x00400001, 0x00400002, 0x00400003
 MODALITY, STEP_DESCRIPTION, STEP_ID, PERFORMING = 0x00080060, 0x00400007, 0x00400009, 0x00400006
+STUDY_UID = 0x0020000D
 NO_STATION = "(no station)"
 
 
@@ -515,6 +516,7 @@ def worklist_day(items: Iterable[Any], day: str) -> list[dict]:
                               or _text(tree, REQUESTED_PROCEDURE_DESCRIPTION)),
                 "step_id": _text(step, STEP_ID),
                 "performing_physician": _text(step, PERFORMING),
+                "study_uid": _text(tree, STUDY_UID),
             })
     return [{"station": station,
              "steps": sorted(steps, key=lambda s: (s["start_time"], s["file"]))}

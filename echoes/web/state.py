@@ -8,6 +8,8 @@ only when they changed.  Every piece is safe to use from waitress's threads.
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -76,6 +78,9 @@ class WebState:
         self._worklist: worklist.WorklistDirectory | None = None
         self._worklist_lock = threading.Lock()
         self._worklist_loaded = 0.0
+        #: mpps_dir's files: name -> ((mtime_ns, size), parsed), re-read when changed.
+        self._mpps: dict[str, tuple[tuple[int, int], dict]] = {}
+        self._mpps_lock = threading.Lock()
         self._stow: StowStore | None = None
         self._stow_lock = threading.Lock()
 
@@ -144,6 +149,34 @@ class WebState:
                 self._jobs_list = self._jobs.all()
                 self._jobs_version, self._jobs_scanned = version, now
             return self._jobs_list
+
+    def mpps_instances(self) -> list[dict]:
+        """The MPPS instances in ``mpps_dir`` (a file is parsed again only when it
+        changed: one stat per file per worklist page)."""
+        folder = Path(self.config.mpps_dir)
+        with self._mpps_lock:
+            seen: dict[str, tuple[tuple[int, int], dict]] = {}
+            try:
+                entries = [e for e in os.scandir(folder)
+                           if e.name.endswith(".json") and not e.name.startswith(".")]
+            except FileNotFoundError:
+                entries = []
+            for entry in entries:
+                try:
+                    stat = entry.stat()
+                except FileNotFoundError:
+                    continue
+                signature = (stat.st_mtime_ns, stat.st_size)
+                known = self._mpps.get(entry.name)
+                if known is not None and known[0] == signature:
+                    seen[entry.name] = known
+                    continue
+                try:
+                    seen[entry.name] = (signature, json.loads(Path(entry.path).read_bytes()))
+                except (OSError, ValueError):
+                    continue
+            self._mpps = seen
+            return [parsed for _signature, parsed in seen.values()]
 
     def worklist(self) -> worklist.WorklistDirectory:
         """The worklist folder, loaded on first use, then polled for changes.

@@ -92,3 +92,18 @@ def test_query_retrieve_classes_are_what_the_store_port_accepts() -> None:
     assert sorted(listed) == sorted(accepted)
     assert all(set(syntaxes) == set(sopclasses.STORE_TRANSFER_SYNTAXES[:3])
                for syntaxes in accepted.values())
+
+
+def test_mpps_and_commitment_classes_are_what_the_ports_accept(tmp_path: Path) -> None:
+    from echoes.services.commitment import CommitmentService
+    from echoes.services.mpps import MppsService, MppsStore
+
+    doc = DOC.read_text()
+    mpps = section(doc, "## Modality Performed Procedure Step SCP (worklist port)")
+    service = MppsService(MppsStore(tmp_path))
+    assert uids(section(mpps, "### SOP classes and transfer syntaxes")) == list(service.accepted)
+    commitment = section(doc, "## Storage Commitment Push Model SCP (store port)")
+    accepted = CommitmentService(None).accepted  # type: ignore[arg-type]  # its table only
+    assert uids(section(commitment, "### SOP classes and transfer syntaxes")) == list(accepted)
+    for status in (0x0106, 0x0110, 0x0111, 0x0112, 0x0120, 0x0121):
+        assert f"`0x{status:04X}`" in section(mpps, "### Statuses")
