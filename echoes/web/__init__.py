@@ -33,15 +33,22 @@ log = logging.getLogger("echoes.web")
 
 #: Largest request body (JSON bodies here are a few hundred bytes).
 MAX_BODY_BYTES = 64 * 1024
-THREADS = 4
-#: How much of an answer waiting for the socket waitress keeps in memory; past
-#: it, it moves the pending bytes into a new temporary file (its default:
-#: 1 MiB), which for a WADO-RS study of 500 MB meant creating a file, writing
-#: and reading back every few MiB (py-spy: 24% of the web process's samples in
-#: TempfileBasedBuffer).  Above waitress's high watermark (16 MiB, where the
-#: answer's iterator waits for the socket), so a stream never spills: per
-#: download at most 16 MiB plus one 256 KiB chunk in memory (x THREADS).
-OUTBUF_OVERFLOW = 20 * 1024 * 1024
+#: waitress's request threads.  A streaming answer (WADO-RS of a study, a
+#: gigabyte object) holds one for as long as its client reads, so with 4 a
+#: few slow viewers or downloads left open took every thread and the Browser
+#: stopped answering (tests/e2e/test_dicomweb_busy.py).  An idle thread costs
+#: a stack and nothing else.
+THREADS = 16
+#: How much of one answer waitress keeps waiting for the socket before the
+#: answer's iterator waits (its default: 16 MiB): with THREADS streams at once
+#: at most THREADS x 8 MiB in memory, plus one 256 KiB chunk each.
+OUTBUF_HIGH_WATERMARK = 8 * 1024 * 1024
+#: ... and past this it would move the pending bytes into a new temporary file
+#: (its default: 1 MiB), which for a WADO-RS study of 500 MB meant creating a
+#: file, writing and reading back every few MiB (py-spy: 24% of the web
+#: process's samples in TempfileBasedBuffer); above the watermark, so a
+#: stream never spills.
+OUTBUF_OVERFLOW = 10 * 1024 * 1024
 #: waitress's cap on a request body (its default is 1 GiB): STOW-RS's
 #: (:data:`echoes.web.dicomweb.routes.MAX_UPLOAD_BYTES`); every other route
 #: keeps Flask's MAX_BODY_BYTES.
@@ -126,6 +133,7 @@ def make_server(app: Flask, sock: socket.socket) -> Any:
                                   channel_timeout=60, connection_limit=100,
                                   max_request_body_size=MAX_UPLOAD_BYTES,
                                   outbuf_overflow=OUTBUF_OVERFLOW,
+                                  outbuf_high_watermark=OUTBUF_HIGH_WATERMARK,
                                   clear_untrusted_proxy_headers=True)
 
 
