@@ -15,9 +15,12 @@ import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import BinaryIO
 
-#: Bytes read from a file per chunk: large enough for few system calls,
-#: small enough that several downloads at once stay far below the memory limit.
-CHUNK = 256 * 1024
+#: Bytes read from a file per chunk: large enough for few system calls and
+#: Python steps per byte (WADO-RS of 1,000 CT against Orthanc, 7-9 alternating
+#: runs: 256 KiB 1.06x, 1 MiB 0.87-0.95x), small enough that several downloads
+#: at once stay far below the memory limit (one chunk each beside waitress's
+#: buffer, echoes.web.OUTBUF_HIGH_WATERMARK).
+CHUNK = 1024 * 1024
 
 Part = tuple[Mapping[str, str], Iterable[bytes]]
 
