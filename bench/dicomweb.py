@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import statistics
 import time
 import uuid
@@ -68,8 +69,6 @@ def _get(connection: http.client.HTTPConnection, endpoint: Endpoint, path: str,
 def qido_per_request(endpoint: Endpoint, path: str, runs: int) -> tuple[float, int]:
     """(median seconds of one QIDO-RS request over ``runs`` on one connection, the
     number of matches of the first answer)."""
-    import json
-
     connection = endpoint.connect()
     try:
         status, body = _get(connection, endpoint, path, "application/dicom+json")

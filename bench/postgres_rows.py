@@ -166,6 +166,14 @@ def median_ms(action, runs: int = SEARCH_RUNS) -> float:
     return statistics.median(times)
 
 
+def fail_unmeasured(h: ModuleType, cells: dict, exc: BaseException) -> None:
+    """A row that broke off: what it measured stays, the rest fails with the reason."""
+    h.progress(f"  {exc}")
+    for key, cell in cells.items():
+        if cell.value is None:
+            cells[key] = h.failed(exc)
+
+
 def first_start(target) -> None:
     """Start echoes once (the schema is created or upgraded), then stop it."""
     target.start()
@@ -260,10 +268,7 @@ def scale_rows(h: ModuleType, sizes: PgSizes, work: Path, server, backend: str) 
             finally:
                 target.stop()
     except Exception as exc:
-        h.progress(f"  {exc}")
-        for key, cell in cells.items():
-            if cell.value is None:
-                cells[key] = h.failed(exc)
+        fail_unmeasured(h, cells, exc)
     first_fig = h.Figure(f"{prefix}1a", f"{name} index: first {sizes.window:,} instances "
                          "into an empty archive", "s", {"echoes": cells["first"]}, how=how)
     last_fig = h.Figure(f"{prefix}1b", f"{name} index: last {sizes.window:,} instances up "
@@ -359,10 +364,7 @@ def search_rows(h: ModuleType, sizes: PgSizes, work: Path, server, backend: str)
             finally:
                 target.stop()
     except Exception as exc:
-        h.progress(f"  {exc}")
-        for key, cell in cells.items():
-            if cell.value is None:
-                cells[key] = h.failed(exc)
+        fail_unmeasured(h, cells, exc)
     labels = {
         a: f"{name}: seam query(STUDY, PatientID) at {studies:,} studies",
         b: f"{name}: seam query(STUDY, PatientName MUL* + a month's StudyDate) at {studies:,}",
