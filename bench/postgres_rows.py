@@ -80,6 +80,11 @@ ROOT = "1.2.826.0.1.3680043.99.18"
 SURNAMES = ("MULLER", "SMITH", "GARCIA", "TANAKA", "NOVAK", "ROSSI", "DUBOIS", "SILVA",
             "KOWALSKI", "JENSEN")
 SEARCH_RUNS = 21
+#: Runs of the whole ``echoes studies`` command, and of its start alone (P2e, P2f).
+COMMAND_RUNS = 7
+#: What ``echoes studies`` imports before it reads, per backend (command_ms).
+START_IMPORTS = {"postgres": "echoes.cli, echoes.index.postgres, psycopg, psycopg_pool",
+                 "embedded": "echoes.cli, echoes.index.embedded"}
 BROWSER_PASSWORD = "bench"
 
 
@@ -164,6 +169,31 @@ def median_ms(action, runs: int = SEARCH_RUNS) -> float:
         action()
         times.append((time.perf_counter() - started) * 1000)
     return statistics.median(times)
+
+
+def command_ms(ini: Path, backend: str) -> tuple[float, float]:
+    """Medians (ms) of ``echoes studies --json --limit 50`` (the whole command) and of
+    its start alone: a Python that imports what the command imports before it
+    reads (``START_IMPORTS``), run alternately.
+
+    Why both.  Issue 18 asks the study search of ``echoes studies`` under 100
+    ms at 200,000 studies; the whole command also holds a start that does not
+    grow with the archive (Python, then psycopg's import: 0.10-0.13 s here,
+    measured with ``python -c 'import psycopg'``), so P2e is shown without a
+    target and P2f, the command less that start, is held to the 100 ms.
+    """
+    command = [sys.executable, "-m", "echoes", "--config", str(ini), "studies", "--json",
+               "--limit", "50"]
+    start = [sys.executable, "-c", f"import {START_IMPORTS[backend]}"]
+    whole_runs: list[float] = []
+    start_runs: list[float] = []
+    for n in range(COMMAND_RUNS + 1):
+        for argv, runs in ((command, whole_runs), (start, start_runs)):
+            started = time.perf_counter()
+            subprocess.run(argv, capture_output=True, check=True)
+            if n:  # the first of each untimed (the page cache)
+                runs.append((time.perf_counter() - started) * 1000)
+    return statistics.median(whole_runs), statistics.median(start_runs)
 
 
 def fail_unmeasured(h: ModuleType, cells: dict, exc: BaseException) -> None:
@@ -309,10 +339,10 @@ def search_rows(h: ModuleType, sizes: PgSizes, work: Path, server, backend: str)
     studies = sizes.search_studies
     patient = f"P{(studies // 3) % 5000:05d}"
     low, high = "20220301", "20220331"
-    keys = [f"{prefix}2{letter}" for letter in "abcd"]
+    keys = [f"{prefix}2{letter}" for letter in "abcdef"]
     cells = {key: h.Cell(None, False) for key in keys}
     notes = {key: "" for key in keys}
-    a, b, c, d = keys
+    a, b, c, d, e, f = keys
     h.progress(f"{prefix}2 echoes: {studies:,} one-instance studies in the {name} index, "
                "study searches")
     try:
@@ -352,15 +382,13 @@ def search_rows(h: ModuleType, sizes: PgSizes, work: Path, server, backend: str)
                 page = "/api/studies?per_page=50"
                 api_get(port, page)  # the web process's first request
                 cells[d] = h.Cell(median_ms(lambda: api_get(port, page)))
-                runs = []
-                for _ in range(3):
-                    started = time.perf_counter()
-                    subprocess.run([sys.executable, "-m", "echoes", "--config",
-                                    str(target.ini), "studies", "--json", "--limit", "50"],
-                                   capture_output=True, check=True)
-                    runs.append(time.perf_counter() - started)
-                notes[d] = (f"echoes studies --json --limit 50, the whole command: "
-                            f"{statistics.median(runs) * 1000:.0f} ms")
+                whole, start = command_ms(target.ini, backend)
+                cells[e] = h.Cell(whole)
+                cells[f] = h.Cell(whole - start)
+                notes[e] = (f"median of {COMMAND_RUNS}; its start alone (python -c 'import "
+                            f"{START_IMPORTS[backend]}', alternating with the command): "
+                            f"{start:.0f} ms")
+                notes[f] = f"{e} less its start: {whole:.0f} - {start:.0f} ms"
             finally:
                 target.stop()
     except Exception as exc:
@@ -370,13 +398,17 @@ def search_rows(h: ModuleType, sizes: PgSizes, work: Path, server, backend: str)
         b: f"{name}: seam query(STUDY, PatientName MUL* + a month's StudyDate) at {studies:,}",
         c: f"{name}: findscu study C-FIND by PatientID at {studies:,} studies, per query",
         d: f"{name}: Browser GET /api/studies (first page of 50) at {studies:,} studies",
+        e: f"{name}: echoes studies --json --limit 50 at {studies:,} studies, whole command",
+        f: f"{name}: the same, less the command's start (Python, echoes' and the driver's "
+           "imports)",
     }
     figures = []
     for key, label in labels.items():
-        fig = h.Figure(key, label, "ms", {"echoes": cells[key]},
-                       how=f"median of {SEARCH_RUNS} after one untimed; {notes[key]}"
-                       if key != c else f"bench/qr.py per_query (5 runs); {notes[key]}")
-        h.below(fig, 100.0, "ms")
+        how = {c: f"bench/qr.py per_query (5 runs); {notes[key]}", e: notes[key],
+               f: notes[key]}.get(key, f"median of {SEARCH_RUNS} after one untimed; {notes[key]}")
+        fig = h.Figure(key, label, "ms", {"echoes": cells[key]}, how=how)
+        if key != e:  # the whole command: no target (see command_ms)
+            h.below(fig, 100.0, "ms")
         figures.append(fig)
     return figures
 

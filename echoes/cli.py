@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 
-from echoes import __version__, logs
+from echoes import __version__
 from echoes import config as config_module
 from echoes.index import open_index
 from echoes.index.base import PAGE_ORDERS, newest_first
@@ -156,6 +156,8 @@ def cmd_start(args: argparse.Namespace, config: config_module.Config) -> int:
         print("echoes: already running (another start won the race)", file=sys.stderr)
         return 1
     daemon.write_pid(lock_fd, os.getpid())
+    from echoes import logs  # here, not at the top: every other command starts faster
+
     logs.setup(config, "supervisor", to_stderr=not args.daemon)
     try:
         return supervisor.run(config, on_started=daemon.report_ready)
@@ -537,6 +539,8 @@ def cmd_delete(args: argparse.Namespace, config: config_module.Config) -> int:
     study_uid = args.study_uid.strip()
     try:
         if _read_pid(config) is None:
+            from echoes import logs
+
             logs.setup(config, "delete", to_stderr=False)
             archive_index = open_index(config, writer=True)
             store = _job_store(config)

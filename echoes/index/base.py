@@ -93,7 +93,9 @@ class IndexReader(Protocol):
 
     # Optional: ``study_candidates(query) -> list[dict] | None``, study summaries
     # that include every one the compiled study-level query matches (an index of
-    # the catalog), None to have :func:`query` scan them all.
+    # the catalog), None to have :func:`query` scan them all; and
+    # ``study_summaries(uids) -> dict``, the summaries of some studies by UID (a
+    # database's: the Browser then never reads its whole catalog).
 
 
 class IndexWriter(IndexReader, Protocol):
@@ -185,7 +187,7 @@ class _Tree:
         return "\\".join(value) if isinstance(value, list) else value
 
 
-def _compile(filters: Mapping[str, str]) -> Query:
+def compile_filters(filters: Mapping[str, str]) -> Query:
     """The matching engine's query for keyword filters (all known to a level)."""
     from pydicom.datadict import dictionary_VR, tag_for_keyword
 
@@ -215,7 +217,7 @@ def query(reader: IndexReader, level: str, filters: Mapping[str, str]) -> list[d
     unknown = sorted(set(own) - LEVEL_KEYS[level])
     if unknown:
         raise ValueError(f"{unknown[0]} cannot be matched at {level} level")
-    study_query = _compile(above)
+    study_query = compile_filters(above)
     wanted = study_query.constraint((STUDY_INSTANCE_UID,))
     details: dict[str, dict] = {}  # studies read whole already (a UID was asked for)
     if wanted is not None and wanted[0] == "values":
@@ -233,7 +235,7 @@ def query(reader: IndexReader, level: str, filters: Mapping[str, str]) -> list[d
     studies = [summary for summary in candidates if study_query.matches(_Tree(summary))]
     if level == STUDY:
         return [dict(summary) for summary in studies]
-    own_query = _compile(own)
+    own_query = compile_filters(own)
     found: list[dict] = []
     for summary in studies:
         uid = summary["StudyInstanceUID"]

@@ -108,6 +108,13 @@ class PostgresIndex:
         statement, params = found
         return [sql.study_doc(row) for row in self._rows(statement, params)]
 
+    def study_summaries(self, study_uids: Iterable[str]) -> dict[str, dict]:
+        """The summaries of these studies that are archived, by StudyInstanceUID (one
+        indexed query: the Browser names the studies of the jobs it lists)."""
+        rows = self._rows(f"{sql.STUDY_SELECT} WHERE study_instance_uid = ANY(%s)",
+                          (sorted(study_uids),))
+        return {doc["StudyInstanceUID"]: doc for doc in map(sql.study_doc, rows)}
+
     def query(self, level: str, filters: Mapping[str, str]) -> list[dict]:
         """See :func:`echoes.index.base.query` (narrowed by :meth:`study_candidates`)."""
         return query(self, level, filters)

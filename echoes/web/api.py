@@ -110,7 +110,7 @@ def read_study(study_uid: str) -> dict:
     study = state().studies.read(study_uid)
     if study is None:
         fail(404, f"no archived study {study_uid}")
-    summary = state().catalog.current().by_uid.get(study_uid) or study["study"] or {}
+    summary = state().catalog.summaries([study_uid]).get(study_uid) or study["study"] or {}
     return {**study, "study": summary}
 
 
@@ -377,7 +377,7 @@ def queue() -> Response:
         fail(400, f"limit: must be a whole number from 1 to 100000, got {limit!r}")
     return jsonify(catalog.queue_summary(state().all_jobs(), state().config.remote_aes,
                                          _query("destination"), wanted_state, int(limit),
-                                         studies=state().catalog.current().by_uid))
+                                         studies=state().catalog.summaries))
 
 
 @blueprint.post("/queue/retry-failed")
@@ -411,7 +411,8 @@ def _job(job_id: str) -> jobs.Job:
 
 def job_view(job: jobs.Job) -> dict:
     """The job as the API shows it, with its study's patient and accession."""
-    return catalog.job_view(job, state().catalog.current().by_uid.get(job.study_instance_uid))
+    uid = job.study_instance_uid
+    return catalog.job_view(job, state().catalog.summaries([uid]).get(uid))
 
 
 @blueprint.get("/jobs/<job_id>")
@@ -488,10 +489,10 @@ def health_report() -> dict:
     """Processes, ports, disks, counts and ``echoes check``'s problems, in one document."""
     config = state().config
     table, why_not = health.process_table(config)
-    snapshot = state().catalog.current()
+    studies, instances = state().catalog.totals()
     cutoff = time.time() - 3600
     recent = 0
-    for uid in catalog.updated_since(snapshot.studies, cutoff):
+    for uid in state().catalog.updated_since(cutoff):
         detail = state().studies.read(uid)
         if detail is not None:
             recent += catalog.received_since(detail["instances"], cutoff)
@@ -518,12 +519,13 @@ def health_report() -> dict:
                                                ("mwl", config.bind, config.mwl_port),
                                                ("http", config.http_bind, config.http_port))],
         "disks": disks,
-        "studies": len(snapshot), "instances": snapshot.instances,
+        "studies": studies, "instances": instances,
         "received_last_hour": recent,
         # How the study list kept up with the index: loads of the whole catalog,
         # and updates from the changed summaries alone (issue 18).
         "catalog": {"full_loads": state().catalog.full_loads,
-                    "updates": state().catalog.updates},
+                    "updates": state().catalog.updates,
+                    "database_reads": state().catalog.database_reads},
         "problems": [{"severity": health.NAMES[p.severity], "message": p.message}
                      for p in problems],
     }

@@ -31,8 +31,9 @@ from typing import Any
 
 from echoes.config import RemoteAE
 from echoes.index import IndexReader
-from echoes.index.base import PAGE_ORDERS
+from echoes.index.base import PAGE_ORDERS, compile_filters
 from echoes.queue import jobs
+from echoes.worklist.match import Query
 
 #: Sort keys of GET /api/studies, and the order each takes when none is given.
 #: ``received`` is when the study's newest object arrived (its ``updated``).
@@ -404,6 +405,10 @@ def _counts(group: Iterable[jobs.Job], states: Sequence[str]) -> dict[str, int]:
     return counts
 
 
+#: Reads the summaries of some studies: StudyInstanceUIDs -> summaries by UID
+#: (:meth:`StudyCatalog.summaries`).
+StudyLookup = Callable[[Iterable[str]], Mapping[str, Mapping[str, Any]]]
+
 #: Job states listed by default: those that still need something.
 OPEN_STATES = (jobs.FAILED, jobs.RETRYING, jobs.PENDING, jobs.HELD)
 MAX_LISTED_JOBS = 1000
@@ -412,7 +417,8 @@ MAX_LISTED_JOBS = 1000
 def queue_summary(all_jobs: Iterable[jobs.Job], remote_aes: Mapping[str, RemoteAE],
                   destination: str = "", state: str = "",
                   limit: int = MAX_LISTED_JOBS,
-                  studies: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
+                  studies: Mapping[str, Mapping[str, Any]] | StudyLookup | None = None,
+                  ) -> dict:
     """Per destination counts by state, and the open (or ``state``) jobs, worst first.
 
     Every configured AE has a row, even with no jobs; a destination no longer
@@ -420,7 +426,9 @@ def queue_summary(all_jobs: Iterable[jobs.Job], remote_aes: Mapping[str, RemoteA
     listed jobs (a backlog can hold hundreds of thousands); ``listed_total``
     says how many matched.  Done and cancelled jobs are listed last finished
     first: the limit keeps the recent ones, which are the ones asked about.
-    ``studies`` (study summaries by StudyInstanceUID) names each job's study.
+    ``studies`` (study summaries by StudyInstanceUID, or a function that reads
+    them for the UIDs it is given: only the listed jobs' studies are asked for)
+    names each job's study.
     """
     states = jobs.STATES
     groups: dict[str, list[jobs.Job]] = {title: [] for title in remote_aes}
@@ -442,12 +450,15 @@ def queue_summary(all_jobs: Iterable[jobs.Job], remote_aes: Mapping[str, RemoteA
     listed.sort(key=lambda job: (job.destination, rank.get(job.state, 9),
                                  -job.updated if job.state in jobs.FINISHED else 0.0,
                                  job.next_attempt, job.created, job.id))
+    listed_total = len(listed)
+    listed = listed[:limit]
+    if callable(studies):
+        studies = studies({job.study_instance_uid for job in listed})
     studies = studies or {}
     return {"destinations": [row for row in rows
                              if not destination or row["destination"] == destination],
-            "jobs": [job_view(job, studies.get(job.study_instance_uid))
-                     for job in listed[:limit]],
-            "listed_total": len(listed)}
+            "jobs": [job_view(job, studies.get(job.study_instance_uid)) for job in listed],
+            "listed_total": listed_total}
 
 
 def study_progress(all_jobs: Iterable[jobs.Job], study_uid: str) -> dict:
@@ -557,6 +568,62 @@ def received_since(instances: Iterable[dict], cutoff: float) -> int:
 # -- reading the index again when it changed (the only I/O here) -------------------------------
 
 
+#: Studies read a page at a time while looking for the last hour's arrivals.
+RECENT_PAGE = 200
+
+#: Characters that case-fold to more than one (``ß`` -> ``ss``, ``İ`` -> ``i̇``)
+#: are folded so by the Browser; DICOM's name index keeps them one for one.
+#: Their ASCII folds whole (``ss``, ``fi``...), and the ASCII starts of any
+#: fold (``s``, ``i``...): where a name pattern may meet one, the index cannot
+#: vouch for it.  Tables, not computed at import (a pass over every code point:
+#: half a second); tests/unit/test_catalog_narrowing.py computes them again.
+ASCII_EXPANSIONS = ("ff", "ffi", "ffl", "fi", "fl", "ss", "st")
+EXPANSION_STARTS = frozenset({"a", "f", "ff", "h", "i", "j", "s", "t", "w", "y"})
+
+
+def name_lookup_prefix(pattern: str) -> str:
+    """The longest start of a Browser name pattern (ASCII, casefolded, no
+    wildcards) whose index lookup is sure to find every name the pattern's
+    search matches ("" when none): cut before an ASCII expansion (``gross`` ->
+    ``gro``), then shortened while it could end inside one (``smith`` ->
+    ``sm``: ``h`` begins ``ẖ``'s fold)."""
+    for expansion in ASCII_EXPANSIONS:
+        at = pattern.find(expansion)
+        if at >= 0:
+            pattern = pattern[:at]
+    while pattern and any(pattern.endswith(start) for start in EXPANSION_STARTS):
+        pattern = pattern[:-1]
+    return pattern
+
+
+def narrowing_query(query: StudyQuery) -> Query | None:
+    """A DICOM study query whose index lookups (``study_candidates``) find every
+    study ``query``'s filters match, or None when none of its filters can be
+    looked up that way.
+
+    Only what is sure to give a superset: PatientID and AccessionNumber
+    without wildcards (their keys are the stored values, trimmed), the date
+    range, and the start of a name pattern that is plain ASCII without
+    ``^``, ``=``, spaces or wildcards but for its end
+    (:func:`name_lookup_prefix`; DICOM folds a name one character at a time
+    and drops tail carets, the Browser case-folds it whole).  The modality
+    is left to the search: DICOM matches it as stored, the Browser in
+    capitals.
+    """
+    keys: dict[str, str] = {}
+    for value, keyword in ((query.patient_id, "PatientID"), (query.accession, "AccessionNumber")):
+        if value and not any(c in value for c in "*?\\"):
+            keys[keyword] = value
+    if query.date_from or query.date_to:
+        keys["StudyDate"] = f"{query.date_from}-{query.date_to}"
+    name = query.patient_name.rstrip("*").casefold()
+    if name.isascii() and not any(c in name for c in "*?^= \\"):
+        prefix = name_lookup_prefix(name)
+        if prefix:
+            keys["PatientName"] = prefix + "*"
+    return compile_filters(keys) if keys else None
+
+
 #: The version of a catalog never read (no reader's token equals it).
 _UNREAD = object()
 
@@ -566,7 +633,8 @@ SYNC_LOAD_SECONDS = 0.15
 
 
 class StudyCatalog:
-    """The catalog in memory, read again when the index's version token changed.
+    """The catalog in memory, read again when the index's version token changed;
+    or, over a database, the few studies each request needs, asked of it.
 
     A change is applied before the request that noticed it when the reader
     tells what changed (an update costs milliseconds), or when the catalog
@@ -575,6 +643,16 @@ class StudyCatalog:
     cannot tell is loaded again by a background thread while requests go on
     with the previous version, so a search never waits for it, even while images keep arriving;
     only the very first request of the process does (see :meth:`warm_up`).
+
+    Over a database (a reader that cannot tell its changes but finds studies
+    through its own indexes: ``study_page``, ``study_candidates``,
+    ``study_summaries``, the PostgreSQL index) the catalog is not held at all
+    for what those answer: a page of the list, a search by name, ID,
+    accession or dates, the summaries of a study or of the listed jobs, the
+    totals, what arrived in the last hour.  Why: at 200,000 studies a whole
+    read takes seconds and hundreds of MB, and it would be taken again after
+    every change (issue 18).  Only searches no index narrows (a modality
+    alone, a sort by name) still read it whole.
     """
 
     def __init__(self, reader: IndexReader) -> None:
@@ -593,6 +671,44 @@ class StudyCatalog:
         #: (what tests and benches look at: a change must not cost a full load).
         self.full_loads = 0
         self.updates = 0
+        #: Searches answered by the database's own indexes (tests look).
+        self.database_reads = 0
+        self._database = self._changes is None and all(
+            hasattr(reader, name) for name in ("study_page", "study_candidates",
+                                               "study_summaries"))
+
+    def summaries(self, study_uids: Iterable[str]) -> dict[str, dict]:
+        """The summaries of these studies that are archived, by StudyInstanceUID."""
+        wanted = set(study_uids)
+        if self._database:
+            self.database_reads += 1
+            return self.reader.study_summaries(wanted) if wanted else {}  # type: ignore[attr-defined]
+        by_uid = self.current().by_uid
+        return {uid: by_uid[uid] for uid in wanted if uid in by_uid}
+
+    def totals(self) -> tuple[int, int]:
+        """(studies, instances) in the whole archive."""
+        if self._database:
+            self.database_reads += 1
+            page = self.reader.study_page(DEFAULT_SORT, True, 0, 0)
+            return page.total, page.instances
+        snapshot = self.current()
+        return len(snapshot), snapshot.instances
+
+    def updated_since(self, cutoff: float) -> list[str]:
+        """UIDs of the studies whose newest object arrived at ``cutoff`` or later."""
+        if not self._database:
+            return updated_since(self.current().studies, cutoff)
+        self.database_reads += 1
+        found: list[str] = []
+        offset = 0
+        while True:  # newest arrival first, a page at a time, until one is older
+            page = self.reader.study_page(DEFAULT_SORT, True, RECENT_PAGE, offset).studies
+            recent = updated_since(page, cutoff)
+            found += recent
+            if len(recent) < len(page) or len(page) < RECENT_PAGE:
+                return found
+            offset += RECENT_PAGE
 
     def current(self) -> CatalogSnapshot:
         """The catalog as of the last whole write (one version token when unchanged)."""
@@ -626,6 +742,15 @@ class StudyCatalog:
             page = paging(query.sort, query.order == "desc", query.per_page,
                           (query.page - 1) * query.per_page)
             return SearchResult(page.total, query.page, query.per_page, page.studies)
+        if self._database:
+            narrowed = narrowing_query(query)
+            candidates = (None if narrowed is None else
+                          self.reader.study_candidates(narrowed))  # type: ignore[attr-defined]
+            if candidates is not None:
+                # A superset of the matches, found by the database's indexes;
+                # the same search as over the whole catalog decides and orders.
+                self.database_reads += 1
+                return CatalogSnapshot(candidates).search(query)
         return self.current().search(query)
 
     def _updated(self) -> CatalogSnapshot | None:
@@ -640,7 +765,10 @@ class StudyCatalog:
         return self._snapshot.updated(changes)
 
     def warm_up(self) -> None:
-        """Read the catalog now, in the background (at process start)."""
+        """Read the catalog now, in the background (at process start); not over a
+        database, which answers the usual requests without it."""
+        if self._database:
+            return
         threading.Thread(target=self.current, name="catalog-warm-up", daemon=True).start()
 
     def _load(self) -> None:

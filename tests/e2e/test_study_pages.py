@@ -169,3 +169,33 @@ def test_postgresql_page_totals_follow_every_write(database_url: str) -> None:
         assert uids(page.studies) == ["9.1.1", "9.1.3", "9.1.4", "9.1.7"]
     finally:
         writer.close()
+
+
+def test_the_browser_searches_and_counts_without_the_whole_catalog(server: Server) -> None:
+    """Filtered searches, a study, the queue and the health page give what the whole
+    list says, on both backends; on PostgreSQL without reading the whole catalog
+    (issue 18: the database's indexes answer, the web process holds no catalog)."""
+    whole = every_study(server)
+    searches = {
+        "patient_id=P3": [s for s in whole if s["PatientID"] == "P3"],
+        "date_from=20261103&date_to=20261106": [s for s in whole
+                                                if "20261103" <= s["StudyDate"] <= "20261106"],
+        "patient_name=test": whole,
+        "patient_name=TEST%5EPAT*&patient_id=P1": [s for s in whole if s["PatientID"] == "P1"],
+        "patient_name=nobody": [],
+    }
+    for params, expected in searches.items():
+        answer = api(server, f"/api/studies?{params}&sort=date&per_page=50")
+        assert answer["total"] == len(expected), params
+        assert uids(answer["studies"]) == uids(expected), params  # newest study date first
+    first = whole[0]
+    detail = api(server, f"/api/studies/{first['StudyInstanceUID']}")
+    assert (detail["StudyInstanceUID"], detail["PatientID"]) == (first["StudyInstanceUID"],
+                                                                 first["PatientID"])
+    assert api(server, "/api/queue")["listed_total"] == 0
+    health = api(server, "/api/health")
+    assert (health["studies"], health["instances"]) == (STUDIES, STUDIES)
+    assert health["received_last_hour"] == STUDIES
+    if server.config.database_url:
+        assert health["catalog"]["full_loads"] == 0, health["catalog"]
+        assert health["catalog"]["database_reads"] >= len(searches) + 2

@@ -42,7 +42,7 @@ def test_study_keys_hold_every_form_a_constraint_compares_with() -> None:
 
 
 def test_a_query_narrows_by_every_constrained_key_and_a_name_prefix() -> None:
-    query = base._compile({"PatientID": "P1", "StudyDate": "20261101-20261130",
+    query = base.compile_filters({"PatientID": "P1", "StudyDate": "20261101-20261130",
                            "PatientName": "DOE*"})
     statement, params = postgres_sql.candidates(query)
     assert statement.count("study_instance_uid IN (SELECT") == 3
@@ -51,8 +51,8 @@ def test_a_query_narrows_by_every_constrained_key_and_a_name_prefix() -> None:
 
 
 def test_a_query_without_an_indexed_key_scans() -> None:
-    assert postgres_sql.candidates(base._compile({"PatientName": "*ANN"})) is None
-    assert postgres_sql.candidates(base._compile({"StudyDescription": "x"})) is None
+    assert postgres_sql.candidates(base.compile_filters({"PatientName": "*ANN"})) is None
+    assert postgres_sql.candidates(base.compile_filters({"StudyDescription": "x"})) is None
 
 
 def test_summaries_from_the_aggregate_rows_are_the_tallys() -> None:

@@ -347,9 +347,9 @@ def test_the_catalog_index_narrows_but_finds_what_a_scan_finds(tmp_path):
 
 
 def qr_compile(filters: dict[str, str]):
-    from echoes.index.base import _compile
+    from echoes.index.base import compile_filters
 
-    return _compile(filters)
+    return compile_filters(filters)
 
 
 @pytest.mark.parametrize("model", [qr_find.PATIENT_ROOT_MOVE, qr_find.STUDY_ROOT_GET])
