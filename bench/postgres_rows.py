@@ -50,6 +50,7 @@ E2a-E2d, with the same targets (what the issue asks to see side by side).
 from __future__ import annotations
 
 import base64
+import json
 import statistics
 import subprocess
 import sys
@@ -339,10 +340,10 @@ def search_rows(h: ModuleType, sizes: PgSizes, work: Path, server, backend: str)
     studies = sizes.search_studies
     patient = f"P{(studies // 3) % 5000:05d}"
     low, high = "20220301", "20220331"
-    keys = [f"{prefix}2{letter}" for letter in "abcdef"]
+    keys = [f"{prefix}2{letter}" for letter in "abcdefg"]
     cells = {key: h.Cell(None, False) for key in keys}
     notes = {key: "" for key in keys}
-    a, b, c, d, e, f = keys
+    a, b, c, d, e, f, g = keys
     h.progress(f"{prefix}2 echoes: {studies:,} one-instance studies in the {name} index, "
                "study searches")
     try:
@@ -382,6 +383,14 @@ def search_rows(h: ModuleType, sizes: PgSizes, work: Path, server, backend: str)
                 page = "/api/studies?per_page=50"
                 api_get(port, page)  # the web process's first request
                 cells[d] = h.Cell(median_ms(lambda: api_get(port, page)))
+                search = (f"/api/studies?patient_name=MUL&date_from={low}&date_to={high}"
+                          "&sort=date")
+                started = time.perf_counter()
+                found = json.loads(api_get(port, search))["total"]
+                first = (time.perf_counter() - started) * 1000
+                cells[g] = h.Cell(median_ms(lambda: api_get(port, search)), found > 0,
+                                  "" if found else "no match")
+                notes[g] = f"{found} matches; the first after start {first:.1f} ms"
                 whole, start = command_ms(target.ini, backend)
                 cells[e] = h.Cell(whole)
                 cells[f] = h.Cell(whole - start)
@@ -401,6 +410,7 @@ def search_rows(h: ModuleType, sizes: PgSizes, work: Path, server, backend: str)
         e: f"{name}: echoes studies --json --limit 50 at {studies:,} studies, whole command",
         f: f"{name}: the same, less the command's start (Python, echoes' and the driver's "
            "imports)",
+        g: f"{name}: Browser search, name MUL + a month's dates, at {studies:,} studies",
     }
     figures = []
     for key, label in labels.items():

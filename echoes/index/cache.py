@@ -46,8 +46,9 @@ INDEXED = {
 }
 
 
-class _CatalogIndex:
-    """One catalog version's summaries by the keys of :data:`INDEXED`, built lazily."""
+class CatalogIndex:
+    """One catalog version's summaries by the keys of :data:`INDEXED`, built lazily
+    (also the Browser's, over its snapshot: :class:`echoes.web.catalog.CatalogSnapshot`)."""
 
     def __init__(self, documents: list[dict]) -> None:
         self.documents = documents
@@ -57,11 +58,11 @@ class _CatalogIndex:
         self.lock = threading.Lock()
 
     def updated(self, documents: list[dict], old: Mapping[str, dict],
-                changes: Mapping[str, dict]) -> _CatalogIndex:
+                changes: Mapping[str, dict]) -> CatalogIndex:
         """The index of ``documents``: this one with ``changes`` (summaries by
         StudyInstanceUID; ``old`` the summaries before) applied, the tables
         built so far carried over (copied: a query may be reading this one)."""
-        new = _CatalogIndex(documents)
+        new = CatalogIndex(documents)
         with self.lock:
             for keyword, table in self.exact.items():
                 vr = new.vrs[keyword] = self.vrs[keyword]
@@ -116,6 +117,22 @@ class _CatalogIndex:
             self.ordered[keyword] = pairs
         return pairs
 
+    def candidates(self, study_query: Query) -> list[dict] | None:
+        """The summaries that include every one ``study_query`` matches, by the
+        most selective of its indexed keys (None: no indexed key constrains it)."""
+        constrained = [(INDEXED[tag], constraint) for tag in INDEXED
+                       if (constraint := study_query.constraints.get(tag)) is not None]
+        name = study_query.keys.get(PATIENT_NAME)
+        prefix = name_prefix(name) if name is not None else None
+        if prefix is not None:
+            constrained.append((("PatientName", "PN"), ("prefix", prefix)))
+        best: list[dict] | None = None
+        for (keyword, vr), constraint in constrained:
+            found = self.lookup(keyword, vr, constraint)
+            if best is None or len(found) < len(best):
+                best = found
+        return best
+
     def lookup(self, keyword: str, vr: str, constraint: tuple) -> list[dict]:
         """The summaries that may satisfy ``constraint`` on ``keyword`` (a superset):
         ``("values", set)``, ``("range", low, high)`` or ``("prefix", text)``."""
@@ -134,6 +151,13 @@ class _CatalogIndex:
                 found = documents[bisect.bisect_left(keys, low):bisect.bisect_right(keys, high)]
         unique = {id(doc): doc for doc in found}  # a multi-valued value is indexed twice
         return list(unique.values())
+
+
+def indexed_keys(study_query: Query) -> bool:
+    """Whether a key :class:`CatalogIndex` can look up constrains ``study_query``."""
+    name = study_query.keys.get(PATIENT_NAME)
+    return (any(tag in study_query.constraints for tag in INDEXED)
+            or (name is not None and name_prefix(name) is not None))
 
 
 def _text(value: object) -> str:
@@ -155,7 +179,7 @@ class CachingReader:
         self.reader = reader
         self._lock = threading.Lock()
         self._catalog: tuple[Hashable, list[dict]] | None = None
-        self._indexed: _CatalogIndex | None = None
+        self._indexed: CatalogIndex | None = None
         self._details: OrderedDict[str, tuple[Hashable, dict | None]] = OrderedDict()
         # A reader that tells what changed (EmbeddedIndex.study_changes): the
         # catalog and its index are updated with the changed summaries only.
@@ -210,24 +234,13 @@ class CachingReader:
         own = getattr(self.reader, "study_candidates", None)
         if own is not None:  # a database's indexes: fresher and cheaper than reading all
             return own(study_query)
-        constrained = [(INDEXED[tag], constraint) for tag in INDEXED
-                       if (constraint := study_query.constraints.get(tag)) is not None]
-        name = study_query.keys.get(PATIENT_NAME)
-        prefix = name_prefix(name) if name is not None else None
-        if prefix is not None:
-            constrained.append((("PatientName", "PN"), ("prefix", prefix)))
-        if not constrained:
+        if not indexed_keys(study_query):
             return None
         documents = self.studies()
         indexed = self._indexed
         if indexed is None or indexed.documents is not documents:
-            indexed = self._indexed = _CatalogIndex(documents)
-        best: list[dict] | None = None
-        for (keyword, vr), constraint in constrained:
-            found = indexed.lookup(keyword, vr, constraint)
-            if best is None or len(found) < len(best):
-                best = found
-        return best
+            indexed = self._indexed = CatalogIndex(documents)
+        return indexed.candidates(study_query)
 
     def study(self, study_uid: str) -> dict | None:
         token = self.reader.version(study_uid)

@@ -32,6 +32,7 @@ from typing import Any
 from echoes.config import RemoteAE
 from echoes.index import IndexReader
 from echoes.index.base import PAGE_ORDERS, compile_filters
+from echoes.index.cache import CatalogIndex, indexed_keys
 from echoes.queue import jobs
 from echoes.worklist.match import Query
 
@@ -227,6 +228,9 @@ class CatalogSnapshot:
                             for s in self.studies]
         self._orders: dict[str, list[int]] = {}
         self._lock = threading.Lock()
+        #: The summaries by PatientID, dates, name starts... (built at the first
+        #: search that can use it, then carried over by :meth:`updated`).
+        self._index: CatalogIndex | None = None
 
     def __len__(self) -> int:
         return len(self.studies)
@@ -243,6 +247,17 @@ class CatalogSnapshot:
                                        key=lambda n: key(self.studies[n]))
                     self._orders[sort] = positions
         return positions
+
+    def candidates(self, study_query: Query) -> list[dict] | None:
+        """The summaries that include every match of ``study_query`` (a DICOM study
+        query: :func:`narrowing_query`), found by index (None: none narrows it)."""
+        if not indexed_keys(study_query):
+            return None
+        if self._index is None:
+            with self._lock:
+                if self._index is None:
+                    self._index = CatalogIndex(self.studies)
+        return self._index.candidates(study_query)
 
     def updated(self, changes: Mapping[str, dict]) -> CatalogSnapshot:
         """The snapshot with ``changes`` (summaries by StudyInstanceUID, new or
@@ -292,6 +307,8 @@ class CatalogSnapshot:
         new.studies, new.by_uid, new._positions = studies, by_uid, positions
         new.instances, new._names, new._modalities = instances, names, modalities
         new._orders, new._lock = orders, threading.Lock()
+        index = self._index
+        new._index = None if index is None else index.updated(studies, self.by_uid, changes)
         return new
 
     def _predicate(self, query: StudyQuery) -> Callable[[int], bool]:
@@ -568,6 +585,10 @@ def received_since(instances: Iterable[dict], cutoff: float) -> int:
 # -- reading the index again when it changed (the only I/O here) -------------------------------
 
 
+#: An index lookup narrows a search over the held catalog when its candidates
+#: are fewer than one study in this many (else one pass over all is as cheap).
+NARROW_SHARE = 4
+
 #: Studies read a page at a time while looking for the last hour's arrivals.
 RECENT_PAGE = 200
 
@@ -671,8 +692,10 @@ class StudyCatalog:
         #: (what tests and benches look at: a change must not cost a full load).
         self.full_loads = 0
         self.updates = 0
-        #: Searches answered by the database's own indexes (tests look).
+        #: Searches answered by the database's own indexes, and by the
+        #: snapshot's index (tests look).
         self.database_reads = 0
+        self.indexed_searches = 0
         self._database = self._changes is None and all(
             hasattr(reader, name) for name in ("study_page", "study_candidates",
                                                "study_summaries"))
@@ -742,8 +765,8 @@ class StudyCatalog:
             page = paging(query.sort, query.order == "desc", query.per_page,
                           (query.page - 1) * query.per_page)
             return SearchResult(page.total, query.page, query.per_page, page.studies)
+        narrowed = narrowing_query(query)
         if self._database:
-            narrowed = narrowing_query(query)
             candidates = (None if narrowed is None else
                           self.reader.study_candidates(narrowed))  # type: ignore[attr-defined]
             if candidates is not None:
@@ -751,7 +774,15 @@ class StudyCatalog:
                 # the same search as over the whole catalog decides and orders.
                 self.database_reads += 1
                 return CatalogSnapshot(candidates).search(query)
-        return self.current().search(query)
+            return self.current().search(query)
+        snapshot = self.current()
+        candidates = None if narrowed is None else snapshot.candidates(narrowed)
+        if candidates is not None and len(candidates) * NARROW_SHARE < len(snapshot):
+            # A few of many: searched as a snapshot of their own (one pass over
+            # 200,000 studies cost 0.2 s; an index lookup and a small sort, ms).
+            self.indexed_searches += 1
+            return CatalogSnapshot(candidates).search(query)
+        return snapshot.search(query)
 
     def _updated(self) -> CatalogSnapshot | None:
         """The snapshot with the reader's changes since the last load applied
