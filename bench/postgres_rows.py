@@ -37,8 +37,13 @@ E2a-E2d, with the same targets (what the issue asks to see side by side).
   ``findscu`` against echoes on that database (per query, findscu's start
   cancelled out: bench/qr.py ``per_query``), P2d the Browser's study list
   (``GET /api/studies``, first page, newest arrival first: ``study_page``);
-  medians in ms; target < 100 ms each.  ``echoes studies --json --limit 50``
-  (the whole command, Python's start included) is in P2d's note.
+  medians in ms; target < 100 ms each.
+* P2e, P2f: ``echoes studies --json --limit 50``, the whole command (P2e,
+  no target) and the same less its start (P2f, < 100 ms): see
+  :func:`command_ms`.
+* P2g: the Browser's filtered search (``GET /api/studies?patient_name=MUL``
+  and a month's dates): on PostgreSQL the database's indexes name the
+  candidates, on the embedded index the held catalog's; < 100 ms.
 * P3: Orthanc with Debian's orthanc-postgresql index plugin
   (``EnableIndex``, files on disk as echoes keeps them) and echoes with
   ``database_url``, both on this cluster, ingesting the same CT corpus
