@@ -19,7 +19,10 @@ object, counted by ``strace -c`` (which slows the row and inflates system
 CPU: read the CPU figures from a run without it); with ``--spy ROLE`` a
 py-spy profile of that role's processes (``pip install py-spy``; 500
 samples/s) summarised as the functions with
-the most samples of their own.  Why per object and per role: a wall time
+the most samples of their own.  For 6a it also times the direct run
+(storescu straight to a storescp) with both tools' CPU, and prints the
+CPU floor of forwarding on this machine's cores against 1.5x of it
+(:func:`floor_report`).  Why per object and per role: a wall time
 says whether a row passes, not which process to change, and on two cores
 every process's CPU is time some other one waits for.
 """
@@ -31,6 +34,7 @@ import collections
 import contextlib
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -116,6 +120,55 @@ def spy_summary(path: Path, top: int = 12) -> list[str]:
     return [f"{100 * n / total:5.1f}% {name}" for name, n in own.most_common(top)] if total else []
 
 
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's waited-for children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def direct_run(files: list[Path], work: Path) -> tuple[float, float, float]:
+    """storescu straight to a storescp, as 6a's reference run: (wall seconds,
+    storescu's CPU seconds, storescp's CPU seconds)."""
+    destination = compare.StoreSCP(work / "direct")
+    try:
+        client = children_cpu()
+        started = time.perf_counter()
+        compare.send(destination.port, files)
+        compare.settle(destination, len(files))
+        seconds = time.perf_counter() - started
+        client = children_cpu() - client
+        server = sum(cpu(destination.process.pid))
+    finally:
+        destination.stop()
+    return seconds, client, server
+
+
+def floor_report(count: int, forwarded: float, echoes_cpu: float, client: float,
+                 destination: float, direct: tuple[float, float, float]) -> list[str]:
+    """What 6a's CPU says about its target (<= 1.5x the direct run) on this machine.
+
+    Why.  On a machine with N cores a run cannot take less wall time than its
+    processes' CPU time over N.  Forwarding does the direct run's two halves
+    (a client sending, a storescp receiving) plus echoes' own (durable
+    receive, ingest, send): if that sum over N is already above 1.5x the
+    direct run's wall time, the target is out of reach by CPU alone,
+    whatever the scheduling.
+    """
+    cores = os.cpu_count() or 1
+    direct_wall, direct_client, direct_server = direct
+    total = echoes_cpu + client + destination
+    floor = total / cores
+    return [
+        f"direct: storescu -> storescp {direct_wall:.2f} s; CPU per object: storescu "
+        f"{1000 * direct_client / count:.2f} ms, storescp {1000 * direct_server / count:.2f} ms",
+        f"forwarded: {forwarded:.2f} s = {forwarded / direct_wall:.2f}x direct; CPU per object: "
+        f"echoes {1000 * echoes_cpu / count:.2f} ms, storescu {1000 * client / count:.2f}, "
+        f"destination storescp {1000 * destination / count:.2f}: {1000 * total / count:.2f} ms",
+        f"CPU floor on {cores} cores: {floor:.2f} s = {floor / direct_wall:.2f}x direct "
+        f"(the target: 1.5x = {1.5 * direct_wall:.2f} s)",
+    ]
+
+
 def run_row(row: str, files: list[Path], work: Path, syscalls: bool, spy: str) -> None:
     destination = compare.StoreSCP(work / "destination") if row in ("6a", "6c") else None
     extra = ""
@@ -141,7 +194,9 @@ def run_row(row: str, files: list[Path], work: Path, syscalls: bool, spy: str) -
                                     "push", study, "DEST"], check=True, capture_output=True)
                 arrived = compare.settle(destination, len(files))
             elif row == "6a":
+                client = children_cpu()
                 compare.send(target.port, files, called=target.called)
+                client = children_cpu() - client
                 arrived = compare.settle(destination, len(files))
             else:
                 cell = compare.ingest(target, files, associations=4 if row == "1c" else 1,
@@ -167,6 +222,12 @@ def run_row(row: str, files: list[Path], work: Path, syscalls: bool, spy: str) -
             print(f"{'':18s} calls per object: {strace_counts(work / f'{name}.strace', count)}")
         for line in spy_summary(work / f"{name}.spy"):
             print(f"{'':18s} {line}")
+    if row == "6a" and not (syscalls or spy):
+        used = {name: sum(after[name]) - sum(before[name]) for name in processes}
+        echoes_cpu = sum(value for name, value in used.items() if name != "storescp")
+        for line in floor_report(count, seconds, echoes_cpu, client, used["storescp"],
+                                 direct_run(files, work)):
+            print(line)
 
 
 def main() -> int:
