@@ -525,7 +525,8 @@ def health_report() -> dict:
         # and updates from the changed summaries alone (issue 18).
         "catalog": {"full_loads": state().catalog.full_loads,
                     "updates": state().catalog.updates,
-                    "database_reads": state().catalog.database_reads},
+                    "database_reads": state().catalog.database_reads,
+                    "dicomweb_full_loads": state().query_index.full_loads},
         "problems": [{"severity": health.NAMES[p.severity], "message": p.message}
                      for p in problems],
     }

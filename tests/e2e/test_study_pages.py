@@ -199,3 +199,18 @@ def test_the_browser_searches_and_counts_without_the_whole_catalog(server: Serve
     if server.config.database_url:
         assert health["catalog"]["full_loads"] == 0, health["catalog"]
         assert health["catalog"]["database_reads"] >= len(searches) + 2
+
+
+def test_qido_lists_every_study_a_page_at_a_time(server: Server) -> None:
+    """A viewer's study list (QIDO-RS without filters, limit and offset) is a page of
+    the index: the same studies as a slice of the whole list in QIDO's order (study
+    date, time, UID ascending); on PostgreSQL without reading every study."""
+    whole = sorted(every_study(server), key=lambda s: (s["StudyDate"], s.get("StudyTime", ""),
+                                                       s["StudyInstanceUID"]))
+    answer = api(server, "/dicom-web/studies?limit=5&offset=3&includefield=PatientID")
+    assert [a["0020000D"]["Value"][0] for a in answer] == uids(whole[3:8])
+    assert [a["00100020"]["Value"][0] for a in answer] == [s["PatientID"] for s in whole[3:8]]
+    universal = api(server, "/dicom-web/studies?PatientName=&limit=2")  # empty: no filter
+    assert [a["0020000D"]["Value"][0] for a in universal] == uids(whole[:2])
+    if server.config.database_url:
+        assert api(server, "/api/health")["catalog"]["dicomweb_full_loads"] == 0

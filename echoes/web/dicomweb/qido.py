@@ -202,12 +202,27 @@ ORDER = {
 }
 
 
-def page(search: Search, documents: list[dict]) -> list[dict]:
-    """The answer's documents: in a stable order, ``offset`` skipped, at most ``limit``,
-    each with only the fields asked for."""
-    ordered = sorted(documents, key=ORDER[search.level])
-    end = None if search.limit is None else search.offset + search.limit
-    chosen = ordered[search.offset:end]
+#: ``study_page``'s order (and direction) that is :data:`ORDER`'s for studies: by
+#: StudyDate, StudyTime, StudyInstanceUID, as text, ascending.
+STUDY_PAGE_ORDER = ("date", False)
+
+
+def whole_list(search: Search) -> bool:
+    """Whether the search asks for every study (no filter with a value): its page
+    can then be read as a page of the index (``study_page``)."""
+    return search.level == STUDY and not any(search.filters.values())
+
+
+def page(search: Search, documents: list[dict], paged: bool = False) -> list[dict]:
+    """The answer's documents: in a stable order, ``offset`` skipped, at most ``limit``
+    (``paged``: ``documents`` is that page already), each with only the fields
+    asked for."""
+    if paged:
+        chosen = documents
+    else:
+        ordered = sorted(documents, key=ORDER[search.level])
+        end = None if search.limit is None else search.offset + search.limit
+        chosen = ordered[search.offset:end]
     answers = [answer_document(search.level, doc) for doc in chosen]
     if search.fields is None:
         return answers

@@ -136,6 +136,12 @@ def _search(level: str, path_uids: dict[str, str]) -> Response:
     try:
         search = qido.parse(level, request.args.items(multi=True), path_uids)
         index = state().query_index
+        if qido.whole_list(search):
+            # Every study, one page (a viewer's study list): read as that page
+            # through the index seam (on PostgreSQL one indexed query), not as
+            # every study read and sorted.
+            page = index.study_page(*qido.STUDY_PAGE_ORDER, search.limit, search.offset)
+            return _answer(search, qido.page(search, page.studies, paged=True))
         documents = index.query(level, search.filters)
         if documents and qido.needs_study(search):
             uids = "\\".join(sorted({doc["StudyInstanceUID"] for doc in documents}))
@@ -143,7 +149,11 @@ def _search(level: str, path_uids: dict[str, str]) -> Response:
                                         index.query(STUDY, {"StudyInstanceUID": uids}))
     except ValueError as exc:  # qido.BadQuery, or a value the matching engine refuses
         refuse(400, str(exc))
-    answers = qido.page(search, documents)
+    return _answer(search, qido.page(search, documents))
+
+
+def _answer(search: qido.Search, answers: list[dict]) -> Response:
+    """The search's answers as DICOM JSON (204 when none), with its warnings."""
     if answers:
         body = json.dumps([dicom_json.to_dicom_json(answer) for answer in answers],
                           ensure_ascii=False)
