@@ -39,6 +39,7 @@ try:
     from selenium.common.exceptions import (
         NoSuchElementException,
         StaleElementReferenceException,
+        WebDriverException,
     )
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -199,12 +200,30 @@ def url(server: Server, path: str) -> str:
     return f"http://127.0.0.1:{server.config.http_port}{path}"
 
 
+#: What Chromium says, as a plain WebDriverException, when an element found a
+#: moment ago was replaced by the page's next render: stale, try again.
+DETACHED = "does not belong to the document"
+
+
 def until(driver: WebDriver, condition, message: str, timeout: float = PATIENCE):
-    """Wait for ``condition(driver)`` to be truthy; fail with ``message`` and the page text."""
+    """Wait for ``condition(driver)`` to be truthy; fail with ``message`` and the page text.
+
+    An element replaced between finding it and reading it (stale, or Chromium's
+    "Node ... does not belong to the document" after a re-render: seen once in
+    a full suite run, test_browser_retention) is looked for again, not a failure.
+    """
+    def settled(current: WebDriver):
+        try:
+            return condition(current)
+        except WebDriverException as exc:
+            if DETACHED in str(exc):
+                return False
+            raise
+
     try:
         return WebDriverWait(driver, timeout, poll_frequency=0.2,
                              ignored_exceptions=(StaleElementReferenceException,
-                                                 NoSuchElementException)).until(condition)
+                                                 NoSuchElementException)).until(settled)
     except Exception as exc:  # selenium's TimeoutException: say what was on the page
         text = driver.find_element(By.TAG_NAME, "body").text[:1500]
         raise AssertionError(f"{message}\n--- page text ---\n{text}") from exc
