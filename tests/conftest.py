@@ -6,6 +6,7 @@ every test folder: pyproject.toml puts tests/ on the path).
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,3 +49,14 @@ def postgres() -> Iterator[PgServer]:
 def database_url(postgres: PgServer) -> str:
     """The URL of a fresh, empty database of this test's own on the session's server."""
     return postgres.fresh_database()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the Browser's and the viewer's page screenshots go: ``$ECHOES_SCREENSHOTS``
+    when set (tools/viewer-screenshots refreshes docs/screenshots so), else a
+    temporary folder."""
+    chosen = os.environ.get("ECHOES_SCREENSHOTS")
+    folder = Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

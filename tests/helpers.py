@@ -4,6 +4,7 @@ environment.  Fixtures built on them are in conftest.py."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,6 +273,15 @@ def studies_json(server: Server) -> list[dict]:
     done = echoes_cli(server, "studies", "--json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+def api_json(server: Server, path: str, password: str, user: str = "admin") -> object:
+    """GET ``path`` of the server's web port with Basic auth, the answer's JSON."""
+    request = urllib.request.Request(f"http://127.0.0.1:{server.config.http_port}{path}")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read())
 
 
 def wait_for(condition: Callable[[], object], timeout: float,

@@ -120,14 +120,8 @@ class CatalogIndex:
     def candidates(self, study_query: Query) -> list[dict] | None:
         """The summaries that include every one ``study_query`` matches, by the
         most selective of its indexed keys (None: no indexed key constrains it)."""
-        constrained = [(INDEXED[tag], constraint) for tag in INDEXED
-                       if (constraint := study_query.constraints.get(tag)) is not None]
-        name = study_query.keys.get(PATIENT_NAME)
-        prefix = name_prefix(name) if name is not None else None
-        if prefix is not None:
-            constrained.append((("PatientName", "PN"), ("prefix", prefix)))
         best: list[dict] | None = None
-        for (keyword, vr), constraint in constrained:
+        for (keyword, vr), constraint in _lookups(study_query):
             found = self.lookup(keyword, vr, constraint)
             if best is None or len(found) < len(best):
                 best = found
@@ -153,11 +147,22 @@ class CatalogIndex:
         return list(unique.values())
 
 
-def indexed_keys(study_query: Query) -> bool:
-    """Whether a key :class:`CatalogIndex` can look up constrains ``study_query``."""
+def _lookups(study_query: Query) -> list[tuple[tuple[str, str], tuple]]:
+    """((keyword, VR), constraint) of each key of ``study_query`` that
+    :class:`CatalogIndex` can look up (a ``DOE*`` name as a prefix)."""
+    found = [(INDEXED[tag], constraint) for tag in INDEXED
+             if (constraint := study_query.constraints.get(tag)) is not None]
     name = study_query.keys.get(PATIENT_NAME)
-    return (any(tag in study_query.constraints for tag in INDEXED)
-            or (name is not None and name_prefix(name) is not None))
+    prefix = name_prefix(name) if name is not None else None
+    if prefix is not None:
+        found.append((("PatientName", "PN"), ("prefix", prefix)))
+    return found
+
+
+def indexed_keys(study_query: Query) -> bool:
+    """Whether a key :class:`CatalogIndex` can look up constrains ``study_query``
+    (before any catalog is read for it)."""
+    return bool(_lookups(study_query))
 
 
 def _text(value: object) -> str:

@@ -121,6 +121,14 @@ def keeping(open_jobs: Iterable[jobs.Job]) -> dict[str, int]:
 # -- files in the spool ------------------------------------------------------------------
 
 
+def names_ending(folder: Path, suffix: str) -> list[str]:
+    """The names in ``folder`` that end in ``suffix``, sorted ([]: no folder yet)."""
+    try:
+        return sorted(name for name in os.listdir(folder) if name.endswith(suffix))
+    except FileNotFoundError:
+        return []
+
+
 def requests_folder(config: Config) -> Path:
     return spool.SpoolLayout(config.spool_dir).root / "delete"
 
@@ -199,12 +207,8 @@ class Retention:
 
     def serve_requests(self) -> int:
         folder = requests_folder(self.config)
-        try:
-            names = sorted(name for name in os.listdir(folder) if name.endswith(".request"))
-        except FileNotFoundError:
-            return 0
         done = 0
-        for name in names:
+        for name in names_ending(folder, ".request"):
             study_uid = name[: -len(".request")]
             try:
                 outcome = self.delete(study_uid, BY_HAND)
@@ -240,10 +244,7 @@ class Retention:
     def finish_intents(self) -> int:
         """Carry out the deletions a crash cut short (each intent is idempotent)."""
         folder = intents_folder(self.config)
-        try:
-            names = sorted(name for name in os.listdir(folder) if name.endswith(".json"))
-        except FileNotFoundError:
-            return 0
+        names = names_ending(folder, ".json")
         for name in names:
             path = folder / name
             try:

@@ -16,7 +16,6 @@ last run we looked at), else into the test's temporary folder.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -75,15 +74,6 @@ def prerequisites() -> None:
     if SELENIUM_MISSING:
         pytest.fail(SELENIUM_MISSING)
     chromium_paths()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the page screenshots go."""
-    chosen = os.environ.get("ECHOES_SCREENSHOTS")
-    folder = Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import pytest
 from helpers import (
     DCMTK_ENV,
     Server,
+    api_json,
     free_port,
     make_dataset,
     start_server,
@@ -166,15 +167,8 @@ def findscu(port: int, keys: list[str], folder: Path) -> list:
     return [pydicom.dcmread(path) for path in sorted(out.glob("rsp*.dcm"))]
 
 
-def api(server: Server, path: str) -> dict:
-    import base64
-    import urllib.request
-
-    request = urllib.request.Request(f"http://127.0.0.1:{server.config.http_port}{path}")
-    token = base64.b64encode(f"admin:{PASSWORD}".encode()).decode()
-    request.add_header("Authorization", f"Basic {token}")
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        return json.loads(answer.read())
+def api(server: Server, path: str):
+    return api_json(server, path, PASSWORD)
 
 
 def test_reindex_and_fsck_on_postgresql(tmp_path: Path, database_url: str) -> None:

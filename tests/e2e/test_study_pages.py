@@ -10,16 +10,22 @@ PostgreSQL the page must be readable through the index of migration 0003
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 
 import psycopg
 import pytest
-from helpers import DCMTK_ENV, Server, make_dataset, start_server, stop_server, write_part10
+from helpers import (
+    DCMTK_ENV,
+    Server,
+    api_json,
+    make_dataset,
+    start_server,
+    stop_server,
+    write_part10,
+)
 from pydicom.uid import generate_uid
 from werkzeug.security import generate_password_hash
 
@@ -76,12 +82,8 @@ def every_study(server: Server) -> list[dict]:
         time.sleep(0.3)
 
 
-def api(server: Server, path: str) -> dict:
-    request = urllib.request.Request(f"http://127.0.0.1:{server.config.http_port}{path}")
-    token = base64.b64encode(f"admin:{PASSWORD}".encode()).decode()
-    request.add_header("Authorization", f"Basic {token}")
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        return json.loads(answer.read())
+def api(server: Server, path: str):
+    return api_json(server, path, PASSWORD)
 
 
 def uids(studies: list[dict]) -> list[str]:

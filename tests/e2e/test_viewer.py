@@ -23,7 +23,6 @@ import http.client
 import http.server
 import io
 import json
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,12 +45,13 @@ from helpers import (
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
-from test_browser import (
+from test_browser import (  # noqa: F401  (prerequisites: an autouse fixture)
     SELENIUM_MISSING,
     by_testid,
     by_testid_all,
     chromium_paths,
     log_in,
+    prerequisites,
     storescu,
     until,
     url,
@@ -74,21 +74,6 @@ SLICES = 4
 SIZE = 64
 CORS_PORT = free_port()
 CORS_ORIGIN = f"http://localhost:{CORS_PORT}"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prerequisites() -> None:
-    if SELENIUM_MISSING:
-        pytest.fail(SELENIUM_MISSING)
-    chromium_paths()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    chosen = os.environ.get("ECHOES_SCREENSHOTS")
-    folder = Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def ct_series(folder: Path, study: str) -> dict[str, pydicom.Dataset]:
