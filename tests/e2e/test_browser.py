@@ -171,17 +171,25 @@ def first_study(echoes_server: Server, tmp_path_factory: pytest.TempPathFactory)
     return {"uid": uid, "count": len(files)}
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[WebDriver]:
-    """Headless Chromium through Debian's chromedriver (no network, no download)."""
+def headless_chromium(window: str = "1280,1000", logs: bool = False) -> WebDriver:
+    """Headless Chromium through Debian's chromedriver (no network, no download);
+    ``logs``: its network and console logs on (what the page fetched, and from where)."""
     binary, driver_path = chromium_paths()
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--window-size=1280,1000", "--disable-gpu"):
+                     f"--window-size={window}", "--disable-gpu"):
         options.add_argument(argument)
+    if logs:
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.implicitly_wait(0)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    driver = headless_chromium()
     yield driver
     driver.quit()
 

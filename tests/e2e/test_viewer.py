@@ -49,7 +49,7 @@ from test_browser import (  # noqa: F401  (prerequisites: an autouse fixture)
     SELENIUM_MISSING,
     by_testid,
     by_testid_all,
-    chromium_paths,
+    headless_chromium,
     log_in,
     prerequisites,
     storescu,
@@ -60,8 +60,6 @@ from test_forward import wait_for
 from werkzeug.security import generate_password_hash
 
 if not SELENIUM_MISSING:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
     from selenium.webdriver.common.keys import Keys
@@ -163,15 +161,7 @@ def study(echoes_server: Server, tmp_path_factory: pytest.TempPathFactory) -> di
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
     """Headless Chromium with its network log on (what the page fetched, and from where)."""
-    binary, driver_path = chromium_paths()
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--window-size=1400,1000", "--disable-gpu"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    driver.implicitly_wait(0)
+    driver = headless_chromium(window="1400,1000", logs=True)
     driver.requested = []  # every URL the browser asked for, gathered from the log
     yield driver
     driver.quit()
