@@ -75,6 +75,12 @@ class Destination:
     def associations(self) -> int:
         return self.log.read_text(errors="replace").count("Association Received")
 
+    def store_requests(self) -> int:
+        """C-STORE requests received so far (objects sent again count again; an
+        association the sender keeps open for what comes due meanwhile does not
+        show in :meth:`associations`)."""
+        return self.log.read_text(errors="replace").count("Received Store Request")
+
 
 def _listening(port: int) -> bool:
     import socket
