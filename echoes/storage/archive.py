@@ -28,6 +28,17 @@ def move_into_archive(source: Path, target: Path) -> set[Path]:
     another file system than the spool.
     """
     dirty = {source.parent, target.parent}
+    try:
+        # The study's folder is there for every object after its first: the
+        # rename alone, no stat or mkdir of the folders per object.
+        os.replace(source, target)
+        return dirty
+    except FileNotFoundError:
+        if not source.exists():
+            raise
+    except OSError as exc:
+        if exc.errno != 18:  # EXDEV: different file systems
+            raise
     missing = target.parent
     while not missing.exists():
         dirty.add(missing.parent)
@@ -37,7 +48,7 @@ def move_into_archive(source: Path, target: Path) -> set[Path]:
         os.replace(source, target)
         return dirty
     except OSError as exc:
-        if exc.errno != 18:  # EXDEV: different file systems
+        if exc.errno != 18:  # EXDEV
             raise
     partial = target.with_name(f".{target.name}.part")
     shutil.copyfile(source, partial)

@@ -58,3 +58,23 @@ def test_iterate_skips_temporary_and_foreign_files(tmp_path):
 def test_keys_cannot_leave_the_tree(tmp_path, key):
     with pytest.raises(ValueError):
         ArchiveTree(tmp_path).path_of(key)
+
+
+def test_move_into_archive_names_every_folder_it_changed(tmp_path):
+    """The folders to fsync: a new study's chain of new folders the first time,
+    then only the two the rename touched (no mkdir per object); a missing
+    spooled file is an error, not a folder made for nothing."""
+    from echoes.storage.archive import move_into_archive
+
+    archive, spool = tmp_path / "archive", tmp_path / "spool"
+    archive.mkdir()
+    first = archive / STUDY / SERIES / "1.1.dcm"
+    assert move_into_archive(spooled(spool, "a", b"one"), first) == {
+        spool, archive, archive / STUDY, archive / STUDY / SERIES}
+    second = archive / STUDY / SERIES / "1.2.dcm"
+    assert move_into_archive(spooled(spool, "b", b"two"), second) == {
+        spool, archive / STUDY / SERIES}
+    assert first.read_bytes() == b"one" and second.read_bytes() == b"two"
+    with pytest.raises(FileNotFoundError):
+        move_into_archive(spool / "gone", archive / "9.9" / "9.9.9" / "1.3.dcm")
+    assert not (archive / "9.9").exists()
