@@ -59,6 +59,7 @@ from common import (
     echo,
     free_port,
     nagle_env,
+    quiet_disk,
     start_dcmtk_server,
     stop_process,
     storescu_acknowledged,
@@ -623,6 +624,7 @@ def ingest(target: Receiver, files: list[Path], associations: int = 1, nagle: bo
            already: int = 0, per_association: bool = False) -> Cell:
     """Seconds from the first client start until the receiver holds every object
     (storescu, or one pynetdicom association per object with ``per_association``)."""
+    quiet_disk()
     started = time.perf_counter()
     if per_association:
         _sent, errors = send_per_association(target.port, files, nagle, target.called)
@@ -1263,6 +1265,7 @@ def forwarded_plain(files: list[Path], folder: Path) -> Cell:
     with StoreSCP(folder / "destination") as scp:
         with Echoes(folder / "home", extra=FORWARD_DESTINATION.format(port=scp.port)) as target:
             time.sleep(1.0)  # let the sender process settle
+            quiet_disk()
             started = time.perf_counter()
             _sent, errors = send(target.port, files, called=target.called)
             arrived = settle(scp, len(files))
@@ -1318,6 +1321,7 @@ def orthanc_forwarded(files: list[Path], folder: Path) -> Cell:
     storescu's start until every object is on the storescp's disk."""
     with (StoreSCP(folder / "destination") as scp,
           Orthanc(folder / "orthanc", forward_to=scp.port) as orthanc):
+        quiet_disk()
         started = time.perf_counter()
         _sent, errors = send(orthanc.port, files, called=orthanc.called)
         arrived = settle(scp, len(files))
