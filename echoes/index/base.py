@@ -59,6 +59,9 @@ def _keywords() -> dict[int, str]:
 
 #: (0020,000D), the key a study query may name studies by.
 STUDY_INSTANCE_UID = 0x0020000D
+#: (0008,0018), the key an IMAGE query may name instances by (see instance_studies).
+SOP_INSTANCE_UID = 0x00080018
+SOP_INSTANCE_UID_KEY = "SOPInstanceUID"
 
 
 class IndexReader(Protocol):
@@ -95,7 +98,10 @@ class IndexReader(Protocol):
     # that include every one the compiled study-level query matches (an index of
     # the catalog), None to have :func:`query` scan them all; and
     # ``study_summaries(uids) -> dict``, the summaries of some studies by UID (a
-    # database's: the Browser then never reads its whole catalog).
+    # database's: the Browser then never reads its whole catalog); and
+    # ``instance_studies(sop_uids) -> dict``, the study of each instance the
+    # index holds by SOP Instance UID (a lookup, where :func:`query` would
+    # otherwise read every study for an IMAGE query naming no study).
 
 
 class IndexWriter(IndexReader, Protocol):
@@ -200,6 +206,25 @@ def compile_filters(filters: Mapping[str, str]) -> Query:
     return compile_query(keys)
 
 
+def _studies_of_instances(reader: IndexReader, own: Mapping[str, str]) -> tuple | None:
+    """("values", the studies holding the SOP Instance UIDs ``own`` lists), when
+    the reader can look instances up (``instance_studies``) and ``own`` names
+    them without wildcards; else None (the studies are scanned).
+
+    Who asks this way: Storage Commitment (a request lists instances, no
+    study), which read every study of the archive on each look before.
+    """
+    lookup = getattr(reader, "instance_studies", None)
+    if lookup is None or SOP_INSTANCE_UID_KEY not in own:
+        return None
+    constraint = compile_filters({SOP_INSTANCE_UID_KEY: own[SOP_INSTANCE_UID_KEY]}).constraint(
+        (SOP_INSTANCE_UID,))
+    if constraint is None or constraint[0] != "values":
+        return None
+    found = lookup(constraint[1])
+    return None if found is None else ("values", frozenset(found.values()))
+
+
 def query(reader: IndexReader, level: str, filters: Mapping[str, str]) -> list[dict]:
     """The documents of ``level`` whose keys match ``filters`` (keyword -> DICOM
     matching value: ``""`` universal, ``DOE*``, ``1.2.3\\1.2.4``, ``20260101-20260131``).
@@ -219,6 +244,8 @@ def query(reader: IndexReader, level: str, filters: Mapping[str, str]) -> list[d
         raise ValueError(f"{unknown[0]} cannot be matched at {level} level")
     study_query = compile_filters(above)
     wanted = study_query.constraint((STUDY_INSTANCE_UID,))
+    if wanted is None and level == IMAGE:
+        wanted = _studies_of_instances(reader, own)
     details: dict[str, dict] = {}  # studies read whole already (a UID was asked for)
     if wanted is not None and wanted[0] == "values":
         for uid in sorted(wanted[1]):

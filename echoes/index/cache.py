@@ -30,7 +30,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 
 from echoes.index.base import IndexReader, StudyPage, query, study_page
 from echoes.worklist.match import Query, index_keys, name_prefix
@@ -264,6 +264,12 @@ class CachingReader:
     def series(self, study_uid: str) -> list[dict]:
         detail = self.study(study_uid)
         return detail["series"] if detail else []
+
+    def instance_studies(self, sop_uids: Iterable[str]) -> dict[str, str] | None:
+        """The reader's lookup of instances by UID (not cached: the instances of a
+        request are looked up again only when the index changed), None without one."""
+        own = getattr(self.reader, "instance_studies", None)
+        return None if own is None else own(sop_uids)
 
     def instances(self, study_uid: str | None = None) -> Iterator[dict]:
         if study_uid is None:

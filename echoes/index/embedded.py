@@ -364,6 +364,35 @@ class EmbeddedIndex:
             self._tail.refresh()
             return self._tail.position, None
 
+    def instance_studies(self, sop_uids: Iterable[str]) -> dict[str, str] | None:
+        """SOP Instance UID -> StudyInstanceUID of those of ``sop_uids`` the index
+        holds, from the writer's locations log (16 bytes an instance, read whole;
+        no shard), None when there is no log to read.
+
+        The log is written after each batch and not fsynced (the writer
+        rebuilds it after a crash of the machine), so a study named here may
+        be a moment ahead of or behind its shard: :func:`~echoes.index.base.query`
+        reads the shard and decides there.  A trailing record cut short by an
+        append in progress is left out.
+        """
+        wanted = {doc_id(uid): uid for uid in sop_uids}
+        try:
+            raw = locations_path(self.index_path).read_bytes()
+        except FileNotFoundError:
+            return None
+        found: dict[int, int] = {}
+        if wanted:
+            whole = len(raw) - len(raw) % _LOCATION.size
+            for sop, study in _LOCATION.iter_unpack(memoryview(raw)[:whole]):
+                if sop in wanted:
+                    found[sop] = study  # the last record of an instance wins; 0: removed
+        with self._tail_lock:
+            self._tail.refresh()
+            catalog = self._tail.data.get(STUDIES, {})
+            studies = {sop: catalog.get(str(study)) for sop, study in found.items() if study}
+        return {wanted[sop]: summary["StudyInstanceUID"]
+                for sop, summary in studies.items() if summary is not None}
+
     def _read_shard(self, study_uid: str) -> dict | None:
         return JournalStorage(shard_path(self.index_path, study_uid)).read()
 

@@ -115,6 +115,13 @@ class PostgresIndex:
                           (sorted(study_uids),))
         return {doc["StudyInstanceUID"]: doc for doc in map(sql.study_doc, rows)}
 
+    def instance_studies(self, sop_uids: Iterable[str]) -> dict[str, str]:
+        """SOP Instance UID -> StudyInstanceUID of those the index holds (one query
+        on the instances' primary key)."""
+        rows = self._rows("SELECT sop_instance_uid, study_instance_uid FROM instances "
+                          "WHERE sop_instance_uid = ANY(%s)", (sorted(set(sop_uids)),))
+        return {sop: study for sop, study in rows}
+
     def query(self, level: str, filters: Mapping[str, str]) -> list[dict]:
         """See :func:`echoes.index.base.query` (narrowed by :meth:`study_candidates`)."""
         return query(self, level, filters)

@@ -240,10 +240,11 @@ class Committer:
     def _decided(self, pending: Pending) -> bool:
         """Decide ``pending`` if the index and the spool allow; write it when decided.
 
-        Looking an instance up by its UID alone reads every study of the index
-        (a request names no study), so the index is asked again only when it
-        or the spool changed since the last look, and only for what was not
-        committed yet.
+        A request names instances, no study: the index finds their studies by
+        SOP Instance UID (``instance_studies``: the embedded index's locations
+        log, PostgreSQL's primary key) and reads only those.  It is asked
+        again only when it or the spool changed since the last look, and only
+        for what was not committed yet.
         """
         if pending.decided:
             return True

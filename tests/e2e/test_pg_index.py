@@ -87,6 +87,10 @@ FILTERS: list[tuple[str, dict[str, str]]] = [
     (base.IMAGE, {"PatientName": "doe*", "Modality": "CT"}),
     (base.IMAGE, {"StudyInstanceUID": "1.2.8.2", "SOPInstanceUID": "1.2.9.1.0"}),
     (base.IMAGE, {"AccessionNumber": "A3", "InstanceNumber": "0"}),
+    # Instances by UID alone (Storage Commitment's lookup, instance_studies):
+    # one moved to another study, one removed, one never stored.
+    (base.IMAGE, {"SOPInstanceUID": "1.2.9.1.0\\1.2.9.1.3\\1.2.9.3.1\\1.2.9.nothing"}),
+    (base.IMAGE, {"SOPInstanceUID": "1.2.9.4.0", "PatientID": "P3"}),
 ]
 
 
@@ -113,6 +117,8 @@ def assert_same(embedded, postgres) -> None:
     assert by("SOPInstanceUID", postgres.instances()) == by("SOPInstanceUID",
                                                              embedded.instances())
     assert postgres.study("1.2.8.404") is None and postgres.series("1.2.8.404") == []
+    asked = ["1.2.9.1.0", "1.2.9.3.1", "1.2.9.4.0", "1.2.9.nothing"]
+    assert postgres.instance_studies(asked) == embedded.instance_studies(asked)
     for level, filters in FILTERS:
         key = {base.STUDY: "StudyInstanceUID", base.SERIES: "SeriesInstanceUID",
                base.IMAGE: "SOPInstanceUID"}[level]

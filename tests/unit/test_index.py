@@ -243,3 +243,39 @@ def test_an_index_written_before_journals_is_read_and_extended(tmp_path):
     db.close()
     assert index.read_studies(path)[0]["NumberOfInstances"] == 2
     assert {i["SOPInstanceUID"] for i in index.iter_instances(path)} == {"1.1", "1.2"}
+
+
+def test_instances_are_found_by_uid_without_reading_every_study(tmp_path, monkeypatch):
+    """An IMAGE query naming instances and no study (Storage Commitment's) reads
+    the shards of the studies the locations log names, and finds what a scan of
+    every study finds: moved instances in their new study, removed ones nowhere."""
+    from echoes.index.base import query
+
+    path = tmp_path / "index.json"
+    db = ArchiveIndex(path)
+    db.apply([record(f"1.{study}.{n}", study=f"9.{study}", series=f"9.{study}.1")
+              for study in range(20) for n in range(3)])
+    db.apply([record("1.0.0", study="9.5", series="9.5.1")])  # re-sent under study 9.5
+    db.remove(["1.3.1"])
+    db.close()
+    reader = index.EmbeddedIndex(path)
+    asked = "\\".join(["1.0.0", "1.3.1", "1.7.2", "1.19.0", "1.99.9"])
+    assert reader.instance_studies(asked.split("\\")) == {
+        "1.0.0": "9.5", "1.7.2": "9.7", "1.19.0": "9.19"}
+    read = []
+    shard = index.EmbeddedIndex._read_shard
+    monkeypatch.setattr(index.EmbeddedIndex, "_read_shard",
+                        lambda self, uid: (read.append(uid), shard(self, uid))[1])
+    found = reader.query("IMAGE", {"SOPInstanceUID": asked})
+    assert sorted(read) == ["9.19", "9.5", "9.7"]
+    assert sorted((d["SOPInstanceUID"], d["StudyInstanceUID"]) for d in found) == [
+        ("1.0.0", "9.5"), ("1.19.0", "9.19"), ("1.7.2", "9.7")]
+    # A single UID, and a patient key beside the UIDs, go the same way.
+    assert [d["SOPInstanceUID"] for d in reader.query("IMAGE", {"SOPInstanceUID": "1.7.2"})] == [
+        "1.7.2"]
+    assert reader.query("IMAGE", {"SOPInstanceUID": "1.7.2", "PatientID": "NOBODY"}) == []
+    assert sorted(read) == ["9.19", "9.5", "9.7", "9.7", "9.7"]
+    monkeypatch.setattr(index.EmbeddedIndex, "instance_studies", lambda self, uids: None)
+    scanned = query(reader, "IMAGE", {"SOPInstanceUID": asked})  # no log: every study read
+    assert len(read) > 20
+    assert sorted(map(json.dumps, scanned)) == sorted(map(json.dumps, found))
