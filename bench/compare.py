@@ -1654,6 +1654,7 @@ def retrieve_server(system: str, files: list[Path], work: Path, folder: Path,
                 _RETRIEVE_LOADED.add(key)
         wait_idle(target.process.pid, timeout=300, window=1.0,  # type: ignore[attr-defined]
                   busy=0.02)
+        quiet_disk()  # the study just loaded is not written back during the retrieve
         yield target
     finally:
         target.stop()
@@ -1790,6 +1791,7 @@ def row_dicomweb(sizes: Sizes, work: Path) -> list[Figure]:
                                     if system == "orthanc"
                                     else Echoes(folder / "home", extra=WEB_PASSWORD_LINE))
                 try:
+                    quiet_disk()
                     started = time.perf_counter()
                     _seconds, answered = bench_dicomweb.stow(dicomweb_endpoint(server), ct)
                     found = settle(server, len(ct))
