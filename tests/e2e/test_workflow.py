@@ -125,12 +125,25 @@ def mpps_final(status: str = "COMPLETED") -> Dataset:
 
 
 class Modality:
-    """A pynetdicom association to the MWL port proposing MPPS."""
+    """A pynetdicom association to the MWL port proposing MPPS.
+
+    Statuses are read from the responses as received (EVT_DIMSE_RECV), not
+    from what ``send_n_*`` returns: pynetdicom's reactor thread can take a
+    response off its queue before ``send_n_*`` looks (it reads its own pause
+    flag stale: set before it waits, cleared after), logs "Received unexpected
+    N-SET service message" and drops it, and ``send_n_*`` then waits out the
+    DIMSE timeout with no status (a CI run at 99044b7; echoes had answered).
+    The response was received all the same, and fired the event.
+    """
+
+    #: How long ``send_n_*`` waits when pynetdicom's reactor took the response.
+    DIMSE_TIMEOUT = 5
 
     def __init__(self, server: Server) -> None:
         ae = AE(ae_title="CT01")
         ae.add_requested_context(MPPS)
-        #: The command sets of the responses (pynetdicom's status lacks the UID).
+        ae.dimse_timeout = self.DIMSE_TIMEOUT
+        #: The command sets of the responses, in order.
         self.responses: list[Dataset] = []
         self.assoc = ae.associate("127.0.0.1", server.config.mwl_port, ae_title="ECHOES",
                                   evt_handlers=[(evt.EVT_DIMSE_RECV, self._received)])
@@ -139,15 +152,22 @@ class Modality:
     def _received(self, event: evt.Event) -> None:
         self.responses.append(event.message.command_set)
 
+    def _response(self, before: int) -> Dataset:
+        """The one response received since ``before`` responses."""
+        assert len(self.responses) == before + 1, "no response (or more than one)"
+        return self.responses[before]
+
     def create(self, ds: Dataset, uid: str | None) -> tuple[int, str]:
         """N-CREATE: (status, the Affected SOP Instance UID of the response)."""
-        status, _attrs = self.assoc.send_n_create(ds, MPPS, uid)
-        answered = self.responses[-1] if self.responses else Dataset()
-        return int(status.Status), str(answered.get("AffectedSOPInstanceUID", ""))
+        before = len(self.responses)
+        self.assoc.send_n_create(ds, MPPS, uid)
+        answered = self._response(before)
+        return int(answered.Status), str(answered.get("AffectedSOPInstanceUID", ""))
 
     def set(self, ds: Dataset, uid: str) -> int:
-        status, _attrs = self.assoc.send_n_set(ds, MPPS, uid)
-        return int(status.Status)
+        before = len(self.responses)
+        self.assoc.send_n_set(ds, MPPS, uid)
+        return int(self._response(before).Status)
 
     def close(self) -> None:
         self.assoc.release()
