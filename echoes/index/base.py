@@ -61,7 +61,6 @@ def _keywords() -> dict[int, str]:
 STUDY_INSTANCE_UID = 0x0020000D
 #: (0008,0018), the key an IMAGE query may name instances by (see instance_studies).
 SOP_INSTANCE_UID = 0x00080018
-SOP_INSTANCE_UID_KEY = "SOPInstanceUID"
 
 
 class IndexReader(Protocol):
@@ -206,20 +205,17 @@ def compile_filters(filters: Mapping[str, str]) -> Query:
     return compile_query(keys)
 
 
-def _studies_of_instances(reader: IndexReader, own: Mapping[str, str]) -> tuple | None:
-    """("values", the studies holding the SOP Instance UIDs ``own`` lists), when
-    the reader can look instances up (``instance_studies``) and ``own`` names
-    them without wildcards; else None (the studies are scanned).
+def _studies_of_instances(reader: IndexReader, own_query: Query) -> tuple | None:
+    """("values", the studies holding the SOP Instance UIDs ``own_query`` lists),
+    when the reader can look instances up (``instance_studies``); else None
+    (the studies are scanned).
 
     Who asks this way: Storage Commitment (a request lists instances, no
     study), which read every study of the archive on each look before.
     """
     lookup = getattr(reader, "instance_studies", None)
-    if lookup is None or SOP_INSTANCE_UID_KEY not in own:
-        return None
-    constraint = compile_filters({SOP_INSTANCE_UID_KEY: own[SOP_INSTANCE_UID_KEY]}).constraint(
-        (SOP_INSTANCE_UID,))
-    if constraint is None or constraint[0] != "values":
+    constraint = own_query.constraint((SOP_INSTANCE_UID,))
+    if lookup is None or constraint is None or constraint[0] != "values":
         return None
     found = lookup(constraint[1])
     return None if found is None else ("values", frozenset(found.values()))
@@ -242,10 +238,10 @@ def query(reader: IndexReader, level: str, filters: Mapping[str, str]) -> list[d
     unknown = sorted(set(own) - LEVEL_KEYS[level])
     if unknown:
         raise ValueError(f"{unknown[0]} cannot be matched at {level} level")
-    study_query = compile_filters(above)
+    study_query, own_query = compile_filters(above), compile_filters(own)
     wanted = study_query.constraint((STUDY_INSTANCE_UID,))
     if wanted is None and level == IMAGE:
-        wanted = _studies_of_instances(reader, own)
+        wanted = _studies_of_instances(reader, own_query)
     details: dict[str, dict] = {}  # studies read whole already (a UID was asked for)
     if wanted is not None and wanted[0] == "values":
         for uid in sorted(wanted[1]):
@@ -262,7 +258,6 @@ def query(reader: IndexReader, level: str, filters: Mapping[str, str]) -> list[d
     studies = [summary for summary in candidates if study_query.matches(_Tree(summary))]
     if level == STUDY:
         return [dict(summary) for summary in studies]
-    own_query = compile_filters(own)
     found: list[dict] = []
     for summary in studies:
         uid = summary["StudyInstanceUID"]

@@ -380,12 +380,11 @@ class EmbeddedIndex:
             raw = locations_path(self.index_path).read_bytes()
         except FileNotFoundError:
             return None
+        whole = len(raw) - len(raw) % _LOCATION.size
         found: dict[int, int] = {}
-        if wanted:
-            whole = len(raw) - len(raw) % _LOCATION.size
-            for sop, study in _LOCATION.iter_unpack(memoryview(raw)[:whole]):
-                if sop in wanted:
-                    found[sop] = study  # the last record of an instance wins; 0: removed
+        for sop, study in _LOCATION.iter_unpack(memoryview(raw)[:whole]):
+            if sop in wanted:
+                found[sop] = study  # the last record of an instance wins; 0: removed
         with self._tail_lock:
             self._tail.refresh()
             catalog = self._tail.data.get(STUDIES, {})

@@ -8,6 +8,7 @@ file system), and a batch fsyncs each folder it changed once.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Iterable, Iterator
@@ -20,36 +21,47 @@ from echoes.storage.durable import fsync_dir, fsync_dirs, fsync_file
 SUFFIX = ".dcm"
 
 
+def _renamed(source: Path, target: Path) -> bool:
+    """``os.replace``; False when the two are on different file systems (EXDEV)."""
+    try:
+        os.replace(source, target)
+        return True
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        return False
+
+
+def _make_folders(folder: Path) -> set[Path]:
+    """Create ``folder`` and its missing parents; the folders whose entries changed."""
+    changed = set()
+    missing = folder
+    while not missing.exists():
+        changed.add(missing.parent)
+        missing = missing.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return changed
+
+
 def move_into_archive(source: Path, target: Path) -> set[Path]:
     """Move a spooled file to ``target``, replacing an earlier copy.
 
     Returns the folders whose entries changed, for the caller to fsync once
-    per batch.  Falls back to copy, fsync and rename when the archive is on
-    another file system than the spool.
+    per batch.  The rename comes first: the study's folder is there for
+    every object after its first, so no stat or mkdir per object.  Falls
+    back to copy, fsync and rename when the archive is on another file
+    system than the spool.
     """
     dirty = {source.parent, target.parent}
     try:
-        # The study's folder is there for every object after its first: the
-        # rename alone, no stat or mkdir of the folders per object.
-        os.replace(source, target)
-        return dirty
+        if _renamed(source, target):
+            return dirty
     except FileNotFoundError:
         if not source.exists():
             raise
-    except OSError as exc:
-        if exc.errno != 18:  # EXDEV: different file systems
-            raise
-    missing = target.parent
-    while not missing.exists():
-        dirty.add(missing.parent)
-        missing = missing.parent
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(source, target)
-        return dirty
-    except OSError as exc:
-        if exc.errno != 18:  # EXDEV
-            raise
+        dirty |= _make_folders(target.parent)  # the study's (or series') first object
+        if _renamed(source, target):
+            return dirty
     partial = target.with_name(f".{target.name}.part")
     shutil.copyfile(source, partial)
     fsync_file(partial)

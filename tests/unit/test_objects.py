@@ -78,3 +78,33 @@ def test_move_into_archive_names_every_folder_it_changed(tmp_path):
     with pytest.raises(FileNotFoundError):
         move_into_archive(spool / "gone", archive / "9.9" / "9.9.9" / "1.3.dcm")
     assert not (archive / "9.9").exists()
+
+
+def test_move_into_archive_copies_across_file_systems(tmp_path, monkeypatch):
+    """EXDEV from the rename: copy, fsync, rename, one rename tried per object."""
+    import errno
+    import os
+
+    from echoes.storage import archive
+
+    real = os.replace
+    tried = []
+
+    def replace(source, target):
+        if not Path(source).name.startswith("."):  # the spooled file, not the copy
+            tried.append(source)
+            if not Path(target).parent.exists():  # as rename(2): ENOENT before EXDEV
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real(source, target)
+
+    monkeypatch.setattr(archive.os, "replace", replace)
+    root, spool = tmp_path / "archive", tmp_path / "spool"
+    first = root / STUDY / SERIES / "1.1.dcm"
+    assert archive.move_into_archive(spooled(spool, "a", b"one"), first) == {
+        spool, tmp_path, root, root / STUDY, root / STUDY / SERIES}
+    second = root / STUDY / SERIES / "1.2.dcm"
+    archive.move_into_archive(spooled(spool, "b", b"two"), second)
+    assert len(tried) == 3  # the first object: before and after making its folders
+    assert first.read_bytes() == b"one" and second.read_bytes() == b"two"
+    assert not list(spool.iterdir()) and not list((root / STUDY / SERIES).glob(".*"))
